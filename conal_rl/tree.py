@@ -1,0 +1,154 @@
+"""Tree-shaped multi-task MLPs: the one network type behind CoNAL and the baselines.
+
+A tree has P hidden modules. Task t uses the shared modules 1..b_t and then its own private
+copies of modules b_t+1..P, then its own output head (``b_t`` is its *branch point*,
+0..P). All tasks at P is multi-head SAC; all at 0 is independent networks trained together;
+CoNAL's derived architecture is anything in between. MT-SAC (one shared network, one-hot
+task id appended to the input, one head) is the same tree with ``task_id_input`` and
+``shared_head`` set.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from conal_rl.layers import TaskLinear
+
+
+@dataclass(frozen=True)
+class TreeSpec:
+    """Architecture of one tree network; serialisable to and from JSON."""
+
+    hidden: tuple[int, ...]
+    """Widths of the P hidden modules."""
+    branch_points: tuple[int, ...]
+    """Per task, how many leading modules it shares (0..P)."""
+    task_names: tuple[str, ...] = field(default=())
+    """Optional task names, in task-index order (for reports and architecture.json)."""
+    task_id_input: bool = False
+    """Append a one-hot task id to the input (MT-SAC)."""
+    shared_head: bool = False
+    """One output layer for all tasks instead of one per task (MT-SAC)."""
+
+    def __post_init__(self):
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        object.__setattr__(self, "branch_points", tuple(int(b) for b in self.branch_points))
+        object.__setattr__(self, "task_names", tuple(self.task_names))
+        P = len(self.hidden)
+        if not self.branch_points:
+            raise ValueError("a tree needs at least one task")
+        if any(h <= 0 for h in self.hidden):
+            raise ValueError(f"hidden widths must be positive, got {self.hidden}")
+        bad = [b for b in self.branch_points if not 0 <= b <= P]
+        if bad:
+            raise ValueError(f"branch points must lie in 0..{P}, got {bad}")
+        if self.task_names and len(self.task_names) != len(self.branch_points):
+            raise ValueError("task_names and branch_points differ in length")
+        if self.shared_head and min(self.branch_points) < P:
+            raise ValueError("a shared head needs every task on the fully shared trunk")
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.branch_points)
+
+    @property
+    def depth(self) -> int:
+        return len(self.hidden)
+
+    @classmethod
+    def mtsac(cls, hidden, num_tasks: int, task_names=()) -> TreeSpec:
+        """MT-SAC: one shared MLP with a one-hot task id appended to its input."""
+        return cls(tuple(hidden), (len(hidden),) * num_tasks, task_names, True, True)
+
+    @classmethod
+    def mhsac(cls, hidden, num_tasks: int, task_names=()) -> TreeSpec:
+        """Multi-head SAC: one shared trunk, one output head per task."""
+        return cls(tuple(hidden), (len(hidden),) * num_tasks, task_names)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TreeSpec:
+        """Build from a dict; keys that are not fields (e.g. a search's final alpha) are
+        informational and ignored."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+class TreeNet(nn.Module):
+    """A pruned tree: holds only the shared modules some task uses and the private copies
+    each task needs. Input ``[T, B, in]`` (task-major), output ``[T, B, out]``."""
+
+    def __init__(self, spec: TreeSpec, in_features: int, out_features: int):
+        super().__init__()
+        self.spec = spec
+        T, P = spec.num_tasks, spec.depth
+        b = torch.tensor(spec.branch_points)
+        widths = [in_features + (T if spec.task_id_input else 0), *spec.hidden]
+        self.shared = nn.ModuleDict()
+        self.private = nn.ModuleDict()
+        for layer in range(1, P + 1):
+            d_in, d_out = widths[layer - 1], widths[layer]
+            shared_tasks = (b >= layer).nonzero().flatten()
+            private_tasks = (b < layer).nonzero().flatten()
+            key = str(layer)
+            if len(shared_tasks):
+                self.shared[key] = nn.Linear(d_in, d_out)
+            if len(private_tasks):
+                self.private[key] = TaskLinear(len(private_tasks), d_in, d_out)
+            if len(shared_tasks) and len(private_tasks):
+                # Mixed layer: run both groups, then restore task order with one gather.
+                order = torch.cat([shared_tasks, private_tasks])
+                self.register_buffer(f"shared_idx_{layer}", shared_tasks, persistent=False)
+                self.register_buffer(f"private_idx_{layer}", private_tasks, persistent=False)
+                self.register_buffer(f"unsort_{layer}", order.argsort(), persistent=False)
+        self.head = (nn.Linear if spec.shared_head else lambda i, o: TaskLinear(T, i, o))(
+            widths[-1], out_features
+        )
+        self.act = nn.ReLU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        T = self.spec.num_tasks
+        if x.shape[0] != T:
+            raise ValueError(f"expected {T} tasks on the leading axis, got shape {tuple(x.shape)}")
+        if self.spec.task_id_input:
+            one_hot = torch.eye(T, dtype=x.dtype, device=x.device)[:, None, :]
+            x = torch.cat([x, one_hot.expand(T, x.shape[1], T)], dim=-1)
+        h = x
+        for layer in range(1, self.spec.depth + 1):
+            key = str(layer)
+            if key not in self.private:
+                h = self.shared[key](h)
+            elif key not in self.shared:
+                h = self.private[key](h)
+            else:
+                s = getattr(self, f"shared_idx_{layer}")
+                p = getattr(self, f"private_idx_{layer}")
+                both = torch.cat([self.shared[key](h[s]), self.private[key](h[p])])
+                h = both[getattr(self, f"unsort_{layer}")]
+            h = self.act(h)
+        return self.head(h)
+
+
+def num_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def save_specs(path: str | Path, specs: dict[str, TreeSpec], **extra) -> None:
+    """Write named tree specs (e.g. ``{"actor": ..., "critic": ...}``) as one JSON file."""
+    payload = {name: spec.to_dict() for name, spec in specs.items()} | extra
+    Path(path).write_text(json.dumps(payload, indent=2))
+
+
+def load_specs(path: str | Path, names=("actor", "critic")) -> dict[str, TreeSpec]:
+    data = json.loads(Path(path).read_text())
+    missing = [n for n in names if n not in data]
+    if missing:
+        raise ValueError(f"{path}: no architecture for {', '.join(missing)}")
+    return {n: TreeSpec.from_dict(data[n]) for n in names}
