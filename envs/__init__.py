@@ -1,0 +1,9 @@
+"""Benchmarks (gymnasium vector envs, one sub-env per task) and the evaluation protocol."""
+
+from envs.benchmarks import Benchmark, UnknownBenchmark, check_benchmark_name, make_benchmark
+from envs.evaluation import EvalResult, evaluate, make_eval_benchmark
+
+__all__ = [
+    "Benchmark", "UnknownBenchmark", "check_benchmark_name", "make_benchmark",
+    "EvalResult", "evaluate", "make_eval_benchmark",
+]

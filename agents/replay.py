@@ -1,0 +1,73 @@
+"""A task-balanced replay buffer stored as preallocated tensors.
+
+Transitions are stored ``[capacity, T, dim]``: every vector-env step writes one row (one
+transition per task), and a batch draws the same number of samples from every task,
+returned task-major ``[T, B, dim]`` (the layout the multi-task networks consume).
+Layout as in rainx0r/metaworld-algorithms' multi-task buffer.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+
+class Batch(NamedTuple):
+    obs: Tensor  # [T, B, obs_dim]
+    actions: Tensor  # [T, B, act_dim]
+    rewards: Tensor  # [T, B, 1]
+    next_obs: Tensor  # [T, B, obs_dim]
+    dones: Tensor  # [T, B, 1]  1.0 where the episode terminated (no bootstrap)
+
+
+class MultiTaskReplay:
+    FIELDS = Batch._fields
+
+    def __init__(self, capacity: int, num_tasks: int, obs_dim: int, act_dim: int,
+                 device: torch.device | str = "cpu", seed: int = 0):
+        """``capacity``: transitions kept per task (a ring buffer)."""
+        if capacity < 1:
+            raise ValueError("replay capacity must be at least 1 per task")
+        self.capacity, self.num_tasks, self.device = capacity, num_tasks, torch.device(device)
+        dims = {"obs": obs_dim, "actions": act_dim, "rewards": 1, "next_obs": obs_dim, "dones": 1}
+        self.storage = {
+            k: torch.zeros(capacity, num_tasks, d, device=self.device) for k, d in dims.items()
+        }
+        self.pos = 0  # next row to write
+        self.size = 0  # rows filled
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(seed)
+        self._task_axis = torch.arange(num_tasks, device=self.device)
+
+    def add(self, obs, actions, rewards, next_obs, dones) -> None:
+        """One vector step: every argument has a leading task axis ``[T, ...]``."""
+        row = {"obs": obs, "actions": actions, "rewards": rewards, "next_obs": next_obs,
+               "dones": dones}
+        for k, v in row.items():
+            v = torch.as_tensor(v, dtype=torch.float32, device=self.device)
+            self.storage[k][self.pos] = v.reshape(self.num_tasks, -1)
+        self.pos = (self.pos + 1) % self.capacity
+        self.size = min(self.size + 1, self.capacity)
+
+    def sample(self, batch_per_task: int) -> Batch:
+        """``batch_per_task`` transitions of every task, drawn independently per task."""
+        if self.size == 0:
+            raise RuntimeError("cannot sample from an empty replay buffer")
+        rows = torch.randint(0, self.size, (self.num_tasks, batch_per_task),
+                             device=self.device, generator=self.generator)
+        tasks = self._task_axis[:, None].expand_as(rows)
+        return Batch(*(self.storage[k][rows, tasks] for k in self.FIELDS))
+
+    def state_dict(self) -> dict:
+        n = self.size
+        return {"storage": {k: v[:n].cpu() for k, v in self.storage.items()}, "pos": self.pos,
+                "size": n, "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        n = state["size"]
+        for k, v in state["storage"].items():
+            self.storage[k][:n] = v.to(self.device)
+        self.pos, self.size = state["pos"], n
+        self.generator.set_state(state["generator"])

@@ -1,0 +1,183 @@
+"""Multi-task soft actor-critic with task-major batches ``[T, B, ...]``.
+
+The agent never builds its own networks: it receives ``make_net(role, in_dim, out_dim)``,
+a factory that returns a module mapping ``[T, B, in_dim] -> [T, B, out_dim]`` (role is
+"actor" or "critic"). Which architecture that is (MT-SAC, multi-head, a CoNAL tree or
+supernet) is the factory's business. Every loss is computed per task (shape ``[T]``) and
+only then averaged, so the per-task losses stay available to an architecture search.
+
+Algorithm: Haarnoja et al. 2018 (SAC with learned temperature), twin critics with Polyak
+target networks (Fujimoto et al. 2018), one temperature per task as in Yu et al. 2019
+(Meta-World's MT-SAC).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from agents.replay import Batch
+
+NetFactory = Callable[[str, int, int], nn.Module]
+
+# Log-std range of the Gaussian policy, squashed smoothly with tanh (CleanRL's
+# sac_continuous_action.py).
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+
+@dataclass(frozen=True)
+class SACConfig:
+    gamma: float = 0.99  # discount (Meta-World MT-SAC, Yu et al. 2019; mtrl)
+    tau: float = 0.005  # Polyak rate of target critics (Haarnoja et al. 2018)
+    actor_lr: float = 3e-4  # Adam, all three (Haarnoja et al. 2018; metaworld-algorithms)
+    critic_lr: float = 3e-4
+    temperature_lr: float = 3e-4
+    initial_temperature: float = 1.0  # mtrl's multi-task SAC default
+    target_entropy: float | None = None  # None: -|A| (Haarnoja et al. 2018)
+    max_grad_norm: float | None = None  # gradient-norm clip; None: no clipping
+
+
+class Actor(nn.Module):
+    """Tanh-squashed Gaussian policy over a task-major trunk."""
+
+    def __init__(self, net: nn.Module, act_dim: int):
+        super().__init__()
+        self.net, self.act_dim = net, act_dim
+
+    def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        mean, log_std = self.net(obs).split(self.act_dim, dim=-1)
+        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(log_std) + 1)
+        return mean, log_std
+
+    def sample(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        """Reparameterised action in [-1, 1] and its log-probability ``[T, B, 1]``."""
+        mean, log_std = self(obs)
+        std = log_std.exp()
+        u = mean + std * torch.randn_like(mean)
+        action = torch.tanh(u)
+        # Gaussian log-density minus the tanh Jacobian, in the numerically stable form
+        # log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)).
+        log_prob = (-0.5 * ((u - mean) / std) ** 2 - log_std - 0.5 * math.log(2 * math.pi)
+                    - 2 * (math.log(2) - u - nn.functional.softplus(-2 * u)))
+        return action, log_prob.sum(-1, keepdim=True)
+
+    def mode(self, obs: Tensor) -> Tensor:
+        return torch.tanh(self(obs)[0])
+
+
+class TwinCritic(nn.Module):
+    def __init__(self, q1: nn.Module, q2: nn.Module):
+        super().__init__()
+        self.q1, self.q2 = q1, q2
+
+    def forward(self, obs: Tensor, action: Tensor) -> tuple[Tensor, Tensor]:
+        x = torch.cat([obs, action], dim=-1)
+        return self.q1(x), self.q2(x)
+
+
+class MultiTaskSAC(nn.Module):
+    """Networks and temperatures (the module's state) plus their optimizers."""
+
+    def __init__(self, make_net: NetFactory, num_tasks: int, obs_dim: int, act_dim: int,
+                 config: SACConfig = SACConfig()):
+        super().__init__()
+        self.config, self.num_tasks, self.act_dim = config, num_tasks, act_dim
+        self.actor = Actor(make_net("actor", obs_dim, 2 * act_dim), act_dim)
+        self.critic = TwinCritic(make_net("critic", obs_dim + act_dim, 1),
+                                 make_net("critic", obs_dim + act_dim, 1))
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.log_temperature = nn.Parameter(
+            torch.full((num_tasks,), math.log(config.initial_temperature)))
+        self.target_entropy = (
+            -float(act_dim) if config.target_entropy is None else config.target_entropy)
+        self.actor_optim = torch.optim.Adam(weight_parameters(self.actor), lr=config.actor_lr)
+        self.critic_optim = torch.optim.Adam(weight_parameters(self.critic), lr=config.critic_lr)
+        self.temperature_optim = torch.optim.Adam([self.log_temperature],
+                                                  lr=config.temperature_lr)
+
+    @property
+    def temperature(self) -> Tensor:
+        return self.log_temperature.exp()  # [T]
+
+    @torch.no_grad()
+    def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:
+        """Actions in [-1, 1] for task-major observations ``[T, B, obs_dim]``."""
+        return self.actor.mode(obs) if deterministic else self.actor.sample(obs)[0]
+
+    # ---- per-task losses, each of shape [T] -------------------------------------------
+    def critic_losses(self, batch: Batch) -> Tensor:
+        with torch.no_grad():
+            next_action, next_log_prob = self.actor.sample(batch.next_obs)
+            q1_next, q2_next = self.critic_target(batch.next_obs, next_action)
+            soft_v = torch.min(q1_next, q2_next) - self.temperature[:, None, None] * next_log_prob
+            target = batch.rewards + self.config.gamma * (1 - batch.dones) * soft_v
+        q1, q2 = self.critic(batch.obs, batch.actions)
+        return ((q1 - target) ** 2).mean(dim=(1, 2)) + ((q2 - target) ** 2).mean(dim=(1, 2))
+
+    def actor_losses(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        """Actor loss and policy log-probabilities (for the temperature step)."""
+        action, log_prob = self.actor.sample(obs)
+        q1, q2 = self.critic(obs, action)
+        temperature = self.temperature.detach()[:, None, None]
+        return (temperature * log_prob - torch.min(q1, q2)).mean(dim=(1, 2)), log_prob
+
+    def temperature_losses(self, log_prob: Tensor) -> Tensor:
+        # Per task: log-alpha times the entropy error (SB3's form, on the log temperature).
+        entropy_error = (log_prob.detach() + self.target_entropy).mean(dim=(1, 2))
+        return -self.log_temperature * entropy_error
+
+    # ---- one gradient step of everything ------------------------------------------------
+    def update(self, batch: Batch) -> dict[str, Tensor]:
+        """One SAC update; returns detached per-task metrics (no host sync here)."""
+        critic_losses = self.critic_losses(batch)
+        self._step(self.critic_optim, critic_losses.mean(), self.critic)
+
+        # The critic is only a function to differentiate through in the actor step.
+        self.critic.requires_grad_(False)
+        actor_losses, log_prob = self.actor_losses(batch.obs)
+        self.critic.requires_grad_(True)
+        self._step(self.actor_optim, actor_losses.mean(), self.actor)
+
+        temperature_losses = self.temperature_losses(log_prob)
+        self._step(self.temperature_optim, temperature_losses.sum(), None)
+
+        with torch.no_grad():
+            target, online = self.critic_target.parameters(), self.critic.parameters()
+            torch._foreach_lerp_(list(target), list(online), self.config.tau)
+        return {
+            "critic_loss": critic_losses.detach(),
+            "actor_loss": actor_losses.detach(),
+            "temperature_loss": temperature_losses.detach(),
+            "temperature": self.temperature.detach(),
+            "entropy": -log_prob.detach().mean(dim=(1, 2)),
+        }
+
+    def _step(self, optim: torch.optim.Optimizer, loss: Tensor, module: nn.Module | None):
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        if module is not None and self.config.max_grad_norm is not None:
+            nn.utils.clip_grad_norm_(weight_parameters(module), self.config.max_grad_norm)
+        optim.step()
+
+    # ---- checkpoint state ----------------------------------------------------------------
+    def optimizer_state(self) -> dict:
+        return {"actor": self.actor_optim.state_dict(), "critic": self.critic_optim.state_dict(),
+                "temperature": self.temperature_optim.state_dict()}
+
+    def load_optimizer_state(self, state: dict) -> None:
+        self.actor_optim.load_state_dict(state["actor"])
+        self.critic_optim.load_state_dict(state["critic"])
+        self.temperature_optim.load_state_dict(state["temperature"])
+
+
+def weight_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """Trainable weights, excluding architecture parameters that a searchable trunk
+    declares through an ``arch_parameters()`` method (those have their own optimizer)."""
+    arch = {id(p) for m in module.modules() if hasattr(m, "arch_parameters")
+            for p in m.arch_parameters()}
+    return [p for p in module.parameters() if id(p) not in arch]

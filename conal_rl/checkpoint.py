@@ -1,0 +1,57 @@
+"""Checkpoints that resume: written atomically, holding everything a run needs to go on."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FORMAT = "conal-rl-checkpoint/1"
+
+
+class CheckpointError(Exception):
+    pass
+
+
+def save_atomic(state: dict, path: Path) -> None:
+    """Write to a temporary file in the same folder, flush it to disk, then rename: a crash
+    mid-write leaves the previous checkpoint intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save({"format": FORMAT, **state}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load(path: Path, map_location="cpu") -> dict:
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # truncated or foreign file
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__})")
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a conal-rl checkpoint")
+    return state
+
+
+def rng_state(np_rng: np.random.Generator) -> dict:
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "numpy": np_rng.bit_generator.state,
+        "python": random.getstate(),
+    }
+
+
+def restore_rng(state: dict, np_rng: np.random.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    np_rng.bit_generator.state = state["numpy"]
+    random.setstate(state["python"])

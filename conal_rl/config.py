@@ -1,0 +1,169 @@
+"""The training configuration: one dataclass whose field docs become ``--help``.
+
+Fields whose default is ``PRESET`` take their value from the chosen preset (``paper`` or
+``quick``); presets give budgets per task, scaled by the number of tasks, so MT10, MT50
+and MT1 get the same per-task budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+PRESET = None  # marker: the value comes from the preset
+
+
+def _f(default, help: str, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+# Per-task budgets and network sizes. "paper": the Meta-World multi-task SAC reference
+# (rainx0r/metaworld-algorithms MT10: 20M steps in all = 2M per task, batch 1280 = 128 per
+# task, replay 1M = 100k per task, 4k warm-up, evaluation every 200k steps with 50 episodes
+# per task; 3x400 nets as in Yu et al. 2019 and mtrl). "quick": a CPU smoke run, ~10 min on
+# 2 cores for MT10.
+PRESETS = {
+    "paper": dict(steps_per_task=2_000_000, hidden=(400, 400, 400), batch_per_task=128,
+                  replay_per_task=100_000, warmup_per_task=400, eval_every_per_task=20_000,
+                  eval_episodes=50, checkpoint_every_per_task=20_000),
+    "quick": dict(steps_per_task=10_000, hidden=(128, 128, 128), batch_per_task=32,
+                  replay_per_task=10_000, warmup_per_task=500, eval_every_per_task=5_000,
+                  eval_episodes=5, checkpoint_every_per_task=5_000),
+}
+
+
+@dataclass
+class TrainConfig:
+    benchmark: str = _f("MT10", "MT10, MT50, MT1:<task> (e.g. MT1:reach-v3) or gym:<env-id> "
+                        "(e.g. gym:Pendulum-v1, a one-task sanity check)")
+    arch: str = _f("mtsac", "network architecture: mtsac (shared MLP + one-hot task id), "
+                   "mhsac (shared trunk, one head per task), tree (a given tree, see "
+                   "--architecture)", choices=("mtsac", "mhsac", "tree"))
+    architecture: str | None = _f(None, "architecture JSON (actor and critic trees) for "
+                                  "--arch tree")
+    preset: str = _f("paper", "default sizes and budgets: paper (3x400 nets, 2M steps per "
+                     "task) or quick (small nets, 10k steps per task: a ~10 min CPU smoke run "
+                     "on MT10)", choices=tuple(PRESETS))
+    total_steps: int | None = _f(PRESET, "env steps in all, summed over tasks (default: the "
+                                 "preset's steps per task x number of tasks)")
+    seed: int = _f(0, "random seed (networks, replay sampling, envs)")
+    device: str = _f("auto", "torch device: auto (cuda when available), cpu or cuda",
+                     choices=("auto", "cpu", "cuda"))
+    run_dir: str | None = _f(None, "output directory (default: runs/<benchmark>-<arch>-s<seed>"
+                             "-<time>)")
+    eval_every: int | None = _f(PRESET, "env steps (in all) between evaluations (default: "
+                                "the preset's per task x tasks); 0 evaluates only at the end")
+    eval_episodes: int | None = _f(PRESET, "evaluation episodes per task (default: paper 50, "
+                                   "quick 5)")
+    checkpoint_every: int | None = _f(PRESET, "env steps (in all) between checkpoints "
+                                      "(default: as eval)")
+    save_replay: bool = _f(False, "also store the replay buffer in checkpoints (exact resume "
+                           "of the data; large)")
+    hidden: tuple[int, ...] | None = _f(PRESET, "hidden widths, comma separated, e.g. "
+                                        "400,400,400 (default: preset)")
+    batch_per_task: int | None = _f(PRESET, "samples per task in every update batch")
+    replay_size: int | None = _f(PRESET, "transitions kept in all, split equally over tasks "
+                                 "(default: 100k per task, quick 10k)")
+    warmup_steps: int | None = _f(PRESET, "env steps (in all) of uniform random actions "
+                                  "before updates start (default: 400 per task, quick 500)")
+    updates_per_step: int = _f(1, "gradient updates per vector-env step (one step of every "
+                               "task)")
+    lr: float = _f(3e-4, "Adam learning rate of actor, critics and temperatures")
+    gamma: float = _f(0.99, "discount factor")
+    tau: float = _f(0.005, "Polyak rate of the target critics")
+    log_every: int = _f(2_000, "env steps (in all) between TensorBoard scalar logs")
+    torch_threads: int = _f(1, "CPU threads for torch. 1 by default: the env loop is serial, "
+                            "the matrices are small, and several runs sharing a few cores slow "
+                            "down ~100x when each spins a thread pool")
+    vector_strategy: str = _f("sync", "gymnasium vector env: sync (one process) or async "
+                              "(a process per task)", choices=("sync", "async"))
+
+    def resolved(self, num_tasks: int) -> TrainConfig:
+        """Fill preset-valued fields for a benchmark with ``num_tasks`` tasks."""
+        p = PRESETS[self.preset]
+        per_task = {
+            "total_steps": p["steps_per_task"], "eval_every": p["eval_every_per_task"],
+            "checkpoint_every": p["checkpoint_every_per_task"],
+            "replay_size": p["replay_per_task"], "warmup_steps": p["warmup_per_task"],
+        }
+        values = asdict(self)
+        for k, v in per_task.items():
+            if values[k] is None:
+                values[k] = v * num_tasks
+        for k in ("hidden", "batch_per_task", "eval_episodes"):
+            if values[k] is None:
+                values[k] = p[k]
+        values["hidden"] = tuple(values["hidden"])
+        return TrainConfig(**values)
+
+    def validate(self) -> None:
+        positive = ("total_steps", "eval_episodes", "checkpoint_every", "batch_per_task",
+                    "replay_size", "updates_per_step", "log_every", "torch_threads")
+        for k in positive:
+            v = getattr(self, k)
+            if v is not None and v <= 0:
+                raise ValueError(f"--{k.replace('_', '-')} must be positive, got {v}")
+        for k in ("eval_every", "warmup_steps"):
+            v = getattr(self, k)
+            if v is not None and v < 0:
+                raise ValueError(f"--{k.replace('_', '-')} must not be negative, got {v}")
+        if self.hidden is not None and (not self.hidden or min(self.hidden) <= 0):
+            raise ValueError(f"--hidden needs positive widths, got {self.hidden}")
+        if not (0 < self.lr and 0 <= self.gamma <= 1 and 0 < self.tau <= 1):
+            raise ValueError("need lr > 0, 0 <= gamma <= 1 and 0 < tau <= 1")
+        if self.arch == "tree" and not self.architecture:
+            raise ValueError("--arch tree needs --architecture FILE.json")
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, path: Path) -> TrainConfig:
+        values = json.loads(path.read_text())
+        names = {f.name for f in fields(cls)}
+        unknown = set(values) - names
+        if unknown:
+            raise ValueError(f"{path}: unknown config keys {sorted(unknown)}")
+        if values.get("hidden") is not None:
+            values["hidden"] = tuple(values["hidden"])
+        return cls(**values)
+
+
+def _parse_widths(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(w) for w in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls=TrainConfig) -> None:
+    """One ``--flag`` per dataclass field; every default is None so that the flags a user
+    really gave can be told apart (needed by presets and --resume)."""
+    for f in fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        meta = dict(f.metadata)
+        kind = f.type if isinstance(f.type, str) else f.type.__name__
+        if kind == "bool":
+            parser.add_argument(flag, action="store_true", default=None, help=meta["help"])
+            continue
+        if kind.startswith("tuple"):
+            conv = _parse_widths
+        elif kind.startswith("int"):
+            conv = int
+        elif kind.startswith("float"):
+            conv = float
+        else:
+            conv = str
+        default = f.default
+        shown = "" if default is None else f" (default: {default})"
+        parser.add_argument(flag, type=conv, default=None, choices=meta.get("choices"),
+                            help=meta["help"] + shown, metavar=None if meta.get("choices")
+                            else f.name.upper())
+
+
+def given_arguments(args: argparse.Namespace, cls=TrainConfig) -> dict:
+    """The config fields the user set on the command line."""
+    return {f.name: getattr(args, f.name) for f in fields(cls)
+            if getattr(args, f.name, None) is not None}

@@ -1,0 +1,385 @@
+"""Train multi-task SAC on a benchmark: ``python -m conal_rl.train --benchmark MT10``.
+
+Wires the three layers together: envs (vector env, evaluation) -> replay -> agent update
+(networks from the architecture factory), with TensorBoard logs, periodic evaluation and
+checkpoints that resume (``--resume RUN_DIR``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import random
+import signal
+import sys
+import time
+from collections import defaultdict
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from agents import MultiTaskReplay, MultiTaskSAC, SACConfig
+from conal_rl import checkpoint
+from conal_rl.architectures import tree_factory, tree_specs
+from conal_rl.config import TrainConfig, add_config_arguments, given_arguments
+from conal_rl.tree import num_parameters, save_specs
+from envs import (EvalResult, UnknownBenchmark, check_benchmark_name, evaluate, make_benchmark,
+                  make_eval_benchmark)
+
+# Flags that may change when a run is resumed; all others must match the saved config.
+RESUMABLE_OVERRIDES = {"total_steps", "device", "eval_every", "eval_episodes",
+                       "checkpoint_every", "save_replay", "log_every"}
+
+
+class UserError(Exception):
+    """A mistake on the command line: reported as one line, exit status 2."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda requested but CUDA is not available on this machine "
+                        f"(torch {torch.__version__}); use --device cpu or auto")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> np.random.Generator:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    return np.random.default_rng(seed)
+
+
+class Trainer:
+    """One training run in ``run_dir``; ``run()`` trains to ``config.total_steps``."""
+
+    def __init__(self, config: TrainConfig, run_dir: Path, resume: bool = False):
+        self.config, self.run_dir = config, run_dir
+        self.device = resolve_device(config.device)
+        torch.set_num_threads(config.torch_threads)
+        self.np_rng = seed_everything(config.seed)
+        self.bench = make_benchmark(config.benchmark, config.seed, config.vector_strategy)
+        self.eval_bench = None  # built on first use
+        T, obs_dim = self.bench.num_tasks, self.bench.obs_dim
+        space = self.bench.action_space
+        self.act_dim = int(np.prod(space.shape))
+        self.action_scale = (space.high - space.low) / 2
+        self.action_bias = (space.high + space.low) / 2
+
+        self.specs = tree_specs(config.arch, config.hidden, self.bench.task_names,
+                                config.architecture)
+        sac_config = SACConfig(gamma=config.gamma, tau=config.tau, actor_lr=config.lr,
+                               critic_lr=config.lr, temperature_lr=config.lr)
+        self.agent = MultiTaskSAC(tree_factory(self.specs), T, obs_dim, self.act_dim,
+                                  sac_config).to(self.device)
+        self.replay = MultiTaskReplay(max(1, config.replay_size // T), T, obs_dim,
+                                      self.act_dim, self.device, seed=config.seed)
+        self.env_steps = self.updates = 0
+        self.last_eval: EvalResult | None = None
+        self.timers: dict[str, float] = defaultdict(float)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self._load_checkpoint()
+        else:
+            config.save(run_dir / "config.json")
+            save_specs(run_dir / "architecture.json", self.specs)
+        self.writer = SummaryWriter(str(run_dir))
+
+    # ---- paths ----------------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / "checkpoints" / "latest.pt"
+
+    # ---- acting ---------------------------------------------------------------------------
+    def _policy_actions(self, obs: np.ndarray, deterministic: bool) -> np.ndarray:
+        """Actions in [-1, 1], one per sub-env (sub-env i is task i: [T, 1, obs])."""
+        x = torch.as_tensor(obs, dtype=torch.float32, device=self.device)[:, None, :]
+        return self.agent.act(x, deterministic)[:, 0].cpu().numpy()
+
+    def _to_env(self, action: np.ndarray) -> np.ndarray:
+        return self.action_bias + self.action_scale * action
+
+    def eval_policy(self, obs: np.ndarray) -> np.ndarray:
+        return self._to_env(self._policy_actions(obs, deterministic=True))
+
+    # ---- the loop -------------------------------------------------------------------------
+    def run(self) -> EvalResult:
+        cfg, T = self.config, self.bench.num_tasks
+        envs = self.bench.envs
+        # A resumed run starts fresh episodes from a seed derived from where it stands, so
+        # resuming twice from the same checkpoint gives the same run.
+        obs, _ = envs.reset(seed=cfg.seed + self.env_steps)
+        ep_success = np.zeros(T)
+        stop = _StopSignal()
+        bar = tqdm(total=cfg.total_steps, initial=self.env_steps, unit="step",
+                   dynamic_ncols=True, desc=f"{cfg.benchmark} {cfg.arch}",
+                   mininterval=0.5 if sys.stderr.isatty() else 30)
+        pending: list[dict] = []  # per-update metric tensors, synced at log time
+        log_clock = self._clock()
+        if self.env_steps:
+            tqdm.write(f"resumed {self.run_dir} at env step {self.env_steps}")
+        try:
+            while self.env_steps < cfg.total_steps and not stop.requested:
+                t0 = time.perf_counter()
+                if self.env_steps < cfg.warmup_steps:
+                    actions = self.np_rng.uniform(-1, 1, (T, self.act_dim))
+                else:
+                    actions = self._policy_actions(obs, deterministic=False)
+                t1 = time.perf_counter()
+                next_obs, rewards, term, trunc, info = envs.step(self._to_env(actions))
+                t2 = time.perf_counter()
+                done = term | trunc
+                real_next = next_obs.copy()
+                for i in np.flatnonzero(done):
+                    real_next[i] = info["final_obs"][i]
+                self.replay.add(obs, actions, rewards, real_next, term)
+                obs = next_obs
+                self.env_steps += T
+                bar.update(T)
+                if "success" in info:
+                    ep_success = np.maximum(ep_success, info["success"])
+                if done.any():
+                    self._log_episodes(info, done, ep_success)
+                    ep_success[done] = 0
+                t3 = time.perf_counter()
+                if self.env_steps >= cfg.warmup_steps:
+                    for _ in range(cfg.updates_per_step):
+                        pending.append(self.agent.update(self.replay.sample(cfg.batch_per_task)))
+                        self.updates += 1
+                t4 = time.perf_counter()
+                for k, dt in (("act", t1 - t0), ("env", t2 - t1), ("replay_add", t3 - t2),
+                              ("update", t4 - t3)):
+                    self.timers[k] += dt
+
+                if self._crossed(cfg.log_every):
+                    log_clock = self._log_training(pending, log_clock, bar)
+                    pending = []
+                if cfg.eval_every and self._crossed(cfg.eval_every):
+                    self.evaluate()
+                if self._crossed(cfg.checkpoint_every):
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+        self.save_checkpoint()
+        if stop.requested:
+            tqdm.write(f"stopped by signal at env step {self.env_steps}; checkpoint saved, "
+                       f"continue with --resume {self.run_dir}")
+            raise SystemExit(128 + stop.signum)
+        if self.last_eval is None or self.last_eval_step != self.env_steps:
+            self.evaluate()
+        self._write_timing()
+        self.writer.close()
+        return self.last_eval
+
+    def _crossed(self, every: int) -> bool:
+        """True on the vector step that crosses a multiple of ``every`` env steps."""
+        T = self.bench.num_tasks
+        return every > 0 and self.env_steps // every != (self.env_steps - T) // every
+
+    # ---- evaluation -----------------------------------------------------------------------
+    def evaluate(self) -> EvalResult:
+        t0 = time.perf_counter()
+        if self.eval_bench is None:
+            self.eval_bench = make_eval_benchmark(self.config.benchmark, self.config.seed)
+        result = evaluate(self.eval_policy, self.eval_bench, self.config.eval_episodes)
+        self.timers["eval"] += time.perf_counter() - t0
+        self.last_eval, self.last_eval_step = result, self.env_steps
+        step = self.env_steps
+        for task in result.task_names:
+            if self.bench.is_metaworld:
+                self.writer.add_scalar(f"eval_success/{task}", result.success[task], step)
+            self.writer.add_scalar(f"eval_return/{task}", result.returns[task], step)
+        if self.bench.is_metaworld:
+            self.writer.add_scalar("eval/mean_success", result.mean_success, step)
+        self.writer.add_scalar("eval/mean_return", result.mean_return, step)
+        self._append_eval_table(result)
+        tqdm.write(format_eval(result, step))
+        return result
+
+    def _append_eval_table(self, result: EvalResult) -> None:
+        path = self.run_dir / "evaluations.csv"
+        new = not path.exists()
+        with open(path, "a", newline="") as f:
+            w = csv.DictWriter(f, ["env_steps", "task", "success", "return", "episodes"])
+            if new:
+                w.writeheader()
+            for row in result.rows():
+                w.writerow({"env_steps": self.env_steps, **row})
+        latest = {"env_steps": self.env_steps, "mean_success": result.mean_success,
+                  "mean_return": result.mean_return, "tasks": result.rows()}
+        (self.run_dir / "eval.json").write_text(json.dumps(latest, indent=2))
+
+    # ---- logging --------------------------------------------------------------------------
+    def _log_episodes(self, info: dict, done: np.ndarray, ep_success: np.ndarray) -> None:
+        returns = info["final_info"]["episode"]["r"]
+        for i in np.flatnonzero(done):
+            task = self.bench.task_names[i]
+            self.writer.add_scalar(f"train_return/{task}", float(returns[i]), self.env_steps)
+            if self.bench.is_metaworld:
+                self.writer.add_scalar(f"train_success/{task}", ep_success[i], self.env_steps)
+
+    def _clock(self) -> tuple[float, int, int]:
+        """Training time so far (wall time less evaluation and checkpointing) and counters."""
+        paused = self.timers["eval"] + self.timers["checkpoint"]
+        return time.perf_counter() - paused, self.env_steps, self.updates
+
+    def _log_training(self, pending: list[dict], clock: tuple, bar: tqdm) -> tuple:
+        now = self._clock()
+        t_prev, steps_prev, updates_prev = clock
+        dt = max(now[0] - t_prev, 1e-9)
+        sps = (self.env_steps - steps_prev) / dt
+        ups = (self.updates - updates_prev) / dt
+        step = self.env_steps
+        self.writer.add_scalar("speed/env_steps_per_s", sps, step)
+        self.writer.add_scalar("speed/updates_per_s", ups, step)
+        if pending:
+            # One host sync for the whole logging window.
+            means = {k: torch.stack([m[k] for m in pending]).mean(0).cpu() for k in pending[0]}
+            for k, per_task in means.items():
+                self.writer.add_scalar(f"loss/{k}" if "loss" in k else f"sac/{k}",
+                                       per_task.mean().item(), step)
+            for task, value in zip(self.bench.task_names, means["temperature"].tolist()):
+                self.writer.add_scalar(f"temperature/{task}", value, step)
+        postfix = {"sps": f"{sps:.0f}", "ups": f"{ups:.0f}"}
+        if self.last_eval is not None:
+            key = "success" if self.bench.is_metaworld else "return"
+            value = (self.last_eval.mean_success if self.bench.is_metaworld
+                     else self.last_eval.mean_return)
+            postfix[key] = f"{value:.2f}"
+        bar.set_postfix(postfix, refresh=False)
+        return now
+
+    def _write_timing(self) -> None:
+        timing = dict(self.timers) | {"env_steps": self.env_steps, "updates": self.updates}
+        (self.run_dir / "timing.json").write_text(json.dumps(timing, indent=2))
+
+    # ---- checkpoints ----------------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        t0 = time.perf_counter()
+        checkpoint.save_atomic({
+            "config": asdict(self.config),
+            "agent": self.agent.state_dict(),
+            "optimizers": self.agent.optimizer_state(),
+            "counters": {"env_steps": self.env_steps, "updates": self.updates},
+            "rng": checkpoint.rng_state(self.np_rng),
+            "replay": self.replay.state_dict() if self.config.save_replay else None,
+        }, self.checkpoint_path)
+        self.timers["checkpoint"] += time.perf_counter() - t0
+
+    def _load_checkpoint(self) -> None:
+        state = checkpoint.load(self.checkpoint_path, map_location=self.device)
+        saved = state["config"]
+        if saved["benchmark"] != self.config.benchmark or saved["arch"] != self.config.arch:
+            raise checkpoint.CheckpointError(
+                f"{self.checkpoint_path} was trained on {saved['benchmark']} with "
+                f"{saved['arch']}, not {self.config.benchmark} with {self.config.arch}")
+        self.agent.load_state_dict(state["agent"])
+        self.agent.load_optimizer_state(state["optimizers"])
+        self.env_steps = state["counters"]["env_steps"]
+        self.updates = state["counters"]["updates"]
+        checkpoint.restore_rng(state["rng"], self.np_rng)
+        if state["replay"] is not None:
+            self.replay.load_state_dict(state["replay"])
+
+
+class _StopSignal:
+    """SIGTERM/SIGINT end the loop at the next step boundary, so a checkpoint is written."""
+
+    def __init__(self):
+        self.requested, self.signum = False, 0
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave default handling
+                pass
+
+    def _handle(self, signum, frame):
+        self.requested, self.signum = True, signum
+
+
+def format_eval(result: EvalResult, step: int) -> str:
+    lines = [f"evaluation at env step {step} ({result.episodes} episodes per task):"]
+    for row in result.rows():
+        lines.append(f"  {row['task']:<28} success {row['success']:.2f}   "
+                     f"return {row['return']:9.1f}")
+    lines.append(f"  {'mean':<28} success {result.mean_success:.2f}   "
+                 f"return {result.mean_return:9.1f}")
+    return "\n".join(lines)
+
+
+# ---- command line ---------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m conal_rl.train", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_config_arguments(parser)
+    parser.add_argument("--resume", metavar="RUN_DIR", default=None,
+                        help="continue the run in RUN_DIR from its last checkpoint (its "
+                        "config.json is used; --total-steps etc. may extend it)")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, Path, bool]:
+    given = given_arguments(args)
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.json").is_file():
+            raise UserError(f"--resume {run_dir}: no config.json there (not a run directory)")
+        saved = TrainConfig.load(run_dir / "config.json")
+        clash = {k for k, v in given.items()
+                 if k not in RESUMABLE_OVERRIDES and v != getattr(saved, k)}
+        if clash:
+            raise UserError(f"--resume cannot change {', '.join(sorted(clash))} "
+                            f"(only {', '.join(sorted(RESUMABLE_OVERRIDES))})")
+        config = replace(saved, **{k: v for k, v in given.items() if k in RESUMABLE_OVERRIDES})
+        resume = True
+    else:
+        config = TrainConfig(**given)
+        run_dir = None
+        resume = False
+    try:
+        check_benchmark_name(config.benchmark)
+        config.validate()
+    except (UnknownBenchmark, ValueError) as e:
+        raise UserError(str(e)) from None
+    resolve_device(config.device)  # fail before any env is built
+    if run_dir is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        name = config.benchmark.replace(":", "-")
+        run_dir = Path(config.run_dir or f"runs/{name}-{config.arch}-s{config.seed}-{stamp}")
+        if (run_dir / "checkpoints" / "latest.pt").exists():
+            raise UserError(f"{run_dir} already holds a run; use --resume {run_dir} or "
+                            "another --run-dir")
+    return config, run_dir, resume
+
+
+def main(argv: list[str] | None = None) -> EvalResult:
+    args = build_parser().parse_args(argv)
+    try:
+        config, run_dir, resume = config_from_args(args)
+        num_tasks = _num_tasks(config.benchmark)
+        config = config.resolved(num_tasks)
+        config.validate()
+        print("config:", json.dumps(asdict(config)))
+        trainer = Trainer(config, run_dir, resume=resume)
+    except (UserError, checkpoint.CheckpointError, ValueError) as e:
+        print(f"conal_rl.train: error: {e}", file=sys.stderr)
+        raise SystemExit(2)
+    print(f"run directory: {run_dir}")
+    for role in ("actor", "critic"):
+        net = getattr(trainer.agent, role)
+        print(f"{role}: {num_parameters(net):,} parameters ({config.arch})")
+    return trainer.run()
+
+
+def _num_tasks(benchmark: str) -> int:
+    return {"MT10": 10, "MT50": 50}.get(benchmark, 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""Benchmarks as gymnasium vector envs with one sub-env per task.
+
+Names: ``MT10``, ``MT50`` (Meta-World's registered multi-task benchmarks), ``MT1:<task>``
+(one Meta-World task with its 50 goal variations), and ``gym:<env-id>`` (any gymnasium
+continuous-control env as a one-task benchmark, for sanity checks such as Pendulum-v1).
+Sub-env i always holds task i, so a batch of observations from the vector env is already
+in the task-major layout ``[T, ...]`` the networks use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+
+METAWORLD_MT = ("MT10", "MT50")
+VALID_NAMES = "MT10, MT50, MT1:<task> (e.g. MT1:reach-v3) or gym:<env-id> (e.g. gym:Pendulum-v1)"
+
+
+class UnknownBenchmark(ValueError):
+    pass
+
+
+@dataclass
+class Benchmark:
+    name: str
+    envs: gym.vector.VectorEnv
+    task_names: list[str]
+    is_metaworld: bool
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.task_names)
+
+    @property
+    def obs_dim(self) -> int:
+        return int(np.prod(self.envs.single_observation_space.shape))
+
+    @property
+    def action_space(self) -> gym.spaces.Box:
+        return self.envs.single_action_space
+
+
+def metaworld_task_names() -> list[str]:
+    from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+
+    return list(ALL_V3_ENVIRONMENTS)
+
+
+def check_benchmark_name(name: str) -> None:
+    """Raise UnknownBenchmark, listing the valid names, unless ``name`` is one."""
+    kind, _, arg = name.partition(":")
+    if name in METAWORLD_MT:
+        return
+    if kind == "MT1" and arg:
+        if arg not in metaworld_task_names():
+            raise UnknownBenchmark(
+                f"unknown Meta-World task {arg!r}; valid: {', '.join(metaworld_task_names())}"
+            )
+        return
+    if kind == "gym" and arg:
+        try:
+            gym.spec(arg)
+        except gym.error.Error as e:
+            raise UnknownBenchmark(f"unknown gymnasium env {arg!r}: {e}") from None
+        return
+    raise UnknownBenchmark(f"unknown benchmark {name!r}; valid: {VALID_NAMES}")
+
+
+def make_benchmark(name: str, seed: int, vector_strategy: str = "sync") -> Benchmark:
+    """Build the vector env of a benchmark, seeded; raises UnknownBenchmark on a bad name."""
+    check_benchmark_name(name)
+    # SAME_STEP autoreset puts the true last observation into info["final_obs"], so no
+    # transition is lost at episode ends (and it is what metaworld's evaluation expects).
+    autoreset = gym.vector.AutoresetMode.SAME_STEP
+    kind, _, arg = name.partition(":")
+    if name in METAWORLD_MT:
+        import metaworld  # noqa: F401  (registers the Meta-World/* ids)
+        from metaworld.evaluation import _get_task_names
+
+        envs = gym.make_vec(f"Meta-World/{name}", vector_strategy=vector_strategy,
+                            seed=seed, autoreset_mode=autoreset)
+        bench = Benchmark(name, envs, _get_task_names(envs), True)
+    elif kind == "MT1":
+        import metaworld  # noqa: F401
+
+        envs = gym.vector.SyncVectorEnv(
+            [lambda: gym.make("Meta-World/MT1", env_name=arg, seed=seed)], autoreset_mode=autoreset
+        )
+        bench = Benchmark(name, envs, [arg], True)
+    else:
+        envs = gym.vector.SyncVectorEnv(
+            [lambda: gym.wrappers.RecordEpisodeStatistics(gym.make(arg))], autoreset_mode=autoreset
+        )
+        if not isinstance(envs.single_action_space, gym.spaces.Box):
+            raise UnknownBenchmark(f"{arg} has no continuous (Box) action space")
+        bench = Benchmark(name, envs, [arg], False)
+    envs.action_space.seed(seed)
+    return bench

@@ -1,0 +1,16 @@
+import warnings
+
+import pytest
+import torch
+
+warnings.filterwarnings("ignore", module="gymnasium")
+# One thread, as in training: several test processes (or a training run beside the tests)
+# sharing 2 cores collapse when each spins a thread pool.
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def mt10_eval():
+    from envs import make_eval_benchmark
+
+    return make_eval_benchmark("MT10", seed=0)

@@ -1,0 +1,71 @@
+import torch
+
+from agents import Batch, MultiTaskSAC, SACConfig
+from conal_rl.architectures import tree_factory
+from conal_rl.tree import TreeSpec
+
+T, OBS, ACT = 3, 5, 2
+
+
+def _agent(spec_fn=TreeSpec.mhsac, **config):
+    torch.manual_seed(0)
+    spec = spec_fn((32, 32), T)
+    return MultiTaskSAC(tree_factory({"actor": spec, "critic": spec}), T, OBS, ACT,
+                        SACConfig(**config))
+
+
+def _batch(B=64):
+    g = torch.Generator().manual_seed(1)
+    return Batch(torch.randn(T, B, OBS, generator=g), torch.rand(T, B, ACT, generator=g) * 2 - 1,
+                 torch.randn(T, B, 1, generator=g), torch.randn(T, B, OBS, generator=g),
+                 torch.zeros(T, B, 1))
+
+
+def test_shapes_and_action_range():
+    agent = _agent()
+    obs = torch.randn(T, 7, OBS)
+    for deterministic in (True, False):
+        a = agent.act(obs, deterministic)
+        assert a.shape == (T, 7, ACT) and a.abs().max() <= 1
+    assert agent.critic_losses(_batch()).shape == (T,)
+
+
+def test_update_decreases_critic_loss_on_fixed_batch():
+    for spec_fn in (TreeSpec.mtsac, TreeSpec.mhsac):
+        agent = _agent(spec_fn)
+        batch = _batch()
+        torch.manual_seed(2)
+        before = agent.critic_losses(batch).mean().item()
+        for _ in range(300):
+            metrics = agent.update(batch)
+        torch.manual_seed(2)
+        after = agent.critic_losses(batch).mean().item()
+        assert after < 0.5 * before, (spec_fn, before, after)
+        assert set(metrics) >= {"critic_loss", "actor_loss", "temperature", "entropy"}
+        assert metrics["critic_loss"].shape == (T,)
+
+
+def test_per_task_temperatures_move_independently():
+    agent = _agent(initial_temperature=1.0)
+    # task 0: policy far less random than the target entropy -> its temperature must rise;
+    # task 1: far more random -> it must fall; task 2: exactly on target -> no gradient.
+    log_prob = torch.zeros(T, 16, 1)
+    log_prob[0] = 10.0
+    log_prob[1] = -10.0
+    log_prob[2] = -agent.target_entropy
+    agent.temperature_optim.zero_grad()
+    agent.temperature_losses(log_prob).sum().backward()
+    assert agent.log_temperature.grad[2] == 0
+    agent.temperature_optim.step()
+    temperature = agent.temperature.detach()
+    assert temperature[0] > 1.0 > temperature[1]
+    assert temperature[2] == 1.0
+
+
+def test_targets_follow_slowly():
+    agent = _agent(tau=0.1)
+    before = [p.clone() for p in agent.critic_target.parameters()]
+    agent.update(_batch())
+    for old, target, online in zip(before, agent.critic_target.parameters(),
+                                   agent.critic.parameters()):
+        assert torch.allclose(target, 0.9 * old + 0.1 * online, atol=1e-6)

@@ -1,0 +1,79 @@
+import pytest
+import torch
+
+from conal_rl.tree import TreeNet, TreeSpec, load_specs, num_parameters, save_specs
+
+
+def test_multi_head_equals_per_task_networks():
+    torch.manual_seed(0)
+    net = TreeNet(TreeSpec.mhsac((8, 8), 3), 5, 2)
+    x = torch.randn(3, 4, 5)
+    y = net(x)
+    for t in range(3):
+        h = x[t]
+        for layer in ("1", "2"):
+            h = torch.relu(net.shared[layer](h))
+        expected = h @ net.head.weight[t] + net.head.bias[t]
+        assert torch.allclose(y[t], expected, atol=1e-6)
+
+
+def test_tree_routes_each_task_through_its_own_branch():
+    torch.manual_seed(0)
+    spec = TreeSpec((8, 8, 8), (0, 1, 3, 2))
+    net = TreeNet(spec, 5, 2)
+    x = torch.randn(4, 6, 5)
+    y = net(x)
+    for t, b in enumerate(spec.branch_points):
+        h = x[t]
+        for layer in range(1, 4):
+            if layer <= b:
+                h = net.shared[str(layer)](h)
+            else:
+                private_tasks = [s for s, bs in enumerate(spec.branch_points) if bs < layer]
+                k = private_tasks.index(t)
+                mod = net.private[str(layer)]
+                h = h @ mod.weight[k] + mod.bias[k]
+            h = torch.relu(h)
+        assert torch.allclose(y[t], h @ net.head.weight[t] + net.head.bias[t], atol=1e-6)
+
+
+def test_pruned_tree_holds_only_used_modules():
+    all_shared = num_parameters(TreeNet(TreeSpec.mhsac((8, 8), 3), 5, 2))
+    all_private = num_parameters(TreeNet(TreeSpec((8, 8), (0, 0, 0)), 5, 2))
+    assert all_private - all_shared == 2 * ((5 * 8 + 8) + (8 * 8 + 8))
+    mixed = TreeNet(TreeSpec((8, 8), (2, 1, 1)), 5, 2)
+    assert set(mixed.shared) == {"1", "2"} and set(mixed.private) == {"2"}
+    assert mixed.private["2"].n == 2
+
+
+def test_mtsac_appends_one_hot_task_id():
+    net = TreeNet(TreeSpec.mtsac((8,), 4), 5, 2)
+    assert net.shared["1"].in_features == 9
+    y = net(torch.zeros(4, 3, 5))
+    assert not torch.allclose(y[0], y[1])  # zero input, different tasks, different outputs
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(hidden=(8,), branch_points=(2,)),
+    dict(hidden=(8, 0), branch_points=(1,)),
+    dict(hidden=(8,), branch_points=()),
+    dict(hidden=(8,), branch_points=(0, 1), shared_head=True),
+    dict(hidden=(8,), branch_points=(1, 1), task_names=("a",)),
+])
+def test_invalid_specs_are_rejected(kwargs):
+    with pytest.raises(ValueError):
+        TreeSpec(**kwargs)
+
+
+def test_specs_round_trip_through_json(tmp_path):
+    specs = {"actor": TreeSpec((8, 8), (0, 2), ("a", "b")), "critic": TreeSpec.mhsac((4,), 2)}
+    save_specs(tmp_path / "a.json", specs, note="x")
+    assert load_specs(tmp_path / "a.json") == specs
+    with pytest.raises(ValueError, match="critic"):
+        save_specs(tmp_path / "b.json", {"actor": specs["actor"]})
+        load_specs(tmp_path / "b.json")
+
+
+def test_wrong_task_count_is_a_clear_error():
+    with pytest.raises(ValueError, match="3 tasks"):
+        TreeNet(TreeSpec.mhsac((8,), 3), 5, 2)(torch.zeros(2, 1, 5))
