@@ -82,6 +82,7 @@ class Trainer:
         self.env_steps = self.updates = 0
         self.last_eval: EvalResult | None = None
         self.timers: dict[str, float] = defaultdict(float)
+        self.speed: dict[str, str] = {}  # latest env-steps/s and updates/s, for the console
         run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             self._load_checkpoint()
@@ -161,6 +162,7 @@ class Trainer:
                     pending = []
                 if cfg.eval_every and self._crossed(cfg.eval_every):
                     self.evaluate()
+                    self._show_progress(bar)
                 if self._crossed(cfg.checkpoint_every):
                     self.save_checkpoint()
         finally:
@@ -240,19 +242,22 @@ class Trainer:
         if pending:
             # One host sync for the whole logging window.
             means = {k: torch.stack([m[k] for m in pending]).mean(0).cpu() for k in pending[0]}
-            for k, per_task in means.items():
-                self.writer.add_scalar(f"loss/{k}" if "loss" in k else f"sac/{k}",
-                                       per_task.mean().item(), step)
-            for task, value in zip(self.bench.task_names, means["temperature"].tolist()):
-                self.writer.add_scalar(f"temperature/{task}", value, step)
-        postfix = {"sps": f"{sps:.0f}", "ups": f"{ups:.0f}"}
-        if self.last_eval is not None:
-            key = "success" if self.bench.is_metaworld else "return"
-            value = (self.last_eval.mean_success if self.bench.is_metaworld
-                     else self.last_eval.mean_return)
-            postfix[key] = f"{value:.2f}"
-        bar.set_postfix(postfix, refresh=False)
+            for k, per_task in means.items():  # the mean over tasks, then each task
+                self.writer.add_scalar(f"train/{k}", per_task.mean().item(), step)
+                for task, value in zip(self.bench.task_names, per_task.tolist()):
+                    self.writer.add_scalar(f"{k}/{task}", value, step)
+        self.speed = {"sps": f"{sps:.0f}", "ups": f"{ups:.0f}"}
+        self._show_progress(bar)
         return now
+
+    def _show_progress(self, bar: tqdm) -> None:
+        postfix = dict(self.speed)
+        if self.last_eval is not None:
+            if self.bench.is_metaworld:
+                postfix["success"] = f"{self.last_eval.mean_success:.2f}"
+            else:
+                postfix["return"] = f"{self.last_eval.mean_return:.1f}"
+        bar.set_postfix(postfix, refresh=False)
 
     def _write_timing(self) -> None:
         timing = dict(self.timers) | {"env_steps": self.env_steps, "updates": self.updates}

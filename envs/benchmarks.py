@@ -86,7 +86,8 @@ def make_benchmark(name: str, seed: int, vector_strategy: str = "sync") -> Bench
         import metaworld  # noqa: F401
 
         envs = gym.vector.SyncVectorEnv(
-            [lambda: gym.make("Meta-World/MT1", env_name=arg, seed=seed)], autoreset_mode=autoreset
+            [lambda: gym.make("Meta-World/MT1", env_name=arg, seed=seed, disable_env_checker=True)],
+            autoreset_mode=autoreset
         )
         bench = Benchmark(name, envs, [arg], True)
     else:
