@@ -34,7 +34,7 @@ def load(path: Path, map_location="cpu") -> dict:
     try:
         state = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # truncated or foreign file
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__})")
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__})") from e
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a conal-rl checkpoint")
     return state

@@ -28,8 +28,14 @@ from conal_rl import checkpoint
 from conal_rl.architectures import tree_factory, tree_specs
 from conal_rl.config import TrainConfig, add_config_arguments, given_arguments
 from conal_rl.tree import num_parameters, save_specs
-from envs import (EvalResult, UnknownBenchmark, check_benchmark_name, evaluate, make_benchmark,
-                  make_eval_benchmark)
+from envs import (
+    EvalResult,
+    UnknownBenchmark,
+    check_benchmark_name,
+    evaluate,
+    make_benchmark,
+    make_eval_benchmark,
+)
 
 # Flags that may change when a run is resumed; all others must match the saved config.
 RESUMABLE_OVERRIDES = {"total_steps", "device", "eval_every", "eval_episodes",
@@ -374,7 +380,7 @@ def main(argv: list[str] | None = None) -> EvalResult:
         trainer = Trainer(config, run_dir, resume=resume)
     except (UserError, checkpoint.CheckpointError, ValueError) as e:
         print(f"conal_rl.train: error: {e}", file=sys.stderr)
-        raise SystemExit(2)
+        raise SystemExit(2) from None
     print(f"run directory: {run_dir}")
     for role in ("actor", "critic"):
         net = getattr(trainer.agent, role)

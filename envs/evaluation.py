@@ -8,8 +8,8 @@ the same episode count is run and only returns are reported.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
