@@ -27,6 +27,7 @@ from agents import MultiTaskReplay, MultiTaskSAC, SACConfig
 from conal_rl import checkpoint
 from conal_rl.architectures import tree_factory, tree_specs
 from conal_rl.config import TrainConfig, add_config_arguments, given_arguments
+from conal_rl.draw import save_tree_pictures
 from conal_rl.tree import num_parameters, save_specs
 from envs import (
     EvalResult,
@@ -95,6 +96,7 @@ class Trainer:
         else:
             config.save(run_dir / "config.json")
             save_specs(run_dir / "architecture.json", self.specs)
+            save_tree_pictures(run_dir / "architecture.png", self.specs)
         self.writer = SummaryWriter(str(run_dir))
 
     # ---- paths ----------------------------------------------------------------------------
