@@ -16,7 +16,9 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +26,22 @@ from torch import Tensor, nn
 from agents.replay import Batch
 
 NetFactory = Callable[[str, int, int], nn.Module]
+
+
+class GradientFilter(Protocol):
+    def record(self) -> AbstractContextManager: ...  # around the loss's forward
+    def apply(self) -> object: ...  # after backward, before the optimizer step
+
+
+class _NoFilter:
+    def record(self) -> AbstractContextManager:
+        return nullcontext()
+
+    def apply(self) -> None:
+        pass
+
+
+NO_FILTER = _NoFilter()
 
 # Log-std range of the Gaussian policy, squashed smoothly with tanh (CleanRL's
 # sac_continuous_action.py).
@@ -99,6 +117,10 @@ class MultiTaskSAC(nn.Module):
         self.critic_optim = torch.optim.Adam(weight_parameters(self.critic), lr=config.critic_lr)
         self.temperature_optim = torch.optim.Adam([self.log_temperature],
                                                   lr=config.temperature_lr)
+        self.gradient_filters: dict[str, GradientFilter] = {}
+        """Optional per network ("actor", "critic"): something that watches the forward of
+        that network's loss and then edits its gradients before the optimizer step (e.g.
+        CoNAL's conflict-noticing). The agent only calls record() and apply()."""
 
     @property
     def temperature(self) -> Tensor:
@@ -134,14 +156,18 @@ class MultiTaskSAC(nn.Module):
     # ---- one gradient step of everything ------------------------------------------------
     def update(self, batch: Batch) -> dict[str, Tensor]:
         """One SAC update; returns detached per-task metrics (no host sync here)."""
-        critic_losses = self.critic_losses(batch)
-        self._step(self.critic_optim, critic_losses.mean(), self.critic)
+        critic_filter = self.gradient_filters.get("critic", NO_FILTER)
+        with critic_filter.record():
+            critic_losses = self.critic_losses(batch)
+        self._step(self.critic_optim, critic_losses.mean(), self.critic, critic_filter)
 
         # The critic is only a function to differentiate through in the actor step.
         self.critic.requires_grad_(False)
-        actor_losses, log_prob = self.actor_losses(batch.obs)
+        actor_filter = self.gradient_filters.get("actor", NO_FILTER)
+        with actor_filter.record():
+            actor_losses, log_prob = self.actor_losses(batch.obs)
         self.critic.requires_grad_(True)
-        self._step(self.actor_optim, actor_losses.mean(), self.actor)
+        self._step(self.actor_optim, actor_losses.mean(), self.actor, actor_filter)
 
         temperature_losses = self.temperature_losses(log_prob)
         self._step(self.temperature_optim, temperature_losses.sum(), None)
@@ -157,12 +183,24 @@ class MultiTaskSAC(nn.Module):
             "entropy": -log_prob.detach().mean(dim=(1, 2)),
         }
 
-    def _step(self, optim: torch.optim.Optimizer, loss: Tensor, module: nn.Module | None):
+    def _step(self, optim: torch.optim.Optimizer, loss: Tensor, module: nn.Module | None,
+              gradient_filter: GradientFilter | None = None):
         optim.zero_grad(set_to_none=True)
         loss.backward()
+        if gradient_filter is not None:
+            gradient_filter.apply()
         if module is not None and self.config.max_grad_norm is not None:
             nn.utils.clip_grad_norm_(weight_parameters(module), self.config.max_grad_norm)
         optim.step()
+
+    def load_networks(self, state: dict[str, dict]) -> None:
+        """Start from given network weights (keys "actor.net", "critic.q1", "critic.q2");
+        the target critics copy the critics."""
+        modules = {"actor.net": self.actor.net, "critic.q1": self.critic.q1,
+                   "critic.q2": self.critic.q2}
+        for key, weights in state.items():
+            modules[key].load_state_dict(weights)
+        self.critic_target.load_state_dict(self.critic.state_dict())
 
     # ---- checkpoint state ----------------------------------------------------------------
     def optimizer_state(self) -> dict:

@@ -27,10 +27,12 @@ def _f(default, help: str, **kw):
 PRESETS = {
     "paper": dict(steps_per_task=2_000_000, hidden=(400, 400, 400), batch_per_task=128,
                   replay_per_task=100_000, warmup_per_task=400, eval_every_per_task=20_000,
-                  eval_episodes=50, checkpoint_every_per_task=20_000),
+                  eval_episodes=50, checkpoint_every_per_task=20_000,
+                  search_per_task=200_000, arch_lr=5e-5),
     "quick": dict(steps_per_task=10_000, hidden=(128, 128, 128), batch_per_task=32,
                   replay_per_task=10_000, warmup_per_task=500, eval_every_per_task=5_000,
-                  eval_episodes=5, checkpoint_every_per_task=5_000),
+                  eval_episodes=5, checkpoint_every_per_task=5_000,
+                  search_per_task=3_000, arch_lr=1e-3),
 }
 
 
@@ -39,8 +41,9 @@ class TrainConfig:
     benchmark: str = _f("MT10", "MT10, MT50, MT1:<task> (e.g. MT1:reach-v3) or gym:<env-id> "
                         "(e.g. gym:Pendulum-v1, a one-task sanity check)")
     arch: str = _f("mtsac", "network architecture: mtsac (shared MLP + one-hot task id), "
-                   "mhsac (shared trunk, one head per task), tree (a given tree, see "
-                   "--architecture)", choices=("mtsac", "mhsac", "tree"))
+                   "mhsac (shared trunk, one head per task), conal (search the trees with "
+                   "CoNAL, derive, prune, then train them), tree (a given tree, see "
+                   "--architecture)", choices=("mtsac", "mhsac", "conal", "tree"))
     architecture: str | None = _f(None, "architecture JSON (actor and critic trees) for "
                                   "--arch tree")
     preset: str = _f("paper", "default sizes and budgets: paper (3x400 nets, 2M steps per "
@@ -68,6 +71,23 @@ class TrainConfig:
                                  "(default: 100k per task, quick 10k)")
     warmup_steps: int | None = _f(PRESET, "env steps (in all) of uniform random actions "
                                   "before updates start (default: 400 per task, quick 500)")
+    search_steps: int | None = _f(PRESET, "--arch conal: env steps (in all) of the search "
+                                  "phase, before the pruned trees train for --total-steps "
+                                  "(default: 10%% of the paper budget, quick 3k per task)")
+    arch_lr: float | None = _f(PRESET, "--arch conal: Adam learning rate of alpha (default: "
+                               "paper 5e-5 as the official CoNAL search, quick 1e-3 to move "
+                               "alpha within a short search)")
+    gumbel: bool = _f(False, "--arch conal: mix the branch points with a hard Gumbel-softmax "
+                      "sample (temperature annealed 5 -> 0.5) instead of softmax(alpha)",
+                      off_flag="--softmax")
+    no_conflict_noticing: bool = _f(False, "--arch conal: ablation, search without "
+                                    "conflict-noticing")
+    no_private: bool = _f(False, "--arch conal: ablation, search space without purely-"
+                          "specific modules (LTB-style: the modules after a branch point are "
+                          "shared by all tasks that leave there)")
+    inherit_weights: bool = _f(False, "--arch conal: train the pruned trees from the searched "
+                               "weights instead of from scratch (the paper retrains from "
+                               "scratch)")
     updates_per_step: int = _f(1, "gradient updates per vector-env step (one step of every "
                                "task)")
     lr: float = _f(3e-4, "Adam learning rate of actor, critics and temperatures")
@@ -87,12 +107,13 @@ class TrainConfig:
             "total_steps": p["steps_per_task"], "eval_every": p["eval_every_per_task"],
             "checkpoint_every": p["checkpoint_every_per_task"],
             "replay_size": p["replay_per_task"], "warmup_steps": p["warmup_per_task"],
+            "search_steps": p["search_per_task"],
         }
         values = asdict(self)
         for k, v in per_task.items():
             if values[k] is None:
                 values[k] = v * num_tasks
-        for k in ("hidden", "batch_per_task", "eval_episodes"):
+        for k in ("hidden", "batch_per_task", "eval_episodes", "arch_lr"):
             if values[k] is None:
                 values[k] = p[k]
         values["hidden"] = tuple(values["hidden"])
@@ -100,7 +121,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         positive = ("total_steps", "eval_episodes", "checkpoint_every", "batch_per_task",
-                    "replay_size", "updates_per_step", "log_every", "torch_threads")
+                    "replay_size", "updates_per_step", "log_every", "torch_threads", "search_steps",
+                    "arch_lr")
         for k in positive:
             v = getattr(self, k)
             if v is not None and v <= 0:
@@ -148,6 +170,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls=TrainConfig) -> No
         kind = f.type if isinstance(f.type, str) else f.type.__name__
         if kind == "bool":
             parser.add_argument(flag, action="store_true", default=None, help=meta["help"])
+            if "off_flag" in meta:
+                parser.add_argument(meta["off_flag"], dest=f.name, action="store_false",
+                                    help=f"the opposite of {flag} (the default)")
             continue
         if kind.startswith("tuple"):
             conv = _parse_widths

@@ -50,3 +50,17 @@ def save_tree_pictures(path: str | Path, specs: dict[str, TreeSpec]) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def heatmap_figure(values, row_labels, col_labels, title: str, vmin=None, vmax=None,
+                   cmap: str = "viridis"):
+    """A labelled heatmap (for TensorBoard images: alpha per task, gradient sign patterns)."""
+    rows, cols = len(row_labels), len(col_labels)
+    fig, ax = plt.subplots(figsize=(1.6 + 0.45 * cols + 1.8, 1.0 + 0.3 * rows))
+    im = ax.imshow(values, vmin=vmin, vmax=vmax, cmap=cmap, aspect="auto")
+    ax.set_xticks(range(cols), col_labels, fontsize=7, rotation=90 if cols > 6 else 0)
+    ax.set_yticks(range(rows), row_labels, fontsize=7)
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.05)
+    fig.tight_layout()
+    return fig

@@ -23,13 +23,15 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from agents import MultiTaskReplay, MultiTaskSAC, SACConfig
+from agents import MultiTaskReplay, MultiTaskSAC, NetFactory, SACConfig
 from conal_rl import checkpoint
 from conal_rl.architectures import tree_factory, tree_specs
+from conal_rl.conal_sac import ConalSearch, SearchSettings, supernet_factory
 from conal_rl.config import TrainConfig, add_config_arguments, given_arguments
 from conal_rl.draw import save_tree_pictures
-from conal_rl.tree import num_parameters, save_specs
+from conal_rl.tree import TreeNet, TreeSpec, load_specs, num_parameters, save_specs
 from envs import (
+    Benchmark,
     EvalResult,
     UnknownBenchmark,
     check_benchmark_name,
@@ -63,27 +65,31 @@ def seed_everything(seed: int) -> np.random.Generator:
 
 
 class Trainer:
-    """One training run in ``run_dir``; ``run()`` trains to ``config.total_steps``."""
+    """One training run in ``run_dir``; ``run()`` trains to ``config.total_steps``.
 
-    def __init__(self, config: TrainConfig, run_dir: Path, resume: bool = False):
-        self.config, self.run_dir = config, run_dir
+    ``make_net`` builds the actor's and critics' networks; with ``search`` settings those
+    are supernets and every update is preceded by a CoNAL architecture step. A checkpoint
+    in ``run_dir`` is resumed.
+    """
+
+    def __init__(self, config: TrainConfig, run_dir: Path, bench: Benchmark,
+                 make_net: NetFactory, search: SearchSettings | None = None,
+                 eval_bench: Benchmark | None = None):
+        self.config, self.run_dir, self.bench = config, run_dir, bench
         self.device = resolve_device(config.device)
         torch.set_num_threads(config.torch_threads)
         self.np_rng = seed_everything(config.seed)
-        self.bench = make_benchmark(config.benchmark, config.seed, config.vector_strategy)
-        self.eval_bench = None  # built on first use
+        self.eval_bench = eval_bench  # built on first use when None
         T, obs_dim = self.bench.num_tasks, self.bench.obs_dim
         space = self.bench.action_space
         self.act_dim = int(np.prod(space.shape))
         self.action_scale = (space.high - space.low) / 2
         self.action_bias = (space.high + space.low) / 2
 
-        self.specs = tree_specs(config.arch, config.hidden, self.bench.task_names,
-                                config.architecture)
         sac_config = SACConfig(gamma=config.gamma, tau=config.tau, actor_lr=config.lr,
                                critic_lr=config.lr, temperature_lr=config.lr)
-        self.agent = MultiTaskSAC(tree_factory(self.specs), T, obs_dim, self.act_dim,
-                                  sac_config).to(self.device)
+        self.agent = MultiTaskSAC(make_net, T, obs_dim, self.act_dim, sac_config).to(self.device)
+        self.search = ConalSearch(self.agent, search, bench.task_names) if search else None
         self.replay = MultiTaskReplay(max(1, config.replay_size // T), T, obs_dim,
                                       self.act_dim, self.device, seed=config.seed)
         self.env_steps = self.updates = 0
@@ -91,12 +97,10 @@ class Trainer:
         self.timers: dict[str, float] = defaultdict(float)
         self.speed: dict[str, str] = {}  # latest env-steps/s and updates/s, for the console
         run_dir.mkdir(parents=True, exist_ok=True)
-        if resume:
+        self.resumed = self.checkpoint_path.exists()
+        if self.resumed:
             self._load_checkpoint()
-        else:
-            config.save(run_dir / "config.json")
-            save_specs(run_dir / "architecture.json", self.specs)
-            save_tree_pictures(run_dir / "architecture.png", self.specs)
+        config.save(run_dir / "config.json")
         self.writer = SummaryWriter(str(run_dir))
 
     # ---- paths ----------------------------------------------------------------------------
@@ -117,7 +121,7 @@ class Trainer:
         return self._to_env(self._policy_actions(obs, deterministic=True))
 
     # ---- the loop -------------------------------------------------------------------------
-    def run(self) -> EvalResult:
+    def run(self, final_eval: bool = True) -> EvalResult | None:
         cfg, T = self.config, self.bench.num_tasks
         envs = self.bench.envs
         # A resumed run starts fresh episodes from a seed derived from where it stands, so
@@ -158,6 +162,9 @@ class Trainer:
                 t3 = time.perf_counter()
                 if self.env_steps >= cfg.warmup_steps:
                     for _ in range(cfg.updates_per_step):
+                        if self.search is not None:
+                            self.search.arch_step(self.replay.sample(cfg.batch_per_task),
+                                                  self.env_steps / cfg.total_steps)
                         pending.append(self.agent.update(self.replay.sample(cfg.batch_per_task)))
                         self.updates += 1
                 t4 = time.perf_counter()
@@ -180,7 +187,7 @@ class Trainer:
             tqdm.write(f"stopped by signal at env step {self.env_steps}; checkpoint saved, "
                        f"continue with --resume {self.run_dir}")
             raise SystemExit(128 + stop.signum)
-        if self.last_eval is None or self.last_eval_step != self.env_steps:
+        if final_eval and (self.last_eval is None or self.last_eval_step != self.env_steps):
             self.evaluate()
         self._write_timing()
         self.writer.close()
@@ -254,6 +261,8 @@ class Trainer:
                 self.writer.add_scalar(f"train/{k}", per_task.mean().item(), step)
                 for task, value in zip(self.bench.task_names, per_task.tolist()):
                     self.writer.add_scalar(f"{k}/{task}", value, step)
+        if self.search is not None:
+            self.search.log(self.writer, step, images=self._crossed(self.config.log_every * 5))
         self.speed = {"sps": f"{sps:.0f}", "ups": f"{ups:.0f}"}
         self._show_progress(bar)
         return now
@@ -281,6 +290,7 @@ class Trainer:
             "counters": {"env_steps": self.env_steps, "updates": self.updates},
             "rng": checkpoint.rng_state(self.np_rng),
             "replay": self.replay.state_dict() if self.config.save_replay else None,
+            "search": self.search.state_dict() if self.search else None,
         }, self.checkpoint_path)
         self.timers["checkpoint"] += time.perf_counter() - t0
 
@@ -298,6 +308,8 @@ class Trainer:
         checkpoint.restore_rng(state["rng"], self.np_rng)
         if state["replay"] is not None:
             self.replay.load_state_dict(state["replay"])
+        if self.search is not None:
+            self.search.load_state_dict(state["search"])
 
 
 class _StopSignal:
@@ -329,7 +341,7 @@ def format_eval(result: EvalResult, step: int) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m conal_rl.train", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    )
     add_config_arguments(parser)
     parser.add_argument("--resume", metavar="RUN_DIR", default=None,
                         help="continue the run in RUN_DIR from its last checkpoint (its "
@@ -337,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, Path, bool]:
+def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, Path]:
     given = given_arguments(args)
     if args.resume:
         run_dir = Path(args.resume)
@@ -350,39 +362,83 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, Path, bool]
             raise UserError(f"--resume cannot change {', '.join(sorted(clash))} "
                             f"(only {', '.join(sorted(RESUMABLE_OVERRIDES))})")
         config = replace(saved, **{k: v for k, v in given.items() if k in RESUMABLE_OVERRIDES})
-        resume = True
     else:
         config = TrainConfig(**given)
-        run_dir = None
-        resume = False
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        name = config.benchmark.replace(":", "-")
+        run_dir = Path(config.run_dir or f"runs/{name}-{config.arch}-s{config.seed}-{stamp}")
+        if (run_dir / "config.json").exists():
+            raise UserError(f"{run_dir} already holds a run; use --resume {run_dir} or "
+                            "another --run-dir")
     try:
         check_benchmark_name(config.benchmark)
+        config = config.resolved(_num_tasks(config.benchmark))
         config.validate()
     except (UnknownBenchmark, ValueError) as e:
         raise UserError(str(e)) from None
     resolve_device(config.device)  # fail before any env is built
-    if run_dir is None:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        name = config.benchmark.replace(":", "-")
-        run_dir = Path(config.run_dir or f"runs/{name}-{config.arch}-s{config.seed}-{stamp}")
-        if (run_dir / "checkpoints" / "latest.pt").exists():
-            raise UserError(f"{run_dir} already holds a run; use --resume {run_dir} or "
-                            "another --run-dir")
-    return config, run_dir, resume
+    return config, run_dir
+
+
+def search_architecture(config: TrainConfig, run_dir: Path, bench: Benchmark
+                        ) -> tuple[dict[str, TreeSpec], dict | None]:
+    """CoNAL's search phase in ``run_dir/search`` (resumable), then derivation and pruning.
+    Returns the derived trees and, with ``--inherit-weights``, their searched weights.
+    ``architecture.json`` is written last: its presence means the search is done."""
+    arch_file = run_dir / "architecture.json"
+    inherited_file = run_dir / "search" / "inherited.pt"
+    if not arch_file.exists():
+        settings = SearchSettings(
+            hidden=config.hidden, arch_lr=config.arch_lr, gumbel=config.gumbel,
+            conflict_noticing=not config.no_conflict_noticing, no_private=config.no_private)
+        search_config = replace(config, total_steps=config.search_steps, eval_every=0)
+        searcher = Trainer(search_config, run_dir / "search", bench,
+                           supernet_factory(settings, bench.num_tasks), search=settings)
+        print(f"search: {config.search_steps} env steps in {run_dir / 'search'}")
+        searcher.run(final_eval=False)
+        specs = searcher.search.derive()
+        trees = searcher.search.inherited_trees()
+        checkpoint.save_atomic({"trees": trees}, inherited_file)
+        details = {}
+        for role, spec in specs.items():
+            supernet = searcher.search.nets[role]
+            details[role] = {
+                "alpha": searcher.search.alpha_table()[role],
+                "parameters": {"supernet": num_parameters(supernet),
+                               "tree": num_parameters(TreeNet(spec, supernet.in_features,
+                                                              supernet.out_features))}}
+            print(f"{role}: branch points {dict(zip(bench.task_names, spec.branch_points))}; "
+                  f"parameters {details[role]['parameters']['supernet']:,} (supernet) -> "
+                  f"{details[role]['parameters']['tree']:,} (pruned tree)")
+        save_tree_pictures(run_dir / "architecture.png", specs)
+        save_specs(arch_file, specs, details)
+    specs = load_specs(arch_file)
+    inherited = checkpoint.load(inherited_file)["trees"] if config.inherit_weights else None
+    return specs, inherited
 
 
 def main(argv: list[str] | None = None) -> EvalResult:
     args = build_parser().parse_args(argv)
     try:
-        config, run_dir, resume = config_from_args(args)
-        num_tasks = _num_tasks(config.benchmark)
-        config = config.resolved(num_tasks)
-        config.validate()
+        config, run_dir = config_from_args(args)
         print("config:", json.dumps(asdict(config)))
-        trainer = Trainer(config, run_dir, resume=resume)
+        bench = make_benchmark(config.benchmark, config.seed, config.vector_strategy)
+        if config.arch == "conal":
+            specs, inherited = search_architecture(config, run_dir, bench)
+        else:
+            specs = tree_specs(config.arch, config.hidden, bench.task_names, config.architecture)
+            inherited = None
+            if not (run_dir / "architecture.json").exists():
+                run_dir.mkdir(parents=True, exist_ok=True)
+                save_specs(run_dir / "architecture.json", specs)
+                save_tree_pictures(run_dir / "architecture.png", specs)
+        trainer = Trainer(config, run_dir, bench, tree_factory(specs))
     except (UserError, checkpoint.CheckpointError, ValueError) as e:
         print(f"conal_rl.train: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    if inherited is not None and not trainer.resumed:
+        trainer.agent.load_networks(inherited)
+        print("training the pruned trees from the searched weights (--inherit-weights)")
     print(f"run directory: {run_dir}")
     for role in ("actor", "critic"):
         net = getattr(trainer.agent, role)

@@ -140,9 +140,17 @@ def num_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def save_specs(path: str | Path, specs: dict[str, TreeSpec], **extra) -> None:
-    """Write named tree specs (e.g. ``{"actor": ..., "critic": ...}``) as one JSON file."""
-    payload = {name: spec.to_dict() for name, spec in specs.items()} | extra
+def save_specs(path: str | Path, specs: dict[str, TreeSpec],
+               details: dict[str, dict] | None = None) -> None:
+    """Write named tree specs (e.g. ``{"actor": ..., "critic": ...}``) as one JSON file,
+    each with its branch point per task name and any ``details[name]`` (e.g. the final
+    alpha, parameter counts): informational keys that :meth:`TreeSpec.from_dict` skips."""
+    payload = {}
+    for name, spec in specs.items():
+        entry = spec.to_dict()
+        if spec.task_names:
+            entry["branch_point_by_task"] = dict(zip(spec.task_names, spec.branch_points))
+        payload[name] = entry | (details or {}).get(name, {})
     Path(path).write_text(json.dumps(payload, indent=2))
 
 

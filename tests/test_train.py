@@ -116,3 +116,25 @@ def test_sigterm_saves_a_checkpoint(tmp_path):
     assert proc.returncode == 128 + signal.SIGTERM
     assert "checkpoint saved" in out
     assert checkpoint.load(run / "checkpoints" / "latest.pt")["counters"]["env_steps"] > 0
+
+
+def test_conal_searches_derives_and_trains_then_the_tree_trains_again(tmp_path):
+    run = tmp_path / "conal"
+    main(["--benchmark", "MT10", "--arch", "conal", "--search-steps", "300",
+          "--total-steps", "200", "--eval-every", "0", "--run-dir", str(run), *TINY])
+    arch = json.loads((run / "architecture.json").read_text())
+    for role in ("actor", "critic"):
+        entry = arch[role]
+        assert len(entry["branch_points"]) == 10 and entry["hidden"] == [16, 16]
+        assert set(entry["branch_point_by_task"]) == set(entry["task_names"])
+        assert len(entry["alpha"]["reach-v3"]) == 3  # P + 1 branch points
+        assert entry["parameters"]["tree"] < entry["parameters"]["supernet"]
+    assert (run / "architecture.png").stat().st_size > 1000
+    assert checkpoint.load(run / "search" / "checkpoints" / "latest.pt")["search"] is not None
+    assert checkpoint.load(run / "checkpoints" / "latest.pt")["counters"]["env_steps"] == 200
+
+    tree_run = tmp_path / "tree"
+    main(["--benchmark", "MT10", "--arch", "tree", "--architecture", str(run / "architecture.json"),
+          "--total-steps", "200", "--eval-every", "0", "--run-dir", str(tree_run), *TINY])
+    assert json.loads((tree_run / "architecture.json").read_text())["actor"]["branch_points"] == \
+        arch["actor"]["branch_points"]

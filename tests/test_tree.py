@@ -67,7 +67,7 @@ def test_invalid_specs_are_rejected(kwargs):
 
 def test_specs_round_trip_through_json(tmp_path):
     specs = {"actor": TreeSpec((8, 8), (0, 2), ("a", "b")), "critic": TreeSpec.mhsac((4,), 2)}
-    save_specs(tmp_path / "a.json", specs, note="x")
+    save_specs(tmp_path / "a.json", specs, {"actor": {"alpha": [[1.0, 2.0, 3.0]]}})
     assert load_specs(tmp_path / "a.json") == specs
     with pytest.raises(ValueError, match="critic"):
         save_specs(tmp_path / "b.json", {"actor": specs["actor"]})
