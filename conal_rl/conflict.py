@@ -1,0 +1,232 @@
+"""Conflict-noticing: freeze a shared module for a step when two tasks' gradients on it
+point in opposing directions.
+
+The rule (official ``NOCLGrad``): for every shared module, compare the per-task gradients
+pairwise (weight and bias flattened together); if any pair has a negative inner product the
+module's gradient is zeroed for this step, otherwise it keeps the ordinary gradient. The
+official code takes the mean of the task gradients; we keep whatever ``loss.backward()``
+produced, which is that mean when the loss is the mean of the task losses (with a sum it is
+T times the mean; the decision depends on signs only, so it is unaffected).
+
+Per-task gradients come from ONE ordinary backward pass. A shared ``nn.Linear`` sees a
+task-major input ``a [T, N, in]`` and receives the output gradient ``δ [T, N, out]``; the
+rows of task t only depend on task t's loss (every layer in these networks is row-wise per
+task), so task t's share of the weight gradient is exactly ``δ_tᵀ a_t`` and of the bias
+``Σ_n δ_t``. We capture ``a`` with a forward hook and ``δ`` with a hook on the output tensor,
+which fires once with the *total* output gradient, summed over every later use of that
+activation (in the supernet, the trunk activation feeds the next shared module, a private
+module and the mix); a module called several times in one forward contributes all its calls,
+concatenated along the sample axis. What the Gram matrix holds is each task's contribution to
+the backpropagated loss: with ``loss = Σ_t L_t`` it is the Gram of the ∇L_t themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class SharedLayer:
+    """A shared nn.Linear and the tasks on its input's leading axis, in order."""
+
+    module: nn.Linear
+    tasks: tuple[int, ...]
+
+
+def shared_layers(net: nn.Module) -> dict[str, SharedLayer]:
+    """The shared modules of a :class:`SuperNet` or a :class:`TreeNet`.
+
+    A TreeNet runs shared module j on the tasks that branch at j or later only, so its
+    leading axis is that subset (increasing task order). Heads are not included.
+    """
+    if hasattr(net, "shared_layers"):  # SuperNet: every task passes every shared module
+        all_tasks = tuple(range(net.num_tasks))
+        return {k: SharedLayer(m, all_tasks) for k, m in net.shared_layers().items()}
+    spec = net.spec
+    return {
+        f"shared.{key}": SharedLayer(
+            module, tuple(t for t, b in enumerate(spec.branch_points) if b >= int(key)))
+        for key, module in net.shared.items()
+    }
+
+
+def task_gram(inputs: Tensor, grad_outputs: Tensor, method: str = "auto") -> Tensor:
+    """``[T, N, in], [T, N, out] -> [T, T]``: inner products of the per-task gradients of a
+    linear layer (weight and bias together), without a backward pass per task.
+
+    Two exact formulas; the cheaper one for the shapes is used:
+    * materialise ``G_t = δ_tᵀ a_t`` (``[T, out, in]``, one bmm) and multiply the flattened
+      G's: about ``2·T·N·in·out + 2·T²·in·out`` flops and ``T·in·out`` memory;
+    * kernel blocks ``<G_s, G_t> = Σ_{n,m} (δ_s[n]·δ_t[m]) (a_s[n]·a_t[m])``: about
+      ``2·(T·N)²·(in+out)`` flops and ``(T·N)²`` memory.
+    For the SAC sizes (N=128 per task, width 400) materialising is ~6x cheaper; the
+    kernel form wins when N is small next to the widths. ``method`` forces one
+    (``"materialise"`` or ``"kernel"``); ``"auto"`` picks by the flop counts above.
+    """
+    T, N, d_in = inputs.shape
+    d_out = grad_outputs.shape[-1]
+    if method == "auto":
+        materialise_flops = 2 * T * N * d_in * d_out + 2 * T * T * d_in * d_out
+        kernel_flops = 2 * (T * N) ** 2 * (d_in + d_out)
+        method = "materialise" if materialise_flops <= kernel_flops else "kernel"
+    elif method not in ("materialise", "kernel"):
+        raise ValueError(f"unknown Gram method {method!r}")
+    bias_sums = grad_outputs.sum(dim=1)  # [T, out]: per-task bias gradients
+    gram = bias_sums @ bias_sums.T
+    if method == "materialise":
+        per_task = torch.bmm(grad_outputs.transpose(1, 2), inputs).reshape(T, -1)
+        return gram + per_task @ per_task.T
+    a, d = inputs.reshape(T * N, d_in), grad_outputs.reshape(T * N, d_out)
+    blocks = (a @ a.T) * (d @ d.T)
+    return gram + blocks.view(T, N, T, N).sum(dim=(1, 3))
+
+
+def gram_by_separate_backwards(task_losses: Tensor, layers: Mapping[str, SharedLayer]
+                               ) -> dict[str, Tensor]:
+    """Reference: T backward passes (as the official code), one per task loss ``[T]``;
+    returns per layer the ``[k, k]`` Gram matrix over the layer's tasks."""
+    params = [p for layer in layers.values() for p in (layer.module.weight, layer.module.bias)]
+    per_task = []
+    for t in range(task_losses.shape[0]):
+        grads = torch.autograd.grad(task_losses[t], params, retain_graph=True,
+                                    allow_unused=True)
+        per_task.append([torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)])
+    grams = {}
+    for i, (name, layer) in enumerate(layers.items()):
+        flat = torch.stack([torch.cat([per_task[t][2 * i].flatten(),
+                                       per_task[t][2 * i + 1].flatten()])
+                            for t in layer.tasks])
+        grams[name] = flat @ flat.T
+    return grams
+
+
+def _samples_of_all_calls(tensors: list[Tensor], k: int) -> Tensor:
+    """``[k, ..., d]`` per call -> ``[k, N, d]``: the calls' samples side by side (the
+    per-task gradient of a module used several times is the sum over its calls)."""
+    flat = [x.reshape(k, -1, x.shape[-1]) for x in tensors]
+    return flat[0] if len(flat) == 1 else torch.cat(flat, dim=1)
+
+
+@dataclass
+class _Capture:
+    inputs: list[Tensor] = field(default_factory=list)
+    grad_outputs: dict[int, Tensor] = field(default_factory=dict)
+
+
+class ConflictNoticing:
+    """Conflict-noticing for the shared modules of a SuperNet or TreeNet.
+
+    Usage in a training step::
+
+        noticing = ConflictNoticing(net)           # enabled=False makes every call a no-op
+        with noticing.record():                    # hooks live only inside this block
+            loss = loss_fn(net(x))                 # net input task-major [T, B, in]
+        loss.backward()
+        noticing.apply()                           # zero the grads of conflicting modules
+
+    ``apply`` needs no host sync (decisions stay tensors) so it does not stall a GPU;
+    ``stats()`` reads the counters (one sync), for logging.
+    """
+
+    def __init__(self, nets: nn.Module | Mapping[str, nn.Module | SharedLayer],
+                 enabled: bool = True):
+        """``nets``: one SuperNet/TreeNet, or named nets (e.g. ``{"q1": ..., "q2": ...}``,
+        their layers then named ``"q1/shared.1"``...), or named :class:`SharedLayer` s."""
+        self.layers: dict[str, SharedLayer] = {}
+        for prefix, item in (nets.items() if isinstance(nets, Mapping) else [("", nets)]):
+            if isinstance(item, SharedLayer):
+                self.layers[prefix] = item
+            else:
+                sep = "/" if prefix else ""
+                self.layers |= {prefix + sep + k: v for k, v in shared_layers(item).items()}
+        self.enabled = enabled
+        self._captures: dict[str, _Capture] = {}
+        self._frozen_steps: dict[str, Tensor] = {}  # device tensors: no sync per step
+        self._steps: dict[str, int] = {}
+        self.last_gram: dict[str, Tensor] = {}
+        """Per layer, the last ``[k, k]`` Gram matrix over ``layers[name].tasks``."""
+
+    @contextmanager
+    def record(self) -> Iterator[None]:
+        """Capture layer inputs and output gradients of the forwards run inside."""
+        self.clear()
+        if not self.enabled:
+            yield
+            return
+        handles = [layer.module.register_forward_hook(self._hook(name))
+                   for name, layer in self.layers.items()]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _hook(self, name: str):
+        def capture(module: nn.Module, args: tuple, output: Tensor) -> None:
+            if not output.requires_grad:
+                return
+            cap = self._captures.setdefault(name, _Capture())
+            call = len(cap.inputs)
+            cap.inputs.append(args[0].detach())  # autograd saves it anyway for the weight grad
+
+            def store(grad: Tensor) -> None:
+                cap.grad_outputs[call] = grad.detach()
+            output.register_hook(store)
+        return capture
+
+    def clear(self) -> None:
+        """Drop captured tensors (``apply`` does it; ``record`` starts with it)."""
+        self._captures = {}
+
+    def grams(self) -> dict[str, Tensor]:
+        """Per layer reached by the last backward, the ``[k, k]`` Gram matrix of the
+        per-task gradients computed from the captures."""
+        grams = {}
+        for name, cap in self._captures.items():
+            if len(cap.grad_outputs) != len(cap.inputs):
+                continue  # the backward did not reach (all calls of) this layer
+            k = len(self.layers[name].tasks)
+            a = _samples_of_all_calls(cap.inputs, k)
+            d = _samples_of_all_calls([cap.grad_outputs[i] for i in range(len(cap.inputs))], k)
+            grams[name] = task_gram(a, d)
+        return grams
+
+    @torch.no_grad()
+    def apply(self) -> dict[str, Tensor]:
+        """After ``backward``: zero the weight and bias gradients of every shared module on
+        which some pair of tasks has a negative inner product. Returns per layer a 0-d bool
+        tensor, True where the module was frozen. A no-op (``{}``) when disabled."""
+        if not self.enabled:
+            return {}
+        frozen = {}
+        for name, gram in self.grams().items():
+            off_diagonal = ~torch.eye(gram.shape[0], dtype=torch.bool, device=gram.device)
+            conflict = ((gram < 0) & off_diagonal).any()  # masks, not indexing: no sync
+            module = self.layers[name].module
+            for p in (module.weight, module.bias):
+                if p.grad is not None:
+                    p.grad.mul_(~conflict)
+            frozen[name] = conflict
+            self.last_gram[name] = gram
+            self._frozen_steps[name] = self._frozen_steps.get(name, 0) + conflict.long()
+            self._steps[name] = self._steps.get(name, 0) + 1
+        self.clear()
+        return frozen
+
+    def last_signs(self) -> dict[str, Tensor]:
+        """Per layer, the sign pattern (-1/0/+1, int8 ``[k, k]``) of the last Gram matrix."""
+        return {name: gram.sign().to(torch.int8) for name, gram in self.last_gram.items()}
+
+    def stats(self) -> dict[str, dict[str, float]]:
+        """Per layer: steps it was frozen, steps it was checked, and the frozen fraction."""
+        out = {}
+        for name in self.layers:
+            frozen, steps = int(self._frozen_steps.get(name, 0)), self._steps.get(name, 0)
+            out[name] = {"frozen_steps": frozen, "steps": steps,
+                         "frozen_fraction": frozen / max(steps, 1)}
+        return out

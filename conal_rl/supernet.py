@@ -1,0 +1,193 @@
+"""CoNAL's search space: a supernet in which every task mixes all of its branch points.
+
+With P hidden modules, task t "branches at point i" (i = 0..P) when it uses the shared
+modules 1..i and then its own private copies of modules i+1..P. During the search, task t's
+output is ``head_t(sum_i w[t, i] * path_i(x_t))`` with ``w[t] = softmax(alpha[t])`` (or a
+hard straight-through Gumbel-softmax sample). After the search, each task keeps its argmax
+path and the network becomes a :class:`~conal_rl.tree.TreeNet`.
+
+Mixing happens *before* the head, as in the official code (the decoders are applied to the
+mixed feature): each task has one head, shared by all of its paths, so the derived tree
+inherits exactly one head per task and no path owns an unused head.
+
+Speed: there is no Python loop over tasks or paths. The shared module j runs once on the
+shared activation ``[T, B, d]``; the private module j is one :class:`TaskLinear` call on the
+inputs of all j paths that reach it, concatenated along the batch axis (``[T, j*B, d]``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from conal_rl.layers import TaskLinear
+from conal_rl.tree import TreeNet, TreeSpec
+
+
+class SuperNet(nn.Module):
+    """All P+1 branch points of every task in one network. ``[T, B, in] -> [T, B, out]``.
+
+    ``no_private=True`` is the ablation *without purely-specific modules* (an LTB-style
+    space): the modules after a branch point are not owned by a task but by the branch
+    point. For each i < P there is one branch ``i`` made of nn.Linear copies of modules
+    i+1..P, and every task that leaves the trunk at i runs through that same branch, so
+    conflicting tasks that leave at the same point still share parameters; only the heads
+    are task-specific. (In LTB proper a child node may pick any parent; restricting the
+    parents to "the trunk at depth i" keeps the same alpha ``[T, P+1]`` and the same
+    derivation, so the two spaces differ only in purely-specific modules.) Its branch
+    modules are shared by all tasks, so they are listed by :meth:`shared_layers` and
+    conflict-noticing, when on, applies to them too.
+    """
+
+    def __init__(self, num_tasks: int, in_features: int, out_features: int,
+                 hidden: tuple[int, ...], gumbel: bool = False, tau: float = 1.0,
+                 no_private: bool = False):
+        super().__init__()
+        if not hidden:
+            raise ValueError("a supernet needs at least one hidden module")
+        self.num_tasks, self.in_features, self.out_features = num_tasks, in_features, out_features
+        self.hidden = tuple(int(h) for h in hidden)
+        self.gumbel, self.no_private = gumbel, no_private
+        self.tau = tau
+        """Gumbel-softmax temperature; anneal it by assigning to this attribute."""
+        P = len(self.hidden)
+        widths = [in_features, *self.hidden]
+        self.shared = nn.ModuleDict(
+            {str(j): nn.Linear(widths[j - 1], widths[j]) for j in range(1, P + 1)})
+        if no_private:
+            # branch[f"{i}_{j}"]: module j of the branch leaving the trunk at point i.
+            self.branch = nn.ModuleDict({
+                f"{i}_{j}": nn.Linear(widths[j - 1], widths[j])
+                for j in range(1, P + 1) for i in range(j)})
+        else:
+            # private[str(j)]: every task's own copy of module j, stacked [T, in, out].
+            self.private = nn.ModuleDict(
+                {str(j): TaskLinear(num_tasks, widths[j - 1], widths[j])
+                 for j in range(1, P + 1)})
+        self.head = TaskLinear(num_tasks, widths[-1], out_features)
+        # Ones, as the official code: a uniform mix at the start.
+        self.alpha = nn.Parameter(torch.ones(num_tasks, P + 1))
+        self.act = nn.ReLU()
+
+    @property
+    def depth(self) -> int:
+        return len(self.hidden)
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return [self.alpha]
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        return [p for name, p in self.named_parameters() if name != "alpha"]
+
+    def shared_layers(self) -> dict[str, nn.Linear]:
+        """Every module that several tasks' gradients reach, for conflict-noticing."""
+        layers = {f"shared.{k}": m for k, m in self.shared.items()}
+        if self.no_private:
+            layers |= {f"branch.{k}": m for k, m in self.branch.items()}
+        return layers
+
+    def path_weights(self) -> Tensor:
+        """``[T, P+1]``: softmax(alpha), or a hard Gumbel sample (one-hot values,
+        straight-through gradients) when ``gumbel`` is on."""
+        if self.gumbel:
+            return F.gumbel_softmax(self.alpha, tau=self.tau, hard=True, dim=-1)
+        return torch.softmax(self.alpha, dim=-1)
+
+    def forward(self, x: Tensor, weights: Tensor | None = None) -> Tensor:
+        """``x [T, B, in] -> [T, B, out]``; ``weights [T, P+1]`` defaults to
+        :meth:`path_weights` (pass a fixed one to evaluate a chosen mix)."""
+        T, B = x.shape[0], x.shape[1]
+        if T != self.num_tasks:
+            raise ValueError(f"expected {self.num_tasks} tasks on the leading axis, "
+                             f"got shape {tuple(x.shape)}")
+        w = self.path_weights() if weights is None else weights
+        paths = self._branch_paths(x) if self.no_private else self._private_paths(x)
+        # paths [T, (P+1)*B, d], path i in rows i*B..(i+1)*B: one batched weighted sum.
+        paths = paths.view(T, self.depth + 1, B * paths.shape[-1])
+        mixed = torch.bmm(w.unsqueeze(1).to(paths.dtype), paths).view(T, B, -1)
+        return self.head(mixed)
+
+    def _private_paths(self, x: Tensor) -> Tensor:
+        """``[T, B, in] -> [T, (P+1)*B, d_P]``, paths 0..P in order along the batch axis."""
+        trunk, stacked = x, None  # stacked: paths 0..j-2 after module j-1
+        for j in range(1, self.depth + 1):
+            key = str(j)
+            # Path j-1 leaves the trunk here: it joins the paths already in private modules.
+            inputs = trunk if stacked is None else torch.cat([stacked, trunk], dim=1)
+            stacked = self.act(self.private[key](inputs))
+            trunk = self.act(self.shared[key](trunk))
+        return torch.cat([stacked, trunk], dim=1)
+
+    def _branch_paths(self, x: Tensor) -> Tensor:
+        """The ``no_private`` space: branch i is an nn.Linear chain run on all tasks at
+        once (a loop over the P(P+1)/2 branch modules, never over tasks)."""
+        trunk, branches = x, []
+        for j in range(1, self.depth + 1):
+            inputs = [*branches, trunk]  # branch j-1 starts from the trunk
+            branches = [self.act(self.branch[f"{i}_{j}"](h)) for i, h in enumerate(inputs)]
+            trunk = self.act(self.shared[str(j)](trunk))
+        return torch.cat([*branches, trunk], dim=1)
+
+    # ---- derivation -------------------------------------------------------------------
+
+    def branch_points(self) -> tuple[int, ...]:
+        """Per task, the argmax of alpha: the branch point it keeps."""
+        return tuple(int(b) for b in self.alpha.detach().argmax(dim=-1).tolist())
+
+    def derive(self, task_names=()) -> TreeSpec:
+        return TreeSpec(self.hidden, self.branch_points(), tuple(task_names))
+
+    def to_tree(self, inherit_weights: bool = False, task_names=()) -> TreeNet:
+        """The pruned tree of the derived architecture (on this net's device and dtype).
+
+        With ``inherit_weights`` the tree computes exactly what this supernet computes with
+        one-hot path weights at the argmax. In the ``no_private`` space each task's private
+        copy starts from its branch's weights (the tree then trains them per task; the
+        TreeSpec records only branch points).
+        """
+        spec = self.derive(task_names)
+        ref = self.alpha
+        tree = TreeNet(spec, self.in_features, self.out_features).to(ref.device, ref.dtype)
+        if inherit_weights:
+            self._copy_weights_into(tree)
+        return tree
+
+    @torch.no_grad()
+    def _copy_weights_into(self, tree: TreeNet) -> None:
+        b = torch.tensor(tree.spec.branch_points)
+        for key, module in tree.shared.items():
+            module.load_state_dict(self.shared[key].state_dict())
+        for key, module in tree.private.items():
+            tasks = (b < int(key)).nonzero().flatten()  # TreeNet's order: increasing task
+            if self.no_private:
+                chains = [self.branch[f"{int(b[t])}_{key}"] for t in tasks]
+                module.weight.copy_(torch.stack([c.weight.T for c in chains]))
+                module.bias.copy_(torch.stack([c.bias[None] for c in chains]))
+            else:
+                module.weight.copy_(self.private[key].weight[tasks])
+                module.bias.copy_(self.private[key].bias[tasks])
+        tree.head.load_state_dict(self.head.state_dict())
+
+
+def reference_forward(net: SuperNet, x: Tensor, weights: Tensor) -> Tensor:
+    """The same function as ``net(x, weights)`` written the straightforward way: a Python
+    loop over tasks and paths, every path recomputed from the input. Slow; it exists to
+    check and to time the batched forward (tests, benchmarks)."""
+    P, relu = net.depth, torch.relu
+    outputs = []
+    for t in range(net.num_tasks):
+        mixed = 0
+        for i in range(P + 1):
+            h = x[t]
+            for j in range(1, P + 1):
+                if j <= i:
+                    h = relu(net.shared[str(j)](h))
+                elif net.no_private:
+                    h = relu(net.branch[f"{i}_{j}"](h))
+                else:
+                    private = net.private[str(j)]
+                    h = relu(h @ private.weight[t] + private.bias[t])
+            mixed = mixed + weights[t, i] * h
+        outputs.append(mixed @ net.head.weight[t] + net.head.bias[t])
+    return torch.stack(outputs)
