@@ -1,0 +1,70 @@
+"""CoNAL wired into multi-task SAC (the method itself is tested in test_conal_method.py)."""
+
+import torch
+
+from agents import Batch, MultiTaskSAC
+from conal_rl.architectures import tree_factory
+from conal_rl.conal_sac import ConalSearch, SearchSettings, supernet_factory
+
+T, OBS, ACT = 3, 5, 2
+NAMES = ["a", "b", "c"]
+
+
+def _search(**settings):
+    torch.manual_seed(0)
+    settings = SearchSettings(hidden=(16, 16), arch_lr=1e-2, **settings)
+    agent = MultiTaskSAC(supernet_factory(settings, T), T, OBS, ACT)
+    return agent, ConalSearch(agent, settings, NAMES)
+
+
+def _batch(B=32):
+    g = torch.Generator().manual_seed(1)
+    return Batch(torch.randn(T, B, OBS, generator=g), torch.rand(T, B, ACT, generator=g) * 2 - 1,
+                 torch.randn(T, B, 1, generator=g), torch.randn(T, B, OBS, generator=g),
+                 torch.zeros(T, B, 1))
+
+
+def test_twin_critics_share_one_architecture_and_weights_exclude_alpha():
+    agent, search = _search()
+    assert agent.critic.q1.alpha is agent.critic.q2.alpha
+    assert agent.critic_target.q1.alpha is agent.critic_target.q2.alpha
+    assert agent.actor.net.alpha is not agent.critic.q1.alpha
+    optimised = {id(p) for g in agent.critic_optim.param_groups for p in g["params"]}
+    assert id(agent.critic.q1.alpha) not in optimised
+
+
+def test_architecture_step_moves_alpha_only():
+    agent, search = _search()
+    weights = {k: v.clone() for k, v in agent.state_dict().items() if "alpha" not in k}
+    alpha = {role: a.detach().clone() for role, a in search.alpha.items()}
+    search.arch_step(_batch(), progress=0.0)
+    for role in alpha:
+        assert not torch.equal(alpha[role], search.alpha[role])
+    for k, v in agent.state_dict().items():
+        if "alpha" not in k:
+            assert torch.equal(v, weights[k]), k
+
+
+def test_conflict_noticing_is_a_real_switch():
+    for enabled in (True, False):
+        agent, search = _search(conflict_noticing=enabled)
+        for _ in range(5):
+            agent.update(_batch())
+        steps = [s["steps"] for n in search.noticing.values() for s in n.stats().values()]
+        assert all(s == (5 if enabled else 0) for s in steps)
+
+
+def test_inherited_trees_compute_what_the_supernet_computes_at_the_argmax():
+    agent, search = _search()
+    for _ in range(20):
+        search.arch_step(_batch(), progress=0.5)
+    specs = search.derive()
+    tree_agent = MultiTaskSAC(tree_factory(specs), T, OBS, ACT)
+    tree_agent.load_networks(search.inherited_trees())
+    obs = torch.randn(T, 4, OBS)
+    one_hot = {role: torch.nn.functional.one_hot(a.argmax(-1), a.shape[1]).float()
+               for role, a in search.alpha.items()}
+    torch.testing.assert_close(tree_agent.actor.net(obs), agent.actor.net(obs, one_hot["actor"]))
+    x = torch.randn(T, 4, OBS + ACT)
+    torch.testing.assert_close(tree_agent.critic_target.q2(x),
+                               agent.critic.q2(x, one_hot["critic"]))
