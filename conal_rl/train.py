@@ -29,6 +29,7 @@ from conal_rl.architectures import tree_factory, tree_specs
 from conal_rl.conal_sac import ConalSearch, SearchSettings, supernet_factory
 from conal_rl.config import TrainConfig, add_config_arguments, given_arguments
 from conal_rl.draw import save_tree_pictures
+from conal_rl.runs import Policy
 from conal_rl.tree import TreeNet, TreeSpec, load_specs, num_parameters, save_specs
 from envs import (
     Benchmark,
@@ -83,12 +84,11 @@ class Trainer:
         T, obs_dim = self.bench.num_tasks, self.bench.obs_dim
         space = self.bench.action_space
         self.act_dim = int(np.prod(space.shape))
-        self.action_scale = (space.high - space.low) / 2
-        self.action_bias = (space.high + space.low) / 2
 
         sac_config = SACConfig(gamma=config.gamma, tau=config.tau, actor_lr=config.lr,
                                critic_lr=config.lr, temperature_lr=config.lr)
         self.agent = MultiTaskSAC(make_net, T, obs_dim, self.act_dim, sac_config).to(self.device)
+        self.policy = Policy(self.agent, space, self.device)
         self.search = ConalSearch(self.agent, search, bench.task_names) if search else None
         self.replay = MultiTaskReplay(max(1, config.replay_size // T), T, obs_dim,
                                       self.act_dim, self.device, seed=config.seed)
@@ -107,18 +107,6 @@ class Trainer:
     @property
     def checkpoint_path(self) -> Path:
         return self.run_dir / "checkpoints" / "latest.pt"
-
-    # ---- acting ---------------------------------------------------------------------------
-    def _policy_actions(self, obs: np.ndarray, deterministic: bool) -> np.ndarray:
-        """Actions in [-1, 1], one per sub-env (sub-env i is task i: [T, 1, obs])."""
-        x = torch.as_tensor(obs, dtype=torch.float32, device=self.device)[:, None, :]
-        return self.agent.act(x, deterministic)[:, 0].cpu().numpy()
-
-    def _to_env(self, action: np.ndarray) -> np.ndarray:
-        return self.action_bias + self.action_scale * action
-
-    def eval_policy(self, obs: np.ndarray) -> np.ndarray:
-        return self._to_env(self._policy_actions(obs, deterministic=True))
 
     # ---- the loop -------------------------------------------------------------------------
     def run(self, final_eval: bool = True) -> EvalResult | None:
@@ -142,9 +130,9 @@ class Trainer:
                 if self.env_steps < cfg.warmup_steps:
                     actions = self.np_rng.uniform(-1, 1, (T, self.act_dim))
                 else:
-                    actions = self._policy_actions(obs, deterministic=False)
+                    actions = self.policy.normalized(obs, deterministic=False)
                 t1 = time.perf_counter()
-                next_obs, rewards, term, trunc, info = envs.step(self._to_env(actions))
+                next_obs, rewards, term, trunc, info = envs.step(self.policy.to_env(actions))
                 t2 = time.perf_counter()
                 done = term | trunc
                 real_next = next_obs.copy()
@@ -203,7 +191,7 @@ class Trainer:
         t0 = time.perf_counter()
         if self.eval_bench is None:
             self.eval_bench = make_eval_benchmark(self.config.benchmark, self.config.seed)
-        result = evaluate(self.eval_policy, self.eval_bench, self.config.eval_episodes)
+        result = evaluate(self.policy, self.eval_bench, self.config.eval_episodes)
         self.timers["eval"] += time.perf_counter() - t0
         self.last_eval, self.last_eval_step = result, self.env_steps
         step = self.env_steps

@@ -1,0 +1,84 @@
+"""Reading a finished (or running) run directory back: its config, trees and agent.
+
+Used by the evaluation, rendering and plotting CLIs. The networks of a run are always
+trees (``architecture.json``): for ``--arch conal`` the derived, pruned trees.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from agents import MultiTaskSAC
+from conal_rl import checkpoint
+from conal_rl.architectures import tree_factory
+from conal_rl.config import TrainConfig
+from conal_rl.tree import TreeSpec, load_specs
+
+
+class Policy:
+    """Numpy in, numpy out: observations ``[T, obs]`` (sub-env i = task i) to env actions."""
+
+    def __init__(self, agent: MultiTaskSAC, action_space: gym.spaces.Box,
+                 device: torch.device | str, deterministic: bool = True):
+        self.agent, self.device, self.deterministic = agent, torch.device(device), deterministic
+        self.scale = (action_space.high - action_space.low) / 2
+        self.bias = (action_space.high + action_space.low) / 2
+
+    def normalized(self, obs: np.ndarray, deterministic: bool | None = None) -> np.ndarray:
+        """Actions in [-1, 1] (what the replay stores)."""
+        x = torch.as_tensor(obs, dtype=torch.float32, device=self.device)[:, None, :]
+        mode = self.deterministic if deterministic is None else deterministic
+        return self.agent.act(x, mode)[:, 0].cpu().numpy()
+
+    def to_env(self, action: np.ndarray) -> np.ndarray:
+        return self.bias + self.scale * action
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        return self.to_env(self.normalized(obs))
+
+
+@dataclass
+class LoadedRun:
+    run_dir: Path
+    config: TrainConfig
+    specs: dict[str, TreeSpec]
+    agent: MultiTaskSAC
+    env_steps: int
+
+
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
+    """Rebuild a run's agent from its last checkpoint. Raises CheckpointError with a
+    one-line reason for a folder that is not a conal-rl run."""
+    run_dir = Path(run_dir)
+    for name in ("config.json", "architecture.json"):
+        if not (run_dir / name).is_file():
+            raise checkpoint.CheckpointError(f"{run_dir} is not a conal-rl run (no {name})")
+    config = TrainConfig.load(run_dir / "config.json")
+    specs = load_specs(run_dir / "architecture.json")
+    state = checkpoint.load(run_dir / "checkpoints" / "latest.pt", map_location=device)
+    agent_state = state["agent"]
+    T = specs["actor"].num_tasks
+    obs_dim, act_dim = _dims(agent_state, specs)
+    agent = MultiTaskSAC(tree_factory(specs), T, obs_dim, act_dim).to(device)
+    agent.load_state_dict(agent_state)
+    agent.eval()
+    return LoadedRun(run_dir, config, specs, agent, state["counters"]["env_steps"])
+
+
+def _dims(agent_state: dict, specs: dict[str, TreeSpec]) -> tuple[int, int]:
+    """Observation and action sizes from the first layers' weight shapes."""
+    def first_in(prefix: str, spec: TreeSpec) -> int:
+        extra = spec.num_tasks if spec.task_id_input else 0
+        key = f"{prefix}.shared.1.weight"
+        if key in agent_state:
+            return agent_state[key].shape[1] - extra
+        return agent_state[f"{prefix}.private.1.weight"].shape[1] - extra
+
+    obs_dim = first_in("actor.net", specs["actor"])
+    act_dim = first_in("critic.q1", specs["critic"]) - obs_dim
+    return obs_dim, act_dim
