@@ -217,7 +217,7 @@ class Trainer:
                 w.writerow({"env_steps": self.env_steps, **row})
         latest = {"env_steps": self.env_steps, "mean_success": result.mean_success,
                   "mean_return": result.mean_return, "tasks": result.rows()}
-        (self.run_dir / "eval.json").write_text(json.dumps(latest, indent=2))
+        (self.run_dir / "eval_latest.json").write_text(json.dumps(latest, indent=2))
 
     # ---- logging --------------------------------------------------------------------------
     def _log_episodes(self, info: dict, done: np.ndarray, ep_success: np.ndarray) -> None:

@@ -51,7 +51,7 @@ def test_metaworld_run_writes_its_outputs(tmp_path):
     assert json.loads((run / "architecture.json").read_text())["actor"]["branch_points"] == [2]
     rows = (run / "evaluations.csv").read_text().splitlines()
     assert rows[0].startswith("env_steps,task,success") and len(rows) == 3  # steps 300, 600
-    assert json.loads((run / "eval.json").read_text())["env_steps"] == 600
+    assert json.loads((run / "eval_latest.json").read_text())["env_steps"] == 600
     assert list(run.glob("events.out.tfevents.*"))
     assert checkpoint.load(run / "checkpoints" / "latest.pt")["counters"]["env_steps"] == 600
 
