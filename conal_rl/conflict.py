@@ -13,11 +13,12 @@ task-major input ``a [T, N, in]`` and receives the output gradient ``δ [T, N, o
 rows of task t only depend on task t's loss (every layer in these networks is row-wise per
 task), so task t's share of the weight gradient is exactly ``δ_tᵀ a_t`` and of the bias
 ``Σ_n δ_t``. We capture ``a`` with a forward hook and ``δ`` with a hook on the output tensor,
-which fires once with the *total* output gradient, summed over every later use of that
-activation (in the supernet, the trunk activation feeds the next shared module, a private
-module and the mix); a module called several times in one forward contributes all its calls,
-concatenated along the sample axis. What the Gram matrix holds is each task's contribution to
-the backpropagated loss: with ``loss = Σ_t L_t`` it is the Gram of the ∇L_t themselves.
+which fires (once per backward pass) with the *total* output gradient, summed over every
+later use of that activation (in the supernet, the trunk activation feeds the next shared
+module, a private module and the mix); a module called several times in one forward
+contributes all its calls, concatenated along the sample axis. What the Gram matrix holds
+is each task's contribution to the backpropagated loss: with ``loss = Σ_t L_t`` it is the
+Gram of the ∇L_t themselves.
 """
 
 from __future__ import annotations
@@ -89,7 +90,9 @@ def task_gram(inputs: Tensor, grad_outputs: Tensor, method: str = "auto") -> Ten
 def gram_by_separate_backwards(task_losses: Tensor, layers: Mapping[str, SharedLayer]
                                ) -> dict[str, Tensor]:
     """Reference: T backward passes (as the official code), one per task loss ``[T]``;
-    returns per layer the ``[k, k]`` Gram matrix over the layer's tasks."""
+    returns per layer the ``[k, k]`` Gram matrix over the layer's tasks. Run it on a forward
+    that :meth:`ConflictNoticing.record` did not watch (its passes would add to the
+    captures)."""
     params = [p for layer in layers.values() for p in (layer.module.weight, layer.module.bias)]
     per_task = []
     for t in range(task_losses.shape[0]):
@@ -130,7 +133,10 @@ class ConflictNoticing:
         noticing.apply()                           # zero the grads of conflicting modules
 
     ``apply`` needs no host sync (decisions stay tensors) so it does not stall a GPU;
-    ``stats()`` reads the counters (one sync), for logging.
+    ``stats()`` reads the counters (one sync), for logging. Every backward pass through a
+    recorded forward adds to the captured output gradients, as ``.grad`` accumulates
+    (``torch.autograd.grad`` passes too, although they leave ``.grad`` alone: keep those
+    off a recorded forward).
     """
 
     def __init__(self, nets: nn.Module | Mapping[str, nn.Module | SharedLayer],
@@ -170,12 +176,19 @@ class ConflictNoticing:
         def capture(module: nn.Module, args: tuple, output: Tensor) -> None:
             if not output.requires_grad:
                 return
+            tasks = len(self.layers[name].tasks)
+            if output.shape[0] != tasks:
+                raise ValueError(f"{name}: expected its {tasks} tasks on the leading axis of "
+                                 f"its input, got shape {tuple(args[0].shape)}")
             cap = self._captures.setdefault(name, _Capture())
             call = len(cap.inputs)
             cap.inputs.append(args[0].detach())  # autograd saves it anyway for the weight grad
 
             def store(grad: Tensor) -> None:
-                cap.grad_outputs[call] = grad.detach()
+                # Summed over backward passes through this graph, like .grad (δ ↦ δᵀa is
+                # linear, so the per-task gradients stay exact).
+                previous = cap.grad_outputs.get(call)
+                cap.grad_outputs[call] = grad.detach() if previous is None else previous + grad
             output.register_hook(store)
         return capture
 
@@ -210,7 +223,7 @@ class ConflictNoticing:
             module = self.layers[name].module
             for p in (module.weight, module.bias):
                 if p.grad is not None:
-                    p.grad.mul_(~conflict)
+                    p.grad.masked_fill_(conflict, 0.0)
             frozen[name] = conflict
             self.last_gram[name] = gram
             self._frozen_steps[name] = self._frozen_steps.get(name, 0) + conflict.long()

@@ -49,8 +49,7 @@ class SuperNet(nn.Module):
         self.num_tasks, self.in_features, self.out_features = num_tasks, in_features, out_features
         self.hidden = tuple(int(h) for h in hidden)
         self.gumbel, self.no_private = gumbel, no_private
-        self.tau = tau
-        """Gumbel-softmax temperature; anneal it by assigning to this attribute."""
+        self.tau = tau  # Gumbel-softmax temperature: anneal it by assigning to it
         P = len(self.hidden)
         widths = [in_features, *self.hidden]
         self.shared = nn.ModuleDict(
@@ -132,7 +131,7 @@ class SuperNet(nn.Module):
     # ---- derivation -------------------------------------------------------------------
 
     def branch_points(self) -> tuple[int, ...]:
-        """Per task, the argmax of alpha: the branch point it keeps."""
+        """Per task, the argmax of alpha: the branch point it keeps (ties: the lowest)."""
         return tuple(int(b) for b in self.alpha.detach().argmax(dim=-1).tolist())
 
     def derive(self, task_names=()) -> TreeSpec:
