@@ -35,6 +35,12 @@ class SearchSettings:
     tau_end: float = 0.5
     conflict_noticing: bool = True
     no_private: bool = False
+    warmup_steps: int = 0
+    """Env steps of weights-only training (no alpha step, no conflict-noticing) before the
+    search proper: the official search starts from a pretrained backbone, ours from scratch,
+    where every pair of tasks' gradient signs is random and the trunk would be frozen from
+    the first step."""
+    total_steps: int = 1  # env steps of the whole search phase (for the annealing schedule)
 
 
 def supernet_factory(settings: SearchSettings, num_tasks: int) -> NetFactory:
@@ -69,6 +75,17 @@ class ConalSearch:
                                        settings.conflict_noticing),
         }
         agent.gradient_filters = self.noticing
+
+    def before_update(self, batch: Batch, env_steps: int) -> None:
+        """Called before every SAC update: past the warm-up, one step on alpha (and
+        conflict-noticing on, as configured); during it, weights only."""
+        s = self.settings
+        searching = env_steps >= s.warmup_steps
+        for noticing in self.noticing.values():
+            noticing.enabled = searching and s.conflict_noticing
+        if searching:
+            span = max(s.total_steps - s.warmup_steps, 1)
+            self.arch_step(batch, (env_steps - s.warmup_steps) / span)
 
     def arch_step(self, batch: Batch, progress: float) -> None:
         """One step on alpha; ``progress`` in [0, 1] anneals the Gumbel temperature."""

@@ -74,6 +74,11 @@ class TrainConfig:
     search_steps: int | None = _f(PRESET, "--arch conal: env steps (in all) of the search "
                                   "phase, before the pruned trees train for --total-steps "
                                   "(default: 10%% of the paper budget, quick 3k per task)")
+    search_warmup_steps: int | None = _f(PRESET, "--arch conal: env steps (in all) at the "
+                                         "start of the search that train the supernets' "
+                                         "weights only (no alpha step, no conflict-noticing): "
+                                         "a from-scratch stand-in for the official search's "
+                                         "pretrained start (default: a quarter of the search)")
     arch_lr: float | None = _f(PRESET, "--arch conal: Adam learning rate of alpha (default: "
                                "paper 5e-5 as the official CoNAL search, quick 1e-3 to move "
                                "alpha within a short search)")
@@ -116,6 +121,8 @@ class TrainConfig:
         for k in ("hidden", "batch_per_task", "eval_episodes", "arch_lr"):
             if values[k] is None:
                 values[k] = p[k]
+        if values["search_warmup_steps"] is None:
+            values["search_warmup_steps"] = values["search_steps"] // 4
         values["hidden"] = tuple(values["hidden"])
         return TrainConfig(**values)
 
@@ -127,7 +134,7 @@ class TrainConfig:
             v = getattr(self, k)
             if v is not None and v <= 0:
                 raise ValueError(f"--{k.replace('_', '-')} must be positive, got {v}")
-        for k in ("eval_every", "warmup_steps"):
+        for k in ("eval_every", "warmup_steps", "search_warmup_steps"):
             v = getattr(self, k)
             if v is not None and v < 0:
                 raise ValueError(f"--{k.replace('_', '-')} must not be negative, got {v}")
@@ -135,6 +142,10 @@ class TrainConfig:
             raise ValueError(f"--hidden needs positive widths, got {self.hidden}")
         if not (0 < self.lr and 0 <= self.gamma <= 1 and 0 < self.tau <= 1):
             raise ValueError("need lr > 0, 0 <= gamma <= 1 and 0 < tau <= 1")
+        if (self.arch == "conal" and self.search_steps is not None
+                and self.search_warmup_steps is not None
+                and self.search_warmup_steps >= self.search_steps):
+            raise ValueError("--search-warmup-steps must be smaller than --search-steps")
         if self.arch == "tree" and not self.architecture:
             raise ValueError("--arch tree needs --architecture FILE.json")
 

@@ -151,8 +151,8 @@ class Trainer:
                 if self.env_steps >= cfg.warmup_steps:
                     for _ in range(cfg.updates_per_step):
                         if self.search is not None:
-                            self.search.arch_step(self.replay.sample(cfg.batch_per_task),
-                                                  self.env_steps / cfg.total_steps)
+                            self.search.before_update(self.replay.sample(cfg.batch_per_task),
+                                                      self.env_steps)
                         pending.append(self.agent.update(self.replay.sample(cfg.batch_per_task)))
                         self.updates += 1
                 t4 = time.perf_counter()
@@ -378,7 +378,8 @@ def search_architecture(config: TrainConfig, run_dir: Path, bench: Benchmark
     if not arch_file.exists():
         settings = SearchSettings(
             hidden=config.hidden, arch_lr=config.arch_lr, gumbel=config.gumbel,
-            conflict_noticing=not config.no_conflict_noticing, no_private=config.no_private)
+            conflict_noticing=not config.no_conflict_noticing, no_private=config.no_private,
+            warmup_steps=config.search_warmup_steps, total_steps=config.search_steps)
         search_config = replace(config, total_steps=config.search_steps, eval_every=0)
         searcher = Trainer(search_config, run_dir / "search", bench,
                            supernet_factory(settings, bench.num_tasks), search=settings)

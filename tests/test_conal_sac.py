@@ -68,3 +68,16 @@ def test_inherited_trees_compute_what_the_supernet_computes_at_the_argmax():
     x = torch.randn(T, 4, OBS + ACT)
     torch.testing.assert_close(tree_agent.critic_target.q2(x),
                                agent.critic.q2(x, one_hot["critic"]))
+
+
+def test_search_warmup_trains_weights_only():
+    agent, search = _search(warmup_steps=100, total_steps=200)
+    alpha = {role: a.detach().clone() for role, a in search.alpha.items()}
+    search.before_update(_batch(), env_steps=50)
+    agent.update(_batch())
+    assert all(torch.equal(alpha[r], search.alpha[r]) for r in alpha)
+    assert all(s["steps"] == 0 for n in search.noticing.values() for s in n.stats().values())
+    search.before_update(_batch(), env_steps=100)
+    agent.update(_batch())
+    assert not any(torch.equal(alpha[r], search.alpha[r]) for r in alpha)
+    assert all(s["steps"] == 1 for n in search.noticing.values() for s in n.stats().values())

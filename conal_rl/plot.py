@@ -1,0 +1,165 @@
+"""Success-rate curves from runs' TensorBoard logs: ``python -m conal_rl.plot RUN_DIR ...``.
+
+One figure of the mean over tasks and one of every task, each with a line per architecture
+(ablation switches included in its name), the mean over its runs (seeds) shaded by ± one
+standard error. Gymnasium sanity runs have no success signal: their returns are drawn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+from tqdm import tqdm
+
+from conal_rl.aggregate import group_runs, mean_se
+from conal_rl.evaluate import load_config, run_cli, run_dir_of
+from conal_rl.train import UserError
+
+PROG = "python -m conal_rl.plot"
+METRIC_TAGS = {"success": ("eval/mean_success", "eval_success/"),
+               "return": ("eval/mean_return", "eval_return/")}
+MEAN = "mean over tasks"
+
+
+Curves = dict[str, tuple[np.ndarray, np.ndarray]]  # name -> (env steps, values)
+
+
+def read_curves(run_dir: Path, metric: str) -> Curves:
+    """The run's evaluation curves of ``metric``: the mean over tasks (key ``MEAN``) and
+    one per task. A step logged twice (a resumed run) keeps its last value."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    mean_tag, task_prefix = METRIC_TAGS[metric]
+    curves: Curves = {}
+    for tag in accumulator.Tags()["scalars"]:
+        if tag == mean_tag or tag.startswith(task_prefix):
+            by_step = {e.step: e.value for e in accumulator.Scalars(tag)}
+            steps = np.array(sorted(by_step))
+            name = MEAN if tag == mean_tag else tag.removeprefix(task_prefix)
+            curves[name] = (steps, np.array([by_step[s] for s in steps]))
+    if MEAN not in curves:
+        raise UserError(f"{run_dir} has no evaluation logged yet (no {mean_tag} in its "
+                        "TensorBoard events)")
+    return curves
+
+
+@dataclass
+class Band:
+    """One architecture's curve: mean and standard error over its runs at shared steps."""
+
+    label: str
+    runs: int
+    steps: np.ndarray
+    mean: np.ndarray
+    se: np.ndarray
+
+
+def band(label: str, curves: list[tuple[np.ndarray, np.ndarray]]) -> Band:
+    """Runs are compared at the steps all of them evaluated (a shorter run cuts the rest)."""
+    common = curves[0][0]
+    for steps, _ in curves[1:]:
+        common = np.intersect1d(common, steps)
+    values = np.array([v[np.isin(s, common)] for s, v in curves])
+    mean, se = mean_se(values)
+    return Band(label, len(curves), common, mean, se)
+
+
+def draw(ax, bands: list[Band], title: str, metric: str) -> None:
+    for b in bands:
+        line, = ax.plot(b.steps, b.mean, marker="." if len(b.steps) < 30 else None,
+                        label=f"{b.label} ({b.runs} seed{'s' * (b.runs > 1)})")
+        if b.runs > 1:
+            ax.fill_between(b.steps, b.mean - b.se, b.mean + b.se, alpha=0.25, linewidth=0,
+                            color=line.get_color())
+    ax.set_title(title, fontsize="medium")
+    if metric == "success":
+        ax.set_ylim(-0.03, 1.03)
+    ax.grid(alpha=0.3)
+    ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 3))
+
+
+def plot_runs(run_dirs: list[Path], out_dir: Path, name: str | None = None,
+              progress: bool = True) -> list[Path]:
+    """Draw the comparison of ``run_dirs`` into PNG files in ``out_dir``; returns them."""
+    configs = [load_config(d) for d in run_dirs]
+    groups = group_runs(configs, by_arch=True)
+    benchmark = configs[0].benchmark
+    metric = "return" if benchmark.startswith("gym:") else "success"
+    runs = [read_curves(d, metric) for d in tqdm(run_dirs, desc="reading logs", unit="run",
+                                                   disable=not progress)]
+    tasks = sorted(set.intersection(*(set(c) for c in runs)) - {MEAN},
+                   key=list(runs[0]).index)
+    stem = name or benchmark.replace(":", "-")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ylabel = "success rate" if metric == "success" else "return"
+
+    def bands(curve: str) -> list[Band]:
+        return [band(label, [runs[i][curve] for i in members])
+                for label, members in groups.items()]
+
+    mean_fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = mean_fig.subplots()
+    draw(ax, bands(MEAN), f"{benchmark}: evaluation {ylabel}, {MEAN} "
+         "(shaded: ± s.e. over seeds)", metric)
+    ax.set_xlabel("env steps (all tasks)")
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    paths = [out_dir / f"{stem}-{metric}.png"]
+    mean_fig.savefig(paths[0], dpi=120)
+
+    if len(tasks) > 1:
+        cols = math.ceil(math.sqrt(len(tasks)))
+        rows = math.ceil(len(tasks) / cols)
+        task_fig = Figure(figsize=(3.2 * cols, 2.6 * rows + 0.6), layout="constrained")
+        axes = list(task_fig.subplots(rows, cols, sharex=True, sharey=metric == "success",
+                                      squeeze=False).flat)
+        for i, (ax, task) in enumerate(zip(axes, tasks)):
+            draw(ax, bands(task), task, metric)
+            if i + cols >= len(tasks):  # nothing below: show its step ticks
+                ax.tick_params(labelbottom=True)
+        for ax in axes[len(tasks):]:
+            ax.set_visible(False)
+        handles, labels = task_fig.axes[0].get_legend_handles_labels()
+        task_fig.legend(handles, labels, loc="outside right upper")
+        task_fig.suptitle(f"{benchmark}: evaluation {ylabel} per task "
+                          "(shaded: ± s.e. over seeds)")
+        task_fig.supxlabel("env steps (all tasks)")
+        paths.append(out_dir / f"{stem}-{metric}-per-task.png")
+        task_fig.savefig(paths[1], dpi=100)
+    return paths
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[1])
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR",
+                        help="run directories, of one benchmark; runs of one architecture "
+                        "(and ablation switches) are seeds of one line")
+    parser.add_argument("--out", type=Path, default=Path("plots"),
+                        help="folder for the PNG files (default: %(default)s)")
+    parser.add_argument("--name", default=None,
+                        help="file name stem (default: the benchmark, e.g. MT10 gives "
+                        "MT10-success.png and MT10-success-per-task.png)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    args = build_parser().parse_args(argv)
+
+    def body() -> list[Path]:
+        paths = plot_runs([run_dir_of(p) for p in args.runs], args.out, args.name)
+        for path in paths:
+            print(f"wrote {path}")
+        return paths
+
+    return run_cli(PROG, body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Videos of a trained policy: ``python -m conal_rl.render RUN_DIR --tasks all``.
+
+Writes RUN_DIR/videos/<task>.mp4 for each task (the deterministic policy, the task, step
+and success flag drawn on the frames) and grid.mp4 with all of them side by side.
+Headless: MuJoCo renders with EGL where an NVIDIA GPU is present and OSMesa (Debian package
+libosmesa6) otherwise; set MUJOCO_GL to choose.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+# envs.video first: it picks the headless OpenGL backend, which must happen before
+# anything imports mujoco.
+from envs.video import DEFAULT_CAMERA, DEFAULT_SIZE, VideoError, check_gl, record_videos  # isort: skip
+from conal_rl.evaluate import USER_ERRORS, load_checked, run_cli, run_dir_of
+from conal_rl.runs import Policy
+from conal_rl.train import UserError, resolve_device
+from envs import make_eval_benchmark
+
+PROG = "python -m conal_rl.render"
+
+
+def parse_tasks(text: str, task_names: list[str]) -> list[str]:
+    if text == "all":
+        return list(task_names)
+    tasks = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [t for t in tasks if t not in task_names]
+    if unknown or not tasks:
+        raise UserError(f"--tasks: unknown task {', '.join(unknown) or repr(text)}; this run "
+                        f"has: all, {', '.join(task_names)}")
+    return tasks
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[1])
+    parser.add_argument("run", metavar="RUN_DIR",
+                        help="run directory (or its checkpoints/latest.pt)")
+    parser.add_argument("--tasks", default="all",
+                        help="'all' or task names, comma separated (default: %(default)s)")
+    parser.add_argument("--episodes", type=int, default=1,
+                        help="episodes per task, one after the other (default: %(default)s)")
+    parser.add_argument("--size", type=int, default=DEFAULT_SIZE,
+                        help="frame side in pixels, even (default: %(default)s; software "
+                        "rendering costs ~0.1 s a frame)")
+    parser.add_argument("--camera", default=None,
+                        help=f"MuJoCo camera name (default: {DEFAULT_CAMERA} where the env has "
+                        "it, e.g. Meta-World's; corner, corner2, topview, ... also work)")
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help="cut episodes after this many steps (default: the env's time "
+                        "limit, 500 for Meta-World; episodes also end on success)")
+    parser.add_argument("--frame-skip", type=int, default=1,
+                        help="draw every k-th step only, to render faster (default: "
+                        "%(default)s)")
+    parser.add_argument("--fps", type=float, default=None,
+                        help="video frame rate (default: real time, 80 / --frame-skip for "
+                        "Meta-World)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed of the envs (default: the run's seed, the task set of its "
+                        "training and evaluation)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="torch device of the policy (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default: RUN_DIR/videos)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    args = build_parser().parse_args(argv)
+    return run_cli(PROG, lambda: _main(args), USER_ERRORS + (VideoError,))
+
+
+def _main(args: argparse.Namespace) -> list[Path]:
+    torch.set_num_threads(1)
+    for flag in ("episodes", "size", "frame_skip", "max_steps", "fps"):
+        value = getattr(args, flag)
+        if value is not None and value <= 0:
+            raise UserError(f"--{flag.replace('_', '-')} must be positive, got {value}")
+    if args.size % 2:
+        raise UserError(f"--size must be even (H.264 video), got {args.size}")
+    device = resolve_device(args.device)
+    check_gl()  # before loading anything: the most likely failure on a new machine
+    run = load_checked(run_dir_of(args.run), device)
+    bench = make_eval_benchmark(run.config.benchmark,
+                                run.config.seed if args.seed is None else args.seed)
+    tasks = parse_tasks(args.tasks, bench.task_names)
+    out_dir = args.out or run.run_dir / "videos"
+    paths = record_videos(Policy(run.agent, bench.action_space, device), bench, out_dir, tasks,
+                          args.episodes, args.size, args.camera, args.frame_skip,
+                          args.max_steps, args.fps)
+    bench.envs.close()
+    for path in paths:
+        print(f"wrote {path}")
+    return paths
+
+
+if __name__ == "__main__":
+    main()
