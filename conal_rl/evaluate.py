@@ -28,7 +28,7 @@ from conal_rl.config import TrainConfig
 from conal_rl.runs import LoadedRun, Policy, load_run
 from conal_rl.train import UserError, resolve_device
 from conal_rl.tree import num_parameters
-from envs import EvalResult, UnknownBenchmark, evaluate, make_eval_benchmark
+from envs import Benchmark, EvalResult, UnknownBenchmark, evaluate, make_eval_benchmark
 from envs.video import episode_limit
 
 PROG = "python -m conal_rl.evaluate"
@@ -71,17 +71,33 @@ def load_config(run_dir: Path) -> TrainConfig:
         raise CheckpointError(f"{run_dir}/config.json is not a conal-rl config ({e})") from None
 
 
-def load_checked(run_dir: Path, device: torch.device, benchmark: str | None = None
-                 ) -> LoadedRun:
-    """``load_run`` with the mismatches between a run's files made one-line errors."""
+def open_run(path: str | Path, device: torch.device, seed: int | None = None
+             ) -> tuple[LoadedRun, Benchmark]:
+    """A run's agent and fresh evaluation envs of its benchmark (seeded with ``seed``,
+    default the run's own), every mismatch between the two a one-line CheckpointError."""
+    run_dir = run_dir_of(path)
     config = load_config(run_dir)
-    if benchmark is not None and benchmark != config.benchmark:
-        raise CheckpointError(f"{run_dir} was trained on {config.benchmark}, not {benchmark}")
     try:
-        return load_run(run_dir, device)
+        run = load_run(run_dir, device)
     except (RuntimeError, KeyError) as e:  # weights of another shape or network
-        raise CheckpointError(f"{run_dir}: the checkpoint does not fit the run's "
-                              f"architecture.json ({type(e).__name__})") from None
+        raise CheckpointError(f"{run_dir}: its checkpoint does not fit its architecture.json "
+                              f"({type(e).__name__})") from None
+    bench = make_eval_benchmark(config.benchmark, config.seed if seed is None else seed)
+    trained_on = list(run.specs["actor"].task_names)
+    if trained_on and trained_on != bench.task_names:
+        raise CheckpointError(f"{run_dir} was trained on tasks {trained_on}, not on the "
+                              f"{config.benchmark} tasks {bench.task_names}")
+    # A checkpoint of another benchmark (copied in) may load but not fit the envs.
+    probe = np.zeros((bench.num_tasks, bench.obs_dim), dtype=np.float32)
+    try:
+        fits = Policy(run.agent, bench.action_space, device)(probe).shape == (
+            bench.num_tasks, *bench.action_space.shape)
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise CheckpointError(f"{run_dir}: its checkpoint does not fit {config.benchmark}'s "
+                              "observations and actions (trained on another benchmark?)")
+    return run, bench
 
 
 # ---- evaluating ----------------------------------------------------------------------------
@@ -95,13 +111,9 @@ class RunEvaluation:
     result: EvalResult
 
 
-def evaluate_run(run: LoadedRun, episodes: int, seed: int, device: torch.device,
-                 progress: bool = True) -> RunEvaluation:
-    bench = make_eval_benchmark(run.config.benchmark, seed)
-    trained_on = list(run.specs["actor"].task_names)
-    if trained_on and trained_on != bench.task_names:
-        raise CheckpointError(f"{run.run_dir} was trained on tasks {trained_on}, but "
-                              f"{run.config.benchmark} has {bench.task_names}")
+def evaluate_run(run: LoadedRun, bench: Benchmark, seed: int, episodes: int,
+                 device: torch.device, progress: bool = True) -> RunEvaluation:
+    """Evaluate ``run`` on ``bench`` (its evaluation envs, made with ``seed``)."""
     policy = Policy(run.agent, bench.action_space, device)
     # Episodes end on success, so the bar's total (every episode running to its time
     # limit) is an upper bound; each policy call is one step of every task.
@@ -113,7 +125,6 @@ def evaluate_run(run: LoadedRun, episodes: int, seed: int, device: torch.device,
             return policy(obs)
 
         result = evaluate(counting_policy, bench, episodes)
-    bench.envs.close()
     parameters = {role: num_parameters(getattr(run.agent, role)) for role in ("actor", "critic")}
     return RunEvaluation(run.run_dir, run.config, run.env_steps, seed, parameters, result)
 
@@ -231,7 +242,8 @@ def format_compare_table(groups: dict[str, list[RunEvaluation]]) -> str:
     digits = 2 if metric == "success" else 1
     stats = {label: summary_of(evals, metric) for label, evals in groups.items()}
     head = (f"{first[0].config.benchmark}: {metric} per task, "
-            f"{first[0].result.episodes} episodes per task; mean ± s.e. over runs")
+            f"{first[0].result.episodes} episodes per task"
+            + ("; mean ± s.e. over runs" if max(map(len, groups.values())) > 1 else ""))
     rows = [["task", *groups]]
     for i, task in enumerate(next(iter(stats.values())).task_names):
         rows.append([task, *(_cell(s.task_mean[i], s.task_se[i], digits)
@@ -284,16 +296,22 @@ def _main(args: argparse.Namespace) -> dict[str, list[RunEvaluation]]:
     device = resolve_device(args.device)
     run_dirs = [run_dir_of(p) for p in args.runs]
     configs = [load_config(d) for d in run_dirs]
+    for run_dir, config in zip(run_dirs, configs):
+        if args.benchmark is not None and config.benchmark != args.benchmark:
+            raise CheckpointError(f"{run_dir} was trained on {config.benchmark}, "
+                                  f"not {args.benchmark}")
     # Group before evaluating: a run that does not belong fails in seconds, not minutes.
     groups = group_runs(configs, by_arch=args.compare)
     evals: list[RunEvaluation] = []
-    for run_dir in tqdm(run_dirs, desc="runs", unit="run", disable=len(run_dirs) == 1):
-        run = load_checked(run_dir, device, args.benchmark)
-        seed = run.config.seed if args.seed is None else args.seed
+    for run_dir, config in zip(tqdm(run_dirs, desc="runs", unit="run",
+                                    disable=len(run_dirs) == 1), configs):
+        seed = config.seed if args.seed is None else args.seed
+        run, bench = open_run(run_dir, device, seed)
         ev = earlier_evaluation(run, args.episodes, seed) if args.reuse else None
         if ev is None:
-            ev = evaluate_run(run, args.episodes, seed, device)
+            ev = evaluate_run(run, bench, seed, args.episodes, device)
             write_evaluation(ev)
+        bench.envs.close()
         tqdm.write(f"{run_dir}: mean success {ev.result.mean_success:.2f}, mean return "
                    f"{ev.result.mean_return:.1f} -> eval.json, eval.csv")
         evals.append(ev)

@@ -16,10 +16,9 @@ import torch
 # envs.video first: it picks the headless OpenGL backend, which must happen before
 # anything imports mujoco.
 from envs.video import DEFAULT_CAMERA, DEFAULT_SIZE, VideoError, check_gl, record_videos  # isort: skip
-from conal_rl.evaluate import USER_ERRORS, load_checked, run_cli, run_dir_of
+from conal_rl.evaluate import USER_ERRORS, open_run, run_cli
 from conal_rl.runs import Policy
 from conal_rl.train import UserError, resolve_device
-from envs import make_eval_benchmark
 
 PROG = "python -m conal_rl.render"
 
@@ -82,11 +81,9 @@ def _main(args: argparse.Namespace) -> list[Path]:
     if args.size % 2:
         raise UserError(f"--size must be even (H.264 video), got {args.size}")
     device = resolve_device(args.device)
-    check_gl()  # before loading anything: the most likely failure on a new machine
-    run = load_checked(run_dir_of(args.run), device)
-    bench = make_eval_benchmark(run.config.benchmark,
-                                run.config.seed if args.seed is None else args.seed)
+    run, bench = open_run(args.run, device, args.seed)
     tasks = parse_tasks(args.tasks, bench.task_names)
+    check_gl()  # before recording: a clear line instead of an OpenGL traceback
     out_dir = args.out or run.run_dir / "videos"
     paths = record_videos(Policy(run.agent, bench.action_space, device), bench, out_dir, tasks,
                           args.episodes, args.size, args.camera, args.frame_skip,
