@@ -71,17 +71,22 @@ def load_config(run_dir: Path) -> TrainConfig:
         raise CheckpointError(f"{run_dir}/config.json is not a conal-rl config ({e})") from None
 
 
-def open_run(path: str | Path, device: torch.device, seed: int | None = None
-             ) -> tuple[LoadedRun, Benchmark]:
-    """A run's agent and fresh evaluation envs of its benchmark (seeded with ``seed``,
-    default the run's own), every mismatch between the two a one-line CheckpointError."""
+def load_checked(path: str | Path, device: torch.device) -> LoadedRun:
+    """``load_run`` of a RUN_DIR or its checkpoint, any mismatch a one-line error."""
     run_dir = run_dir_of(path)
-    config = load_config(run_dir)
+    load_config(run_dir)  # its own error for a config that is not one
     try:
-        run = load_run(run_dir, device)
+        return load_run(run_dir, device)
     except (RuntimeError, KeyError) as e:  # weights of another shape or network
         raise CheckpointError(f"{run_dir}: its checkpoint does not fit its architecture.json "
                               f"({type(e).__name__})") from None
+
+
+def eval_envs(run: LoadedRun, seed: int | None = None, device: torch.device | str = "cpu"
+              ) -> Benchmark:
+    """Fresh evaluation envs of the run's benchmark (seeded with ``seed``, default the
+    run's own), checked to fit the run's networks."""
+    config, run_dir = run.config, run.run_dir
     bench = make_eval_benchmark(config.benchmark, config.seed if seed is None else seed)
     trained_on = list(run.specs["actor"].task_names)
     if trained_on and trained_on != bench.task_names:
@@ -97,7 +102,7 @@ def open_run(path: str | Path, device: torch.device, seed: int | None = None
     if not fits:
         raise CheckpointError(f"{run_dir}: its checkpoint does not fit {config.benchmark}'s "
                               "observations and actions (trained on another benchmark?)")
-    return run, bench
+    return bench
 
 
 # ---- evaluating ----------------------------------------------------------------------------
@@ -306,12 +311,13 @@ def _main(args: argparse.Namespace) -> dict[str, list[RunEvaluation]]:
     for run_dir, config in zip(tqdm(run_dirs, desc="runs", unit="run",
                                     disable=len(run_dirs) == 1), configs):
         seed = config.seed if args.seed is None else args.seed
-        run, bench = open_run(run_dir, device, seed)
+        run = load_checked(run_dir, device)
         ev = earlier_evaluation(run, args.episodes, seed) if args.reuse else None
         if ev is None:
+            bench = eval_envs(run, seed, device)
             ev = evaluate_run(run, bench, seed, args.episodes, device)
+            bench.envs.close()
             write_evaluation(ev)
-        bench.envs.close()
         tqdm.write(f"{run_dir}: mean success {ev.result.mean_success:.2f}, mean return "
                    f"{ev.result.mean_return:.1f} -> eval.json, eval.csv")
         evals.append(ev)

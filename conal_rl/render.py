@@ -16,7 +16,7 @@ import torch
 # envs.video first: it picks the headless OpenGL backend, which must happen before
 # anything imports mujoco.
 from envs.video import DEFAULT_CAMERA, DEFAULT_SIZE, VideoError, check_gl, record_videos  # isort: skip
-from conal_rl.evaluate import USER_ERRORS, open_run, run_cli
+from conal_rl.evaluate import USER_ERRORS, eval_envs, load_checked, run_cli
 from conal_rl.runs import Policy
 from conal_rl.train import UserError, resolve_device
 
@@ -81,7 +81,8 @@ def _main(args: argparse.Namespace) -> list[Path]:
     if args.size % 2:
         raise UserError(f"--size must be even (H.264 video), got {args.size}")
     device = resolve_device(args.device)
-    run, bench = open_run(args.run, device, args.seed)
+    run = load_checked(args.run, device)
+    bench = eval_envs(run, args.seed, device)
     tasks = parse_tasks(args.tasks, bench.task_names)
     check_gl()  # before recording: a clear line instead of an OpenGL traceback
     out_dir = args.out or run.run_dir / "videos"

@@ -1,0 +1,74 @@
+"""The plotting CLI on fabricated runs: a config.json and TensorBoard scalars as training
+writes them (plots need no checkpoint)."""
+
+import numpy as np
+import pytest
+from PIL import Image
+from torch.utils.tensorboard import SummaryWriter
+
+from conal_rl import plot
+from conal_rl.config import TrainConfig
+
+TASKS = ["reach-v3", "push-v3", "pick-place-v3"]
+
+
+def fake_run(path, arch, seed, success, benchmark="MT10", steps=(1000, 2000, 3000)):
+    """A run whose per-task success at ``steps[i]`` is ``success[i][task]``."""
+    path.mkdir(parents=True)
+    TrainConfig(benchmark=benchmark, arch=arch, seed=seed, preset="quick").resolved(10).save(
+        path / "config.json")
+    writer = SummaryWriter(str(path))
+    for step, values in zip(steps, success):
+        for task, value in zip(TASKS, values):
+            writer.add_scalar(f"eval_success/{task}", value, step)
+        writer.add_scalar("eval/mean_success", float(np.mean(values)), step)
+    writer.close()
+    return path
+
+
+def test_curves_are_read_back_and_a_step_logged_twice_keeps_its_last_value(tmp_path):
+    run = fake_run(tmp_path / "r", "mtsac", 0, [[0, 0, 0], [1, 0, 0], [1, 1, 1]],
+                   steps=(1000, 2000, 2000))  # a resumed run logs step 2000 again
+    curves = plot.read_curves(run, "success")
+    assert set(curves) == {plot.MEAN, *TASKS}
+    steps, values = curves["push-v3"]
+    assert list(steps) == [1000, 2000] and list(values) == [0, 1]
+
+
+def test_band_is_mean_and_se_over_seeds_at_the_steps_all_runs_have():
+    band = plot.band("MT-SAC", [(np.array([1, 2, 3]), np.array([0.0, 0.2, 0.4])),
+                                (np.array([1, 2]), np.array([0.2, 0.6]))])
+    assert list(band.steps) == [1, 2] and band.runs == 2
+    np.testing.assert_allclose(band.mean, [0.1, 0.4])
+    np.testing.assert_allclose(band.se, [0.1, 0.2])  # |a - b| / 2 for two values
+
+
+def test_plot_writes_one_figure_per_comparison(tmp_path, capsys):
+    runs = [fake_run(tmp_path / f"{arch}{seed}", arch, seed, np.random.default_rng(seed)
+                     .uniform(size=(3, 3)).tolist())
+            for arch in ("mtsac", "conal") for seed in (0, 1)]
+    paths = plot.main([*map(str, runs), "--out", str(tmp_path / "plots")])
+    assert [p.name for p in paths] == ["MT10-success.png", "MT10-success-per-task.png"]
+    for path in paths:
+        with Image.open(path) as image:
+            assert image.format == "PNG" and min(image.size) > 300
+    assert capsys.readouterr().out.split() == ["wrote", str(paths[0]), "wrote", str(paths[1])]
+
+
+@pytest.mark.parametrize("case, message", [
+    ("no evaluation", "has no evaluation logged yet"),
+    ("mixed benchmarks", "runs of different benchmarks"),
+    ("not a run", "is not a conal-rl run"),
+])
+def test_errors_are_one_line(tmp_path, capsys, case, message):
+    good = fake_run(tmp_path / "good", "mtsac", 0, [[0, 0, 0]])
+    other = {
+        "no evaluation": lambda: fake_run(tmp_path / "other", "mtsac", 1, []),
+        "mixed benchmarks": lambda: fake_run(tmp_path / "other", "mtsac", 1, [[0, 0, 0]],
+                                             benchmark="MT50"),
+        "not a run": lambda: tmp_path,
+    }[case]()
+    with pytest.raises(SystemExit) as exit_info:
+        plot.main([str(good), str(other), "--out", str(tmp_path / "plots")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and message in err[0], err

@@ -1,0 +1,73 @@
+"""Videos: a short render of a tiny Meta-World run through the CLI, read back.
+
+Rendering runs in a subprocess: MuJoCo fixes its OpenGL backend when first imported, and
+in this process other tests may already have imported it."""
+
+import subprocess
+import sys
+
+import imageio.v2 as imageio
+import numpy as np
+import pytest
+
+from conal_rl import render
+from conal_rl.train import main as train
+from envs.video import HOLD_SECONDS, draw_overlay
+
+
+def _run(*args, timeout=240):
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def gl():
+    probe = _run("-c", "from envs.video import check_gl; check_gl()", timeout=60)
+    if probe.returncode != 0:
+        reason = probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else "no GL"
+        pytest.skip(f"no headless OpenGL here: {reason}")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    run = tmp_path_factory.mktemp("render") / "reach"
+    train(["--benchmark", "MT1:reach-v3", "--total-steps", "200", "--warmup-steps", "100",
+           "--eval-every", "0", "--hidden", "16,16", "--batch-per-task", "16",
+           "--eval-episodes", "1", "--device", "cpu", "--run-dir", str(run)])
+    return run
+
+
+def test_short_render_writes_readable_videos(gl, run_dir):
+    proc = _run("-m", "conal_rl.render", str(run_dir), "--max-steps", "10", "--episodes", "2",
+                "--size", "64", "--fps", "20")
+    assert proc.returncode == 0, proc.stderr
+    hold = round(20 * HOLD_SECONDS)
+    expected = 2 * (1 + 10 + hold)  # per episode: the reset frame, 10 steps, the held end
+    for name, size in (("reach-v3.mp4", (64, 64)), ("grid.mp4", (64, 64))):
+        reader = imageio.get_reader(run_dir / "videos" / name)
+        frames = [frame for frame in reader]
+        assert reader.get_meta_data()["fps"] == 20
+        assert len(frames) == expected and frames[0].shape == (*size, 3), name
+        assert frames[0].std() > 10  # a scene, not a blank frame
+    assert f"wrote {run_dir / 'videos' / 'grid.mp4'}" in proc.stdout
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--tasks", "push-v3"], "--tasks: unknown task push-v3; this run has: all, reach-v3"),
+    (["--size", "63"], "--size must be even"),
+    (["--episodes", "0"], "--episodes must be positive"),
+])
+def test_render_errors_are_one_line(run_dir, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        render.main([str(run_dir), *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1
+    assert err[0].startswith(f"{render.PROG}: error: {message}")
+
+
+def test_overlay_draws_on_a_copy():
+    frame = np.zeros((64, 64, 3), dtype=np.uint8)
+    drawn = draw_overlay(frame, "reach-v3", "step 3", success=True)
+    assert drawn.shape == frame.shape and drawn.dtype == np.uint8
+    assert frame.max() == 0 and drawn.max() > 0
+    assert tuple(drawn[0, 32]) == (60, 220, 60)  # the success border
