@@ -12,6 +12,7 @@ episode ends on success (Meta-World) or at the env's time limit (or ``max_steps`
 
 from __future__ import annotations
 
+import ctypes.util
 import functools
 import glob
 import math
@@ -28,13 +29,19 @@ from tqdm import tqdm
 from envs.benchmarks import Benchmark
 
 
-def _default_gl_backend() -> str:
-    return "egl" if glob.glob("/dev/nvidia[0-9]*") else "osmesa"
+def _default_gl_backend() -> str | None:
+    """EGL on an NVIDIA GPU, else OSMesa; None when that backend's library is missing,
+    because MUJOCO_GL naming an absent library breaks every later ``import mujoco``
+    (metaworld included), not just rendering."""
+    backend, library = (("egl", "EGL") if glob.glob("/dev/nvidia[0-9]*")
+                        else ("osmesa", "OSMesa"))
+    return backend if ctypes.util.find_library(library) else None
 
 
 # Too late when mujoco is already imported (it read MUJOCO_GL then): remembered for the hint.
 _MUJOCO_IMPORTED_FIRST = "mujoco" in sys.modules and "MUJOCO_GL" not in os.environ
-os.environ.setdefault("MUJOCO_GL", _default_gl_backend())
+if "MUJOCO_GL" not in os.environ and (_backend := _default_gl_backend()):
+    os.environ["MUJOCO_GL"] = _backend
 
 Policy = Callable[[np.ndarray], np.ndarray]
 
@@ -70,6 +77,8 @@ if _MUJOCO_IMPORTED_FIRST:
 def check_gl() -> None:
     """Raise VideoError unless an offscreen OpenGL context can be made."""
     backend = os.environ.get("MUJOCO_GL", "")
+    if not backend:  # MuJoCo would fall back to GLFW, which needs a display
+        raise VideoError(f"no headless OpenGL backend found; {GL_INSTALL_HINT}")
     try:
         import mujoco
 
