@@ -60,6 +60,10 @@ class TrainConfig:
                                 "the preset's per task x tasks); 0 evaluates only at the end")
     eval_episodes: int | None = _f(PRESET, "evaluation episodes per task (default: paper 50, "
                                    "quick 5)")
+    video_every: int = _f(0, "env steps (in all) between rollout videos: one deterministic "
+                          "episode of every task, mp4s in RUN_DIR/videos/step_<N>/ and the grid's "
+                          "last frame in TensorBoard; 0: none. Slow on a CPU (~0.1 s a frame, "
+                          "~1 min per Meta-World task)")
     checkpoint_every: int | None = _f(PRESET, "env steps (in all) between checkpoints "
                                       "(default: as eval)")
     save_replay: bool = _f(False, "also store the replay buffer in checkpoints (exact resume "
@@ -134,7 +138,7 @@ class TrainConfig:
             v = getattr(self, k)
             if v is not None and v <= 0:
                 raise ValueError(f"--{k.replace('_', '-')} must be positive, got {v}")
-        for k in ("eval_every", "warmup_steps", "search_warmup_steps"):
+        for k in ("eval_every", "warmup_steps", "search_warmup_steps", "video_every"):
             v = getattr(self, k)
             if v is not None and v < 0:
                 raise ValueError(f"--{k.replace('_', '-')} must not be negative, got {v}")

@@ -41,9 +41,12 @@ from envs import (
     make_eval_benchmark,
 )
 
+# Imported at start-up, before metaworld imports mujoco: it picks the headless GL backend.
+from envs.video import VideoError, last_frame, record_videos
+
 # Flags that may change when a run is resumed; all others must match the saved config.
 RESUMABLE_OVERRIDES = {"total_steps", "device", "eval_every", "eval_episodes",
-                       "checkpoint_every", "save_replay", "log_every"}
+                       "checkpoint_every", "save_replay", "log_every", "video_every"}
 
 
 class UserError(Exception):
@@ -81,6 +84,7 @@ class Trainer:
         torch.set_num_threads(config.torch_threads)
         self.np_rng = seed_everything(config.seed)
         self.eval_bench = eval_bench  # built on first use when None
+        self.video_bench: Benchmark | None = None
         T, obs_dim = self.bench.num_tasks, self.bench.obs_dim
         space = self.bench.action_space
         self.act_dim = int(np.prod(space.shape))
@@ -166,6 +170,8 @@ class Trainer:
                 if cfg.eval_every and self._crossed(cfg.eval_every):
                     self.evaluate()
                     self._show_progress(bar)
+                if cfg.video_every and self._crossed(cfg.video_every):
+                    self.record_video()
                 if self._crossed(cfg.checkpoint_every):
                     self.save_checkpoint()
         finally:
@@ -206,6 +212,22 @@ class Trainer:
         tqdm.write(format_eval(result, step))
         return result
 
+    def record_video(self) -> None:
+        """One episode of every task, as mp4s; the grid's last frame goes to TensorBoard."""
+        t0 = time.perf_counter()
+        if self.video_bench is None:
+            self.video_bench = make_eval_benchmark(self.config.benchmark, self.config.seed + 1)
+        out = self.run_dir / "videos" / f"step_{self.env_steps}"
+        try:
+            grid = record_videos(self.policy, self.video_bench, out, progress=False)[-1]
+            self.writer.add_image("video/last_frames", last_frame(grid), self.env_steps,
+                                  dataformats="HWC")
+            tqdm.write(f"videos at env step {self.env_steps}: {out}")
+        except VideoError as e:  # no headless OpenGL: say so once, keep training
+            tqdm.write(f"no videos: {e}")
+            self.config = replace(self.config, video_every=0)
+        self.timers["video"] += time.perf_counter() - t0
+
     def _append_eval_table(self, result: EvalResult) -> None:
         path = self.run_dir / "evaluations.csv"
         new = not path.exists()
@@ -230,7 +252,7 @@ class Trainer:
 
     def _clock(self) -> tuple[float, int, int]:
         """Training time so far (wall time less evaluation and checkpointing) and counters."""
-        paused = self.timers["eval"] + self.timers["checkpoint"]
+        paused = self.timers["eval"] + self.timers["checkpoint"] + self.timers["video"]
         return time.perf_counter() - paused, self.env_steps, self.updates
 
     def _log_training(self, pending: list[dict], clock: tuple, bar: tqdm) -> tuple:

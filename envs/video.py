@@ -234,6 +234,15 @@ def write_mp4(path: Path, frames: Iterable[np.ndarray], fps: float) -> int:
     return count
 
 
+def last_frame(video: Path) -> np.ndarray:
+    """The final frame of an mp4 ``[H, W, 3]`` (read through, one frame in memory)."""
+    with imageio.get_reader(video, "ffmpeg") as reader:
+        frame = functools.reduce(lambda _, f: f, reader, None)
+    if frame is None:
+        raise VideoError(f"{video} has no frames")
+    return frame
+
+
 def write_grid(path: Path, videos: Sequence[Path], fps: float, progress: bool = False,
                frames: int | None = None) -> int:
     """All ``videos`` (same frame size) side by side in a near-square grid; one that ends

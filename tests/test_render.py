@@ -71,3 +71,17 @@ def test_overlay_draws_on_a_copy():
     assert drawn.shape == frame.shape and drawn.dtype == np.uint8
     assert frame.max() == 0 and drawn.max() > 0
     assert tuple(drawn[0, 32]) == (60, 220, 60)  # the success border
+
+
+@pytest.mark.slow  # two full 500-step episodes rendered in software: about a minute
+def test_training_records_videos_when_asked(gl, tmp_path):
+    # In a subprocess, like the other renders: the GL backend is fixed at mujoco's import.
+    run = tmp_path / "run"
+    proc = _run("-m", "conal_rl.train", "--benchmark", "MT1:reach-v3", "--total-steps", "40",
+                "--warmup-steps", "20", "--hidden", "8", "--batch-per-task", "8",
+                "--eval-every", "0", "--eval-episodes", "1", "--video-every", "20",
+                "--run-dir", str(run))
+    assert proc.returncode == 0, proc.stderr
+    for step in (20, 40):
+        grid = run / "videos" / f"step_{step}" / "grid.mp4"
+        assert imageio.get_reader(grid).get_meta_data()["size"] == (160, 160)
