@@ -22,6 +22,17 @@ class Batch(NamedTuple):
     dones: Tensor  # [T, B, 1]  1.0 where the episode terminated (no bootstrap)
 
 
+def random_batch(num_tasks: int, batch_per_task: int, obs_dim: int, act_dim: int,
+                 seed: int = 0) -> Batch:
+    """A batch of random transitions (no terminations), for tests and speed benchmarks."""
+    g = torch.Generator().manual_seed(seed)
+    T, B = num_tasks, batch_per_task
+    return Batch(torch.randn(T, B, obs_dim, generator=g),
+                 torch.rand(T, B, act_dim, generator=g) * 2 - 1,
+                 torch.randn(T, B, 1, generator=g), torch.randn(T, B, obs_dim, generator=g),
+                 torch.zeros(T, B, 1))
+
+
 class MultiTaskReplay:
     FIELDS = Batch._fields
 

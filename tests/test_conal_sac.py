@@ -2,7 +2,7 @@
 
 import torch
 
-from agents import Batch, MultiTaskSAC
+from agents import MultiTaskSAC, random_batch
 from conal_rl.architectures import tree_factory
 from conal_rl.conal_sac import ConalSearch, SearchSettings, supernet_factory
 
@@ -18,10 +18,7 @@ def _search(**settings):
 
 
 def _batch(B=32):
-    g = torch.Generator().manual_seed(1)
-    return Batch(torch.randn(T, B, OBS, generator=g), torch.rand(T, B, ACT, generator=g) * 2 - 1,
-                 torch.randn(T, B, 1, generator=g), torch.randn(T, B, OBS, generator=g),
-                 torch.zeros(T, B, 1))
+    return random_batch(T, B, OBS, ACT, seed=1)
 
 
 def test_twin_critics_share_one_architecture_and_weights_exclude_alpha():

@@ -1,6 +1,6 @@
 import torch
 
-from agents import Batch, MultiTaskSAC, SACConfig
+from agents import MultiTaskSAC, SACConfig, random_batch
 from conal_rl.architectures import tree_factory
 from conal_rl.tree import TreeSpec
 
@@ -15,10 +15,7 @@ def _agent(spec_fn=TreeSpec.mhsac, **config):
 
 
 def _batch(B=64):
-    g = torch.Generator().manual_seed(1)
-    return Batch(torch.randn(T, B, OBS, generator=g), torch.rand(T, B, ACT, generator=g) * 2 - 1,
-                 torch.randn(T, B, 1, generator=g), torch.randn(T, B, OBS, generator=g),
-                 torch.zeros(T, B, 1))
+    return random_batch(T, B, OBS, ACT, seed=1)
 
 
 def test_shapes_and_action_range():
