@@ -130,7 +130,7 @@ def _foreign_file(tmp_path):
     ("foreign file", "is not in a conal-rl run directory"),
     ("other benchmark flag", "was trained on MT1:reach-v3, not MT10"),
     ("checkpoint of another benchmark",
-     "its checkpoint does not fit MT1:reach-v3's observations and actions"),
+     "the checkpoint was trained on gym:Pendulum-v1 with mtsac, but the run is MT1:reach-v3"),
     ("mixed benchmarks", "runs of different benchmarks (MT1:reach-v3, gym:Pendulum-v1)"),
     ("mixed architectures", "runs differ in arch (mtsac vs mhsac)"),
     ("bad episodes", "--episodes must be positive"),
