@@ -77,13 +77,12 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig, run_dir: Path, bench: Benchmark,
-                 make_net: NetFactory, search: SearchSettings | None = None,
-                 eval_bench: Benchmark | None = None):
+                 make_net: NetFactory, search: SearchSettings | None = None):
         self.config, self.run_dir, self.bench = config, run_dir, bench
         self.device = resolve_device(config.device)
         torch.set_num_threads(config.torch_threads)
         self.np_rng = seed_everything(config.seed)
-        self.eval_bench = eval_bench  # built on first use when None
+        self.eval_bench: Benchmark | None = None  # both built on first use
         self.video_bench: Benchmark | None = None
         T, obs_dim = self.bench.num_tasks, self.bench.obs_dim
         space = self.bench.action_space
@@ -152,7 +151,9 @@ class Trainer:
                     self._log_episodes(info, done, ep_success)
                     ep_success[done] = 0
                 t3 = time.perf_counter()
-                if self.env_steps >= cfg.warmup_steps:
+                # Updates start once the buffer holds a warm-up's worth of transitions: after
+                # the random warm-up, and again after a resume without --save-replay.
+                if self.replay.size * T >= cfg.warmup_steps:
                     for _ in range(cfg.updates_per_step):
                         if self.search is not None:
                             self.search.before_update(self.replay.sample(cfg.batch_per_task),

@@ -62,7 +62,8 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, capsys):
     proc = subprocess.Popen(
         [sys.executable, "-m", "conal_rl.train", "--benchmark", "gym:Pendulum-v1",
          "--total-steps", "1000000", "--eval-every", "0", "--checkpoint-every", "200",
-         "--run-dir", str(run), *TINY], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+         "--save-replay", "--run-dir", str(run), *TINY], stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 120
         while time.time() < deadline:
@@ -77,13 +78,14 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, capsys):
     saved = checkpoint.load(ckpt)
     step = saved["counters"]["env_steps"]
     assert step % 200 == 0 and saved["counters"]["updates"] == step - 99  # first update at step 100
+    assert saved["replay"]["size"] == step
 
     # The model the resumed run starts from is the checkpoint's.
     resumed = main(["--resume", str(run), "--total-steps", str(step + 300)])
     assert f"resumed {run} at env step {step}" in capsys.readouterr().out
     final = checkpoint.load(ckpt)
     assert final["counters"]["env_steps"] == step + 300
-    assert final["counters"]["updates"] == step - 99 + 300  # no warm-up again
+    assert final["counters"]["updates"] == step - 99 + 300  # replay restored: no refill
     assert resumed.episodes == 1
 
 
@@ -91,6 +93,10 @@ def test_resume_refuses_to_change_the_run(tmp_path):
     run = tmp_path / "run"
     main(["--benchmark", "gym:Pendulum-v1", "--total-steps", "200", "--eval-every", "0",
           "--run-dir", str(run), *TINY])
+    # Without --save-replay a resumed run refills a warm-up's worth of data (100 steps, with
+    # its policy) before updating again.
+    main(["--resume", str(run), "--total-steps", "400"])
+    assert checkpoint.load(run / "checkpoints" / "latest.pt")["counters"]["updates"] == 2 * 101
     proc = _cli("--resume", str(run), "--arch", "mhsac")
     assert proc.returncode == 2 and "cannot change arch" in proc.stderr
     (run / "checkpoints" / "latest.pt").write_bytes(b"not a checkpoint")
