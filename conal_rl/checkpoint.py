@@ -40,6 +40,14 @@ def load(path: Path, map_location="cpu") -> dict:
     return state
 
 
+def check_trained_on(state: dict, benchmark: str, arch: str, where: Path) -> None:
+    """Refuse a checkpoint of another benchmark or architecture than its run's."""
+    saved = state["config"]
+    if (saved["benchmark"], saved["arch"]) != (benchmark, arch):
+        raise CheckpointError(f"{where}: the checkpoint was trained on {saved['benchmark']} "
+                              f"with {saved['arch']}, but the run is {benchmark} with {arch}")
+
+
 def rng_state(np_rng: np.random.Generator) -> dict:
     return {
         "torch": torch.get_rng_state(),

@@ -61,11 +61,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedR
     config = TrainConfig.load(run_dir / "config.json")
     specs = load_specs(run_dir / "architecture.json")
     state = checkpoint.load(run_dir / "checkpoints" / "latest.pt", map_location=device)
-    trained = {k: state["config"][k] for k in ("benchmark", "arch")}
-    if trained != {"benchmark": config.benchmark, "arch": config.arch}:
-        raise checkpoint.CheckpointError(
-            f"{run_dir}: the checkpoint was trained on {trained['benchmark']} with "
-            f"{trained['arch']}, but the run is {config.benchmark} with {config.arch}")
+    checkpoint.check_trained_on(state, config.benchmark, config.arch, run_dir)
     agent_state = state["agent"]
     T = specs["actor"].num_tasks
     obs_dim, act_dim = _dims(agent_state, specs)

@@ -307,11 +307,8 @@ class Trainer:
 
     def _load_checkpoint(self) -> None:
         state = checkpoint.load(self.checkpoint_path, map_location=self.device)
-        saved = state["config"]
-        if saved["benchmark"] != self.config.benchmark or saved["arch"] != self.config.arch:
-            raise checkpoint.CheckpointError(
-                f"{self.checkpoint_path} was trained on {saved['benchmark']} with "
-                f"{saved['arch']}, not {self.config.benchmark} with {self.config.arch}")
+        checkpoint.check_trained_on(state, self.config.benchmark, self.config.arch,
+                                    self.run_dir)
         self.agent.load_state_dict(state["agent"])
         self.agent.load_optimizer_state(state["optimizers"])
         self.env_steps = state["counters"]["env_steps"]
