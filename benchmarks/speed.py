@@ -1,0 +1,275 @@
+"""End-to-end training speed: env-steps/s and updates/s of every architecture.
+
+    python -m benchmarks.speed [--benchmark MT10] [--preset quick|paper] [--steps N]
+        [--archs mtsac,mhsac,conal-search,conal-tree,env,sb3] [--device cpu|cuda]
+        [--out benchmarks/results/speed-<device>.json] [--force]
+
+Rows (each a real run of ``--steps`` env steps, summed over tasks):
+  mtsac, mhsac      the Trainer with the fixed trees (phase "train");
+  conal-search      the Trainer with supernets, the alpha step and conflict-noticing on from
+                    the first update (phase "search");
+  conal-tree        the Trainer with a pruned tree, branch points spread over 0..P
+                    (phase "pruned");
+  env               random actions on the same vector env: the floor no loop can beat;
+  sb3               stable-baselines3 SAC on one task (MT1:reach-v3 for Meta-World) at the
+                    preset's widths and per-task batch, one update per env step.
+Overhead = wall / (env time + update time) of the same run, target <= 1.15: the rest is
+acting, replay adds, logging and the loop itself. Wall time excludes evaluation and
+checkpoints as the Trainer's own speed log does. Every row is written to the JSON (and a
+markdown table beside it) as soon as it finishes; rows already there are skipped unless
+--force, so a long paper-scale run can be finished across sessions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from conal_rl.architectures import tree_factory, tree_specs
+from conal_rl.conal_sac import SearchSettings, supernet_factory
+from conal_rl.config import PRESETS, TrainConfig
+from conal_rl.train import Trainer
+from conal_rl.tree import TreeSpec
+from envs import Benchmark, make_benchmark
+
+ROWS = ("env", "mtsac", "mhsac", "conal-search", "conal-tree", "sb3")
+PHASES = {"env": "floor", "mtsac": "train", "mhsac": "train", "conal-search": "search",
+          "conal-tree": "pruned", "sb3": "one task"}
+# Quick MT10 on 2 CPU cores: ~40 s for mtsac/mhsac, ~75 s for the pruned tree, ~160 s for
+# the search, ~200 s for SB3 (one update per env step).
+DEFAULT_STEPS = {"quick": 15_000, "paper": 2_000}
+TARGET = 1.15
+
+
+def load_average() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def trainer_row(arch: str, config: TrainConfig, bench: Benchmark) -> dict:
+    """Run a real Trainer for ``config.total_steps`` and read its timers."""
+    T = bench.num_tasks
+    search = None
+    if arch == "conal-search":
+        # warmup_steps=0: the arch step and conflict-noticing run in every update.
+        search = SearchSettings(hidden=config.hidden, arch_lr=config.arch_lr, warmup_steps=0,
+                                total_steps=config.total_steps)
+    elif arch == "conal-tree":
+        P = len(config.hidden)
+        spec = TreeSpec(config.hidden, [t % (P + 1) for t in range(T)], bench.task_names)
+        specs = {"actor": spec, "critic": spec}
+    else:
+        specs = tree_specs(arch, config.hidden, bench.task_names)
+    # An untimed short run first, so one-time costs (torch's first kernels, allocations)
+    # do not land on the row.
+    warmup = replace(config, total_steps=config.warmup_steps + 20 * T)
+    for cfg in (warmup, config):
+        with tempfile.TemporaryDirectory() as run_dir:
+            # A fresh factory per Trainer: supernet_factory's nets share their alpha.
+            make_net = supernet_factory(search, T) if search else tree_factory(specs)
+            trainer = Trainer(cfg, Path(run_dir), bench, make_net, search=search)
+            start = time.perf_counter()
+            trainer.run(final_eval=False)
+            wall = time.perf_counter() - start
+    t = trainer.timers
+    wall -= t["eval"] + t["checkpoint"] + t["video"]
+    return measures(trainer.env_steps, trainer.updates, t["env"], t["update"], wall,
+                    act_s=t["act"], replay_add_s=t["replay_add"])
+
+
+def env_row(bench: Benchmark, steps: int, seed: int) -> dict:
+    """Random actions on the vector env: its pure stepping rate."""
+    envs, T = bench.envs, bench.num_tasks
+    envs.reset(seed=seed)
+    rng = np.random.default_rng(seed)
+    low, high = envs.action_space.low, envs.action_space.high
+    start = time.perf_counter()
+    for _ in range(steps // T):
+        envs.step(rng.uniform(low, high).astype(envs.action_space.dtype))
+    wall = time.perf_counter() - start
+    return measures(steps // T * T, 0, wall, 0.0, wall)
+
+
+class _TimedEnv(gym.Wrapper):
+    """Accumulates the seconds spent in the wrapped env's ``step``."""
+
+    seconds = 0.0
+
+    def step(self, action):
+        start = time.perf_counter()
+        out = self.env.step(action)
+        self.seconds += time.perf_counter() - start
+        return out
+
+
+def sb3_row(task: str, config: TrainConfig, steps: int) -> dict:
+    """SB3 SAC on one task; env and update time measured by wrapping the env and ``train``."""
+    from stable_baselines3 import SAC
+
+    env = _TimedEnv(make_benchmark(task, config.seed).envs.envs[0])
+    model = SAC("MlpPolicy", env, learning_rate=config.lr, buffer_size=config.replay_size,
+                learning_starts=100, batch_size=config.batch_per_task, gamma=config.gamma,
+                tau=config.tau, policy_kwargs={"net_arch": list(config.hidden)},
+                device=config.device, seed=config.seed)
+    update = {"s": 0.0, "n": 0}
+    train = model.train
+
+    def timed_train(gradient_steps: int, batch_size: int = 64) -> None:
+        start = time.perf_counter()
+        train(gradient_steps=gradient_steps, batch_size=batch_size)
+        update["s"] += time.perf_counter() - start
+        update["n"] += gradient_steps
+
+    model.train = timed_train  # an instance attribute: learn() calls self.train(...)
+    start = time.perf_counter()
+    model.learn(total_timesteps=steps)
+    wall = time.perf_counter() - start
+    return measures(model.num_timesteps, update["n"], env.seconds, update["s"], wall) | {
+        "task": task}
+
+
+def measures(env_steps: int, updates: int, env_s: float, update_s: float, wall_s: float,
+             **extra: float) -> dict:
+    return {"env_steps": env_steps, "updates": updates,
+            "env_steps_per_s": env_steps / wall_s, "updates_per_s": updates / wall_s,
+            "env_s": env_s, "update_s": update_s, "wall_s": wall_s,
+            "overhead": wall_s / (env_s + update_s), **extra}
+
+
+# ---- output ---------------------------------------------------------------------------------
+def machine(device: str) -> dict:
+    info = {"platform": platform.platform(), "processor": platform.processor(),
+            "cpu_count": os.cpu_count(), "python": sys.version.split()[0],
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "device": device}
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+HEADER = ("benchmark", "preset", "architecture", "phase", "env-steps/s", "updates/s", "env s",
+          "update s", "wall s", "overhead", "load")
+
+
+def table_cells(row: dict) -> tuple:
+    return (row["benchmark"], row["preset"], row["arch"], row["phase"],
+            f"{row['env_steps_per_s']:.0f}", f"{row['updates_per_s']:.1f}",
+            f"{row['env_s']:.1f}", f"{row['update_s']:.1f}", f"{row['wall_s']:.1f}",
+            f"{row['overhead']:.3f}",
+            f"{row['load_average_start']:.1f}->{row['load_average_end']:.1f}")
+
+
+def format_table(rows: list[dict]) -> str:
+    cells = [HEADER, *(table_cells(r) for r in rows)]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(HEADER))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in cells)
+
+
+def markdown(payload: dict) -> str:
+    m = payload["machine"]
+    lines = [f"# End-to-end training speed ({m['device']})", "",
+             f"{m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} "
+             f"({m['torch_threads']} thread). Overhead = wall / (env s + update s), target "
+             f"<= {TARGET}. Load: 1-min load average at the row's start -> end.", "",
+             "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(table_cells(r)) + " |" for r in payload["rows"]]
+    return "\n".join(lines) + "\n"
+
+
+def save(out: Path, payload: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=2))
+    out.with_suffix(".md").write_text(markdown(payload))
+
+
+# ---- command line ---------------------------------------------------------------------------
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.speed",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--benchmark", default="MT10")
+    parser.add_argument("--preset", default="quick", choices=tuple(PRESETS))
+    parser.add_argument("--steps", type=int, default=None,
+                        help="env steps per row, summed over tasks (default: quick "
+                        f"{DEFAULT_STEPS['quick']}, paper {DEFAULT_STEPS['paper']})")
+    parser.add_argument("--archs", default=",".join(ROWS),
+                        help=f"comma-separated rows to run, of {','.join(ROWS)}")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--hidden", default=None,
+                        help="hidden widths, e.g. 8,8 (default: the preset's)")
+    parser.add_argument("--sb3-task", default=None, help="the sb3 row's one-task benchmark "
+                        "(default: MT1:reach-v3 for Meta-World, else the benchmark itself)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results JSON (default: benchmarks/results/speed-<device>.json)")
+    parser.add_argument("--force", action="store_true", help="rerun rows already in --out")
+    args = parser.parse_args(argv)
+    args.archs = args.archs.split(",")
+    unknown = set(args.archs) - set(ROWS)
+    if unknown:
+        parser.error(f"unknown --archs {sorted(unknown)}; valid: {','.join(ROWS)}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda but no CUDA device is available")
+    args.steps = args.steps or DEFAULT_STEPS[args.preset]
+    args.out = args.out or Path(f"benchmarks/results/speed-{args.device}.json")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    bench = make_benchmark(args.benchmark, args.seed)
+    T = bench.num_tasks
+    given = {"hidden": tuple(int(w) for w in args.hidden.split(","))} if args.hidden else {}
+    # warmup_steps: 10 vector steps of random actions, just enough to fill a first batch.
+    base = TrainConfig(benchmark=args.benchmark, preset=args.preset, total_steps=args.steps,
+                       device=args.device, seed=args.seed, eval_every=0,
+                       checkpoint_every=10 * args.steps, warmup_steps=10 * T,
+                       **given).resolved(T)
+    torch.set_num_threads(base.torch_threads)  # as the Trainer does; recorded in machine()
+    sb3_task = args.sb3_task or ("MT1:reach-v3" if bench.is_metaworld else args.benchmark)
+    sb3_config = replace(base, benchmark=sb3_task,
+                         replay_size=PRESETS[args.preset]["replay_per_task"])
+
+    payload = json.loads(args.out.read_text()) if args.out.exists() else {"rows": []}
+    payload["machine"] = machine(args.device) | {"load_average_start": os.getloadavg()}
+    payload.setdefault("commands", []).append(" ".join(["python -m benchmarks.speed",
+                                                        *(argv or sys.argv[1:])]))
+    for name in args.archs:
+        key = f"{args.benchmark}/{args.preset}/{name}"
+        if not args.force and any(r["key"] == key for r in payload["rows"]):
+            print(f"{key}: already in {args.out}, skipped (--force reruns it)")
+            continue
+        load_start = load_average()
+        if name == "env":
+            row = env_row(bench, args.steps, args.seed)
+        elif name == "sb3":
+            row = sb3_row(sb3_task, sb3_config, args.steps)
+        else:
+            arch = {"conal-search": "conal", "conal-tree": "tree"}.get(name, name)
+            row = trainer_row(name, replace(base, arch=arch), bench)
+        row = {"key": key, "benchmark": args.benchmark, "preset": args.preset, "arch": name,
+               "phase": PHASES[name], "device": args.device, "hidden": list(base.hidden),
+               "batch_per_task": base.batch_per_task, **row,
+               "load_average_start": load_start, "load_average_end": load_average(),
+               "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+        payload["rows"] = [r for r in payload["rows"] if r["key"] != key] + [row]
+        payload["machine"]["load_average_end"] = os.getloadavg()
+        save(args.out, payload)
+        print(format_table([row]).splitlines()[1], flush=True)
+    print()
+    print(format_table(payload["rows"]))
+    print(f"\nwrote {args.out} and {args.out.with_suffix('.md')}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()
