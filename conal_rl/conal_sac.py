@@ -45,7 +45,8 @@ class SearchSettings:
 
 def supernet_factory(settings: SearchSettings, num_tasks: int) -> NetFactory:
     """A NetFactory of supernets; every net of one role after the first reuses that role's
-    alpha (so the twin critics are searched as one architecture)."""
+    alpha (so the twin critics are searched as one architecture). Use one factory per
+    agent: a second agent built from the same factory would share the first one's alphas."""
     alphas: dict[str, nn.Parameter] = {}
 
     def make_net(role: str, in_dim: int, out_dim: int) -> SuperNet:

@@ -124,7 +124,7 @@ class Trainer:
                    dynamic_ncols=True, desc=f"{cfg.benchmark} {cfg.arch}",
                    mininterval=0.5 if sys.stderr.isatty() else 30)
         pending: list[dict] = []  # per-update metric tensors, synced at log time
-        log_clock = self._clock()
+        log_clock = start_clock = self._clock()
         if self.env_steps:
             tqdm.write(f"resumed {self.run_dir} at env step {self.env_steps}")
         try:
@@ -184,6 +184,8 @@ class Trainer:
             raise SystemExit(128 + stop.signum)
         if final_eval and (self.last_eval is None or self.last_eval_step != self.env_steps):
             self.evaluate()
+        # Training wall time of this call, less evaluation, checkpoints and videos.
+        self.timers["train_wall"] = self._clock()[0] - start_clock[0]
         self._write_timing()
         self.writer.close()
         return self.last_eval
