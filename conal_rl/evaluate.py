@@ -25,11 +25,10 @@ from tqdm import tqdm
 from conal_rl.aggregate import AggregateError, Summary, arch_label, group_runs, summarize
 from conal_rl.checkpoint import CheckpointError
 from conal_rl.config import TrainConfig
-from conal_rl.runs import LoadedRun, Policy, load_run
+from conal_rl.runs import LoadedRun, Policy, load_config, load_run
 from conal_rl.train import UserError, resolve_device
 from conal_rl.tree import num_parameters
 from envs import Benchmark, EvalResult, UnknownBenchmark, evaluate, make_eval_benchmark
-from envs.video import episode_limit
 
 PROG = "python -m conal_rl.evaluate"
 DEFAULT_EPISODES = 50  # per task, as in the Meta-World multi-task literature
@@ -62,19 +61,9 @@ def run_dir_of(path: str | Path) -> Path:
                           "it or its folder)")
 
 
-def load_config(run_dir: Path) -> TrainConfig:
-    if not (run_dir / "config.json").is_file():
-        raise CheckpointError(f"{run_dir} is not a conal-rl run (no config.json)")
-    try:
-        return TrainConfig.load(run_dir / "config.json")
-    except (ValueError, TypeError) as e:
-        raise CheckpointError(f"{run_dir}/config.json is not a conal-rl config ({e})") from None
-
-
 def load_checked(path: str | Path, device: torch.device) -> LoadedRun:
     """``load_run`` of a RUN_DIR or its checkpoint, any mismatch a one-line error."""
     run_dir = run_dir_of(path)
-    load_config(run_dir)  # its own error for a config that is not one
     try:
         return load_run(run_dir, device)
     except (RuntimeError, KeyError) as e:  # weights of another shape or network
@@ -122,7 +111,7 @@ def evaluate_run(run: LoadedRun, bench: Benchmark, seed: int, episodes: int,
     policy = Policy(run.agent, bench.action_space, device)
     # Episodes end on success, so the bar's total (every episode running to its time
     # limit) is an upper bound; each policy call is one step of every task.
-    limit = episode_limit(bench)
+    limit = bench.max_episode_steps
     with tqdm(total=limit and episodes * limit, unit="step", dynamic_ncols=True,
               desc=f"evaluating {run.run_dir.name}", disable=not progress, leave=False) as bar:
         def counting_policy(obs: np.ndarray) -> np.ndarray:

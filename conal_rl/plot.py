@@ -17,7 +17,8 @@ from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from conal_rl.aggregate import group_runs, mean_se
-from conal_rl.evaluate import load_config, run_cli, run_dir_of
+from conal_rl.evaluate import run_cli, run_dir_of
+from conal_rl.runs import load_config
 from conal_rl.train import UserError
 
 PROG = "python -m conal_rl.plot"

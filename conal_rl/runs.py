@@ -51,14 +51,24 @@ class LoadedRun:
     env_steps: int
 
 
+def load_config(run_dir: Path) -> TrainConfig:
+    """A run's config.json; CheckpointError (one line) for a folder that is not a run."""
+    if not (run_dir / "config.json").is_file():
+        raise checkpoint.CheckpointError(f"{run_dir} is not a conal-rl run (no config.json)")
+    try:
+        return TrainConfig.load(run_dir / "config.json")
+    except (ValueError, TypeError) as e:
+        raise checkpoint.CheckpointError(
+            f"{run_dir}/config.json is not a conal-rl config ({e})") from None
+
+
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
     """Rebuild a run's agent from its last checkpoint. Raises CheckpointError with a
     one-line reason for a folder that is not a conal-rl run."""
     run_dir = Path(run_dir)
-    for name in ("config.json", "architecture.json"):
-        if not (run_dir / name).is_file():
-            raise checkpoint.CheckpointError(f"{run_dir} is not a conal-rl run (no {name})")
-    config = TrainConfig.load(run_dir / "config.json")
+    config = load_config(run_dir)
+    if not (run_dir / "architecture.json").is_file():
+        raise checkpoint.CheckpointError(f"{run_dir} is not a conal-rl run (no architecture.json)")
     specs = load_specs(run_dir / "architecture.json")
     state = checkpoint.load(run_dir / "checkpoints" / "latest.pt", map_location=device)
     checkpoint.check_trained_on(state, config.benchmark, config.arch, run_dir)

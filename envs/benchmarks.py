@@ -41,6 +41,14 @@ class Benchmark:
     def action_space(self) -> gym.spaces.Box:
         return self.envs.single_action_space
 
+    @property
+    def max_episode_steps(self) -> int | None:
+        """The time limit of the benchmark's episodes (500 for Meta-World), if it has one."""
+        try:
+            return int(self.envs.get_attr("_max_episode_steps")[0])
+        except (AttributeError, TypeError, ValueError):
+            return None
+
 
 def metaworld_task_names() -> list[str]:
     from metaworld.env_dict import ALL_V3_ENVIRONMENTS

@@ -168,14 +168,6 @@ def video_fps(bench: Benchmark, frame_skip: int = 1) -> float:
     return bench.envs.metadata.get("render_fps", 30) / frame_skip
 
 
-def episode_limit(bench: Benchmark) -> int | None:
-    """The time limit of the benchmark's episodes (500 for Meta-World), if it has one."""
-    try:
-        return int(bench.envs.get_attr("_max_episode_steps")[0])
-    except (AttributeError, TypeError, ValueError):
-        return None
-
-
 def record_task(policy: Policy, bench: Benchmark, task: str, episodes: int = 1,
                 size: int = DEFAULT_SIZE, camera: str | None = None, frame_skip: int = 1,
                 max_steps: int | None = None, hold_frames: int = 0,
@@ -290,7 +282,7 @@ def record_videos(policy: Policy, bench: Benchmark, out_dir: Path,
     stepped here. This is the recorder for periodic videos during training."""
     tasks = list(tasks or bench.task_names)
     fps = fps or video_fps(bench, frame_skip)
-    limit = min(filter(None, (max_steps, episode_limit(bench))), default=None)
+    limit = min(filter(None, (max_steps, bench.max_episode_steps)), default=None)
     bar = tqdm(total=limit and len(tasks) * episodes * limit, unit="step", disable=not progress,
                desc="recording", dynamic_ncols=True)
     paths, lengths = [], []
