@@ -78,12 +78,10 @@ def trainer_row(arch: str, config: TrainConfig, bench: Benchmark) -> dict:
             # A fresh factory per Trainer: supernet_factory's nets share their alpha.
             make_net = supernet_factory(search, T) if search else tree_factory(specs)
             trainer = Trainer(cfg, Path(run_dir), bench, make_net, search=search)
-            start = time.perf_counter()
             trainer.run(final_eval=False)
-            wall = time.perf_counter() - start
+    # train_wall: the Trainer's own clock, less evaluation, checkpoints and videos.
     t = trainer.timers
-    wall -= t["eval"] + t["checkpoint"] + t["video"]
-    return measures(trainer.env_steps, trainer.updates, t["env"], t["update"], wall,
+    return measures(trainer.env_steps, trainer.updates, t["env"], t["update"], t["train_wall"],
                     act_s=t["act"], replay_add_s=t["replay_add"])
 
 
