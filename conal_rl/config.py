@@ -28,11 +28,11 @@ PRESETS = {
     "paper": dict(steps_per_task=2_000_000, hidden=(400, 400, 400), batch_per_task=128,
                   replay_per_task=100_000, warmup_per_task=400, eval_every_per_task=20_000,
                   eval_episodes=50, checkpoint_every_per_task=20_000,
-                  search_per_task=200_000, arch_lr=5e-5),
+                  search_per_task=200_000, arch_lr=5e-5, minutes=None),
     "quick": dict(steps_per_task=10_000, hidden=(128, 128, 128), batch_per_task=32,
                   replay_per_task=10_000, warmup_per_task=500, eval_every_per_task=5_000,
                   eval_episodes=5, checkpoint_every_per_task=5_000,
-                  search_per_task=3_000, arch_lr=1e-3),
+                  search_per_task=3_000, arch_lr=1e-3, minutes=None),
 }
 
 
@@ -51,6 +51,11 @@ class TrainConfig:
                      "on MT10)", choices=tuple(PRESETS))
     total_steps: int | None = _f(PRESET, "env steps in all, summed over tasks (default: the "
                                  "preset's steps per task x number of tasks)")
+    minutes: float | None = _f(PRESET, "wall-clock budget of training in minutes: the run stops "
+                               "at the first of --total-steps and --minutes. Counts training "
+                               "only (evaluation, checkpoints and videos excluded), summed over "
+                               "resumes; for --arch conal the search counts too. 0: no limit "
+                               "(default: none, laptop 60)")
     seed: int = _f(0, "random seed (networks, replay sampling, envs)")
     device: str = _f("auto", "torch device: auto (cuda when available), cpu or cuda",
                      choices=("auto", "cpu", "cuda"))
@@ -138,7 +143,7 @@ class TrainConfig:
             v = getattr(self, k)
             if v is not None and v <= 0:
                 raise ValueError(f"--{k.replace('_', '-')} must be positive, got {v}")
-        for k in ("eval_every", "warmup_steps", "search_warmup_steps", "video_every"):
+        for k in ("eval_every", "warmup_steps", "search_warmup_steps", "video_every", "minutes"):
             v = getattr(self, k)
             if v is not None and v < 0:
                 raise ValueError(f"--{k.replace('_', '-')} must not be negative, got {v}")

@@ -45,7 +45,7 @@ from envs import (
 from envs.video import VideoError, last_frame, record_videos
 
 # Flags that may change when a run is resumed; all others must match the saved config.
-RESUMABLE_OVERRIDES = {"total_steps", "device", "eval_every", "eval_episodes",
+RESUMABLE_OVERRIDES = {"total_steps", "minutes", "device", "eval_every", "eval_episodes",
                        "checkpoint_every", "save_replay", "log_every", "video_every"}
 
 
@@ -98,6 +98,8 @@ class Trainer:
         self.env_steps = self.updates = 0
         self.last_eval: EvalResult | None = None
         self.timers: dict[str, float] = defaultdict(float)
+        self._run_start: tuple | None = None  # training clock at the start of run()
+        self.stopped_by = "steps"  # or "minutes", "signal": what ended the last run()
         self.speed: dict[str, str] = {}  # latest env-steps/s and updates/s, for the console
         run_dir.mkdir(parents=True, exist_ok=True)
         self.resumed = self.checkpoint_path.exists()
@@ -112,8 +114,12 @@ class Trainer:
         return self.run_dir / "checkpoints" / "latest.pt"
 
     # ---- the loop -------------------------------------------------------------------------
-    def run(self, final_eval: bool = True) -> EvalResult | None:
+    def run(self, final_eval: bool = True, spent_s: float = 0.0) -> EvalResult | None:
+        """Train until ``total_steps`` or the ``minutes`` budget, whichever comes first;
+        ``spent_s``: training seconds already charged to that budget elsewhere (CoNAL's
+        search)."""
         cfg, T = self.config, self.bench.num_tasks
+        budget_s = cfg.minutes * 60 - spent_s if cfg.minutes else None
         envs = self.bench.envs
         # A resumed run starts fresh episodes from a seed derived from where it stands, so
         # resuming twice from the same checkpoint gives the same run.
@@ -124,11 +130,15 @@ class Trainer:
                    dynamic_ncols=True, desc=f"{cfg.benchmark} {cfg.arch}",
                    mininterval=0.5 if sys.stderr.isatty() else 30)
         pending: list[dict] = []  # per-update metric tensors, synced at log time
-        log_clock = start_clock = self._clock()
+        log_clock = self._run_start = self._clock()
+        self.stopped_by = "steps"
         if self.env_steps:
             tqdm.write(f"resumed {self.run_dir} at env step {self.env_steps}")
         try:
             while self.env_steps < cfg.total_steps and not stop.requested:
+                if budget_s is not None and self.train_seconds() >= budget_s:
+                    self.stopped_by = "minutes"
+                    break
                 t0 = time.perf_counter()
                 if self.env_steps < cfg.warmup_steps:
                     actions = self.np_rng.uniform(-1, 1, (T, self.act_dim))
@@ -177,15 +187,16 @@ class Trainer:
                     self.save_checkpoint()
         finally:
             bar.close()
+            self.timers["train_wall"] = self.train_seconds()
+            self._run_start = None
         self.save_checkpoint()
         if stop.requested:
+            self.stopped_by = "signal"
             tqdm.write(f"stopped by signal at env step {self.env_steps}; checkpoint saved, "
                        f"continue with --resume {self.run_dir}")
             raise SystemExit(128 + stop.signum)
         if final_eval and (self.last_eval is None or self.last_eval_step != self.env_steps):
             self.evaluate()
-        # Training wall time of this call, less evaluation, checkpoints and videos.
-        self.timers["train_wall"] = self._clock()[0] - start_clock[0]
         self._write_timing()
         self.writer.close()
         return self.last_eval
@@ -253,6 +264,12 @@ class Trainer:
             if self.bench.is_metaworld:
                 self.writer.add_scalar(f"train_success/{task}", ep_success[i], self.env_steps)
 
+    def train_seconds(self) -> float:
+        """Training wall time summed over resumes: wall time less evaluation, checkpoints
+        and videos (what --minutes limits)."""
+        running = self._clock()[0] - self._run_start[0] if self._run_start else 0.0
+        return self.timers["train_wall"] + running
+
     def _clock(self) -> tuple[float, int, int]:
         """Training time so far (wall time less evaluation and checkpointing) and counters."""
         paused = self.timers["eval"] + self.timers["checkpoint"] + self.timers["video"]
@@ -290,7 +307,8 @@ class Trainer:
         bar.set_postfix(postfix, refresh=False)
 
     def _write_timing(self) -> None:
-        timing = dict(self.timers) | {"env_steps": self.env_steps, "updates": self.updates}
+        timing = dict(self.timers) | {"env_steps": self.env_steps, "updates": self.updates,
+                                      "stopped_by": self.stopped_by}
         (self.run_dir / "timing.json").write_text(json.dumps(timing, indent=2))
 
     # ---- checkpoints ----------------------------------------------------------------------
@@ -301,6 +319,7 @@ class Trainer:
             "agent": self.agent.state_dict(),
             "optimizers": self.agent.optimizer_state(),
             "counters": {"env_steps": self.env_steps, "updates": self.updates},
+            "timers": dict(self.timers) | {"train_wall": self.train_seconds()},
             "rng": checkpoint.rng_state(self.np_rng),
             "replay": self.replay.state_dict() if self.config.save_replay else None,
             "search": self.search.state_dict() if self.search else None,
@@ -315,6 +334,7 @@ class Trainer:
         self.agent.load_optimizer_state(state["optimizers"])
         self.env_steps = state["counters"]["env_steps"]
         self.updates = state["counters"]["updates"]
+        self.timers.update(state.get("timers", {}))
         checkpoint.restore_rng(state["rng"], self.np_rng)
         if state["replay"] is not None:
             self.replay.load_state_dict(state["replay"])
@@ -454,7 +474,14 @@ def main(argv: list[str] | None = None) -> EvalResult:
     for role in ("actor", "critic"):
         net = getattr(trainer.agent, role)
         print(f"{role}: {num_parameters(net):,} parameters ({config.arch})")
-    return trainer.run()
+    return trainer.run(spent_s=search_seconds(run_dir))
+
+
+def search_seconds(run_dir: Path) -> float:
+    """Training seconds CoNAL's search spent in ``run_dir/search`` (0 without a search):
+    they count against the run's --minutes."""
+    timing = run_dir / "search" / "timing.json"
+    return json.loads(timing.read_text())["train_wall"] if timing.exists() else 0.0
 
 
 def _num_tasks(benchmark: str) -> int:

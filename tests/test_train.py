@@ -144,3 +144,22 @@ def test_conal_searches_derives_and_trains_then_the_tree_trains_again(tmp_path):
           "--total-steps", "200", "--eval-every", "0", "--run-dir", str(tree_run), *TINY])
     assert json.loads((tree_run / "architecture.json").read_text())["actor"]["branch_points"] == \
         arch["actor"]["branch_points"]
+
+
+def test_minutes_budget_stops_the_run_and_counts_over_resumes(tmp_path):
+    run = tmp_path / "run"
+    budget_min = 0.05  # 3 s of training
+    main(["--benchmark", "gym:Pendulum-v1", "--total-steps", "10000000", "--minutes",
+          str(budget_min), "--eval-every", "0", "--run-dir", str(run), *TINY])
+    timing = json.loads((run / "timing.json").read_text())
+    assert timing["stopped_by"] == "minutes"
+    assert 3.0 <= timing["train_wall"] < 3.0 + 2.0  # stops at the first step past the budget
+    steps = timing["env_steps"]
+    assert 0 < steps < 10_000_000
+    # Resumed with the same budget: it is spent already, so no step more.
+    main(["--resume", str(run)])
+    assert json.loads((run / "timing.json").read_text())["env_steps"] == steps
+    # A larger budget continues where it stopped and sums the time.
+    main(["--resume", str(run), "--minutes", str(2 * budget_min)])
+    timing = json.loads((run / "timing.json").read_text())
+    assert timing["env_steps"] > steps and 6.0 <= timing["train_wall"] < 6.0 + 3.0
