@@ -1,0 +1,221 @@
+"""benchmarks/success.py on tiny MT1 runs: the report, skipping finished runs, resuming
+unfinished ones, failed runs and bad input."""
+
+import json
+import subprocess
+import sys
+from dataclasses import asdict
+
+import pytest
+from PIL import Image
+
+from benchmarks import success
+from conal_rl.config import TrainConfig
+
+# 200 steps with a 100-step warm-up: updates happen; one final evaluation of one episode.
+ARGS = ["--benchmark", "MT1:reach-v3", "--archs", "mtsac,stl", "--seeds", "2", "--budget",
+        "quick", "--total-steps", "200", "--eval-episodes", "1", "--warmup-steps", "100"]
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    """One benchmark call (4 runs, 2 at a time); the tests below build on its runs."""
+    root = tmp_path_factory.mktemp("success")
+    args = [*ARGS, "--runs-dir", str(root / "runs"), "--out-dir", str(root / "out")]
+    payload = success.main([*args, "--jobs", "2"])
+    return root, args, payload
+
+
+def _runs(root):
+    return root / "runs" / "MT1-reach-v3-quick"
+
+
+def _timing_mtimes(root):
+    return {d.name: (d / "timing.json").stat().st_mtime_ns for d in _runs(root).iterdir()}
+
+
+def test_report_has_a_line_per_row_with_seeds_parameters_and_time(bench):
+    root, _, payload = bench
+    stem = root / "out" / "MT1-reach-v3-quick"
+    assert [r["row"] for r in payload["rows"]] == ["mtsac", "stl"]
+    assert payload["tasks"] == ["reach-v3"] and payload["metric"] == "success"
+    assert payload["total_steps"] == [200] and payload["eval_episodes"] == 1
+    assert payload["overrides"] == {"total_steps": 200, "eval_episodes": 1, "warmup_steps": 100}
+    assert payload["failed"] == [] and payload["unfinished"] == []
+    for row in payload["rows"]:
+        assert row["seeds_finished"] == 2 and [r["seed"] for r in row["runs"]] == [0, 1]
+        assert row["env_steps"] == [200, 200] and 0 <= row["mean"] <= 1
+        assert row["train_wall_s"] > 0 and row["env_steps_per_s"] > 0
+        assert set(row["runs"][0]["tasks"]) == {"reach-v3"}
+    mtsac, stl = payload["rows"]
+    assert mtsac["parameters"]["actor"][0] > 0 and mtsac["parameters"]["critic"][0] > 0
+    described = json.loads((_runs(root) / "stl-s0" / "stl.json").read_text())
+    assert stl["parameters"]["actor"] == [described["parameters"]["actor"]] * 2
+    assert set(payload["vs_baseline"]) == {"stl"}
+    assert json.loads(stem.with_suffix(".json").read_text())["rows"] == payload["rows"]
+
+    md = stem.with_suffix(".md").read_text()
+    assert md.startswith("# MT1:reach-v3: success rate comparison, budget `quick`")
+    assert f"Command: `{success.PROG} {' '.join(ARGS)}" in md
+    assert "2 CPUs" in md or "CPUs" in md
+    assert "| mtsac | " in md and "| stl | " in md and "| 2/2 |" in md
+    assert "Differences within noise (" in md and "2·sqrt(SE_row² + SE_mtsac²)" in md
+    assert "| row | reach-v3 |" in md
+    with Image.open(stem.with_suffix(".png")) as image:
+        assert image.format == "PNG" and min(image.size) > 300
+    for run in _runs(root).iterdir():
+        assert "(fresh)" in (run / "train.log").read_text()
+
+
+def test_a_second_call_skips_finished_runs(bench, capsys):
+    root, args, _ = bench
+    before = _timing_mtimes(root)
+    capsys.readouterr()
+    payload = success.main(args)
+    out = capsys.readouterr().out
+    assert out.count("skipped (finished") == 4
+    assert _timing_mtimes(root) == before
+    for run in _runs(root).iterdir():
+        assert (run / "train.log").read_text().count("=== ") == 1  # trained once
+    assert [r["seeds_finished"] for r in payload["rows"]] == [2, 2]
+    assert len(payload["commands"]) == 2
+
+
+def test_an_interrupted_run_is_resumed_and_the_others_skipped(bench, capsys):
+    root, args, _ = bench
+    # A run killed after its last checkpoint but before it wrote timing.json.
+    for name in ("mtsac-s1", "stl-s1"):
+        (_runs(root) / name / "timing.json").unlink()
+    before = _timing_mtimes_where_present(root)
+    payload = success.main([*args, "--jobs", "2"])
+    for name in ("mtsac-s1", "stl-s1"):
+        log = (_runs(root) / name / "train.log").read_text()
+        assert "(resume)" in log and "--resume" in log and "resumed " in log
+        assert json.loads((_runs(root) / name / "timing.json").read_text())["env_steps"] == 200
+    after = _timing_mtimes(root)
+    assert {k: after[k] for k in before} == before  # the finished ones untouched
+    assert [r["seeds_finished"] for r in payload["rows"]] == [2, 2]
+
+
+def _timing_mtimes_where_present(root):
+    return {d.name: (d / "timing.json").stat().st_mtime_ns for d in _runs(root).iterdir()
+            if (d / "timing.json").exists()}
+
+
+def _specs(tmp_path, *extra):
+    args = success.build_parser().parse_args([*ARGS, "--runs-dir", str(tmp_path), *extra])
+    success.check_args(args)
+    return {s.name: s for s in success.make_specs(args)}
+
+
+def _save_config(path, spec, **changes):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    config = TrainConfig(**spec.given).resolved(1)
+    path.write_text(json.dumps(asdict(config) | changes))
+
+
+def test_what_happens_to_a_run_folder(tmp_path):
+    specs = _specs(tmp_path, "--archs", "mtsac,conal", "--seeds", "1")
+    mtsac, conal = specs["mtsac-s0"], specs["conal-s0"]
+    assert success.plan(mtsac) == ("fresh", "new")
+    mtsac.run_dir.mkdir(parents=True)
+    (mtsac.run_dir / "train.log").write_text("crashed before its first checkpoint\n")
+    assert success.plan(mtsac) == ("fresh", "no checkpoint")
+
+    _save_config(mtsac.run_dir / "config.json", mtsac)
+    (mtsac.run_dir / "checkpoints").mkdir()
+    (mtsac.run_dir / "checkpoints" / "latest.pt").write_bytes(b"")
+    assert success.plan(mtsac)[0] == "resume"
+    command = mtsac.command("resume", {"total_steps": 100, "eval_every": 5000,
+                                       "eval_episodes": 1, "minutes": None})
+    assert command[command.index("--resume") + 1] == str(mtsac.run_dir)
+    assert command[command.index("--total-steps") + 1] == "200"  # given: passed as it is
+    assert "--run-dir" not in command and "--eval-every" not in command
+    assert "--minutes" not in command  # None and 0 both mean no budget
+    command = mtsac.command("resume", {"eval_every": 100, "minutes": 3})
+    assert command[-4:] == ["--eval-every", "5000", "--minutes", "0"]  # this budget's
+    (mtsac.run_dir / "timing.json").write_text(json.dumps(
+        {"env_steps": 100, "train_wall": 1.0, "stopped_by": "steps"}))
+    assert success.plan(mtsac)[0] == "resume"  # shorter than asked: extended
+    (mtsac.run_dir / "timing.json").write_text(json.dumps(
+        {"env_steps": 200, "train_wall": 1.0, "stopped_by": "steps"}))
+    assert success.plan(mtsac) == ("skip", "finished")
+
+    # CoNAL stopped during its search: the same command again continues the search.
+    _save_config(conal.run_dir / "search" / "config.json", conal)
+    (conal.run_dir / "search" / "checkpoints").mkdir()
+    (conal.run_dir / "search" / "checkpoints" / "latest.pt").write_bytes(b"")
+    assert success.plan(conal)[0] == "continue"
+    assert "--run-dir" in conal.command("continue")
+
+
+def test_a_run_stopped_by_its_minutes_budget_is_finished(tmp_path):
+    spec = _specs(tmp_path, "--archs", "mtsac", "--seeds", "1", "--minutes", "5")["mtsac-s0"]
+    _save_config(spec.run_dir / "config.json", spec)
+    (spec.run_dir / "checkpoints").mkdir()
+    (spec.run_dir / "checkpoints" / "latest.pt").write_bytes(b"")
+    (spec.run_dir / "timing.json").write_text(json.dumps(
+        {"env_steps": 120, "train_wall": 300.0, "stopped_by": "minutes"}))
+    assert success.plan(spec) == ("skip", "finished")
+    longer = _specs(tmp_path, "--archs", "mtsac", "--seeds", "1", "--minutes", "10")
+    assert success.plan(longer["mtsac-s0"])[0] == "resume"
+
+
+def test_a_run_of_another_configuration_is_not_taken(tmp_path):
+    spec = _specs(tmp_path, "--archs", "mtsac", "--seeds", "1")["mtsac-s0"]
+    _save_config(spec.run_dir / "config.json", spec, warmup_steps=999)
+    (spec.run_dir / "checkpoints").mkdir()
+    (spec.run_dir / "checkpoints" / "latest.pt").write_bytes(b"")
+    action, why = success.plan(spec)
+    assert action == "error" and "warmup_steps 999" in why
+
+
+def test_a_failed_run_is_reported_and_the_others_go_on(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(success.ROWS, "mhsac", ("conal_rl.no_such_module", ("--arch", "mhsac"),
+                                                "broken"))
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        success.main([*ARGS, "--archs", "mhsac", "--seeds", "1", "--runs-dir",
+                      str(tmp_path / "runs"), "--out-dir", str(out)])
+    assert exit_info.value.code == 1
+    assert "mhsac-s0: FAILED (exit status 1)" in capsys.readouterr().out
+    payload = json.loads((out / "MT1-reach-v3-quick.json").read_text())
+    [failed] = payload["failed"]
+    assert failed["run"] == "mhsac-s0" and failed["returncode"] == 1
+    assert any("No module named conal_rl.no_such_module" in line for line in failed["log_tail"])
+    assert "## Failed runs" in (out / "MT1-reach-v3-quick.md").read_text()
+
+
+def test_within_noise_rule():
+    rows = [{"row": "mtsac", "mean": 0.5, "se": 0.1}, {"row": "a", "mean": 0.7, "se": 0.05},
+            {"row": "b", "mean": 0.9, "se": 0.05}, {"row": "c", "mean": 0.9, "se": None},
+            {"row": "d"}]
+    verdicts = success.noise_verdicts(rows)
+    assert verdicts["a"]["within_noise"] is True  # 0.2 < 2 * sqrt(0.0125) = 0.224
+    assert verdicts["b"]["within_noise"] is False
+    assert verdicts["c"]["within_noise"] is None and "d" not in verdicts
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--archs", "mtsac,nope"], "unknown row 'nope'"),
+    (["--budget", "huge"], "unknown --budget 'huge'"),
+    (["--seeds", "0"], "--seeds must be at least 1"),
+    (["--benchmark", "MT11"], "unknown benchmark 'MT11'"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        success.main([*args, "--runs-dir", str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not any(tmp_path.iterdir())
+
+
+def test_bad_row_from_the_command_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.success", "--archs", "mtsac,nope",
+                           "--runs-dir", str(tmp_path)], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"{success.PROG}: error: unknown row 'nope' in --archs; valid: "
+        + ", ".join(success.ROWS)]
