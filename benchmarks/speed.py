@@ -2,6 +2,7 @@
 
     python -m benchmarks.speed [--benchmark MT10] [--preset quick|paper] [--steps N]
         [--archs mtsac,mhsac,conal-search,conal-tree,env,sb3] [--device cpu|cuda]
+        [--vector-strategy sync|async]
         [--out benchmarks/results/speed-<device>.json] [--force]
 
 Rows (each a real run of ``--steps`` env steps, summed over tasks):
@@ -14,7 +15,9 @@ Rows (each a real run of ``--steps`` env steps, summed over tasks):
   sb3               stable-baselines3 SAC on one task (MT1:reach-v3 for Meta-World) at the
                     preset's widths and per-task batch, one update per env step.
 Overhead = wall / (env time + update time) of the same run, target <= 1.15: the rest is
-acting, replay adds, logging and the loop itself. Wall time excludes evaluation and
+acting, replay adds, logging and the loop itself. With ``--vector-strategy async`` the envs
+step in worker processes while the update runs: "env s" is then the stepping the update did
+not hide, and the ratio drops below 1 by what the overlap saves. Wall time excludes evaluation and
 checkpoints as the Trainer's own speed log does. Every row is written to the JSON (and a
 markdown table beside it) as soon as it finishes; rows already there are skipped unless
 --force, so a long paper-scale run can be finished across sessions.
@@ -91,9 +94,10 @@ def env_row(bench: Benchmark, steps: int, seed: int) -> dict:
     envs.reset(seed=seed)
     rng = np.random.default_rng(seed)
     low, high = envs.action_space.low, envs.action_space.high
+    actions = [rng.uniform(low, high).astype(envs.action_space.dtype) for _ in range(steps // T)]
     start = time.perf_counter()
-    for _ in range(steps // T):
-        envs.step(rng.uniform(low, high).astype(envs.action_space.dtype))
+    for action in actions:
+        envs.step(action)
     wall = time.perf_counter() - start
     return measures(steps // T * T, 0, wall, 0.0, wall)
 
@@ -155,12 +159,13 @@ def machine(device: str) -> dict:
     return info
 
 
-HEADER = ("benchmark", "preset", "architecture", "phase", "env-steps/s", "updates/s", "env s",
-          "update s", "wall s", "overhead", "load")
+HEADER = ("benchmark", "preset", "architecture", "phase", "envs", "env-steps/s", "updates/s",
+          "env s", "update s", "wall s", "overhead", "load")
 
 
 def table_cells(row: dict) -> tuple:
     return (row["benchmark"], row["preset"], row["arch"], row["phase"],
+            row.get("vector_strategy", "sync"),
             f"{row['env_steps_per_s']:.0f}", f"{row['updates_per_s']:.1f}",
             f"{row['env_s']:.1f}", f"{row['update_s']:.1f}", f"{row['wall_s']:.1f}",
             f"{row['overhead']:.3f}",
@@ -176,7 +181,8 @@ def format_table(rows: list[dict]) -> str:
 def markdown(payload: dict) -> str:
     m = payload["machine"]
     lines = [f"# End-to-end training speed ({m['device']})", "",
-             f"{m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} "
+             f"{m['platform']}, {m['cpu_count']} CPUs, {m.get('gpu', 'no GPU')}, "
+             f"torch {m['torch']} "
              f"({m['torch_threads']} thread). Overhead = wall / (env s + update s), target "
              f"<= {TARGET}. Load: 1-min load average at the row's start -> end.", "",
              "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
@@ -202,6 +208,9 @@ def parse_args(argv):
     parser.add_argument("--archs", default=",".join(ROWS),
                         help=f"comma-separated rows to run, of {','.join(ROWS)}")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--vector-strategy", default="sync", choices=("sync", "async"),
+                        help="the env rows' gymnasium vector env (async: a process per task, "
+                        "stepping while the update runs)")
     parser.add_argument("--hidden", default=None,
                         help="hidden widths, e.g. 8,8 (default: the preset's)")
     parser.add_argument("--sb3-task", default=None, help="the sb3 row's one-task benchmark "
@@ -224,12 +233,13 @@ def parse_args(argv):
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    bench = make_benchmark(args.benchmark, args.seed)
+    bench = make_benchmark(args.benchmark, args.seed, args.vector_strategy)
     T = bench.num_tasks
     given = {"hidden": tuple(int(w) for w in args.hidden.split(","))} if args.hidden else {}
     # warmup_steps: 10 vector steps of random actions, just enough to fill a first batch.
     base = TrainConfig(benchmark=args.benchmark, preset=args.preset, total_steps=args.steps,
                        device=args.device, seed=args.seed, eval_every=0,
+                       vector_strategy=args.vector_strategy,
                        checkpoint_every=10 * args.steps, warmup_steps=10 * T,
                        **given).resolved(T)
     torch.set_num_threads(base.torch_threads)  # as the Trainer does; recorded in machine()
@@ -243,6 +253,8 @@ def main(argv: list[str] | None = None) -> dict:
                                                         *(argv or sys.argv[1:])]))
     for name in args.archs:
         key = f"{args.benchmark}/{args.preset}/{name}"
+        if args.vector_strategy != "sync" and name != "sb3":
+            key += f"/{args.vector_strategy}"
         if not args.force and any(r["key"] == key for r in payload["rows"]):
             print(f"{key}: already in {args.out}, skipped (--force reruns it)")
             continue
@@ -256,6 +268,7 @@ def main(argv: list[str] | None = None) -> dict:
             row = trainer_row(name, replace(base, arch=arch), bench)
         row = {"key": key, "benchmark": args.benchmark, "preset": args.preset, "arch": name,
                "phase": PHASES[name], "device": args.device, "hidden": list(base.hidden),
+               "vector_strategy": "sync" if name == "sb3" else args.vector_strategy,
                "batch_per_task": base.batch_per_task, **row,
                "load_average_start": load_start, "load_average_end": load_average(),
                "time": time.strftime("%Y-%m-%d %H:%M:%S")}

@@ -6,6 +6,8 @@ trees (``architecture.json``): for ``--arch conal`` the derived, pruned trees.
 
 from __future__ import annotations
 
+import csv
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +20,9 @@ from conal_rl import checkpoint
 from conal_rl.architectures import tree_factory
 from conal_rl.config import TrainConfig
 from conal_rl.tree import TreeSpec, load_specs
+from envs import EvalResult
+
+EVALUATION_COLUMNS = ["env_steps", "train_minutes", "task", "success", "return", "episodes"]
 
 
 class Policy:
@@ -93,3 +98,26 @@ def _dims(agent_state: dict, specs: dict[str, TreeSpec]) -> tuple[int, int]:
     obs_dim = first_in("actor.net", specs["actor"])
     act_dim = first_in("critic.q1", specs["critic"]) - obs_dim
     return obs_dim, act_dim
+
+
+def record_evaluation(run_dir: Path, result: EvalResult, env_steps: int,
+                      train_minutes: float) -> None:
+    """Append an evaluation to ``run_dir/evaluations.csv`` (one row per task, with the env
+    steps and training minutes it was taken at: success against steps or wall clock) and
+    replace ``eval_latest.json``."""
+    path = run_dir / "evaluations.csv"
+    columns = EVALUATION_COLUMNS
+    if path.exists():  # keep the columns of a run started by an older version
+        with open(path, newline="") as f:
+            columns = next(csv.reader(f), EVALUATION_COLUMNS)
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, columns, extrasaction="ignore")
+        if f.tell() == 0:
+            writer.writeheader()
+        for row in result.rows():
+            writer.writerow({"env_steps": env_steps, "train_minutes": round(train_minutes, 3),
+                             **row})
+    latest = {"env_steps": env_steps, "train_minutes": round(train_minutes, 3),
+              "mean_success": result.mean_success, "mean_return": result.mean_return,
+              "tasks": result.rows()}
+    (run_dir / "eval_latest.json").write_text(json.dumps(latest, indent=2))

@@ -58,10 +58,10 @@ class _MetaWorldAgent:
         pass
 
 
-def make_eval_benchmark(name: str, seed: int) -> Benchmark:
+def make_eval_benchmark(name: str, seed: int, vector_strategy: str = "sync") -> Benchmark:
     """Separate eval envs: same task set (Meta-World tasks are drawn from ``seed``), their
     own episode RNG so evaluation never shifts the training envs' random streams."""
-    bench = make_benchmark(name, seed)
+    bench = make_benchmark(name, seed, vector_strategy)
     bench.envs.reset(seed=seed + EVAL_SEED_OFFSET)
     return bench
 
