@@ -4,7 +4,8 @@ The agent never builds its own networks: it receives ``make_net(role, in_dim, ou
 a factory that returns a module mapping ``[T, B, in_dim] -> [T, B, out_dim]`` (role is
 "actor" or "critic"). Which architecture that is (MT-SAC, multi-head, a CoNAL tree or
 supernet) is the factory's business. Every loss is computed per task (shape ``[T]``) and
-only then averaged, so the per-task losses stay available to an architecture search.
+only then combined (the mean, or random loss weights: ``reduce_task_losses``), so the
+per-task losses stay available to an architecture search.
 
 Algorithm: Haarnoja et al. 2018 (SAC with learned temperature), twin critics with Polyak
 target networks (Fujimoto et al. 2018), one temperature per task as in Yu et al. 2019
@@ -47,6 +48,8 @@ NO_FILTER = _NoFilter()
 # sac_continuous_action.py).
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
+LOSS_WEIGHTINGS = ("mean", "rlw")
+
 
 @dataclass(frozen=True)
 class SACConfig:
@@ -58,6 +61,12 @@ class SACConfig:
     initial_temperature: float = 1.0  # mtrl's multi-task SAC default
     target_entropy: float | None = None  # None: -|A| (Haarnoja et al. 2018)
     max_grad_norm: float | None = None  # gradient-norm clip; None: no clipping
+    loss_weighting: str = "mean"  # how the [T] task losses combine, see reduce_task_losses
+
+    def __post_init__(self):
+        if self.loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"unknown loss weighting {self.loss_weighting!r}; valid: "
+                             f"{', '.join(LOSS_WEIGHTINGS)}")
 
 
 class Actor(nn.Module):
@@ -153,13 +162,25 @@ class MultiTaskSAC(nn.Module):
         entropy_error = (log_prob.detach() + self.target_entropy).mean(dim=(1, 2))
         return -self.log_temperature * entropy_error
 
+    def reduce_task_losses(self, losses: Tensor) -> Tensor:
+        """``[T]`` task losses -> the scalar the critic and actor steps descend: their mean,
+        or with ``loss_weighting="rlw"`` (Random Loss Weighting, Lin et al. 2022)
+        ``Σ_t λ_t L_t`` with ``λ = softmax(z)``, ``z ~ N(0, I_T)`` drawn afresh on every
+        call (weights that sum to 1, so the scale of the mean). The draw uses torch's RNG
+        on the losses' device: no host sync, and reproducible from a checkpoint's RNG."""
+        if self.config.loss_weighting == "mean":
+            return losses.mean()
+        z = torch.randn(losses.shape, dtype=losses.dtype, device=losses.device)
+        return (torch.softmax(z, dim=0) * losses).sum()
+
     # ---- one gradient step of everything ------------------------------------------------
     def update(self, batch: Batch) -> dict[str, Tensor]:
         """One SAC update; returns detached per-task metrics (no host sync here)."""
         critic_filter = self.gradient_filters.get("critic", NO_FILTER)
         with critic_filter.record():
             critic_losses = self.critic_losses(batch)
-        self._step(self.critic_optim, critic_losses.mean(), self.critic, critic_filter)
+        self._step(self.critic_optim, self.reduce_task_losses(critic_losses), self.critic,
+                   critic_filter)
 
         # The critic is only a function to differentiate through in the actor step.
         self.critic.requires_grad_(False)
@@ -167,7 +188,8 @@ class MultiTaskSAC(nn.Module):
         with actor_filter.record():
             actor_losses, log_prob = self.actor_losses(batch.obs)
         self.critic.requires_grad_(True)
-        self._step(self.actor_optim, actor_losses.mean(), self.actor, actor_filter)
+        self._step(self.actor_optim, self.reduce_task_losses(actor_losses), self.actor,
+                   actor_filter)
 
         temperature_losses = self.temperature_losses(log_prob)
         self._step(self.temperature_optim, temperature_losses.sum(), None)

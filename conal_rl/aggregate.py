@@ -25,6 +25,10 @@ NOT_CONFIGURATION = {"seed", "run_dir", "device", "torch_threads", "vector_strat
 ARCH_NAMES = {"mtsac": "MT-SAC", "mhsac": "MH-SAC", "conal": "CoNAL", "tree": "tree"}
 ABLATIONS = {"gumbel": "gumbel", "no_conflict_noticing": "w/o conflict-noticing",
              "no_private": "w/o private modules", "inherit_weights": "inherited weights"}
+# Methods added to an architecture, named "<arch> + <method>" (e.g. "MT-SAC + PCGrad"):
+# field -> (its default, the label of each other choice).
+METHOD_ABLATIONS = {"loss_weighting": ("mean", {"rlw": "RLW"}),
+                    "grad_surgery": ("none", {"pcgrad": "PCGrad"})}
 
 IQM_RESAMPLES = 10_000
 
@@ -35,12 +39,19 @@ class AggregateError(ValueError):
 
 # ---- which runs aggregate ------------------------------------------------------------------
 def arch_label(config: TrainConfig) -> str:
-    """The architecture as tables and plots name it, ablation switches included."""
+    """The architecture as tables and plots name it, ablation switches and added methods
+    included (e.g. "CoNAL (gumbel) + PCGrad")."""
     name = ARCH_NAMES.get(config.arch, config.arch)
     if config.arch == "tree" and config.architecture:
         name += f" ({config.architecture.rsplit('/', 1)[-1].removesuffix('.json')})"
     switches = [text for flag, text in ABLATIONS.items() if getattr(config, flag)]
-    return f"{name} ({', '.join(switches)})" if switches else name
+    if switches:
+        name += f" ({', '.join(switches)})"
+    for flag, (default, labels) in METHOD_ABLATIONS.items():
+        value = getattr(config, flag)
+        if value != default:
+            name += f" + {labels.get(value, value)}"
+    return name
 
 
 def group_runs(configs: Sequence[TrainConfig], by_arch: bool) -> dict[str, list[int]]:

@@ -102,6 +102,20 @@ class TrainConfig:
     inherit_weights: bool = _f(False, "--arch conal: train the pruned trees from the searched "
                                "weights instead of from scratch (the paper retrains from "
                                "scratch)")
+    loss_weighting: str = _f("mean", "how the per-task critic and actor losses combine: mean, "
+                             "or rlw (Random Loss Weighting, Lin et al., TMLR 2022: weights "
+                             "softmax(z), z ~ N(0, I), drawn afresh for each loss at every "
+                             "update; the temperature losses stay unweighted). Trained "
+                             "networks only: CoNAL's search keeps the mean",
+                             choices=("mean", "rlw"))
+    grad_surgery: str = _f("none", "gradient surgery on the shared modules of the trained "
+                           "actor and critics: none, or pcgrad (PCGrad, Yu et al., NeurIPS "
+                           "2020: per shared module, each task's gradient loses its component "
+                           "along every other task's gradient it conflicts with; task-specific "
+                           "modules untouched; see conal_rl/pcgrad.py). With --arch conal the "
+                           "search keeps conflict-noticing and runs without PCGrad: 'CoNAL + "
+                           "PCGrad' is the conflict-noticed search's architecture trained with "
+                           "PCGrad on its shared modules", choices=("none", "pcgrad"))
     updates_per_step: int = _f(1, "gradient updates per vector-env step (one step of every "
                                "task)")
     lr: float = _f(3e-4, "Adam learning rate of actor, critics and temperatures")

@@ -19,6 +19,9 @@ module, a private module and the mix); a module called several times in one forw
 contributes all its calls, concatenated along the sample axis. What the Gram matrix holds
 is each task's contribution to the backpropagated loss: with ``loss = Σ_t L_t`` it is the
 Gram of the ∇L_t themselves.
+
+That capture machinery is :class:`TaskGradientCapture`; ``conal_rl/pcgrad.py`` (PCGrad on
+the trained trees' shared modules) builds on it too.
 """
 
 from __future__ import annotations
@@ -43,17 +46,21 @@ def shared_layers(net: nn.Module) -> dict[str, SharedLayer]:
     """The shared modules of a :class:`SuperNet` or a :class:`TreeNet`.
 
     A TreeNet runs shared module j on the tasks that branch at j or later only, so its
-    leading axis is that subset (increasing task order). Heads are not included.
+    leading axis is that subset (increasing task order). Per-task heads are not included;
+    a shared head (MT-SAC's one output layer for all tasks) is, as ``"head"``.
     """
     if hasattr(net, "shared_layers"):  # SuperNet: every task passes every shared module
         all_tasks = tuple(range(net.num_tasks))
         return {k: SharedLayer(m, all_tasks) for k, m in net.shared_layers().items()}
     spec = net.spec
-    return {
+    layers = {
         f"shared.{key}": SharedLayer(
             module, tuple(t for t, b in enumerate(spec.branch_points) if b >= int(key)))
         for key, module in net.shared.items()
     }
+    if spec.shared_head:
+        layers["head"] = SharedLayer(net.head, tuple(range(spec.num_tasks)))
+    return layers
 
 
 def task_gram(inputs: Tensor, grad_outputs: Tensor, method: str = "auto") -> Tensor:
@@ -72,19 +79,32 @@ def task_gram(inputs: Tensor, grad_outputs: Tensor, method: str = "auto") -> Ten
     T, N, d_in = inputs.shape
     d_out = grad_outputs.shape[-1]
     if method == "auto":
-        materialise_flops = 2 * T * N * d_in * d_out + 2 * T * T * d_in * d_out
-        kernel_flops = 2 * (T * N) ** 2 * (d_in + d_out)
-        method = "materialise" if materialise_flops <= kernel_flops else "kernel"
+        method = gram_method(T, N, d_in, d_out)
     elif method not in ("materialise", "kernel"):
         raise ValueError(f"unknown Gram method {method!r}")
+    if method == "materialise":
+        per_task, bias_sums = task_gradients(inputs, grad_outputs)
+        return bias_sums @ bias_sums.T + per_task @ per_task.T
     bias_sums = grad_outputs.sum(dim=1)  # [T, out]: per-task bias gradients
     gram = bias_sums @ bias_sums.T
-    if method == "materialise":
-        per_task = torch.bmm(grad_outputs.transpose(1, 2), inputs).reshape(T, -1)
-        return gram + per_task @ per_task.T
     a, d = inputs.reshape(T * N, d_in), grad_outputs.reshape(T * N, d_out)
     blocks = (a @ a.T) * (d @ d.T)
     return gram + blocks.view(T, N, T, N).sum(dim=(1, 3))
+
+
+def gram_method(T: int, N: int, d_in: int, d_out: int) -> str:
+    """The cheaper of :func:`task_gram`'s two exact formulas for these shapes."""
+    materialise_flops = 2 * T * N * d_in * d_out + 2 * T * T * d_in * d_out
+    kernel_flops = 2 * (T * N) ** 2 * (d_in + d_out)
+    return "materialise" if materialise_flops <= kernel_flops else "kernel"
+
+
+def task_gradients(inputs: Tensor, grad_outputs: Tensor) -> tuple[Tensor, Tensor]:
+    """``[T, N, in], [T, N, out]`` -> the per-task gradients of a linear layer: weights
+    ``δ_tᵀ a_t`` flattened ``[T, out·in]`` (rows of nn.Linear's ``[out, in]``) and biases
+    ``Σ_n δ_t`` ``[T, out]``."""
+    weights = torch.bmm(grad_outputs.transpose(1, 2), inputs).reshape(inputs.shape[0], -1)
+    return weights, grad_outputs.sum(dim=1)
 
 
 def gram_by_separate_backwards(task_losses: Tensor, layers: Mapping[str, SharedLayer]
@@ -121,22 +141,15 @@ class _Capture:
     grad_outputs: dict[int, Tensor] = field(default_factory=dict)
 
 
-class ConflictNoticing:
-    """Conflict-noticing for the shared modules of a SuperNet or TreeNet.
+class TaskGradientCapture:
+    """Per-task gradients of the shared modules of SuperNets/TreeNets from one backward.
 
-    Usage in a training step::
-
-        noticing = ConflictNoticing(net)           # enabled=False makes every call a no-op
-        with noticing.record():                    # hooks live only inside this block
-            loss = loss_fn(net(x))                 # net input task-major [T, B, in]
-        loss.backward()
-        noticing.apply()                           # zero the grads of conflicting modules
-
-    ``apply`` needs no host sync (decisions stay tensors) so it does not stall a GPU;
-    ``stats()`` reads the counters (one sync), for logging. Every backward pass through a
-    recorded forward adds to the captured output gradients, as ``.grad`` accumulates
-    (``torch.autograd.grad`` passes too, although they leave ``.grad`` alone: keep those
-    off a recorded forward).
+    The capture machinery behind :class:`ConflictNoticing` and ``conal_rl.pcgrad.PCGrad``
+    (the gradient filters of the agent's record()/apply() seam): ``record()`` hooks every
+    shared nn.Linear for the forwards run inside it, and after the backward
+    :meth:`captured` gives per layer its inputs ``a [k, N, in]`` and output gradients
+    ``δ [k, N, out]`` over the layer's k tasks, from which task t's gradient is
+    ``δ_tᵀ a_t`` (weight) and ``Σ_n δ_t`` (bias). Subclasses implement ``apply``.
     """
 
     def __init__(self, nets: nn.Module | Mapping[str, nn.Module | SharedLayer],
@@ -152,10 +165,6 @@ class ConflictNoticing:
                 self.layers |= {prefix + sep + k: v for k, v in shared_layers(item).items()}
         self.enabled = enabled
         self._captures: dict[str, _Capture] = {}
-        self._frozen_steps: dict[str, Tensor] = {}  # device tensors: no sync per step
-        self._steps: dict[str, int] = {}
-        self.last_gram: dict[str, Tensor] = {}
-        """Per layer, the last ``[k, k]`` Gram matrix over ``layers[name].tasks``."""
 
     @contextmanager
     def record(self) -> Iterator[None]:
@@ -196,18 +205,53 @@ class ConflictNoticing:
         """Drop captured tensors (``apply`` does it; ``record`` starts with it)."""
         self._captures = {}
 
-    def grams(self) -> dict[str, Tensor]:
-        """Per layer reached by the last backward, the ``[k, k]`` Gram matrix of the
-        per-task gradients computed from the captures."""
-        grams = {}
+    def captured(self) -> dict[str, tuple[Tensor, Tensor]]:
+        """Per layer reached by the last backward (all its calls), ``(a [k, N, in],
+        δ [k, N, out])`` over its k tasks, the calls' samples side by side."""
+        out = {}
         for name, cap in self._captures.items():
             if len(cap.grad_outputs) != len(cap.inputs):
                 continue  # the backward did not reach (all calls of) this layer
             k = len(self.layers[name].tasks)
             a = _samples_of_all_calls(cap.inputs, k)
             d = _samples_of_all_calls([cap.grad_outputs[i] for i in range(len(cap.inputs))], k)
-            grams[name] = task_gram(a, d)
-        return grams
+            out[name] = (a, d)
+        return out
+
+    def grams(self) -> dict[str, Tensor]:
+        """Per layer reached by the last backward, the ``[k, k]`` Gram matrix of the
+        per-task gradients computed from the captures."""
+        return {name: task_gram(a, d) for name, (a, d) in self.captured().items()}
+
+    def apply(self) -> object:
+        raise NotImplementedError
+
+
+class ConflictNoticing(TaskGradientCapture):
+    """Conflict-noticing for the shared modules of a SuperNet or TreeNet.
+
+    Usage in a training step::
+
+        noticing = ConflictNoticing(net)           # enabled=False makes every call a no-op
+        with noticing.record():                    # hooks live only inside this block
+            loss = loss_fn(net(x))                 # net input task-major [T, B, in]
+        loss.backward()
+        noticing.apply()                           # zero the grads of conflicting modules
+
+    ``apply`` needs no host sync (decisions stay tensors) so it does not stall a GPU;
+    ``stats()`` reads the counters (one sync), for logging. Every backward pass through a
+    recorded forward adds to the captured output gradients, as ``.grad`` accumulates
+    (``torch.autograd.grad`` passes too, although they leave ``.grad`` alone: keep those
+    off a recorded forward).
+    """
+
+    def __init__(self, nets: nn.Module | Mapping[str, nn.Module | SharedLayer],
+                 enabled: bool = True):
+        super().__init__(nets, enabled)
+        self._frozen_steps: dict[str, Tensor] = {}  # device tensors: no sync per step
+        self._steps: dict[str, int] = {}
+        self.last_gram: dict[str, Tensor] = {}
+        """Per layer, the last ``[k, k]`` Gram matrix over ``layers[name].tasks``."""
 
     @torch.no_grad()
     def apply(self) -> dict[str, Tensor]:

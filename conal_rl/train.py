@@ -8,7 +8,6 @@ checkpoints that resume (``--resume RUN_DIR``).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import random
 import signal
@@ -29,7 +28,8 @@ from conal_rl.architectures import tree_factory, tree_specs
 from conal_rl.conal_sac import ConalSearch, SearchSettings, supernet_factory
 from conal_rl.config import TrainConfig, add_config_arguments, given_arguments
 from conal_rl.draw import save_tree_pictures
-from conal_rl.runs import Policy
+from conal_rl.pcgrad import gradient_surgery_filters
+from conal_rl.runs import Policy, record_evaluation
 from conal_rl.tree import TreeNet, TreeSpec, load_specs, num_parameters, save_specs
 from envs import (
     Benchmark,
@@ -88,11 +88,17 @@ class Trainer:
         space = self.bench.action_space
         self.act_dim = int(np.prod(space.shape))
 
+        # --loss-weighting and --grad-surgery act on the trained networks; CoNAL's search
+        # (supernets, conflict-noticing) runs without them.
         sac_config = SACConfig(gamma=config.gamma, tau=config.tau, actor_lr=config.lr,
-                               critic_lr=config.lr, temperature_lr=config.lr)
+                               critic_lr=config.lr, temperature_lr=config.lr,
+                               loss_weighting="mean" if search else config.loss_weighting)
         self.agent = MultiTaskSAC(make_net, T, obs_dim, self.act_dim, sac_config).to(self.device)
         self.policy = Policy(self.agent, space, self.device)
         self.search = ConalSearch(self.agent, search, bench.task_names) if search else None
+        if search is None:
+            self.agent.gradient_filters = gradient_surgery_filters(self.agent,
+                                                                   config.grad_surgery)
         self.replay = MultiTaskReplay(max(1, config.replay_size // T), T, obs_dim,
                                       self.act_dim, self.device, seed=config.seed)
         self.env_steps = self.updates = 0
@@ -145,8 +151,29 @@ class Trainer:
                 else:
                     actions = self.policy.normalized(obs, deterministic=False)
                 t1 = time.perf_counter()
-                next_obs, rewards, term, trunc, info = envs.step(self.policy.to_env(actions))
+                # Updates start once the buffer holds a warm-up's worth of transitions: after
+                # the random warm-up, and again after a resume without --save-replay.
+                updating = self.replay.size * T >= cfg.warmup_steps
+                # An async vector env steps in its worker processes while this process
+                # updates (the update does not need the transition in flight).
+                overlap = updating and hasattr(envs, "step_async")
+                if overlap:
+                    envs.step_async(self.policy.to_env(actions))
+                else:
+                    step = envs.step(self.policy.to_env(actions))
                 t2 = time.perf_counter()
+                if updating:
+                    for _ in range(cfg.updates_per_step):
+                        if self.search is not None:
+                            self.search.before_update(self.replay.sample(cfg.batch_per_task),
+                                                      self.env_steps)
+                        pending.append(self.agent.update(self.replay.sample(cfg.batch_per_task)))
+                        self.updates += 1
+                t3 = time.perf_counter()
+                if overlap:
+                    step = envs.step_wait()
+                t4 = time.perf_counter()
+                next_obs, rewards, term, trunc, info = step
                 done = term | trunc
                 real_next = next_obs.copy()
                 for i in np.flatnonzero(done):
@@ -160,19 +187,11 @@ class Trainer:
                 if done.any():
                     self._log_episodes(info, done, ep_success)
                     ep_success[done] = 0
-                t3 = time.perf_counter()
-                # Updates start once the buffer holds a warm-up's worth of transitions: after
-                # the random warm-up, and again after a resume without --save-replay.
-                if self.replay.size * T >= cfg.warmup_steps:
-                    for _ in range(cfg.updates_per_step):
-                        if self.search is not None:
-                            self.search.before_update(self.replay.sample(cfg.batch_per_task),
-                                                      self.env_steps)
-                        pending.append(self.agent.update(self.replay.sample(cfg.batch_per_task)))
-                        self.updates += 1
-                t4 = time.perf_counter()
-                for k, dt in (("act", t1 - t0), ("env", t2 - t1), ("replay_add", t3 - t2),
-                              ("update", t4 - t3)):
+                t5 = time.perf_counter()
+                # "env": time spent stepping or waiting for the envs (with overlap, the part
+                # of their stepping the update did not hide).
+                for k, dt in (("act", t1 - t0), ("env", t2 - t1 + t4 - t3),
+                              ("update", t3 - t2), ("replay_add", t5 - t4)):
                     self.timers[k] += dt
 
                 if self._crossed(cfg.log_every):
@@ -210,7 +229,8 @@ class Trainer:
     def evaluate(self) -> EvalResult:
         t0 = time.perf_counter()
         if self.eval_bench is None:
-            self.eval_bench = make_eval_benchmark(self.config.benchmark, self.config.seed)
+            self.eval_bench = make_eval_benchmark(self.config.benchmark, self.config.seed,
+                                                  self.config.vector_strategy)
         result = evaluate(self.policy, self.eval_bench, self.config.eval_episodes)
         self.timers["eval"] += time.perf_counter() - t0
         self.last_eval, self.last_eval_step = result, self.env_steps
@@ -222,7 +242,7 @@ class Trainer:
         if self.bench.is_metaworld:
             self.writer.add_scalar("eval/mean_success", result.mean_success, step)
         self.writer.add_scalar("eval/mean_return", result.mean_return, step)
-        self._append_eval_table(result)
+        record_evaluation(self.run_dir, result, step, self.train_seconds() / 60)
         tqdm.write(format_eval(result, step))
         return result
 
@@ -241,19 +261,6 @@ class Trainer:
             tqdm.write(f"no videos: {e}")
             self.config = replace(self.config, video_every=0)
         self.timers["video"] += time.perf_counter() - t0
-
-    def _append_eval_table(self, result: EvalResult) -> None:
-        path = self.run_dir / "evaluations.csv"
-        new = not path.exists()
-        with open(path, "a", newline="") as f:
-            w = csv.DictWriter(f, ["env_steps", "task", "success", "return", "episodes"])
-            if new:
-                w.writeheader()
-            for row in result.rows():
-                w.writerow({"env_steps": self.env_steps, **row})
-        latest = {"env_steps": self.env_steps, "mean_success": result.mean_success,
-                  "mean_return": result.mean_return, "tasks": result.rows()}
-        (self.run_dir / "eval_latest.json").write_text(json.dumps(latest, indent=2))
 
     # ---- logging --------------------------------------------------------------------------
     def _log_episodes(self, info: dict, done: np.ndarray, ep_success: np.ndarray) -> None:

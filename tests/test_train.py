@@ -50,7 +50,8 @@ def test_metaworld_run_writes_its_outputs(tmp_path):
     assert config["total_steps"] == 600 and config["hidden"] == [16, 16]
     assert json.loads((run / "architecture.json").read_text())["actor"]["branch_points"] == [2]
     rows = (run / "evaluations.csv").read_text().splitlines()
-    assert rows[0].startswith("env_steps,task,success") and len(rows) == 3  # steps 300, 600
+    assert rows[0].startswith("env_steps,train_minutes,task,success")
+    assert len(rows) == 3  # steps 300, 600
     assert json.loads((run / "eval_latest.json").read_text())["env_steps"] == 600
     assert list(run.glob("events.out.tfevents.*"))
     assert checkpoint.load(run / "checkpoints" / "latest.pt")["counters"]["env_steps"] == 600
@@ -77,7 +78,8 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, capsys):
         proc.wait()
     saved = checkpoint.load(ckpt)
     step = saved["counters"]["env_steps"]
-    assert step % 200 == 0 and saved["counters"]["updates"] == step - 99  # first update at step 100
+    # The first update comes with step 101, once 100 transitions are stored.
+    assert step % 200 == 0 and saved["counters"]["updates"] == step - 100
     assert saved["replay"]["size"] == step
 
     # The model the resumed run starts from is the checkpoint's.
@@ -85,7 +87,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, capsys):
     assert f"resumed {run} at env step {step}" in capsys.readouterr().out
     final = checkpoint.load(ckpt)
     assert final["counters"]["env_steps"] == step + 300
-    assert final["counters"]["updates"] == step - 99 + 300  # replay restored: no refill
+    assert final["counters"]["updates"] == step - 100 + 300  # replay restored: no refill
     assert resumed.episodes == 1
 
 
@@ -96,7 +98,7 @@ def test_resume_refuses_to_change_the_run(tmp_path):
     # Without --save-replay a resumed run refills a warm-up's worth of data (100 steps, with
     # its policy) before updating again.
     main(["--resume", str(run), "--total-steps", "400"])
-    assert checkpoint.load(run / "checkpoints" / "latest.pt")["counters"]["updates"] == 2 * 101
+    assert checkpoint.load(run / "checkpoints" / "latest.pt")["counters"]["updates"] == 2 * 100
     proc = _cli("--resume", str(run), "--arch", "mhsac")
     assert proc.returncode == 2 and "cannot change arch" in proc.stderr
     (run / "checkpoints" / "latest.pt").write_bytes(b"not a checkpoint")

@@ -1,0 +1,238 @@
+"""The two training ablations: random loss weighting (--loss-weighting rlw) and PCGrad on
+the shared modules (--grad-surgery pcgrad)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from agents import MultiTaskSAC, SACConfig, random_batch
+from conal_rl import train
+from conal_rl.aggregate import arch_label
+from conal_rl.architectures import tree_factory
+from conal_rl.config import TrainConfig
+from conal_rl.conflict import gram_method
+from conal_rl.pcgrad import PCGrad, gradient_surgery_filters, pcgrad_coefficients, random_orders
+from conal_rl.tree import TreeNet, TreeSpec
+
+T, OBS, ACT, IN, OUT = 3, 5, 2, 4, 3
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _agent(loss_weighting="rlw", spec=None) -> MultiTaskSAC:
+    torch.manual_seed(0)
+    spec = spec or TreeSpec.mhsac((16, 16), T)
+    return MultiTaskSAC(tree_factory({"actor": spec, "critic": spec}), T, OBS, ACT,
+                        SACConfig(loss_weighting=loss_weighting))
+
+
+# ---- random loss weighting ---------------------------------------------------------------
+
+def _drawn_weights(agent: MultiTaskSAC) -> torch.Tensor:
+    losses = torch.zeros(T, requires_grad=True)
+    agent.reduce_task_losses(losses).backward()
+    return losses.grad  # d(Σ λ_t L_t)/dL = λ
+
+
+def test_rlw_weights_are_a_fresh_softmax_of_a_normal_draw():
+    agent = _agent()
+    torch.manual_seed(3)
+    first, second = _drawn_weights(agent), _drawn_weights(agent)
+    for weights in (first, second):
+        assert torch.all(weights > 0) and weights.sum().item() == pytest.approx(1.0, abs=1e-6)
+    assert not torch.allclose(first, second)
+    torch.manual_seed(3)
+    torch.testing.assert_close(first, torch.softmax(torch.randn(T), 0))
+
+
+def test_mean_weighting_is_the_plain_mean_and_draws_nothing():
+    agent = _agent("mean")
+    state = torch.get_rng_state()
+    losses = torch.tensor([1.0, 2.0, 6.0])
+    assert agent.reduce_task_losses(losses).item() == 3.0
+    assert torch.equal(torch.get_rng_state(), state)
+    with pytest.raises(ValueError, match="unknown loss weighting"):
+        SACConfig(loss_weighting="uniform")
+
+
+def test_rlw_critic_gradient_is_that_of_the_weighted_losses():
+    agent = _agent()
+    batch = random_batch(T, 8, OBS, ACT, seed=1)
+    reference = copy.deepcopy(agent)
+    calls = []
+    reduce = agent.reduce_task_losses
+    agent.reduce_task_losses = lambda losses: calls.append(losses.shape) or reduce(losses)
+    torch.manual_seed(5)
+    agent.update(batch)
+    assert calls == [(T,), (T,)]  # the critic step and the actor step
+    # The update's random stream: the critic loss's next actions, then the critic's weights.
+    torch.manual_seed(5)
+    losses = reference.critic_losses(batch)
+    weights = torch.softmax(torch.randn(T), 0)
+    (weights * losses).sum().backward()
+    for got, expected in zip(agent.critic.parameters(), reference.critic.parameters()):
+        torch.testing.assert_close(got.grad, expected.grad, rtol=1e-5, atol=1e-7)
+
+
+# ---- PCGrad ------------------------------------------------------------------------------
+
+def pcgrad_reference(flat: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """The paper's loop on per-task gradients ``flat [k, D]``: the projected ``g_i'``."""
+    out = flat.clone()
+    for i in range(flat.shape[0]):
+        for j in order[i].tolist():
+            dot = out[i] @ flat[j]
+            if dot < 0:
+                out[i] -= dot / (flat[j] @ flat[j]) * flat[j]
+    return out
+
+
+def _task_losses(net, x, target):
+    return (net(x) - target).square().mean(dim=(1, 2))
+
+
+@pytest.mark.parametrize("spec, batch, method", [
+    (TreeSpec((6, 7, 5), (3, 1, 2)), 16, "materialise"),  # modules of 3, 2 and 1 tasks
+    (TreeSpec.mtsac((6, 7), T), 16, "materialise"),  # everything shared, the head included
+    (TreeSpec((64, 64), (2, 2, 1)), 2, "kernel"),  # wide modules, few samples
+], ids=["tree", "mtsac", "kernel-gram"])
+def test_pcgrad_equals_separate_backwards_and_the_paper_loop(spec, batch, method):
+    torch.manual_seed(0)
+    net = TreeNet(spec, IN, OUT).double()
+    x = torch.randn(T, batch, IN, dtype=torch.float64)
+    target = torch.randn(T, batch, OUT, dtype=torch.float64)
+    widths = [IN + (T if spec.task_id_input else 0), *spec.hidden]
+    assert gram_method(T, batch, widths[0], widths[1]) == method  # the formula under test
+    # Positive task weights (RLW's): the per-task gradients are those of the weighted loss.
+    weights = torch.tensor([0.5, 0.2, 0.3], dtype=torch.float64)
+    surgery = PCGrad(net)
+    if spec.shared_head:
+        assert "head" in surgery.layers
+    with surgery.record():
+        loss = (weights * _task_losses(net, x, target)).sum()
+    loss.backward()
+    plain = {n: p.grad.clone() for n, p in net.named_parameters()}
+    torch.manual_seed(7)
+    applied = surgery.apply()
+
+    # Reference: one autograd.grad per task on a forward of its own.
+    task_losses = weights * _task_losses(net, x, target)
+    changed = 0
+    for name, layer in surgery.layers.items():
+        params = [layer.module.weight, layer.module.bias]
+        per_task = torch.stack([
+            torch.cat([g.flatten() for g in torch.autograd.grad(task_losses[t], params,
+                                                                retain_graph=True)])
+            for t in layer.tasks])
+        if len(layer.tasks) == 1:
+            assert name not in applied
+            expected = per_task[0]
+        else:
+            expected = pcgrad_reference(per_task, surgery.last_order[name]).sum(0)
+        got = torch.cat([p.grad.flatten() for p in params])
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12, msg=name)
+        changed += not torch.equal(got, per_task.sum(0))
+    assert changed  # some pair conflicted
+    for name, param in net.named_parameters():  # private modules and per-task heads
+        if name.startswith("private.") or (name.startswith("head.") and not spec.shared_head):
+            assert torch.equal(param.grad, plain[name]), name
+
+
+def test_random_orders_are_permutations_of_the_other_tasks():
+    torch.manual_seed(0)
+    orders = random_orders((50,), 4)
+    assert orders.shape == (50, 4, 3)
+    for i in range(4):
+        assert all(sorted(row) == [t for t in range(4) if t != i]
+                   for row in orders[:, i].tolist())
+    assert len({tuple(row) for row in orders[:, 0].tolist()}) == 6  # all 3! orders occur
+
+
+def test_pcgrad_projects_out_the_conflicting_component():
+    flat = torch.tensor([[1.0, 0.0, 0.5], [-1.0, 1.0, 0.0]], dtype=torch.float64)
+    gram = flat @ flat.T
+    assert gram[0, 1] < 0
+    projected = pcgrad_coefficients(gram, torch.tensor([[1], [0]])) @ flat
+    torch.testing.assert_close(projected, pcgrad_reference(flat, torch.tensor([[1], [0]])))
+    assert projected[0] @ flat[1] >= -1e-12 and projected[1] @ flat[0] >= -1e-12
+    total = projected.sum(0)  # no task's gradient points against the update
+    assert total @ flat[0] >= 0 and total @ flat[1] >= 0
+    agreeing = torch.tensor([[1.0, 0.0], [1.0, 1.0]], dtype=torch.float64)
+    assert torch.equal(pcgrad_coefficients(agreeing @ agreeing.T, torch.tensor([[1], [0]])),
+                       torch.eye(2, dtype=torch.float64))
+
+
+def _twin_task_grads(signs):
+    """Two tasks on a shared trunk (identical heads and inputs): task t's gradient on each
+    shared module is sign_t times one common gradient."""
+    torch.manual_seed(0)
+    net = TreeNet(TreeSpec.mhsac((6, 7), 2), IN, OUT).double()
+    with torch.no_grad():
+        net.head.weight[1], net.head.bias[1] = net.head.weight[0], net.head.bias[0]
+    x = torch.randn(1, 10, IN, dtype=torch.float64).expand(2, 10, IN)
+    surgery = PCGrad(net)
+    with surgery.record():
+        out = net(x)
+    (out.sum(dim=(1, 2)) * torch.tensor(signs, dtype=out.dtype)).sum().backward()
+    plain = {n: p.grad.clone() for n, p in net.named_parameters()}
+    surgery.apply()
+    return plain, {n: p.grad for n, p in net.named_parameters()}
+
+
+def test_agreeing_tasks_keep_their_gradient_bit_for_bit():
+    plain, projected = _twin_task_grads((1.0, 0.5))
+    assert all(torch.equal(projected[n], plain[n]) for n in plain)
+
+
+def test_opposing_tasks_cancel_on_shared_modules_only():
+    # g_2 = -0.5 g_1: each loses its whole component along the other, so both vanish.
+    plain, projected = _twin_task_grads((1.0, -0.5))
+    for name in plain:
+        if name.startswith("shared."):
+            assert plain[name].abs().sum() > 0
+            torch.testing.assert_close(projected[name], torch.zeros_like(plain[name]))
+        else:
+            assert torch.equal(projected[name], plain[name]), name
+
+
+def test_surgery_filters_cover_actor_and_both_critics():
+    agent = _agent("mean", TreeSpec.mtsac((16, 16), T))
+    filters = gradient_surgery_filters(agent, "pcgrad")
+    assert set(filters["actor"].layers) == {"shared.1", "shared.2", "head"}
+    assert {name.split("/")[0] for name in filters["critic"].layers} == {"q1", "q2"}
+    assert gradient_surgery_filters(agent, "none") == {}
+    agent.gradient_filters = filters
+    agent.update(random_batch(T, 8, OBS, ACT, seed=1))  # runs through the agent's seam
+    assert filters["actor"].last_order.keys() == {"shared.1", "shared.2", "head"}
+
+
+# ---- the flags -------------------------------------------------------------------------
+
+def test_labels_name_the_added_methods():
+    config = TrainConfig(benchmark="MT10", preset="quick", loss_weighting="rlw",
+                         grad_surgery="pcgrad").resolved(10)
+    assert arch_label(config) == "MT-SAC + RLW + PCGrad"
+
+
+def test_training_with_both_flags(tmp_path, monkeypatch):
+    applied = []
+    apply = PCGrad.apply
+    monkeypatch.setattr(PCGrad, "apply", lambda self: applied.append(1) or apply(self))
+    run = tmp_path / "run"
+    train.main(["--benchmark", "gym:Pendulum-v1", "--total-steps", "150", "--eval-every", "0",
+                "--run-dir", str(run), "--hidden", "8,8", "--batch-per-task", "8",
+                "--warmup-steps", "100", "--eval-episodes", "1", "--log-every", "50",
+                "--grad-surgery", "pcgrad", "--loss-weighting", "rlw"])
+    config = json.loads((run / "config.json").read_text())
+    assert config["grad_surgery"] == "pcgrad" and config["loss_weighting"] == "rlw"
+    assert applied and len(applied) % 2 == 0  # actor and critic filters, every update
