@@ -66,6 +66,15 @@ ROWS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "stl": ("agents.stl", (), "STL: one SB3 SAC per task"),
 }
 DEFAULT_ROWS = ("mtsac", "mhsac", "conal", "conal-nocn", "stl")
+
+
+def register_rows(rows: dict[str, tuple[str, tuple[str, ...], str]]) -> None:
+    """Add rows (same form as ROWS) for another benchmark built on this one, e.g. the
+    candidates of benchmarks.laptop_sweep."""
+    clash = set(rows) & set(ROWS)
+    if any(ROWS[name] != rows[name] for name in clash):
+        raise ValueError(f"rows {sorted(clash)} exist already with other flags")
+    ROWS.update(rows)
 BASELINE = "mtsac"  # the row every other is compared with
 MIN_IQM_RUNS = 3  # the IQM and its bootstrap interval are shown from this many runs on
 NOISE_RULE = ("a row's mean differs from MT-SAC's within noise when |Δmean| < "

@@ -1,8 +1,8 @@
 """The training configuration: one dataclass whose field docs become ``--help``.
 
-Fields whose default is ``PRESET`` take their value from the chosen preset (``paper`` or
-``quick``); presets give budgets per task, scaled by the number of tasks, so MT10, MT50
-and MT1 get the same per-task budget.
+Fields whose default is ``PRESET`` take their value from the chosen preset (``paper``,
+``quick`` or ``laptop``); presets give budgets per task, scaled by the number of tasks, so
+MT10, MT50 and MT1 get the same per-task budget.
 """
 
 from __future__ import annotations
@@ -33,6 +33,13 @@ PRESETS = {
                   replay_per_task=10_000, warmup_per_task=500, eval_every_per_task=5_000,
                   eval_episodes=5, checkpoint_every_per_task=5_000,
                   search_per_task=3_000, arch_lr=1e-3, minutes=None),
+    # "laptop": one hour of training on 2 CPU cores (--minutes binds, the step budget is
+    # only a ceiling). Chosen with benchmarks/laptop_sweep.py; see
+    # benchmarks/results/laptop-sweep/ for the candidates and the measured curves.
+    "laptop": dict(steps_per_task=1_000_000, hidden=(128, 128, 128), batch_per_task=32,
+                   replay_per_task=100_000, warmup_per_task=500, eval_every_per_task=15_000,
+                   eval_episodes=10, checkpoint_every_per_task=15_000,
+                   search_per_task=5_000, arch_lr=1e-3, minutes=60),
 }
 
 
@@ -47,8 +54,10 @@ class TrainConfig:
     architecture: str | None = _f(None, "architecture JSON (actor and critic trees) for "
                                   "--arch tree")
     preset: str = _f("paper", "default sizes and budgets: paper (3x400 nets, 2M steps per "
-                     "task) or quick (small nets, 10k steps per task: a ~10 min CPU smoke run "
-                     "on MT10)", choices=tuple(PRESETS))
+                     "task), quick (small nets, 10k steps per task: a ~10 min CPU smoke run "
+                     "on MT10) or laptop (60 minutes of training on 2 CPU cores, the "
+                     "settings that learned most in that time in benchmarks.laptop_sweep)",
+                     choices=tuple(PRESETS))
     total_steps: int | None = _f(PRESET, "env steps in all, summed over tasks (default: the "
                                  "preset's steps per task x number of tasks)")
     minutes: float | None = _f(PRESET, "wall-clock budget of training in minutes: the run stops "

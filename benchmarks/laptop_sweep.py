@@ -1,0 +1,218 @@
+"""Choose the laptop preset by measurement: MT-SAC candidates on MT10, each trained for a
+wall-clock budget (not a step budget), their success against training minutes.
+
+    python -m benchmarks.laptop_sweep [--minutes 60] [--seeds 1] [--candidates a,b,...]
+        [--jobs 1] [--runs-dir runs/laptop-sweep] [--out-dir benchmarks/results/laptop-sweep]
+        [--eval-episodes N] [--report-only]
+
+Every candidate is a row of benchmarks.success (``--arch mtsac --preset laptop`` plus the
+candidate's flags), so its runs resume, are skipped when finished, and are extended when
+``--minutes`` grows: screen every candidate at ``--minutes 15``, then continue the best
+ones with ``--minutes 60``. Besides success.py's report (final success per candidate),
+this writes ``minutes.md``/``.json``/``.png``: the mean success at fixed training minutes
+and the success-against-minutes curves. Run one job per free core: each run is one
+process with one torch thread (the env and the update take turns), so two runs on two
+cores do not slow each other down much; wall-clock budgets need an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import warnings
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from benchmarks import success
+from conal_rl.aggregate import mean_se
+
+PROG = "python -m benchmarks.laptop_sweep"
+BENCHMARK, BUDGET = "MT10", "laptop"
+# name -> (training flags on top of the laptop preset, what it tries)
+CANDIDATES: dict[str, tuple[tuple[str, ...], str]] = {
+    "w128x3-b32": (("--hidden", "128,128,128", "--batch-per-task", "32"),
+                   "3x128, 32 per task: small nets, the most env steps"),
+    "w128x3-b64-u2": (("--hidden", "128,128,128", "--batch-per-task", "64",
+                       "--updates-per-step", "2"),
+                      "3x128, 64 per task, 2 updates per env step: more learning per sample"),
+    "w256x3-b64": (("--hidden", "256,256,256", "--batch-per-task", "64"),
+                   "3x256, 64 per task: bigger nets, fewer env steps"),
+    "w256x2-b128": (("--hidden", "256,256", "--batch-per-task", "128"),
+                    "2x256, 128 per task: shallower, larger batches"),
+    "w400x3-b128": (("--hidden", "400,400,400", "--batch-per-task", "128"),
+                    "3x400, 128 per task: the paper's nets and batch"),
+    "w128x3-b32-lr1e3": (("--hidden", "128,128,128", "--batch-per-task", "32", "--lr", "1e-3"),
+                         "3x128, 32 per task, learning rate 1e-3"),
+}
+MARKS = (5, 10, 15, 20, 30, 45, 60)  # training minutes at which the table reads success
+
+
+def rows() -> dict[str, tuple[str, tuple[str, ...], str]]:
+    return {name: ("conal_rl.train", ("--arch", "mtsac", *flags), label)
+            for name, (flags, label) in CANDIDATES.items()}
+
+
+def read_mean_curve(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(training minutes, mean success over tasks) of every evaluation of a run."""
+    by_minute: dict[float, list[float]] = defaultdict(list)
+    path = run_dir / "evaluations.csv"
+    if not path.exists():
+        return np.zeros(0), np.zeros(0)
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            by_minute[float(row["train_minutes"])].append(float(row["success"]))
+    minutes = np.array(sorted(by_minute))
+    return minutes, np.array([np.mean(by_minute[m]) for m in minutes])
+
+
+def success_at(minutes: np.ndarray, values: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """The latest evaluation taken at or before each grid point (nan before the first)."""
+    index = np.searchsorted(minutes, grid, side="right") - 1
+    return np.where(index >= 0, values[np.maximum(index, 0)], np.nan)
+
+
+def candidate_summary(name: str, run_dirs: list[Path], budget: float) -> dict:
+    marks = [m for m in MARKS if m <= budget] or [budget]
+    at_marks, finals, steps, updates, walls = [], [], [], [], []
+    for d in run_dirs:
+        minutes, values = read_mean_curve(d)
+        if not len(minutes):
+            continue
+        at_marks.append(success_at(minutes, values, np.array(marks, dtype=float)))
+        finals.append(values[-1])
+        timing = json.loads((d / "timing.json").read_text()) if (d / "timing.json").exists() \
+            else {}
+        steps.append(timing.get("env_steps", np.nan))
+        updates.append(timing.get("updates", np.nan))
+        walls.append(timing.get("train_wall", np.nan))
+    entry = {"candidate": name, "label": CANDIDATES[name][1],
+             "flags": " ".join(CANDIDATES[name][0]), "runs": len(finals), "marks": marks}
+    if finals:
+        mean, se = mean_se(np.array(finals))
+        entry |= {"final_mean": float(mean), "final_se": float(se),
+                  "at_marks": [None if np.isnan(v) else float(v)
+                               for v in np.nanmean(np.array(at_marks), axis=0)],
+                  "env_steps": float(np.nanmean(steps)), "updates": float(np.nanmean(updates)),
+                  "train_minutes": float(np.nanmean(walls)) / 60}
+    return entry
+
+
+def markdown(payload: dict) -> str:
+    marks = payload["marks"]
+    lines = [f"# Laptop sweep: MT-SAC on {BENCHMARK}, success against training minutes", "",
+             f"Machine: {payload['machine']}. Budget: {payload['minutes']} training minutes "
+             "per run (evaluation excluded), preset `laptop` plus each candidate's flags; "
+             "success is Meta-World's mean over the 10 tasks of the latest evaluation at or "
+             "before each mark (mean over runs).", "",
+             "Commands: " + "; ".join(f"`{c}`" for c in payload["commands"]), "",
+             "| candidate | flags | runs | env steps | updates | "
+             + " | ".join(f"{m} min" for m in marks) + " | final |",
+             "|---|---|---|---|---|" + "---|" * len(marks) + "---|"]
+    for c in payload["candidates"]:
+        if not c["runs"]:
+            lines.append(f"| {c['candidate']} | `{c['flags']}` | 0 | | |"
+                         + " |" * len(marks) + " |")
+            continue
+        cells = [("" if v is None else f"{v:.2f}") for v in c["at_marks"]]
+        cells += [""] * (len(marks) - len(cells))
+        lines.append(f"| {c['candidate']} | `{c['flags']}` | {c['runs']} | "
+                     f"{c['env_steps']:,.0f} | {c['updates']:,.0f} | " + " | ".join(cells)
+                     + f" | {c['final_mean']:.2f} ± {c['final_se']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(curves: dict[str, list[tuple[np.ndarray, np.ndarray]]], budget: float,
+         path: Path) -> None:
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    grid = np.linspace(0, budget, 241)
+    for name, runs in curves.items():
+        if runs:
+            with warnings.catch_warnings():  # nan before a run's first evaluation
+                warnings.simplefilter("ignore", RuntimeWarning)
+                mean = np.nanmean([success_at(m, v, grid) for m, v in runs], axis=0)
+            ax.plot(grid, mean, label=name)
+    ax.set(xlabel="training minutes", ylabel="mean success (MT10)", ylim=(0, 1),
+           title="Laptop sweep: MT-SAC success against wall-clock training time")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="candidates: " + "; ".join(
+                                         f"{k}: {v[1]}" for k, v in CANDIDATES.items()))
+    parser.add_argument("--minutes", type=float, default=60,
+                        help="training minutes per run (default: %(default)s)")
+    parser.add_argument("--seeds", type=int, default=1, help="seeds per candidate "
+                        "(default: %(default)s)")
+    parser.add_argument("--candidates", default=",".join(CANDIDATES),
+                        help="comma-separated (default: all)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs at the same time, at most one per core (default: 1)")
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs/laptop-sweep"))
+    parser.add_argument("--out-dir", type=Path,
+                        default=Path("benchmarks/results/laptop-sweep"))
+    parser.add_argument("--eval-episodes", type=int, default=None,
+                        help="evaluation episodes per task (default: the laptop preset's)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rebuild the reports from the runs there are; train nothing")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    names = [c.strip() for c in args.candidates.split(",") if c.strip()]
+    unknown = sorted(set(names) - set(CANDIDATES))
+    if unknown or not names:
+        build_parser().error(f"unknown candidates {unknown}; valid: {', '.join(CANDIDATES)}")
+    if args.minutes <= 0:
+        build_parser().error("--minutes must be positive")
+    success.register_rows(rows())
+    success_argv = ["--benchmark", BENCHMARK, "--budget", BUDGET, "--archs", ",".join(names),
+                    "--seeds", str(args.seeds), "--jobs", str(args.jobs), "--device", "cpu",
+                    "--minutes", str(args.minutes), "--runs-dir", str(args.runs_dir),
+                    "--out-dir", str(args.out_dir)] + (["--report-only"] * args.report_only)
+    if args.eval_episodes is not None:
+        success_argv += ["--eval-episodes", str(args.eval_episodes)]
+    failed = None
+    try:
+        report = success.main(success_argv)
+    except SystemExit as e:  # some runs failed (success.py reported them): report the rest
+        failed, report = e.code, {}
+    root = args.runs_dir / f"{BENCHMARK}-{BUDGET}"
+    run_dirs = {n: [root / f"{n}-s{s}" for s in range(args.seeds)] for n in names}
+    out = args.out_dir / "minutes.json"
+    previous = json.loads(out.read_text()) if out.exists() else {}
+    payload = {
+        "minutes": args.minutes,
+        "machine": report.get("machine", previous.get("machine", "?")),
+        "commands": [*previous.get("commands", []),
+                     " ".join([PROG, *(argv if argv is not None else [])])],
+        "marks": [m for m in MARKS if m <= args.minutes] or [args.minutes],
+        "candidates": [candidate_summary(n, run_dirs[n], args.minutes) for n in names],
+    }
+    if isinstance(payload["machine"], dict):
+        m = payload["machine"]
+        payload["machine"] = ", ".join(str(m[k]) for k in ("platform", "cpu_count", "torch")
+                                       if k in m)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(payload))
+    plot({n: [c for c in map(read_mean_curve, run_dirs[n]) if len(c[0])] for n in names},
+         args.minutes, out.with_suffix(".png"))
+    print(markdown(payload))
+    if failed:
+        raise SystemExit(failed)
+    return payload
+
+
+if __name__ == "__main__":
+    main()
