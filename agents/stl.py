@@ -32,7 +32,6 @@ start again (SB3's ``learning_starts``).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
@@ -45,6 +44,7 @@ import torch
 from tqdm import tqdm
 
 from conal_rl.config import TrainConfig, add_config_arguments, given_arguments
+from conal_rl.runs import record_evaluation
 
 PROG = "python -m agents.stl"
 
@@ -338,7 +338,7 @@ class STLRun:
             self.writer.add_scalar("eval/mean_success", result.mean_success, step)
         self.writer.add_scalar("eval/mean_return", result.mean_return, step)
         self.writer.flush()
-        append_eval_table(self.run_dir, step, sum(self.progress["train_s"]) / 60, result)
+        record_evaluation(self.run_dir, result, step, sum(self.progress["train_s"]) / 60)
         self.progress["last_eval_step"] = step
         self._save_progress()
         tqdm.write(format_eval(result, step))
@@ -364,26 +364,6 @@ class STLRun:
         return timing
 
 
-EVALUATION_COLUMNS = ["env_steps", "train_minutes", "task", "success", "return", "episodes"]
-
-
-def append_eval_table(run_dir: Path, step: int, train_minutes: float, result) -> None:
-    """``evaluations.csv`` (appended) and ``eval_latest.json``, as training writes them."""
-    path = run_dir / "evaluations.csv"
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, EVALUATION_COLUMNS)
-        if new:
-            w.writeheader()
-        for row in result.rows():
-            w.writerow({"env_steps": step, "train_minutes": round(train_minutes, 3), **row})
-    latest = {"env_steps": step, "train_minutes": round(train_minutes, 3),
-              "mean_success": result.mean_success, "mean_return": result.mean_return,
-              "tasks": result.rows()}
-    (run_dir / "eval_latest.json").write_text(json.dumps(latest, indent=2))
-
-
-# ---- helpers ---------------------------------------------------------------------------------
 def _sb3_device(name: str) -> str:
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda requested but CUDA is not available on this machine")
