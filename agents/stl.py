@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from conal_rl.checkpoint import StopSignal
 from conal_rl.config import TrainConfig, add_config_arguments, given_arguments
 from conal_rl.runs import record_evaluation
 
@@ -101,24 +102,7 @@ def minutes_of(config: TrainConfig) -> float | None:
     return minutes or None
 
 
-class _StopSignal:
-    """SIGTERM/SIGINT end training at the next env step; the task's model is then saved."""
-
-    def __init__(self):
-        import signal
-
-        self.requested, self.signum = False, 0
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread
-                pass
-
-    def _handle(self, signum, frame):
-        self.requested, self.signum = True, signum
-
-
-def _chunk_callback(bar: tqdm, deadline: float | None, stop: _StopSignal):
+def _chunk_callback(bar: tqdm, deadline: float | None, stop: StopSignal):
     """An SB3 callback: counts steps into the progress bar and ends ``learn`` when the
     task's training-time budget is spent or a stop signal came (SB3 imported on use)."""
     from stable_baselines3.common.callbacks import BaseCallback
@@ -269,7 +253,7 @@ class STLRun:
         bar = tqdm(total=total, initial=self.env_steps, unit="step", dynamic_ncols=True,
                    desc=f"{self.config.benchmark} stl",
                    mininterval=0.5 if sys.stderr.isatty() else 30)
-        stop = self.stop = _StopSignal()
+        stop = self.stop = StopSignal()
         try:
             for target in chunk_targets(self.per_task["total_steps"],
                                         self.per_task["eval_every"],

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import signal
 import sys
 import time
 from collections import defaultdict
@@ -131,7 +130,7 @@ class Trainer:
         # resuming twice from the same checkpoint gives the same run.
         obs, _ = envs.reset(seed=cfg.seed + self.env_steps)
         ep_success = np.zeros(T)
-        stop = _StopSignal()
+        stop = checkpoint.StopSignal()
         bar = tqdm(total=cfg.total_steps, initial=self.env_steps, unit="step",
                    dynamic_ncols=True, desc=f"{cfg.benchmark} {cfg.arch}",
                    mininterval=0.5 if sys.stderr.isatty() else 30)
@@ -347,21 +346,6 @@ class Trainer:
             self.replay.load_state_dict(state["replay"])
         if self.search is not None:
             self.search.load_state_dict(state["search"])
-
-
-class _StopSignal:
-    """SIGTERM/SIGINT end the loop at the next step boundary, so a checkpoint is written."""
-
-    def __init__(self):
-        self.requested, self.signum = False, 0
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: leave default handling
-                pass
-
-    def _handle(self, signum, frame):
-        self.requested, self.signum = True, signum
 
 
 def format_eval(result: EvalResult, step: int) -> str:

@@ -9,6 +9,13 @@ warnings.filterwarnings("ignore", module="gymnasium")
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Again before every test, in case one changed it: tiny tensors are faster on one
+    thread, and the search tests rely on bit-for-bit repeatable runs."""
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def mt10_eval():
     from envs import make_eval_benchmark

@@ -21,14 +21,6 @@ from conal_rl.tree import TreeNet, TreeSpec
 T, OBS, ACT, IN, OUT = 3, 5, 2, 4, 3
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _agent(loss_weighting="rlw", spec=None) -> MultiTaskSAC:
     torch.manual_seed(0)
     spec = spec or TreeSpec.mhsac((16, 16), T)

@@ -22,15 +22,6 @@ T, IN, OUT, HIDDEN = 4, 5, 3, (6, 7, 8)
 P = len(HIDDEN)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is faster, and makes the search runs bit-for-bit repeatable."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def random_supernet(dtype=torch.float64, **kwargs) -> SuperNet:
     torch.manual_seed(0)
     net = SuperNet(T, IN, OUT, HIDDEN, **kwargs).to(dtype)
