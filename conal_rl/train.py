@@ -104,7 +104,7 @@ class Trainer:
         self.last_eval: EvalResult | None = None
         self.timers: dict[str, float] = defaultdict(float)
         self._run_start: tuple | None = None  # training clock at the start of run()
-        self.stopped_by = "steps"  # or "minutes", "signal": what ended the last run()
+        self.stopped_by = "steps"  # or "minutes": what ended the last run()
         self.speed: dict[str, str] = {}  # latest env-steps/s and updates/s, for the console
         run_dir.mkdir(parents=True, exist_ok=True)
         self.resumed = self.checkpoint_path.exists()
@@ -209,7 +209,6 @@ class Trainer:
             self._run_start = None
         self.save_checkpoint()
         if stop.requested:
-            self.stopped_by = "signal"
             tqdm.write(f"stopped by signal at env step {self.env_steps}; checkpoint saved, "
                        f"continue with --resume {self.run_dir}")
             raise SystemExit(128 + stop.signum)
@@ -305,6 +304,8 @@ class Trainer:
 
     def _show_progress(self, bar: tqdm) -> None:
         postfix = dict(self.speed)
+        if self.config.minutes:  # the budget that will stop the run, in its own units
+            postfix["min"] = f"{self.train_seconds() / 60:.1f}/{self.config.minutes:g}"
         if self.last_eval is not None:
             if self.bench.is_metaworld:
                 postfix["success"] = f"{self.last_eval.mean_success:.2f}"
