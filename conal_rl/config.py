@@ -34,8 +34,9 @@ PRESETS = {
                   eval_episodes=5, checkpoint_every_per_task=5_000,
                   search_per_task=3_000, arch_lr=1e-3, minutes=None),
     # "laptop": one hour of training on 2 CPU cores (--minutes binds, the step budget is
-    # only a ceiling). Chosen with benchmarks/laptop_sweep.py; see
-    # benchmarks/results/laptop-sweep/ for the candidates and the measured curves.
+    # only a ceiling). Its nets and batch are being chosen with benchmarks/laptop_sweep.py
+    # (benchmarks/results/laptop-sweep/: the candidates and their measured curves); until
+    # the sweep's 60-minute runs are done they are quick's.
     "laptop": dict(steps_per_task=1_000_000, hidden=(128, 128, 128), batch_per_task=32,
                    replay_per_task=100_000, warmup_per_task=500, eval_every_per_task=15_000,
                    eval_episodes=10, checkpoint_every_per_task=15_000,
@@ -55,8 +56,8 @@ class TrainConfig:
                                   "--arch tree")
     preset: str = _f("paper", "default sizes and budgets: paper (3x400 nets, 2M steps per "
                      "task), quick (small nets, 10k steps per task: a ~10 min CPU smoke run "
-                     "on MT10) or laptop (60 minutes of training on 2 CPU cores, the "
-                     "settings that learned most in that time in benchmarks.laptop_sweep)",
+                     "on MT10) or laptop (60 minutes of training on 2 CPU cores; see "
+                     "benchmarks/results/laptop-sweep/ for how its settings compare)",
                      choices=tuple(PRESETS))
     total_steps: int | None = _f(PRESET, "env steps in all, summed over tasks (default: the "
                                  "preset's steps per task x number of tasks)")
