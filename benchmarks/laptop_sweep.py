@@ -3,7 +3,7 @@ wall-clock budget (not a step budget), their success against training minutes.
 
     python -m benchmarks.laptop_sweep [--minutes 60] [--seeds 1] [--candidates a,b,...]
         [--jobs 1] [--runs-dir runs/laptop-sweep] [--out-dir benchmarks/results/laptop-sweep]
-        [--eval-episodes N] [--report-only]
+        [--eval-episodes N] [--eval-every N] [--report-only]
 
 Every candidate is a row of benchmarks.success (``--arch mtsac --preset laptop`` plus the
 candidate's flags), so its runs resume, are skipped when finished, and are extended when
@@ -157,11 +157,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="comma-separated (default: all)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs at the same time, at most one per core (default: 1)")
-    parser.add_argument("--runs-dir", type=Path, default=Path("runs/laptop-sweep"))
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs/laptop-sweep"),
+                        help="where the runs go, in MT10-laptop/<candidate>-s<seed> "
+                        "(default: %(default)s)")
     parser.add_argument("--out-dir", type=Path,
-                        default=Path("benchmarks/results/laptop-sweep"))
+                        default=Path("benchmarks/results/laptop-sweep"),
+                        help="where minutes.md/.json/.png and success.py's report go "
+                        "(default: %(default)s)")
     parser.add_argument("--eval-episodes", type=int, default=None,
                         help="evaluation episodes per task (default: the laptop preset's)")
+    parser.add_argument("--eval-every", type=int, default=None,
+                        help="env steps between evaluations (default: the laptop preset's); "
+                        "more often gives a finer curve and costs evaluation time")
     parser.add_argument("--report-only", action="store_true",
                         help="rebuild the reports from the runs there are; train nothing")
     return parser
@@ -180,8 +187,9 @@ def main(argv: list[str] | None = None) -> dict:
                     "--seeds", str(args.seeds), "--jobs", str(args.jobs), "--device", "cpu",
                     "--minutes", str(args.minutes), "--runs-dir", str(args.runs_dir),
                     "--out-dir", str(args.out_dir)] + (["--report-only"] * args.report_only)
-    if args.eval_episodes is not None:
-        success_argv += ["--eval-episodes", str(args.eval_episodes)]
+    for flag in ("eval_episodes", "eval_every"):
+        if getattr(args, flag) is not None:
+            success_argv += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
     failed = None
     try:
         report = success.main(success_argv)
