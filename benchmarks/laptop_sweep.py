@@ -195,8 +195,10 @@ def main(argv: list[str] | None = None) -> dict:
         report = success.main(success_argv)
     except SystemExit as e:  # some runs failed (success.py reported them): report the rest
         failed, report = e.code, {}
+    # The minutes report covers every candidate with runs, also those of earlier calls.
     root = args.runs_dir / f"{BENCHMARK}-{BUDGET}"
-    run_dirs = {n: [root / f"{n}-s{s}" for s in range(args.seeds)] for n in names}
+    names = [n for n in CANDIDATES if n in names or list(root.glob(f"{n}-s*"))]
+    run_dirs = {n: sorted(root.glob(f"{n}-s*")) for n in names}
     out = args.out_dir / "minutes.json"
     previous = json.loads(out.read_text()) if out.exists() else {}
     payload = {
