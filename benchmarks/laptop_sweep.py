@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
+import sys
 import warnings
 from collections import defaultdict
 from pathlib import Path
@@ -119,9 +121,11 @@ def markdown(payload: dict) -> str:
             continue
         cells = [("" if v is None else f"{v:.2f}") for v in c["at_marks"]]
         cells += [""] * (len(marks) - len(cells))
+        counts = [("running" if math.isnan(c[k]) else f"{c[k]:,.0f}")
+                  for k in ("env_steps", "updates")]
+        final = f"{c['final_mean']:.2f}" + (f" ± {c['final_se']:.2f}" if c["runs"] > 1 else "")
         lines.append(f"| {c['candidate']} | `{c['flags']}` | {c['runs']} | "
-                     f"{c['env_steps']:,.0f} | {c['updates']:,.0f} | " + " | ".join(cells)
-                     + f" | {c['final_mean']:.2f} ± {c['final_se']:.2f} |")
+                     + " | ".join(counts + cells) + f" | {final} |")
     return "\n".join(lines) + "\n"
 
 
@@ -205,14 +209,13 @@ def main(argv: list[str] | None = None) -> dict:
         "minutes": args.minutes,
         "machine": report.get("machine", previous.get("machine", "?")),
         "commands": [*previous.get("commands", []),
-                     " ".join([PROG, *(argv if argv is not None else [])])],
+                     " ".join([PROG, *(sys.argv[1:] if argv is None else argv)])],
         "marks": [m for m in MARKS if m <= args.minutes] or [args.minutes],
         "candidates": [candidate_summary(n, run_dirs[n], args.minutes) for n in names],
     }
     if isinstance(payload["machine"], dict):
         m = payload["machine"]
-        payload["machine"] = ", ".join(str(m[k]) for k in ("platform", "cpu_count", "torch")
-                                       if k in m)
+        payload["machine"] = f"{m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']}"
     args.out_dir.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown(payload))
