@@ -71,9 +71,13 @@ def read_mean_curve(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     return minutes, np.array([np.mean(by_minute[m]) for m in minutes])
 
 
+MARK_GRACE = 0.1  # minutes: a run stops at the first step past its budget, then evaluates
+
+
 def success_at(minutes: np.ndarray, values: np.ndarray, grid: np.ndarray) -> np.ndarray:
-    """The latest evaluation taken at or before each grid point (nan before the first)."""
-    index = np.searchsorted(minutes, grid, side="right") - 1
+    """The latest evaluation taken at or before each grid point, give or take
+    ``MARK_GRACE`` (nan before the first)."""
+    index = np.searchsorted(minutes - MARK_GRACE, grid, side="right") - 1
     return np.where(index >= 0, values[np.maximum(index, 0)], np.nan)
 
 
