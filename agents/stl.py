@@ -314,15 +314,9 @@ class STLRun:
                           self.config.eval_episodes)
         self.timers["eval"] += time.perf_counter() - t0
         step = self.env_steps
-        for task in result.task_names:
-            if self.bench.is_metaworld:
-                self.writer.add_scalar(f"eval_success/{task}", result.success[task], step)
-            self.writer.add_scalar(f"eval_return/{task}", result.returns[task], step)
-        if self.bench.is_metaworld:
-            self.writer.add_scalar("eval/mean_success", result.mean_success, step)
-        self.writer.add_scalar("eval/mean_return", result.mean_return, step)
+        record_evaluation(self.run_dir, result, step, sum(self.progress["train_s"]) / 60,
+                          self.writer)
         self.writer.flush()
-        record_evaluation(self.run_dir, result, step, sum(self.progress["train_s"]) / 60)
         self.progress["last_eval_step"] = step
         self._save_progress()
         tqdm.write(format_eval(result, step))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,10 +102,20 @@ def _dims(agent_state: dict, specs: dict[str, TreeSpec]) -> tuple[int, int]:
 
 
 def record_evaluation(run_dir: Path, result: EvalResult, env_steps: int,
-                      train_minutes: float) -> None:
+                      train_minutes: float, writer=None) -> None:
     """Append an evaluation to ``run_dir/evaluations.csv`` (one row per task, with the env
-    steps and training minutes it was taken at: success against steps or wall clock) and
-    replace ``eval_latest.json``."""
+    steps and training minutes it was taken at: success against steps or wall clock),
+    replace ``eval_latest.json`` and, given a TensorBoard ``writer``, log it there
+    (success only where there is one: not for gym: sanity benchmarks)."""
+    if writer is not None:
+        has_success = not math.isnan(result.mean_success)
+        for task in result.task_names:
+            if has_success:
+                writer.add_scalar(f"eval_success/{task}", result.success[task], env_steps)
+            writer.add_scalar(f"eval_return/{task}", result.returns[task], env_steps)
+        if has_success:
+            writer.add_scalar("eval/mean_success", result.mean_success, env_steps)
+        writer.add_scalar("eval/mean_return", result.mean_return, env_steps)
     path = run_dir / "evaluations.csv"
     columns = EVALUATION_COLUMNS
     if path.exists():  # keep the columns of a run started by an older version

@@ -233,14 +233,7 @@ class Trainer:
         self.timers["eval"] += time.perf_counter() - t0
         self.last_eval, self.last_eval_step = result, self.env_steps
         step = self.env_steps
-        for task in result.task_names:
-            if self.bench.is_metaworld:
-                self.writer.add_scalar(f"eval_success/{task}", result.success[task], step)
-            self.writer.add_scalar(f"eval_return/{task}", result.returns[task], step)
-        if self.bench.is_metaworld:
-            self.writer.add_scalar("eval/mean_success", result.mean_success, step)
-        self.writer.add_scalar("eval/mean_return", result.mean_return, step)
-        record_evaluation(self.run_dir, result, step, self.train_seconds() / 60)
+        record_evaluation(self.run_dir, result, step, self.train_seconds() / 60, self.writer)
         tqdm.write(format_eval(result, step))
         return result
 
