@@ -88,7 +88,10 @@ def candidate_summary(name: str, run_dirs: list[Path], budget: float) -> dict:
         minutes, values = read_mean_curve(d)
         if not len(minutes):
             continue
-        at_marks.append(success_at(minutes, values, np.array(marks, dtype=float)))
+        grid = np.array(marks, dtype=float)
+        # Marks the run has not trained to yet (a stopped or shorter run) stay blank.
+        at_marks.append(np.where(grid <= minutes[-1] + MARK_GRACE,
+                                 success_at(minutes, values, grid), np.nan))
         finals.append(values[-1])
         timing = json.loads((d / "timing.json").read_text()) if (d / "timing.json").exists() \
             else {}
