@@ -18,19 +18,18 @@ cores do not slow each other down much; wall-clock budgets need an otherwise idl
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import sys
-import warnings
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 
 from benchmarks import success
+from benchmarks.curves import AXES, minutes_band, read_curve, value_at
 from conal_rl.aggregate import mean_se
+from conal_rl.plot import draw
 
 PROG = "python -m benchmarks.laptop_sweep"
 BENCHMARK, BUDGET = "MT10", "laptop"
@@ -58,40 +57,19 @@ def rows() -> dict[str, tuple[str, tuple[str, ...], str]]:
             for name, (flags, label) in CANDIDATES.items()}
 
 
-def read_mean_curve(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(training minutes, mean success over tasks) of every evaluation of a run."""
-    by_minute: dict[float, list[float]] = defaultdict(list)
-    path = run_dir / "evaluations.csv"
-    if not path.exists():
-        return np.zeros(0), np.zeros(0)
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            by_minute[float(row["train_minutes"])].append(float(row["success"]))
-    minutes = np.array(sorted(by_minute))
-    return minutes, np.array([np.mean(by_minute[m]) for m in minutes])
-
-
-MARK_GRACE = 0.1  # minutes: a run stops at the first step past its budget, then evaluates
-
-
-def success_at(minutes: np.ndarray, values: np.ndarray, grid: np.ndarray) -> np.ndarray:
-    """The latest evaluation taken at or before each grid point, give or take
-    ``MARK_GRACE`` (nan before the first)."""
-    index = np.searchsorted(minutes - MARK_GRACE, grid, side="right") - 1
-    return np.where(index >= 0, values[np.maximum(index, 0)], np.nan)
+def read_minutes_curve(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    return read_curve(run_dir, "success", "train_minutes")
 
 
 def candidate_summary(name: str, run_dirs: list[Path], budget: float) -> dict:
     marks = [m for m in MARKS if m <= budget] or [budget]
     at_marks, finals, steps, updates, walls = [], [], [], [], []
     for d in run_dirs:
-        minutes, values = read_mean_curve(d)
+        minutes, values = read_minutes_curve(d)
         if not len(minutes):
             continue
-        grid = np.array(marks, dtype=float)
         # Marks the run has not trained to yet (a stopped or shorter run) stay blank.
-        at_marks.append(np.where(grid <= minutes[-1] + MARK_GRACE,
-                                 success_at(minutes, values, grid), np.nan))
+        at_marks.append(value_at(minutes, values, np.array(marks, dtype=float)))
         finals.append(values[-1])
         timing = json.loads((d / "timing.json").read_text()) if (d / "timing.json").exists() \
             else {}
@@ -138,20 +116,12 @@ def markdown(payload: dict) -> str:
 
 def plot(curves: dict[str, list[tuple[np.ndarray, np.ndarray]]], budget: float,
          path: Path) -> None:
-    fig = Figure(figsize=(7, 4.5))
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.subplots()
-    grid = np.linspace(0, budget, 241)
-    for name, runs in curves.items():
-        if runs:
-            with warnings.catch_warnings():  # nan before a run's first evaluation
-                warnings.simplefilter("ignore", RuntimeWarning)
-                mean = np.nanmean([success_at(m, v, grid) for m, v in runs], axis=0)
-            ax.plot(grid, mean, label=name)
-    ax.set(xlabel="training minutes", ylabel="mean success (MT10)", ylim=(0, 1),
-           title="Laptop sweep: MT-SAC success against wall-clock training time")
-    ax.grid(alpha=0.3)
+    draw(ax, [minutes_band(name, runs, budget) for name, runs in curves.items() if runs],
+         "Laptop sweep: MT-SAC success against wall-clock training time", "success")
+    ax.set(xlabel=AXES["train_minutes"], ylabel="mean success (MT10)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
@@ -226,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown(payload))
-    plot({n: [c for c in map(read_mean_curve, run_dirs[n]) if len(c[0])] for n in names},
+    plot({n: [c for c in map(read_minutes_curve, run_dirs[n]) if len(c[0])] for n in names},
          args.minutes, out.with_suffix(".png"))
     print(markdown(payload))
     if failed:

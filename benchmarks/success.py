@@ -1,7 +1,7 @@
 """The success-rate comparison of the paper: every architecture, several seeds, one table.
 
     python -m benchmarks.success --benchmark MT10 --archs mtsac,mhsac,conal,conal-nocn,stl
-        --seeds 3 --budget quick|laptop|paper [--jobs N] [--device cpu|cuda|auto]
+        --seeds 3 [--budget laptop|quick|paper] [--jobs N] [--device cpu|cuda|auto]
         [--runs-dir runs/success] [--out-dir benchmarks/results] [--total-steps N]
         [--eval-episodes N] [--minutes M] [--report-only]
 
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import io
 import json
 import math
@@ -43,6 +42,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from benchmarks.curves import AXES, minutes_band, read_curve
 from conal_rl.config import PRESETS, TrainConfig
 
 PROG = "python -m benchmarks.success"
@@ -331,18 +331,6 @@ def _float(x) -> float:
     return float("nan") if x is None else float(x)
 
 
-def read_curve(run_dir: Path, metric: str) -> tuple[np.ndarray, np.ndarray]:
-    """The mean over tasks at every evaluation, from ``evaluations.csv`` (the values the
-    TensorBoard scalars hold, without reading every training scalar of a long run); a step
-    evaluated twice (a resumed run) keeps its last value."""
-    by_step: dict[int, dict[str, float]] = {}
-    with open(run_dir / "evaluations.csv", newline="") as f:
-        for row in csv.DictReader(f):
-            by_step.setdefault(int(row["env_steps"]), {})[row["task"]] = _float(row[metric])
-    steps = np.array(sorted(by_step))
-    return steps, np.array([np.mean(list(by_step[s].values())) for s in steps])
-
-
 # ---- the report ---------------------------------------------------------------------------------
 def machine(device: str) -> dict:
     resolved = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
@@ -547,32 +535,31 @@ def budget_note(budget: str, benchmark: str) -> str:
 
 
 def plot_rows(rows: list[dict], results: dict[str, list[RunResult]], metric: str,
-              benchmark: str, path: Path) -> bool:
-    """Mean over tasks vs env steps, one line per row (± s.e. over seeds)."""
+              benchmark: str, minutes: float, path: Path) -> bool:
+    """Mean over tasks vs env steps, one line per row (± s.e. over seeds); with a
+    wall-clock budget (``minutes`` > 0) also against training minutes."""
     from matplotlib.figure import Figure
 
     from conal_rl.plot import band, draw
 
-    bands = []
+    panels = {"env_steps": []} | ({"train_minutes": []} if minutes else {})
     for r in rows:
-        curves = []
-        for res in results.get(r["row"], []):
-            try:
-                curves.append(read_curve(res.spec.run_dir, metric))
-            except (OSError, KeyError, ValueError):
-                continue
-        if curves:
-            bands.append(band(r["row"], curves))
-    if not bands:
+        for x, bands in panels.items():
+            runs = [read_curve(res.spec.run_dir, metric, x) for res in results.get(r["row"], [])]
+            runs = [c for c in runs if len(c[0])]
+            if runs:
+                bands.append(band(r["row"], runs) if x == "env_steps"
+                             else minutes_band(r["row"], runs, minutes))
+    if not panels["env_steps"]:
         return False
-    fig = Figure(figsize=(7.5, 4.5), layout="constrained")
-    ax = fig.subplots()
+    fig = Figure(figsize=(7.5 * len(panels), 4.5), layout="constrained")
     ylabel = "success rate" if metric == "success" else "return"
-    draw(ax, bands, f"{benchmark}: evaluation {ylabel}, mean over tasks "
-         "(shaded: ± s.e. over seeds)", metric)
-    ax.set_xlabel("env steps (all tasks; training phase)")
-    ax.set_ylabel(ylabel)
-    ax.legend(fontsize="small")
+    for ax, (x, bands) in zip(np.atleast_1d(fig.subplots(1, len(panels))), panels.items()):
+        draw(ax, bands, f"{benchmark}: evaluation {ylabel}, mean over tasks "
+             "(shaded: ± s.e. over seeds)", metric)
+        ax.set_xlabel(AXES[x])
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize="small")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     return True
@@ -611,7 +598,9 @@ def build_report(args: argparse.Namespace, specs: list[RunSpec], failed: list[di
     }
     payload["vs_baseline"] = noise_verdicts(rows)
     png = stem.with_suffix(".png")
-    payload["plot"] = png.name if plot_rows(rows, results, metric, args.benchmark, png) else None
+    budget_minutes = max(s.target_minutes for s in specs) if specs else 0
+    payload["plot"] = (png.name if plot_rows(rows, results, metric, args.benchmark,
+                                             budget_minutes, png) else None)
     stem.parent.mkdir(parents=True, exist_ok=True)
     _write_text(stem.with_suffix(".json"), json.dumps(payload, indent=2) + "\n")
     _write_text(stem.with_suffix(".md"), markdown(payload))
@@ -804,9 +793,11 @@ def build_parser() -> argparse.ArgumentParser:
                         + ",".join(ROWS))
     parser.add_argument("--seeds", type=int, default=3,
                         help="seeds 0..N-1 per row (default: %(default)s)")
-    parser.add_argument("--budget", default="quick",
+    parser.add_argument("--budget", default="laptop",
                         help="the training preset of every run, one of conal_rl.config.PRESETS "
-                        f"({', '.join(PRESETS)}; default: %(default)s)")
+                        f"({', '.join(PRESETS)}; default: %(default)s, the CPU comparison: "
+                        "60 training minutes per run; quick is a smoke run that learns little, "
+                        "paper the GPU-box comparison)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs trained at the same time (default: %(default)s)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),

@@ -105,6 +105,7 @@ class Trainer:
         self.timers: dict[str, float] = defaultdict(float)
         self._run_start: tuple | None = None  # training clock at the start of run()
         self.stopped_by = "steps"  # or "minutes": what ended the last run()
+        self.spent_s = 0.0  # training seconds charged to the budget before this trainer
         self.speed: dict[str, str] = {}  # latest env-steps/s and updates/s, for the console
         run_dir.mkdir(parents=True, exist_ok=True)
         self.resumed = self.checkpoint_path.exists()
@@ -124,6 +125,7 @@ class Trainer:
         ``spent_s``: training seconds already charged to that budget elsewhere (CoNAL's
         search)."""
         cfg, T = self.config, self.bench.num_tasks
+        self.spent_s = spent_s
         budget_s = cfg.minutes * 60 - spent_s if cfg.minutes else None
         envs = self.bench.envs
         # A resumed run starts fresh episodes from a seed derived from where it stands, so
@@ -233,7 +235,9 @@ class Trainer:
         self.timers["eval"] += time.perf_counter() - t0
         self.last_eval, self.last_eval_step = result, self.env_steps
         step = self.env_steps
-        record_evaluation(self.run_dir, result, step, self.train_seconds() / 60, self.writer)
+        # train_minutes on the budget's clock: a CoNAL tree's evaluations count its search.
+        record_evaluation(self.run_dir, result, step, (self.spent_s + self.train_seconds()) / 60,
+                          self.writer)
         tqdm.write(format_eval(result, step))
         return result
 

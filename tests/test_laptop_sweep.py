@@ -3,16 +3,9 @@ report reads its evaluations, and a larger budget extends the same run."""
 
 import json
 
-import numpy as np
 import pytest
 
 from benchmarks import laptop_sweep
-
-
-def test_success_at_reads_the_latest_evaluation_before_each_mark():
-    minutes, values = np.array([1.0, 2.5, 4.0]), np.array([0.1, 0.3, 0.6])
-    got = laptop_sweep.success_at(minutes, values, np.array([0.5, 1.0, 3.0, 10.0]))
-    np.testing.assert_array_equal(got, [np.nan, 0.1, 0.3, 0.6])
 
 
 @pytest.mark.slow  # ~1 min: MT10 envs and evaluations

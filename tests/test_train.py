@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conal_rl import checkpoint
-from conal_rl.train import main
+from conal_rl.train import main, search_seconds
 
 TINY = ["--hidden", "16,16", "--batch-per-task", "16", "--warmup-steps", "100",
         "--eval-episodes", "1", "--log-every", "100"]
@@ -140,6 +140,11 @@ def test_conal_searches_derives_and_trains_then_the_tree_trains_again(tmp_path):
     assert (run / "architecture.png").stat().st_size > 1000
     assert checkpoint.load(run / "search" / "checkpoints" / "latest.pt")["search"] is not None
     assert checkpoint.load(run / "checkpoints" / "latest.pt")["counters"]["env_steps"] == 200
+    # The tree's evaluations are on the budget's clock, which started with the search.
+    tree_minutes = json.loads((run / "timing.json").read_text())["train_wall"] / 60
+    evaluated_at = json.loads((run / "eval_latest.json").read_text())["train_minutes"]
+    assert evaluated_at == pytest.approx(search_seconds(run) / 60 + tree_minutes, abs=2e-3)
+    assert search_seconds(run) > 0
 
     tree_run = tmp_path / "tree"
     main(["--benchmark", "MT10", "--arch", "tree", "--architecture", str(run / "architecture.json"),

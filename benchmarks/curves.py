@@ -1,0 +1,65 @@
+"""Evaluation curves of benchmark runs, read from their ``evaluations.csv``: the mean over
+tasks against env steps or against training minutes (the wall-clock budget's own axis).
+
+Runs of one row evaluate at the same env steps, so their curves average point by point.
+Against minutes every run evaluates at its own times: each is read on a shared grid as
+its latest evaluation at or before each point (what a user stopping the run then has).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from conal_rl.aggregate import mean_se
+from conal_rl.plot import Band
+
+AXES = {"env_steps": "env steps (all tasks; training phase)",
+        "train_minutes": "training minutes (evaluation excluded)"}
+# A minutes-bound run stops at the first env step past its budget and evaluates there, a
+# few seconds late: a grid point within this many minutes before an evaluation reads it.
+MARK_GRACE = 0.1
+
+
+def _float(x) -> float:
+    return float("nan") if x in (None, "") else float(x)
+
+
+def read_curve(run_dir: Path, metric: str = "success",
+               x: str = "env_steps") -> tuple[np.ndarray, np.ndarray]:
+    """(x, mean of ``metric`` over tasks) at every evaluation of a run, in order; empty
+    before its first evaluation. An evaluation repeated at the same step (a resumed run)
+    keeps its last value."""
+    path = run_dir / "evaluations.csv"
+    if not path.exists():
+        return np.zeros(0), np.zeros(0)
+    by_step: dict[int, tuple[float, dict[str, float]]] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            step = int(row["env_steps"])
+            _, tasks = by_step.setdefault(step, (0.0, {}))
+            tasks[row["task"]] = _float(row[metric])
+            by_step[step] = (_float(row[x]), tasks)
+    steps = sorted(by_step)
+    return (np.array([by_step[s][0] for s in steps]),
+            np.array([np.mean(list(by_step[s][1].values())) for s in steps]))
+
+
+def value_at(xs: np.ndarray, values: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """The latest value at or before each grid point, give or take ``MARK_GRACE``; nan
+    before the first evaluation and past the last one (a run not trained that far)."""
+    index = np.searchsorted(xs - MARK_GRACE, grid, side="right") - 1
+    read = np.where(index >= 0, values[np.maximum(index, 0)], np.nan)
+    return np.where(grid <= (xs[-1] if len(xs) else -np.inf) + MARK_GRACE, read, np.nan)
+
+
+def minutes_band(label: str, curves: list[tuple[np.ndarray, np.ndarray]],
+                 minutes: float, points: int = 241) -> Band:
+    """Mean ± s.e. over runs on a grid of training minutes, up to where every run got."""
+    grid = np.linspace(0, minutes, points)
+    values = np.array([value_at(m, v, grid) for m, v in curves])
+    keep = ~np.isnan(values).any(axis=0)
+    mean, se = mean_se(values[:, keep])
+    return Band(label, len(curves), grid[keep], mean, se)
