@@ -28,6 +28,7 @@ from matplotlib.figure import Figure
 
 from benchmarks import success
 from benchmarks.curves import AXES, minutes_band, read_curve, value_at
+from benchmarks.success_runs import register_rows
 from conal_rl.aggregate import mean_se
 from conal_rl.plot import draw
 
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
         build_parser().error(f"unknown candidates {unknown}; valid: {', '.join(CANDIDATES)}")
     if args.minutes <= 0:
         build_parser().error("--minutes must be positive")
-    success.register_rows(rows())
+    register_rows(rows())
     success_argv = ["--benchmark", BENCHMARK, "--budget", BUDGET, "--archs", ",".join(names),
                     "--seeds", str(args.seeds), "--jobs", str(args.jobs), "--device", "cpu",
                     "--minutes", str(args.minutes), "--runs-dir", str(args.runs_dir),

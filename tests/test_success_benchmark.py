@@ -9,7 +9,7 @@ from dataclasses import asdict
 import pytest
 from PIL import Image
 
-from benchmarks import success
+from benchmarks import success, success_report
 from conal_rl.config import TrainConfig
 
 # 200 steps with a 100-step warm-up: updates happen; one final evaluation of one episode.
@@ -190,7 +190,7 @@ def test_within_noise_rule():
     rows = [{"row": "mtsac", "mean": 0.5, "se": 0.1}, {"row": "a", "mean": 0.7, "se": 0.05},
             {"row": "b", "mean": 0.9, "se": 0.05}, {"row": "c", "mean": 0.9, "se": None},
             {"row": "d"}]
-    verdicts = success.noise_verdicts(rows)
+    verdicts = success_report.noise_verdicts(rows)
     assert verdicts["a"]["within_noise"] is True  # 0.2 < 2 * sqrt(0.0125) = 0.224
     assert verdicts["b"]["within_noise"] is False
     assert verdicts["c"]["within_noise"] is None and "d" not in verdicts

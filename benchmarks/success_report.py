@@ -1,0 +1,412 @@
+"""The success benchmark's report: read the finished runs, summarize every row over seeds
+(mean ± s.e., IQM, per task, parameters, wall time), compare each with MT-SAC, and write
+``<benchmark>-<budget>.md``/``.json``/``.png``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.curves import AXES, minutes_band, read_curve
+from benchmarks.success_runs import (
+    PASS_THROUGH,
+    ROWS,
+    RunSpec,
+    flag_value,
+    is_finished,
+    num_tasks,
+    read_json,
+    safe_name,
+    saved_config,
+)
+from conal_rl.config import PRESETS
+
+BASELINE = "mtsac"  # the row every other is compared with
+MIN_IQM_RUNS = 3  # the IQM and its bootstrap interval are shown from this many runs on
+NOISE_RULE = ("a row's mean differs from MT-SAC's within noise when |Δmean| < "
+              "2·sqrt(SE_row² + SE_mtsac²), standard errors over seeds; equal means count "
+              "as within")
+
+
+# ---- reading finished runs ----------------------------------------------------------------------
+@dataclass
+class RunResult:
+    spec: RunSpec
+    tasks: list[str]
+    values: dict[str, float]  # per task: final success rate (return for gym: benchmarks)
+    env_steps: int  # training phase (for CoNAL without the search)
+    search_env_steps: int
+    train_wall: float  # training phase, seconds
+    search_wall: float
+    stopped_by: str
+    parameters: dict[str, int]  # actor, critic (both Q-nets; no targets)
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def wall(self) -> float:
+        return self.train_wall + self.search_wall
+
+    @property
+    def steps_per_s(self) -> float:
+        total = self.env_steps + self.search_env_steps
+        return total / self.wall if self.wall > 0 else float("nan")
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean([self.values[t] for t in self.tasks]))
+
+
+_PARAMS_CACHE: dict[tuple[str, float], dict[str, int]] = {}
+
+
+def count_parameters(spec: RunSpec) -> dict[str, int]:
+    """Actor and critic parameters of the trained networks (both Q-nets of the critic, not
+    the targets), counted from the final checkpoint; STL: its stl.json (all tasks' nets)."""
+    if spec.is_stl:
+        return dict(read_json(spec.run_dir / "stl.json")["parameters"])
+    from conal_rl import checkpoint
+
+    path = spec.run_dir / "checkpoints" / "latest.pt"
+    key = (str(path), path.stat().st_mtime)
+    if key not in _PARAMS_CACHE:
+        agent = checkpoint.load(path)["agent"]
+        _PARAMS_CACHE[key] = {role: int(sum(v.numel() for k, v in agent.items()
+                                            if k.startswith(role + ".")))
+                              for role in ("actor", "critic")}
+    return _PARAMS_CACHE[key]
+
+
+def read_result(spec: RunSpec, metric: str) -> RunResult:
+    d = spec.run_dir
+    latest = json.loads((d / "eval_latest.json").read_text())
+    timing = json.loads((d / "timing.json").read_text())
+    search = read_json(d / "search" / "timing.json") or {}
+    tasks = [t["task"] for t in latest["tasks"]]
+    values = {t["task"]: _float(t[metric]) for t in latest["tasks"]}
+    extra = {}
+    arch = read_json(d / "architecture.json")
+    if arch and "parameters" in arch.get("actor", {}):  # CoNAL: the search's own counts
+        extra["architecture"] = {role: {"branch_point_by_task": arch[role].get(
+            "branch_point_by_task"), "parameters_one_net": arch[role]["parameters"]}
+            for role in ("actor", "critic")}
+    return RunResult(spec, tasks, values, int(timing["env_steps"]),
+                     int(search.get("env_steps", 0)), float(timing["train_wall"]),
+                     float(search.get("train_wall", 0.0)), timing.get("stopped_by", "steps"),
+                     count_parameters(spec), extra | {"eval_env_steps": latest["env_steps"]})
+
+
+def _float(x) -> float:
+    return float("nan") if x is None else float(x)
+
+
+# ---- the report ---------------------------------------------------------------------------------
+def machine(device: str) -> dict:
+    resolved = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    info = {"platform": platform.platform(), "processor": platform.processor(),
+            "cpu_count": os.cpu_count(), "python": sys.version.split()[0],
+            "torch": torch.__version__, "device": resolved}
+    if resolved == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def fmt_wall(seconds: float) -> str:
+    if math.isnan(seconds):
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
+
+
+def _fmt_count(values: list[int]) -> str:
+    lo, hi = min(values), max(values)
+    return f"{lo:,}" if lo == hi else f"{lo:,}-{hi:,}"
+
+
+def _cell(mean: float, se: float, digits: int) -> str:
+    if math.isnan(mean):
+        return "-"
+    return f"{mean:.{digits}f}" + ("" if math.isnan(se) else f" ± {se:.{digits}f}")
+
+
+def summarize_row(row: str, results: list[RunResult], tasks: list[str], seeds: int,
+                  metric: str) -> dict:
+    from conal_rl.aggregate import summarize
+
+    entry = {"row": row, "label": ROWS[row][2],
+             "command": " ".join(["python -m", ROWS[row][0], *ROWS[row][1]]),
+             "seeds_requested": seeds, "seeds_finished": len(results),
+             "runs": [_run_json(r) for r in results]}
+    if not results:
+        return entry
+    scores = np.array([[r.values[t] for t in tasks] for r in results])
+    s = summarize(scores, tasks)
+    wall = np.array([r.wall for r in results])
+    entry.update({
+        "mean": s.mean, "se": _nan_none(s.se),
+        "iqm": s.iqm if len(results) >= MIN_IQM_RUNS else None,
+        "iqm_ci": [_nan_none(x) for x in s.iqm_ci] if len(results) >= MIN_IQM_RUNS else None,
+        "task_mean": dict(zip(tasks, map(float, s.task_mean))),
+        "task_se": dict(zip(tasks, map(_nan_none, s.task_se))),
+        "env_steps": [r.env_steps for r in results],
+        "search_env_steps": [r.search_env_steps for r in results],
+        "parameters": {role: [r.parameters[role] for r in results]
+                       for role in ("actor", "critic")},
+        "train_wall_s": float(wall.mean()),
+        "search_wall_s": float(np.mean([r.search_wall for r in results])),
+        "env_steps_per_s": float(np.mean([r.steps_per_s for r in results])),
+        "stopped_by": sorted({r.stopped_by for r in results}),
+    })
+    return entry
+
+
+def _nan_none(x) -> float | None:
+    x = float(x)
+    return None if math.isnan(x) else x
+
+
+def _run_json(r: RunResult) -> dict:
+    return {"seed": r.spec.seed, "run_dir": str(r.spec.run_dir), "mean": r.mean,
+            "tasks": {t: _nan_none(v) for t, v in r.values.items()},
+            "env_steps": r.env_steps, "search_env_steps": r.search_env_steps,
+            "train_wall_s": r.train_wall, "search_wall_s": r.search_wall,
+            "env_steps_per_s": r.steps_per_s, "stopped_by": r.stopped_by,
+            "parameters": r.parameters, **r.extra}
+
+
+def noise_verdicts(rows: list[dict]) -> dict[str, dict]:
+    """Every row against the baseline: Δmean, its 2-SE threshold and the verdict."""
+    base = next((r for r in rows if r["row"] == BASELINE and "mean" in r), None)
+    out = {}
+    for r in rows:
+        if base is None or r is base or "mean" not in r:
+            continue
+        delta = r["mean"] - base["mean"]
+        if r["se"] is None or base["se"] is None:
+            out[r["row"]] = {"delta": delta, "threshold": None, "within_noise": None}
+            continue
+        threshold = 2 * math.sqrt(r["se"] ** 2 + base["se"] ** 2)
+        out[r["row"]] = {"delta": delta, "threshold": threshold,
+                         "within_noise": abs(delta) < threshold or delta == 0}
+    return out
+
+
+def _verdict_text(v: dict | None) -> str:
+    if v is None:
+        return "-"
+    if v["within_noise"] is None:
+        return f"{v['delta']:+.2f} (needs ≥ 2 seeds each)"
+    word = "within noise" if v["within_noise"] else "beyond noise"
+    return f"{v['delta']:+.2f} ({word}, 2·SE {v['threshold']:.2f})"
+
+
+def markdown(payload: dict) -> str:
+    m, rows, tasks = payload["machine"], payload["rows"], payload["tasks"]
+    metric, digits = payload["metric"], 2 if payload["metric"] == "success" else 1
+    lines = [f"# {payload['benchmark']}: {metric} rate comparison, budget `{payload['budget']}`"
+             if metric == "success" else
+             f"# {payload['benchmark']}: return comparison, budget `{payload['budget']}`", "",
+             f"Command: `{payload['command']}`  ",
+             f"Machine: {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']}, device "
+             f"{m['device']}{' (' + m['gpu'] + ')' if m.get('gpu') else ''}  ",
+             f"Date: {payload['date']}  ",
+             f"Runs: `{payload['runs_dir']}`; budget `{payload['budget']}` "
+             f"({payload['budget_note']}); every run one subprocess with one torch thread"
+             f"{', ' + str(payload['jobs']) + ' at a time' if payload['jobs'] > 1 else ''}."
+             + (" Overrides of the budget: " + ", ".join(
+                 f"--{k.replace('_', '-')} {flag_value(v)}"
+                 for k, v in payload["overrides"].items()) + "." if payload["overrides"] else ""),
+             "",
+             f"Final evaluation of every run (the shared protocol, "
+             f"{payload['eval_episodes']} episodes per task, deterministic policy): mean over "
+             f"tasks, then mean ± standard error over seeds"
+             + (f"; IQM over all run-task scores with its stratified-bootstrap 95% interval "
+                f"from {MIN_IQM_RUNS} seeds on" if metric == "success" else "") + ". "
+             "Parameters: actor, and critic (both Q-nets), of the trained networks (CoNAL: the "
+             "pruned trees; STL: all tasks' nets together). Wall: training time (evaluation "
+             "and checkpoints excluded; CoNAL's search included), mean over seeds; "
+             "env-steps/s = env steps (search included) / that time.", ""]
+    header = ["row", metric, "IQM [95% CI]", "seeds", "env steps", "actor params",
+              "critic params", "wall", "env-steps/s", f"vs {BASELINE}"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        if "mean" not in r:
+            cells = [r["row"], "-", "-", f"0/{r['seeds_requested']}", *["-"] * 6]
+        else:
+            iqm = "-"
+            if r["iqm"] is not None:
+                low, high = r["iqm_ci"]
+                iqm = f"{r['iqm']:.{digits}f}" + (
+                    f" [{low:.{digits}f}, {high:.{digits}f}]" if low is not None else "")
+            search = (f" + search {_fmt_count(r['search_env_steps'])}"
+                      if any(r["search_env_steps"]) else "")
+            cells = [r["row"], _cell(r["mean"], _nn(r["se"]), digits), iqm,
+                     f"{r['seeds_finished']}/{r['seeds_requested']}",
+                     _fmt_count(r["env_steps"]) + search,
+                     _fmt_count(r["parameters"]["actor"]),
+                     _fmt_count(r["parameters"]["critic"]), fmt_wall(r["train_wall_s"]),
+                     f"{r['env_steps_per_s']:.0f}",
+                     _verdict_text(payload["vs_baseline"].get(r["row"]))
+                     if r["row"] != BASELINE else "baseline"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Rows: " + "; ".join(f"`{r['row']}` = {r['label']} (`{r['command']}`)"
+                                        for r in rows) + ".", ""]
+    verdicts = payload["vs_baseline"]
+    if verdicts:
+        within = [k for k, v in verdicts.items() if v["within_noise"]]
+        beyond = [k for k, v in verdicts.items() if v["within_noise"] is False]
+        unknown = [k for k, v in verdicts.items() if v["within_noise"] is None]
+        lines.append(f"Differences within noise ({NOISE_RULE}): "
+                     f"within: {', '.join(within) or 'none'}; beyond: "
+                     f"{', '.join(beyond) or 'none'}"
+                     + (f"; not decidable (one seed): {', '.join(unknown)}" if unknown else "")
+                     + ".")
+    else:
+        lines.append(f"Differences within noise ({NOISE_RULE}): no finished {BASELINE} runs "
+                     "to compare with.")
+    lines += ["", f"Per task: final {metric}, mean over finished seeds.", "",
+              "| row | " + " | ".join(tasks) + " |", "|" + "---|" * (len(tasks) + 1)]
+    for r in rows:
+        cells = [f"{r['task_mean'][t]:.{digits}f}" if "task_mean" in r else "-" for t in tasks]
+        lines.append(f"| {r['row']} | " + " | ".join(cells) + " |")
+    if payload.get("plot"):
+        lines += ["", f"![learning curves]({payload['plot']})", "",
+                  f"Learning curves: mean {metric} over tasks at every evaluation, mean over "
+                  "seeds ± one standard error (shaded), against the env steps of the training "
+                  "phase (CoNAL's search steps are not on this axis; STL: per-task steps × "
+                  "tasks)."]
+    if payload["unfinished"]:
+        lines += ["", "Unfinished runs (not in the table): "
+                  + ", ".join(f"`{u}`" for u in payload["unfinished"]) + "."]
+    if payload["failed"]:
+        lines += ["", "## Failed runs", ""]
+        for f in payload["failed"]:
+            lines += [f"`{f['run']}` ({f['reason']}), last lines of `{f['log']}`:", "", "```",
+                      *f["log_tail"], "```", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _nn(x) -> float:
+    return float("nan") if x is None else x
+
+
+def budget_note(budget: str, benchmark: str) -> str:
+    p, T = PRESETS[budget], num_tasks(benchmark)
+    note = (f"{p['steps_per_task']:,} steps per task, nets {'x'.join(map(str, p['hidden']))}, "
+            f"batch {p['batch_per_task']} per task, evaluation every "
+            f"{p['eval_every_per_task']:,} steps per task, {T} task{'s' * (T > 1)}")
+    if p.get("minutes"):
+        note += f", at most {p['minutes']} min of training"
+    return note
+
+
+def plot_rows(rows: list[dict], results: dict[str, list[RunResult]], metric: str,
+              benchmark: str, minutes: float, path: Path) -> bool:
+    """Mean over tasks vs env steps, one line per row (± s.e. over seeds); with a
+    wall-clock budget (``minutes`` > 0) also against training minutes."""
+    from matplotlib.figure import Figure
+
+    from conal_rl.plot import band, draw
+
+    panels = {"env_steps": []} | ({"train_minutes": []} if minutes else {})
+    for r in rows:
+        for x, bands in panels.items():
+            runs = [read_curve(res.spec.run_dir, metric, x) for res in results.get(r["row"], [])]
+            runs = [c for c in runs if len(c[0])]
+            if runs:
+                bands.append(band(r["row"], runs) if x == "env_steps"
+                             else minutes_band(r["row"], runs, minutes))
+    if not panels["env_steps"]:
+        return False
+    fig = Figure(figsize=(7.5 * len(panels), 4.5), layout="constrained")
+    ylabel = "success rate" if metric == "success" else "return"
+    for ax, (x, bands) in zip(np.atleast_1d(fig.subplots(1, len(panels))), panels.items()):
+        draw(ax, bands, f"{benchmark}: evaluation {ylabel}, mean over tasks "
+             "(shaded: ± s.e. over seeds)", metric)
+        ax.set_xlabel(AXES[x])
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize="small")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return True
+
+
+def build_report(args: argparse.Namespace, specs: list[RunSpec], failed: list[dict]) -> dict:
+    metric = "return" if args.benchmark.startswith("gym:") else "success"
+    results: dict[str, list[RunResult]] = {}
+    unfinished = []
+    for spec in specs:
+        if is_finished(spec):
+            try:
+                results.setdefault(spec.row, []).append(read_result(spec, metric))
+                continue
+            except (OSError, KeyError, ValueError, TypeError) as e:
+                unfinished.append(f"{spec.name} (unreadable: {type(e).__name__})")
+                continue
+        if spec.run_dir.exists() and not any(f["run"] == spec.name for f in failed):
+            unfinished.append(spec.name)
+    first = next((rs[0] for rs in results.values() if rs), None)
+    tasks = first.tasks if first else []
+    rows = [summarize_row(row, results.get(row, []), tasks, args.seeds, metric)
+            for row in args.archs]
+    stem = report_stem(args)
+    payload = {
+        "command": args.history[-1], "commands": args.history, "machine": args.machine,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "benchmark": args.benchmark,
+        "budget": args.budget, "budget_note": budget_note(args.budget, args.benchmark),
+        "overrides": overrides(args),
+        "runs_dir": str(specs[0].run_dir.parent) if specs else str(args.runs_dir),
+        "jobs": args.jobs, "metric": metric, "tasks": tasks,
+        "total_steps": sorted({s.target_steps for s in specs}),
+        "minutes": sorted({s.target_minutes for s in specs}),
+        "eval_episodes": _eval_episodes(results, args),
+        "noise_rule": NOISE_RULE, "rows": rows, "failed": failed, "unfinished": unfinished,
+    }
+    payload["vs_baseline"] = noise_verdicts(rows)
+    png = stem.with_suffix(".png")
+    budget_minutes = max(s.target_minutes for s in specs) if specs else 0
+    payload["plot"] = (png.name if plot_rows(rows, results, metric, args.benchmark,
+                                             budget_minutes, png) else None)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    _write_text(stem.with_suffix(".json"), json.dumps(payload, indent=2) + "\n")
+    _write_text(stem.with_suffix(".md"), markdown(payload))
+    return payload
+
+
+def report_stem(args: argparse.Namespace) -> Path:
+    return args.out_dir / f"{safe_name(args.benchmark)}-{args.budget}"
+
+
+def overrides(args: argparse.Namespace) -> dict:
+    """The flags of this call that change the budget's runs (smoke runs)."""
+    return {k: getattr(args, k) for k in PASS_THROUGH if getattr(args, k) is not None}
+
+
+def _eval_episodes(results: dict[str, list[RunResult]], args) -> int | str:
+    seen = set()
+    for rs in results.values():
+        for r in rs:
+            saved = saved_config(r.spec) or {}
+            seen.add(saved.get("eval_episodes"))
+    seen.discard(None)
+    if not seen:
+        return args.eval_episodes or PRESETS[args.budget]["eval_episodes"]
+    return seen.pop() if len(seen) == 1 else "/".join(map(str, sorted(seen)))
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -1,0 +1,226 @@
+"""The runs of the success benchmark: the rows it compares, one ``RunSpec`` per (row, seed)
+with the command that trains it, and what state a run's folder is in (finished, to resume,
+to continue, to start afresh). See ``benchmarks/success.py`` for the command line."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from conal_rl.config import TrainConfig
+
+# row name -> (module that trains it, its flags, what the table calls it). Rows whose flags
+# training does not know (yet) are refused before anything runs.
+ROWS: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "mtsac": ("conal_rl.train", ("--arch", "mtsac"), "MT-SAC (shared MLP, one-hot task id)"),
+    "mhsac": ("conal_rl.train", ("--arch", "mhsac"), "MH-SAC (shared trunk, a head per task)"),
+    "conal": ("conal_rl.train", ("--arch", "conal"), "CoNAL"),
+    "conal-nocn": ("conal_rl.train", ("--arch", "conal", "--no-conflict-noticing"),
+                   "CoNAL w/o conflict-noticing"),
+    "conal-noprivate": ("conal_rl.train", ("--arch", "conal", "--no-private"),
+                        "CoNAL w/o private modules (LTB-style search space)"),
+    "conal-rlw": ("conal_rl.train", ("--arch", "conal", "--loss-weighting", "rlw"),
+                  "CoNAL + RLW loss weighting"),
+    "conal-pcgrad": ("conal_rl.train", ("--arch", "conal", "--grad-surgery", "pcgrad"),
+                     "CoNAL + PCGrad"),
+    "mtsac-pcgrad": ("conal_rl.train", ("--arch", "mtsac", "--grad-surgery", "pcgrad"),
+                     "MT-SAC + PCGrad"),
+    "stl": ("agents.stl", (), "STL: one SB3 SAC per task"),
+}
+DEFAULT_ROWS = ("mtsac", "mhsac", "conal", "conal-nocn", "stl")
+
+
+def register_rows(rows: dict[str, tuple[str, tuple[str, ...], str]]) -> None:
+    """Add rows (same form as ROWS) for another benchmark built on this one, e.g. the
+    candidates of benchmarks.laptop_sweep."""
+    clash = set(rows) & set(ROWS)
+    if any(ROWS[name] != rows[name] for name in clash):
+        raise ValueError(f"rows {sorted(clash)} exist already with other flags")
+    ROWS.update(rows)
+
+
+PASS_THROUGH = ("total_steps", "eval_episodes", "eval_every", "warmup_steps", "minutes",
+                "search_steps")
+
+
+class UserError(Exception):
+    """A mistake on the command line: one line on stderr, exit status 2."""
+
+
+# ---- the runs ---------------------------------------------------------------------------------
+@dataclass
+class RunSpec:
+    """One (row, seed): where it lives and the command that trains it."""
+
+    row: str
+    seed: int
+    run_dir: Path
+    flags: list[str]  # every flag but --run-dir / --resume
+    given: dict  # the config fields those flags set
+    target_steps: int
+    target_minutes: float  # 0: no wall-clock budget
+    resumable: dict  # the resolved values of the flags a resume may change
+
+    @property
+    def name(self) -> str:
+        return f"{self.row}-s{self.seed}"
+
+    @property
+    def module(self) -> str:
+        return ROWS[self.row][0]
+
+    @property
+    def is_stl(self) -> bool:
+        return self.module == "agents.stl"
+
+    def command(self, mode: str, saved: dict | None = None) -> list[str]:
+        """``mode``: fresh (a new run), continue (the same command again: CoNAL continues
+        its search) or resume (``--resume``, with this benchmark's budget and evaluation
+        settings where they differ from the run's ``saved`` config: a run made by an
+        earlier, shorter call is extended to them)."""
+        base = [sys.executable, "-m", self.module]
+        if mode == "resume":
+            extra = []
+            for key, value in self.resumable.items():
+                if key not in self.given and (saved or {}).get(key) != value:
+                    if key == "minutes" and not (saved or {}).get(key) and not value:
+                        continue  # no budget either way (None or 0)
+                    extra += ["--" + key.replace("_", "-"), flag_value(value)]
+            return [*base, "--resume", str(self.run_dir), *self.flags, *extra]
+        return [*base, *self.flags, "--run-dir", str(self.run_dir)]
+
+
+def flag_value(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def parse_given(module: str, flags: list[str]) -> dict:
+    """The config fields ``flags`` set, parsed by the training CLI itself; UserError with
+    argparse's reason where it refuses them (e.g. a flag training does not have yet)."""
+    from conal_rl.config import given_arguments
+
+    if module == "agents.stl":
+        from agents.stl import STLFlags, build_parser
+        cls = STLFlags
+    else:
+        from conal_rl.train import build_parser
+        cls = TrainConfig
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            args = build_parser().parse_args(flags)
+    except SystemExit:
+        reason = err.getvalue().strip().splitlines()[-1:] or ["refused"]
+        raise UserError(f"{module} refuses {shlex.join(flags)}: {reason[0]}") from None
+    return given_arguments(args, cls)
+
+
+def num_tasks(benchmark: str) -> int:
+    return {"MT10": 10, "MT50": 50}.get(benchmark, 1)
+
+
+def safe_name(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text)
+
+
+def make_specs(args: argparse.Namespace) -> list[RunSpec]:
+    root = args.runs_dir / f"{safe_name(args.benchmark)}-{args.budget}"
+    common = ["--benchmark", args.benchmark, "--preset", args.budget, "--device", args.device,
+              "--torch-threads", "1"]
+    for flag in PASS_THROUGH[:-1]:  # --search-steps: CoNAL rows only
+        value = getattr(args, flag)
+        if value is not None:
+            common += ["--" + flag.replace("_", "-"), flag_value(value)]
+    specs = []
+    for row in args.archs:
+        module, row_flags, _ = ROWS[row]
+        extra = list(row_flags)
+        if args.search_steps is not None and "conal" in row_flags:
+            extra += ["--search-steps", str(args.search_steps)]
+        for seed in range(args.seeds):
+            flags = [*common, "--seed", str(seed), *extra]
+            given = parse_given(module, flags)
+            resolved = TrainConfig(**given).resolved(num_tasks(args.benchmark))
+            minutes = float(getattr(resolved, "minutes", None) or 0)
+            resumable = {"total_steps": resolved.total_steps,
+                         "eval_every": resolved.eval_every,
+                         "eval_episodes": resolved.eval_episodes}
+            if hasattr(resolved, "minutes"):
+                resumable["minutes"] = minutes
+            specs.append(RunSpec(row, seed, root / f"{row}-s{seed}", flags, given,
+                                 resolved.total_steps, minutes, resumable))
+    return specs
+
+
+# ---- a run's state ------------------------------------------------------------------------------
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def saved_config(spec: RunSpec) -> dict | None:
+    """The run's own configuration (config.json; stl.json's for STL; the search's while a
+    CoNAL run is still searching)."""
+    d = spec.run_dir
+    if spec.is_stl:
+        saved = read_json(d / "stl.json")
+        return saved and saved.get("config")
+    return read_json(d / "config.json") or read_json(d / "search" / "config.json")
+
+
+def config_clash(spec: RunSpec, saved: dict) -> list[str]:
+    """Fields the run was made with that differ from what this benchmark asks for (the
+    ones a resume may change are not compared)."""
+    if spec.is_stl:
+        from agents.stl import RESUMABLE
+    else:
+        from conal_rl.train import RESUMABLE_OVERRIDES as RESUMABLE
+    wanted = json.loads(json.dumps(spec.given))
+    return [f"{k} {saved.get(k)!r} (asked: {v!r})" for k, v in wanted.items()
+            if k not in RESUMABLE | {"run_dir"} and saved.get(k) != v]
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    return any(p.exists() for p in (run_dir / "checkpoints" / "latest.pt",
+                                    run_dir / "search" / "checkpoints" / "latest.pt",
+                                    run_dir / "checkpoints" / "progress.json"))
+
+
+def is_finished(spec: RunSpec) -> bool:
+    """timing.json is written when training ends normally: finished when it reached the
+    requested steps, or the --minutes budget stopped it and that budget is the one asked."""
+    timing = read_json(spec.run_dir / "timing.json")
+    if timing is None:
+        return False
+    if timing.get("env_steps", 0) >= spec.target_steps:
+        return True
+    saved = saved_config(spec) or {}
+    return (timing.get("stopped_by") == "minutes" and spec.target_minutes > 0
+            and float(saved.get("minutes") or 0) == spec.target_minutes)
+
+
+def plan(spec: RunSpec) -> tuple[str, str]:
+    """What to do with a run: ("skip" | "resume" | "continue" | "fresh" | "error", why)."""
+    d = spec.run_dir
+    if not has_checkpoint(d):
+        return "fresh", "no checkpoint" if d.exists() else "new"
+    saved = saved_config(spec)
+    if saved is not None:
+        clash = config_clash(spec, saved)
+        if clash:
+            return "error", (f"{d} holds a run of another configuration ({'; '.join(clash)}); "
+                             "remove it or use another --runs-dir")
+    if is_finished(spec):
+        return "skip", "finished"
+    own_config = d / ("stl.json" if spec.is_stl else "config.json")
+    if own_config.exists():
+        return "resume", "unfinished, from its checkpoint"
+    return "continue", "CoNAL search unfinished, from its checkpoint"
