@@ -51,7 +51,7 @@ PHASES = {"env": "floor", "mtsac": "train", "mhsac": "train", "conal-search": "s
           "conal-tree": "pruned", "sb3": "one task"}
 # Quick MT10 on 2 CPU cores: ~40 s for mtsac/mhsac, ~75 s for the pruned tree, ~160 s for
 # the search, ~200 s for SB3 (one update per env step).
-DEFAULT_STEPS = {"quick": 15_000, "paper": 2_000}
+DEFAULT_STEPS = {"quick": 15_000, "laptop": 15_000, "paper": 2_000}
 TARGET = 1.15
 
 
@@ -204,7 +204,8 @@ def parse_args(argv):
     parser.add_argument("--preset", default="quick", choices=tuple(PRESETS))
     parser.add_argument("--steps", type=int, default=None,
                         help="env steps per row, summed over tasks (default: quick "
-                        f"{DEFAULT_STEPS['quick']}, paper {DEFAULT_STEPS['paper']})")
+                        f"{DEFAULT_STEPS['quick']}, laptop {DEFAULT_STEPS['laptop']}, paper "
+                        f"{DEFAULT_STEPS['paper']})")
     parser.add_argument("--archs", default=",".join(ROWS),
                         help=f"comma-separated rows to run, of {','.join(ROWS)}")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
@@ -215,6 +216,9 @@ def parse_args(argv):
                         help="hidden widths, e.g. 8,8 (default: the preset's)")
     parser.add_argument("--sb3-task", default=None, help="the sb3 row's one-task benchmark "
                         "(default: MT1:reach-v3 for Meta-World, else the benchmark itself)")
+    parser.add_argument("--torch-threads", type=int, default=1,
+                        help="CPU threads for torch, as training's --torch-threads (default: "
+                        "%(default)s); 2 measures one run using both cores of a 2-core laptop")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None,
                         help="results JSON (default: benchmarks/results/speed-<device>.json)")
@@ -226,6 +230,8 @@ def parse_args(argv):
         parser.error(f"unknown --archs {sorted(unknown)}; valid: {','.join(ROWS)}")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but no CUDA device is available")
+    if args.torch_threads < 1:
+        parser.error("--torch-threads must be at least 1")
     args.steps = args.steps or DEFAULT_STEPS[args.preset]
     args.out = args.out or Path(f"benchmarks/results/speed-{args.device}.json")
     return args
@@ -241,7 +247,7 @@ def main(argv: list[str] | None = None) -> dict:
                        device=args.device, seed=args.seed, eval_every=0,
                        vector_strategy=args.vector_strategy,
                        checkpoint_every=10 * args.steps, warmup_steps=10 * T,
-                       **given).resolved(T)
+                       torch_threads=args.torch_threads, **given).resolved(T)
     torch.set_num_threads(base.torch_threads)  # as the Trainer does; recorded in machine()
     sb3_task = args.sb3_task or ("MT1:reach-v3" if bench.is_metaworld else args.benchmark)
     sb3_config = replace(base, benchmark=sb3_task,
@@ -255,6 +261,8 @@ def main(argv: list[str] | None = None) -> dict:
         key = f"{args.benchmark}/{args.preset}/{name}"
         if args.vector_strategy != "sync" and name != "sb3":
             key += f"/{args.vector_strategy}"
+        if args.torch_threads != 1 and name != "env":
+            key += f"/threads{args.torch_threads}"
         if not args.force and any(r["key"] == key for r in payload["rows"]):
             print(f"{key}: already in {args.out}, skipped (--force reruns it)")
             continue
