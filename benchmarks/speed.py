@@ -159,13 +159,13 @@ def machine(device: str) -> dict:
     return info
 
 
-HEADER = ("benchmark", "preset", "architecture", "phase", "envs", "env-steps/s", "updates/s",
-          "env s", "update s", "wall s", "overhead", "load")
+HEADER = ("benchmark", "preset", "architecture", "phase", "envs", "torch threads", "env-steps/s",
+          "updates/s", "env s", "update s", "wall s", "overhead", "load")
 
 
 def table_cells(row: dict) -> tuple:
     return (row["benchmark"], row["preset"], row["arch"], row["phase"],
-            row.get("vector_strategy", "sync"),
+            row.get("vector_strategy", "sync"), str(row.get("torch_threads", 1)),
             f"{row['env_steps_per_s']:.0f}", f"{row['updates_per_s']:.1f}",
             f"{row['env_s']:.1f}", f"{row['update_s']:.1f}", f"{row['wall_s']:.1f}",
             f"{row['overhead']:.3f}",
@@ -182,8 +182,7 @@ def markdown(payload: dict) -> str:
     m = payload["machine"]
     lines = [f"# End-to-end training speed ({m['device']})", "",
              f"{m['platform']}, {m['cpu_count']} CPUs, {m.get('gpu', 'no GPU')}, "
-             f"torch {m['torch']} "
-             f"({m['torch_threads']} thread). Overhead = wall / (env s + update s), target "
+             f"torch {m['torch']}. Overhead = wall / (env s + update s), target "
              f"<= {TARGET}. Load: 1-min load average at the row's start -> end.", "",
              "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(table_cells(r)) + " |" for r in payload["rows"]]
@@ -277,7 +276,7 @@ def main(argv: list[str] | None = None) -> dict:
         row = {"key": key, "benchmark": args.benchmark, "preset": args.preset, "arch": name,
                "phase": PHASES[name], "device": args.device, "hidden": list(base.hidden),
                "vector_strategy": "sync" if name == "sb3" else args.vector_strategy,
-               "batch_per_task": base.batch_per_task, **row,
+               "batch_per_task": base.batch_per_task, "torch_threads": base.torch_threads, **row,
                "load_average_start": load_start, "load_average_end": load_average(),
                "time": time.strftime("%Y-%m-%d %H:%M:%S")}
         payload["rows"] = [r for r in payload["rows"] if r["key"] != key] + [row]

@@ -34,9 +34,10 @@ PRESETS = {
                   eval_episodes=5, checkpoint_every_per_task=5_000,
                   search_per_task=3_000, arch_lr=1e-3, minutes=None),
     # "laptop": one hour of training on 2 CPU cores (--minutes binds, the step budget is
-    # only a ceiling). Its nets and batch are being chosen with benchmarks/laptop_sweep.py
-    # (benchmarks/results/laptop-sweep/: the candidates and their measured curves); until
-    # the sweep's 60-minute runs are done they are quick's.
+    # only a ceiling). Nets and batch chosen by benchmarks/laptop_sweep.py (results in
+    # benchmarks/results/laptop-sweep/): after 60 minutes 3x128 with 32 per task and 3x256
+    # with 64 per task end within noise (0.20 and 0.22), but 3x128 takes 2.3x the env steps
+    # and leads from 20 minutes on (0.26 mean of its evaluations past 30 minutes vs 0.24).
     "laptop": dict(steps_per_task=1_000_000, hidden=(128, 128, 128), batch_per_task=32,
                    replay_per_task=100_000, warmup_per_task=500, eval_every_per_task=15_000,
                    eval_episodes=10, checkpoint_every_per_task=15_000,
@@ -56,8 +57,8 @@ class TrainConfig:
                                   "--arch tree")
     preset: str = _f("paper", "default sizes and budgets: paper (3x400 nets, 2M steps per "
                      "task), quick (small nets, 10k steps per task: a ~10 min CPU smoke run "
-                     "on MT10) or laptop (60 minutes of training on 2 CPU cores; see "
-                     "benchmarks/results/laptop-sweep/ for how its settings compare)",
+                     "on MT10) or laptop (60 minutes of training on 2 CPU cores, 3x128 nets, "
+                     "32 per task: the best of benchmarks/results/laptop-sweep/)",
                      choices=tuple(PRESETS))
     total_steps: int | None = _f(PRESET, "env steps in all, summed over tasks (default: the "
                                  "preset's steps per task x number of tasks)")
