@@ -286,10 +286,12 @@ def markdown(payload: dict) -> str:
                   f"Learning curves: mean {metric} over tasks at every evaluation, mean over "
                   "seeds ± one standard error (shaded), against the env steps of the training "
                   "phase (CoNAL's search steps are not on this axis; STL: per-task steps × "
-                  "tasks)."]
+                  "tasks)"
+                  + ("; and against training minutes, each run read at its latest evaluation "
+                     "by then (CoNAL's search counts)." if any(payload["minutes"]) else ".")]
     if payload["unfinished"]:
         lines += ["", "Unfinished runs (not in the table): "
-                  + ", ".join(f"`{u}`" for u in payload["unfinished"]) + "."]
+                  + "; ".join(payload["unfinished"]) + "."]
     if payload["failed"]:
         lines += ["", "## Failed runs", ""]
         for f in payload["failed"]:
@@ -343,6 +345,17 @@ def plot_rows(rows: list[dict], results: dict[str, list[RunResult]], metric: str
     return True
 
 
+def progress(spec: RunSpec) -> str:
+    """Where an unfinished run stands, from its latest evaluation ("" before the first)."""
+    latest = read_json(spec.run_dir / "eval_latest.json")
+    if not latest:
+        return ""
+    value = latest.get("mean_success")
+    shown = "" if value is None or math.isnan(value) else f", success {value:.2f}"
+    return (f" (last evaluated at {latest['env_steps']:,} env steps, "
+            f"{latest.get('train_minutes', math.nan):.1f} training min{shown})")
+
+
 def build_report(args: argparse.Namespace, specs: list[RunSpec], failed: list[dict]) -> dict:
     metric = "return" if args.benchmark.startswith("gym:") else "success"
     results: dict[str, list[RunResult]] = {}
@@ -356,7 +369,7 @@ def build_report(args: argparse.Namespace, specs: list[RunSpec], failed: list[di
                 unfinished.append(f"{spec.name} (unreadable: {type(e).__name__})")
                 continue
         if spec.run_dir.exists() and not any(f["run"] == spec.name for f in failed):
-            unfinished.append(spec.name)
+            unfinished.append(spec.name + progress(spec))
     first = next((rs[0] for rs in results.values() if rs), None)
     tasks = first.tasks if first else []
     rows = [summarize_row(row, results.get(row, []), tasks, args.seeds, metric)

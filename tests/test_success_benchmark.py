@@ -219,3 +219,13 @@ def test_bad_row_from_the_command_line(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         f"{success.PROG}: error: unknown row 'nope' in --archs; valid: "
         + ", ".join(success.ROWS)]
+
+
+def test_an_unfinished_run_is_listed_with_where_it_stands(tmp_path):
+    spec = _specs(tmp_path, "--archs", "mtsac", "--seeds", "1")["mtsac-s0"]
+    assert success_report.progress(spec) == ""  # not evaluated yet
+    spec.run_dir.mkdir(parents=True)
+    (spec.run_dir / "eval_latest.json").write_text(json.dumps(
+        {"env_steps": 150000, "train_minutes": 9.53, "mean_success": 0.3, "tasks": []}))
+    assert success_report.progress(spec) == \
+        " (last evaluated at 150,000 env steps, 9.5 training min, success 0.30)"
