@@ -131,8 +131,10 @@ def safe_name(text: str) -> str:
 
 def make_specs(args: argparse.Namespace) -> list[RunSpec]:
     root = args.runs_dir / f"{safe_name(args.benchmark)}-{args.budget}"
+    # --save-replay: a run stopped and resumed (a session's end, Ctrl-C) goes on with its
+    # replay buffer, as if never stopped, instead of refilling an empty one.
     common = ["--benchmark", args.benchmark, "--preset", args.budget, "--device", args.device,
-              "--torch-threads", "1"]
+              "--torch-threads", "1", "--save-replay"]
     for flag in PASS_THROUGH[:-1]:  # --search-steps: CoNAL rows only
         value = getattr(args, flag)
         if value is not None:

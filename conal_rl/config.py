@@ -152,7 +152,7 @@ class TrainConfig:
         for k, v in per_task.items():
             if values[k] is None:
                 values[k] = v * num_tasks
-        for k in ("hidden", "batch_per_task", "eval_episodes", "arch_lr"):
+        for k in ("hidden", "batch_per_task", "eval_episodes", "arch_lr", "minutes"):
             if values[k] is None:
                 values[k] = p[k]
         if values["search_warmup_steps"] is None:

@@ -170,3 +170,12 @@ def test_minutes_budget_stops_the_run_and_counts_over_resumes(tmp_path):
     main(["--resume", str(run), "--minutes", str(2 * budget_min)])
     timing = json.loads((run / "timing.json").read_text())
     assert timing["env_steps"] > steps and 6.0 <= timing["train_wall"] < 6.0 + 3.0
+
+
+def test_the_laptop_preset_brings_its_minutes_budget_and_a_flag_overrides_it():
+    from conal_rl.config import TrainConfig
+
+    assert TrainConfig(preset="laptop").resolved(10).minutes == 60
+    assert TrainConfig(preset="laptop", minutes=0).resolved(10).minutes == 0  # no limit
+    assert TrainConfig(preset="laptop", minutes=5).resolved(10).minutes == 5
+    assert TrainConfig(preset="quick").resolved(10).minutes is None
