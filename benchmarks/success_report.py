@@ -274,8 +274,10 @@ def markdown(payload: dict) -> str:
                      + (f"; not decidable (one seed): {', '.join(unknown)}" if unknown else "")
                      + ".")
     else:
-        lines.append(f"Differences within noise ({NOISE_RULE}): no finished {BASELINE} runs "
-                     "to compare with.")
+        has_base = any(r["row"] == BASELINE and "mean" in r for r in rows)
+        lines.append(f"Differences within noise ({NOISE_RULE}): "
+                     + ("no other row has finished runs yet." if has_base else
+                        f"no finished {BASELINE} runs to compare with."))
     lines += ["", f"Per task: final {metric}, mean over finished seeds.", "",
               "| row | " + " | ".join(tasks) + " |", "|" + "---|" * (len(tasks) + 1)]
     for r in rows:
