@@ -7,10 +7,11 @@
 
 Every (row, seed) is one training run in ``RUNS_DIR/<benchmark>-<budget>/<row>-s<seed>``,
 trained in a subprocess (``python -m conal_rl.train`` or, for ``stl``, ``python -m
-agents.stl``) with ``--preset BUDGET --torch-threads 1``, its output appended to
-``train.log`` there. The report ``OUT_DIR/<benchmark>-<budget>.md`` (+ ``.json``, ``.png``)
-is rewritten after every run that ends, so stopping the benchmark loses at most the runs
-in flight; calling it again skips finished runs and continues the others.
+agents.stl``) with ``--preset BUDGET --torch-threads 1 --save-replay``, its output
+appended to ``train.log`` there. The report ``OUT_DIR/<benchmark>-<budget>.md`` (+ ``.json``,
+``.png``) is rewritten after every run that ends. Stopping the benchmark stops the runs in
+flight at a checkpoint (replay included); calling it again skips finished runs and
+continues the others where they stopped.
 
 A run is finished when its ``timing.json`` (written only when training ends normally)
 says it reached the requested total steps, or that the ``--minutes`` budget stopped it
