@@ -23,7 +23,8 @@ AXES = {"env_steps": "env steps (all tasks; training phase)",
 MARK_GRACE = 0.1
 
 
-def _float(x) -> float:
+def as_float(x) -> float:
+    """A stored value as a float: nan where it is missing (None in JSON, "" in CSV)."""
     return float("nan") if x in (None, "") else float(x)
 
 
@@ -40,8 +41,8 @@ def read_curve(run_dir: Path, metric: str = "success",
         for row in csv.DictReader(f):
             step = int(row["env_steps"])
             _, tasks = by_step.setdefault(step, (0.0, {}))
-            tasks[row["task"]] = _float(row[metric])
-            by_step[step] = (_float(row[x]), tasks)
+            tasks[row["task"]] = as_float(row[metric])
+            by_step[step] = (as_float(row[x]), tasks)
     steps = sorted(by_step)
     return (np.array([by_step[s][0] for s in steps]),
             np.array([np.mean(list(by_step[s][1].values())) for s in steps]))

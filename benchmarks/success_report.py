@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.curves import AXES, minutes_band, read_curve
+from benchmarks.curves import AXES, as_float, minutes_band, read_curve
 from benchmarks.success_runs import (
     PASS_THROUGH,
     ROWS,
@@ -92,7 +92,7 @@ def read_result(spec: RunSpec, metric: str) -> RunResult:
     timing = json.loads((d / "timing.json").read_text())
     search = read_json(d / "search" / "timing.json") or {}
     tasks = [t["task"] for t in latest["tasks"]]
-    values = {t["task"]: _float(t[metric]) for t in latest["tasks"]}
+    values = {t["task"]: as_float(t[metric]) for t in latest["tasks"]}
     extra = {}
     arch = read_json(d / "architecture.json")
     if arch and "parameters" in arch.get("actor", {}):  # CoNAL: the search's own counts
@@ -104,9 +104,6 @@ def read_result(spec: RunSpec, metric: str) -> RunResult:
                      float(search.get("train_wall", 0.0)), timing.get("stopped_by", "steps"),
                      count_parameters(spec), extra | {"eval_env_steps": latest["env_steps"]})
 
-
-def _float(x) -> float:
-    return float("nan") if x is None else float(x)
 
 
 # ---- the report ---------------------------------------------------------------------------------
