@@ -140,12 +140,14 @@ def make_specs(args: argparse.Namespace) -> list[RunSpec]:
         if value is not None:
             common += ["--" + flag.replace("_", "-"), flag_value(value)]
     specs = []
-    for row in args.archs:
-        module, row_flags, _ = ROWS[row]
-        extra = list(row_flags)
-        if args.search_steps is not None and "conal" in row_flags:
-            extra += ["--search-steps", str(args.search_steps)]
-        for seed in range(args.seeds):
+    # Seed-major order: a table stopped part-way (a session's end) has every row's first seeds
+    # rather than all seeds of the first rows and nothing of the last.
+    for seed in range(args.seeds):
+        for row in args.archs:
+            module, row_flags, _ = ROWS[row]
+            extra = list(row_flags)
+            if args.search_steps is not None and "conal" in row_flags:
+                extra += ["--search-steps", str(args.search_steps)]
             flags = [*common, "--seed", str(seed), *extra]
             given = parse_given(module, flags)
             resolved = TrainConfig(**given).resolved(num_tasks(args.benchmark))

@@ -108,6 +108,11 @@ def _specs(tmp_path, *extra):
     return {s.name: s for s in success.make_specs(args)}
 
 
+def test_runs_go_seed_by_seed_so_a_stopped_table_has_every_row(tmp_path):
+    names = list(_specs(tmp_path, "--archs", "mtsac,conal", "--seeds", "2"))
+    assert names == ["mtsac-s0", "conal-s0", "mtsac-s1", "conal-s1"]
+
+
 def _save_config(path, spec, **changes):
     path.parent.mkdir(parents=True, exist_ok=True)
     config = TrainConfig(**spec.given).resolved(1)
