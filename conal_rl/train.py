@@ -302,7 +302,8 @@ class Trainer:
     def _show_progress(self, bar: tqdm) -> None:
         postfix = dict(self.speed)
         if self.config.minutes:  # the budget that will stop the run, in its own units
-            postfix["min"] = f"{self.train_seconds() / 60:.1f}/{self.config.minutes:g}"
+            spent_min = (self.spent_s + self.train_seconds()) / 60  # CoNAL: search included
+            postfix["min"] = f"{spent_min:.1f}/{self.config.minutes:g}"
         if self.last_eval is not None:
             if self.bench.is_metaworld:
                 postfix["success"] = f"{self.last_eval.mean_success:.2f}"
