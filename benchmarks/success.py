@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from benchmarks.curves import as_float
 from benchmarks.success_report import build_report, fmt_wall, machine, report_stem
 from benchmarks.success_runs import (
     DEFAULT_ROWS,
@@ -174,9 +175,8 @@ def _report_end(r: _Running, failed: list[dict]) -> None:
     spec, rc, took = r.spec, r.proc.returncode, time.perf_counter() - r.start
     if rc == 0 and is_finished(spec):
         latest = read_json(spec.run_dir / "eval_latest.json") or {}
-        value = latest.get("mean_success")
-        shown = f", mean success {value:.2f}" if isinstance(value, float) and not \
-            math.isnan(value) else ""
+        value = as_float(latest.get("mean_success"))
+        shown = "" if math.isnan(value) else f", mean success {value:.2f}"
         tqdm.write(f"{spec.name}: done in {fmt_wall(took)}{shown}")
         return
     reason = f"exit status {rc}" if rc else "ended without finishing"

@@ -105,7 +105,6 @@ def read_result(spec: RunSpec, metric: str) -> RunResult:
                      count_parameters(spec), extra | {"eval_env_steps": latest["env_steps"]})
 
 
-
 # ---- the report ---------------------------------------------------------------------------------
 def machine(device: str) -> dict:
     resolved = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
@@ -349,8 +348,8 @@ def progress(spec: RunSpec) -> str:
     latest = read_json(spec.run_dir / "eval_latest.json")
     if not latest:
         return ""
-    value = latest.get("mean_success")
-    shown = "" if value is None or math.isnan(value) else f", success {value:.2f}"
+    value = as_float(latest.get("mean_success"))
+    shown = "" if math.isnan(value) else f", success {value:.2f}"
     return (f" (last evaluated at {latest['env_steps']:,} env steps, "
             f"{latest.get('train_minutes', math.nan):.1f} training min{shown})")
 
