@@ -34,6 +34,11 @@ class GradientFilter(Protocol):
     def apply(self) -> object: ...  # after backward, before the optimizer step
 
 
+FilterFactory = Callable[[str, "nn.Module | dict[str, nn.Module]"], GradientFilter]
+"""``make_filter(role, nets)``: the gradient filter of one loss's networks: the actor's
+trunk, or the twin critics as ``{"q1": ..., "q2": ...}`` (their losses are one loss)."""
+
+
 class _NoFilter:
     def record(self) -> AbstractContextManager:
         return nullcontext()
@@ -111,7 +116,7 @@ class MultiTaskSAC(nn.Module):
     """Networks and temperatures (the module's state) plus their optimizers."""
 
     def __init__(self, make_net: NetFactory, num_tasks: int, obs_dim: int, act_dim: int,
-                 config: SACConfig = SACConfig()):
+                 config: SACConfig = SACConfig(), make_filter: FilterFactory | None = None):
         super().__init__()
         self.config, self.num_tasks, self.act_dim = config, num_tasks, act_dim
         self.actor = Actor(make_net("actor", obs_dim, 2 * act_dim), act_dim)
@@ -126,10 +131,13 @@ class MultiTaskSAC(nn.Module):
         self.critic_optim = torch.optim.Adam(weight_parameters(self.critic), lr=config.critic_lr)
         self.temperature_optim = torch.optim.Adam([self.log_temperature],
                                                   lr=config.temperature_lr)
-        self.gradient_filters: dict[str, GradientFilter] = {}
-        """Optional per network ("actor", "critic"): something that watches the forward of
-        that network's loss and then edits its gradients before the optimizer step (e.g.
-        CoNAL's conflict-noticing). The agent only calls record() and apply()."""
+        self.gradient_filters: dict[str, GradientFilter] = {} if make_filter is None else {
+            "actor": make_filter("actor", self.actor.net),
+            "critic": make_filter("critic", {"q1": self.critic.q1, "q2": self.critic.q2})}
+        """Per network ("actor", "critic"), from ``make_filter``: something that watches the
+        forward of that network's loss and then edits its gradients before the optimizer
+        step (e.g. CoNAL's conflict-noticing, PCGrad). The agent only calls record() and
+        apply()."""
 
     @property
     def temperature(self) -> Tensor:

@@ -13,19 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
-from conal_rl.aggregate import mean_se
-from conal_rl.plot import Band
+from conal_rl.analysis.aggregate import mean_se
+from conal_rl.analysis.curves import Band
+from conal_rl.common import as_float
 
 AXES = {"env_steps": "env steps (all tasks; training phase)",
         "train_minutes": "training minutes (evaluation excluded)"}
 # A minutes-bound run stops at the first env step past its budget and evaluates there, a
 # few seconds late: a grid point within this many minutes before an evaluation reads it.
 MARK_GRACE = 0.1
-
-
-def as_float(x) -> float:
-    """A stored value as a float: nan where it is missing (None in JSON, "" in CSV)."""
-    return float("nan") if x in (None, "") else float(x)
 
 
 def read_curve(run_dir: Path, metric: str = "success",

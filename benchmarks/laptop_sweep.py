@@ -29,8 +29,8 @@ from matplotlib.figure import Figure
 from benchmarks import success
 from benchmarks.curves import AXES, minutes_band, read_curve, value_at
 from benchmarks.success_runs import register_rows
-from conal_rl.aggregate import mean_se
-from conal_rl.plot import draw
+from conal_rl.analysis.aggregate import mean_se
+from conal_rl.analysis.curves import draw
 
 PROG = "python -m benchmarks.laptop_sweep"
 BENCHMARK, BUDGET = "MT10", "laptop"

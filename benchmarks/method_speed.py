@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -30,9 +29,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from conal_rl.conflict import ConflictNoticing, gram_by_separate_backwards
-from conal_rl.supernet import SuperNet, reference_forward
-from conal_rl.tree import TreeNet, TreeSpec
+from conal_rl.common import machine
+from conal_rl.method import ConflictNoticing, SuperNet, TreeNet, TreeSpec
+from conal_rl.method.reference import gram_by_separate_backwards, reference_forward
 
 T, HIDDEN, IN, OUT, B = 10, (400, 400, 400), 39, 8, 128
 MIXED_BRANCH_POINTS = (0, 1, 2, 3, 3, 3, 2, 1, 0, 3)
@@ -173,17 +172,6 @@ def row(case: str, ours: float, baseline: float, target: str) -> dict:
             "target": target}
 
 
-def machine(device: torch.device) -> dict:
-    info = {"platform": platform.platform(), "processor": platform.processor(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "load_average_1_5_15min": os.getloadavg(),
-            "python": sys.version.split()[0], "torch": torch.__version__,
-            "device": str(device)}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -212,7 +200,8 @@ def main(argv=None) -> int:
               f"{r['ratio']:6.2f}x  {r['target']}")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"machine": machine(device) | {"load_average_at_start": load_before},
+        payload = {"machine": machine(device) | {"load_average_1_5_15min": os.getloadavg(),
+                                                "load_average_at_start": load_before},
                    "repeats": args.repeats,
                    "sizes": {"tasks": T, "hidden": HIDDEN, "in": IN, "out": OUT,
                              "per_task_batch": B, "tree_branch_points": MIXED_BRANCH_POINTS},

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -39,11 +38,12 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from conal_rl.architectures import tree_factory, tree_specs
-from conal_rl.conal_sac import SearchSettings, supernet_factory
-from conal_rl.config import PRESETS, TrainConfig
-from conal_rl.train import Trainer
-from conal_rl.tree import TreeSpec
+from conal_rl.common import machine
+from conal_rl.method import TreeSpec
+from conal_rl.training.conal_search import ConalSearch
+from conal_rl.training.config import PRESETS, TrainConfig
+from conal_rl.training.nets import tree_factory, tree_specs
+from conal_rl.training.trainer import Trainer
 from envs import Benchmark, make_benchmark
 
 ROWS = ("env", "mtsac", "mhsac", "conal-search", "conal-tree", "sb3")
@@ -62,11 +62,10 @@ def load_average() -> float:
 def trainer_row(arch: str, config: TrainConfig, bench: Benchmark) -> dict:
     """Run a real Trainer for ``config.total_steps`` and read its timers."""
     T = bench.num_tasks
-    search = None
     if arch == "conal-search":
-        # warmup_steps=0: the arch step and conflict-noticing run in every update.
-        search = SearchSettings(hidden=config.hidden, arch_lr=config.arch_lr, warmup_steps=0,
-                                total_steps=config.total_steps)
+        # search_warmup_steps=0: the arch step and conflict-noticing run in every update.
+        config = replace(config, arch="conal", search_steps=config.total_steps,
+                         search_warmup_steps=0)
     elif arch == "conal-tree":
         P = len(config.hidden)
         spec = TreeSpec(config.hidden, [t % (P + 1) for t in range(T)], bench.task_names)
@@ -78,9 +77,12 @@ def trainer_row(arch: str, config: TrainConfig, bench: Benchmark) -> dict:
     warmup = replace(config, total_steps=config.warmup_steps + 20 * T)
     for cfg in (warmup, config):
         with tempfile.TemporaryDirectory() as run_dir:
-            # A fresh factory per Trainer: supernet_factory's nets share their alpha.
-            make_net = supernet_factory(search, T) if search else tree_factory(specs)
-            trainer = Trainer(cfg, Path(run_dir), bench, make_net, search=search)
+            if arch == "conal-search":  # a fresh search per Trainer: it owns its nets
+                search = ConalSearch(cfg.search(), bench.task_names)
+                trainer = Trainer(cfg, Path(run_dir), bench, search.make_net,
+                                  search.make_filter, search, cfg.sac(searching=True))
+            else:
+                trainer = Trainer(cfg, Path(run_dir), bench, tree_factory(specs))
             trainer.run(final_eval=False)
     # train_wall: the Trainer's own clock, less evaluation, checkpoints and videos.
     t = trainer.timers
@@ -149,16 +151,6 @@ def measures(env_steps: int, updates: int, env_s: float, update_s: float, wall_s
 
 
 # ---- output ---------------------------------------------------------------------------------
-def machine(device: str) -> dict:
-    info = {"platform": platform.platform(), "processor": platform.processor(),
-            "cpu_count": os.cpu_count(), "python": sys.version.split()[0],
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "device": device}
-    if device == "cuda":
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
-
-
 HEADER = ("benchmark", "preset", "architecture", "phase", "envs", "torch threads", "env-steps/s",
           "updates/s", "env s", "update s", "wall s", "overhead", "load")
 
@@ -246,7 +238,7 @@ def main(argv: list[str] | None = None) -> dict:
                        device=args.device, seed=args.seed, eval_every=0,
                        vector_strategy=args.vector_strategy,
                        checkpoint_every=10 * args.steps, warmup_steps=10 * T,
-                       torch_threads=args.torch_threads, **given).resolved(T)
+                       torch_threads=args.torch_threads, **given)
     torch.set_num_threads(base.torch_threads)  # as the Trainer does; recorded in machine()
     sb3_task = args.sb3_task or ("MT1:reach-v3" if bench.is_metaworld else args.benchmark)
     sb3_config = replace(base, benchmark=sb3_task,

@@ -39,11 +39,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
-from benchmarks.curves import as_float
-from benchmarks.success_report import build_report, fmt_wall, machine, report_stem
+from benchmarks.success_report import build_report, fmt_wall, report_stem
 from benchmarks.success_runs import (
     DEFAULT_ROWS,
     ROWS,
@@ -55,7 +53,8 @@ from benchmarks.success_runs import (
     read_json,
     saved_config,
 )
-from conal_rl.config import PRESETS, TrainConfig
+from conal_rl.common import as_float, machine, resolve_device, run_cli
+from conal_rl.training.config import PRESETS
 
 PROG = "python -m benchmarks.success"
 LOG_TAIL = 15  # lines of a failed run's train.log shown in the report
@@ -216,8 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=int, default=3,
                         help="seeds 0..N-1 per row (default: %(default)s)")
     parser.add_argument("--budget", default="laptop",
-                        help="the training preset of every run, one of conal_rl.config.PRESETS "
-                        f"({', '.join(PRESETS)}; default: %(default)s, the CPU comparison: "
+                        help="the training preset of every run, one of conal_rl.training.config."
+                        f"PRESETS ({', '.join(PRESETS)}; default: %(default)s, the CPU comparison: "
                         "60 training minutes per run; quick is a smoke run that learns little, "
                         "paper the GPU-box comparison)")
     parser.add_argument("--jobs", type=int, default=1,
@@ -273,19 +272,14 @@ def check_args(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and value < 0:
             raise UserError(f"--{name.replace('_', '-')} must not be negative, got {value}")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda requested but CUDA is not available on this machine")
+    resolve_device(args.device)
     try:
         check_benchmark_name(args.benchmark)
     except UnknownBenchmark as e:
         raise UserError(str(e)) from None
-    if args.minutes is not None and "minutes" not in TrainConfig.__dataclass_fields__:
-        raise UserError("--minutes: training has no wall-clock budget in this version")
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from conal_rl.evaluate import run_cli
-
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
 

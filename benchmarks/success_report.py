@@ -8,28 +8,26 @@ import argparse
 import json
 import math
 import os
-import platform
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from benchmarks.curves import AXES, as_float, minutes_band, read_curve
+from benchmarks.curves import AXES, minutes_band, read_curve
 from benchmarks.success_runs import (
     PASS_THROUGH,
     ROWS,
     RunSpec,
     flag_value,
     is_finished,
-    num_tasks,
     read_json,
     safe_name,
     saved_config,
 )
-from conal_rl.config import PRESETS
+from conal_rl.common import as_float, finite_or_none
+from conal_rl.training.config import PRESETS
+from envs import num_tasks
 
 BASELINE = "mtsac"  # the row every other is compared with
 MIN_IQM_RUNS = 3  # the IQM and its bootstrap interval are shown from this many runs on
@@ -74,7 +72,7 @@ def count_parameters(spec: RunSpec) -> dict[str, int]:
     the targets), counted from the final checkpoint; STL: its stl.json (all tasks' nets)."""
     if spec.is_stl:
         return dict(read_json(spec.run_dir / "stl.json")["parameters"])
-    from conal_rl import checkpoint
+    from conal_rl.training import checkpoint
 
     path = spec.run_dir / "checkpoints" / "latest.pt"
     key = (str(path), path.stat().st_mtime)
@@ -106,16 +104,6 @@ def read_result(spec: RunSpec, metric: str) -> RunResult:
 
 
 # ---- the report ---------------------------------------------------------------------------------
-def machine(device: str) -> dict:
-    resolved = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    info = {"platform": platform.platform(), "processor": platform.processor(),
-            "cpu_count": os.cpu_count(), "python": sys.version.split()[0],
-            "torch": torch.__version__, "device": resolved}
-    if resolved == "cuda":
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
-
-
 def fmt_wall(seconds: float) -> str:
     if math.isnan(seconds):
         return "-"
@@ -139,7 +127,7 @@ def _cell(mean: float, se: float, digits: int) -> str:
 
 def summarize_row(row: str, results: list[RunResult], tasks: list[str], seeds: int,
                   metric: str) -> dict:
-    from conal_rl.aggregate import summarize
+    from conal_rl.analysis.aggregate import summarize
 
     entry = {"row": row, "label": ROWS[row][2],
              "command": " ".join(["python -m", ROWS[row][0], *ROWS[row][1]]),
@@ -151,11 +139,11 @@ def summarize_row(row: str, results: list[RunResult], tasks: list[str], seeds: i
     s = summarize(scores, tasks)
     wall = np.array([r.wall for r in results])
     entry.update({
-        "mean": s.mean, "se": _nan_none(s.se),
+        "mean": s.mean, "se": finite_or_none(s.se),
         "iqm": s.iqm if len(results) >= MIN_IQM_RUNS else None,
-        "iqm_ci": [_nan_none(x) for x in s.iqm_ci] if len(results) >= MIN_IQM_RUNS else None,
+        "iqm_ci": [finite_or_none(x) for x in s.iqm_ci] if len(results) >= MIN_IQM_RUNS else None,
         "task_mean": dict(zip(tasks, map(float, s.task_mean))),
-        "task_se": dict(zip(tasks, map(_nan_none, s.task_se))),
+        "task_se": dict(zip(tasks, map(finite_or_none, s.task_se))),
         "env_steps": [r.env_steps for r in results],
         "search_env_steps": [r.search_env_steps for r in results],
         "parameters": {role: [r.parameters[role] for r in results]
@@ -168,14 +156,9 @@ def summarize_row(row: str, results: list[RunResult], tasks: list[str], seeds: i
     return entry
 
 
-def _nan_none(x) -> float | None:
-    x = float(x)
-    return None if math.isnan(x) else x
-
-
 def _run_json(r: RunResult) -> dict:
     return {"seed": r.spec.seed, "run_dir": str(r.spec.run_dir), "mean": r.mean,
-            "tasks": {t: _nan_none(v) for t, v in r.values.items()},
+            "tasks": {t: finite_or_none(v) for t, v in r.values.items()},
             "env_steps": r.env_steps, "search_env_steps": r.search_env_steps,
             "train_wall_s": r.train_wall, "search_wall_s": r.search_wall,
             "env_steps_per_s": r.steps_per_s, "stopped_by": r.stopped_by,
@@ -318,7 +301,7 @@ def plot_rows(rows: list[dict], results: dict[str, list[RunResult]], metric: str
     wall-clock budget (``minutes`` > 0) also against training minutes."""
     from matplotlib.figure import Figure
 
-    from conal_rl.plot import band, draw
+    from conal_rl.analysis.curves import band, draw
 
     panels = {"env_steps": []} | ({"train_minutes": []} if minutes else {})
     for r in rows:

@@ -13,7 +13,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from conal_rl.config import TrainConfig
+from conal_rl.common import UserError
+from conal_rl.training.config import TrainConfig
 
 # row name -> (module that trains it, its flags, what the table calls it). Rows whose flags
 # training does not know (yet) are refused before anything runs.
@@ -31,7 +32,7 @@ ROWS: dict[str, tuple[str, tuple[str, ...], str]] = {
                      "CoNAL + PCGrad"),
     "mtsac-pcgrad": ("conal_rl.train", ("--arch", "mtsac", "--grad-surgery", "pcgrad"),
                      "MT-SAC + PCGrad"),
-    "stl": ("agents.stl", (), "STL: one SB3 SAC per task"),
+    "stl": ("conal_rl.stl", (), "STL: one SB3 SAC per task"),
 }
 DEFAULT_ROWS = ("mtsac", "mhsac", "conal", "conal-nocn", "stl")
 
@@ -47,10 +48,6 @@ def register_rows(rows: dict[str, tuple[str, tuple[str, ...], str]]) -> None:
 
 PASS_THROUGH = ("total_steps", "eval_episodes", "eval_every", "warmup_steps", "minutes",
                 "search_steps")
-
-
-class UserError(Exception):
-    """A mistake on the command line: one line on stderr, exit status 2."""
 
 
 # ---- the runs ---------------------------------------------------------------------------------
@@ -77,7 +74,7 @@ class RunSpec:
 
     @property
     def is_stl(self) -> bool:
-        return self.module == "agents.stl"
+        return self.module == "conal_rl.stl"
 
     def command(self, mode: str, saved: dict | None = None) -> list[str]:
         """``mode``: fresh (a new run), continue (the same command again: CoNAL continues
@@ -103,14 +100,12 @@ def flag_value(x: float) -> str:
 def parse_given(module: str, flags: list[str]) -> dict:
     """The config fields ``flags`` set, parsed by the training CLI itself; UserError with
     argparse's reason where it refuses them (e.g. a flag training does not have yet)."""
-    from conal_rl.config import given_arguments
+    from conal_rl.training.config import given_arguments
 
-    if module == "agents.stl":
-        from agents.stl import STLFlags, build_parser
-        cls = STLFlags
+    if module == "conal_rl.stl":
+        from conal_rl.stl import build_parser
     else:
         from conal_rl.train import build_parser
-        cls = TrainConfig
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
@@ -118,11 +113,7 @@ def parse_given(module: str, flags: list[str]) -> dict:
     except SystemExit:
         reason = err.getvalue().strip().splitlines()[-1:] or ["refused"]
         raise UserError(f"{module} refuses {shlex.join(flags)}: {reason[0]}") from None
-    return given_arguments(args, cls)
-
-
-def num_tasks(benchmark: str) -> int:
-    return {"MT10": 10, "MT50": 50}.get(benchmark, 1)
+    return given_arguments(args)
 
 
 def safe_name(text: str) -> str:
@@ -150,7 +141,7 @@ def make_specs(args: argparse.Namespace) -> list[RunSpec]:
                 extra += ["--search-steps", str(args.search_steps)]
             flags = [*common, "--seed", str(seed), *extra]
             given = parse_given(module, flags)
-            resolved = TrainConfig(**given).resolved(num_tasks(args.benchmark))
+            resolved = TrainConfig(**given)
             minutes = float(getattr(resolved, "minutes", None) or 0)
             resumable = {"total_steps": resolved.total_steps,
                          "eval_every": resolved.eval_every,
@@ -184,7 +175,7 @@ def config_clash(spec: RunSpec, saved: dict) -> list[str]:
     """Fields the run was made with that differ from what this benchmark asks for (the
     ones a resume may change are not compared)."""
     if spec.is_stl:
-        from agents.stl import RESUMABLE
+        from conal_rl.stl import RESUMABLE
     else:
         from conal_rl.train import RESUMABLE_OVERRIDES as RESUMABLE
     wanted = json.loads(json.dumps(spec.given))

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from benchmarks.speed import machine
+from conal_rl.common import machine
 
 SIZES = {"quick": dict(hidden=(128, 128, 128), batch=32),
          "paper": dict(hidden=(400, 400, 400), batch=128)}

@@ -13,8 +13,6 @@ import argparse
 import csv
 import json
 import math
-import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,76 +20,24 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from conal_rl.aggregate import AggregateError, Summary, arch_label, group_runs, summarize
-from conal_rl.checkpoint import CheckpointError
-from conal_rl.config import TrainConfig
-from conal_rl.runs import LoadedRun, Policy, load_config, load_run
-from conal_rl.train import UserError, resolve_device
-from conal_rl.tree import num_parameters
-from envs import Benchmark, EvalResult, UnknownBenchmark, evaluate, make_eval_benchmark
+from conal_rl.analysis.aggregate import Summary, arch_label, group_runs, summarize
+from conal_rl.common import UserError, as_float, finite_or_none, resolve_device, run_cli
+from conal_rl.method import num_parameters
+from conal_rl.training.checkpoint import CheckpointError
+from conal_rl.training.config import TrainConfig
+from conal_rl.training.runs import (
+    LoadedRun,
+    Policy,
+    eval_envs,
+    load_checked,
+    load_config,
+    run_dir_of,
+)
+from envs import Benchmark, EvalResult, UnknownBenchmark, evaluate
 
 PROG = "python -m conal_rl.evaluate"
 DEFAULT_EPISODES = 50  # per task, as in the Meta-World multi-task literature
-USER_ERRORS = (UserError, CheckpointError, AggregateError, UnknownBenchmark)
-
-
-def run_cli(prog: str, body: Callable[[], object], errors: tuple = USER_ERRORS) -> object:
-    """Run a CLI's body; a user's mistake is one line on stderr and exit status 2."""
-    try:
-        return body()
-    except errors as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-
-
-# ---- finding runs ------------------------------------------------------------------------
-def run_dir_of(path: str | Path) -> Path:
-    """The run directory of a RUN_DIR or of its checkpoint file (checkpoints/latest.pt)."""
-    path = Path(path)
-    if path.is_dir():
-        return path
-    if not path.exists():
-        raise UserError(f"{path}: no such run directory or checkpoint")
-    for run_dir in (path.parent, path.parent.parent):
-        if (run_dir / "config.json").is_file():
-            if path.resolve() != (run_dir / "checkpoints" / "latest.pt").resolve():
-                raise UserError(f"{path}: only a run's checkpoints/latest.pt can be evaluated")
-            return run_dir
-    raise CheckpointError(f"{path} is not in a conal-rl run directory (no config.json beside "
-                          "it or its folder)")
-
-
-def load_checked(path: str | Path, device: torch.device) -> LoadedRun:
-    """``load_run`` of a RUN_DIR or its checkpoint, any mismatch a one-line error."""
-    run_dir = run_dir_of(path)
-    try:
-        return load_run(run_dir, device)
-    except (RuntimeError, KeyError) as e:  # weights of another shape or network
-        raise CheckpointError(f"{run_dir}: its checkpoint does not fit its architecture.json "
-                              f"({type(e).__name__})") from None
-
-
-def eval_envs(run: LoadedRun, seed: int | None = None, device: torch.device | str = "cpu"
-              ) -> Benchmark:
-    """Fresh evaluation envs of the run's benchmark (seeded with ``seed``, default the
-    run's own), checked to fit the run's networks."""
-    config, run_dir = run.config, run.run_dir
-    bench = make_eval_benchmark(config.benchmark, config.seed if seed is None else seed)
-    trained_on = list(run.specs["actor"].task_names)
-    if trained_on and trained_on != bench.task_names:
-        raise CheckpointError(f"{run_dir} was trained on tasks {trained_on}, not on the "
-                              f"{config.benchmark} tasks {bench.task_names}")
-    # A checkpoint of another benchmark (copied in) may load but not fit the envs.
-    probe = np.zeros((bench.num_tasks, bench.obs_dim), dtype=np.float32)
-    try:
-        fits = Policy(run.agent, bench.action_space, device)(probe).shape == (
-            bench.num_tasks, *bench.action_space.shape)
-    except RuntimeError:
-        fits = False
-    if not fits:
-        raise CheckpointError(f"{run_dir}: its checkpoint does not fit {config.benchmark}'s "
-                              "observations and actions (trained on another benchmark?)")
-    return bench
+USER_ERRORS = (UserError, UnknownBenchmark)
 
 
 # ---- evaluating ----------------------------------------------------------------------------
@@ -125,12 +71,12 @@ def evaluate_run(run: LoadedRun, bench: Benchmark, seed: int, episodes: int,
 
 def write_evaluation(ev: RunEvaluation) -> None:
     """``eval.json`` (everything, for tools) and ``eval.csv`` (per task) in the run dir."""
-    rows = [{k: _finite_or_none(v) for k, v in row.items()} for row in ev.result.rows()]
+    rows = [{k: finite_or_none(v) for k, v in row.items()} for row in ev.result.rows()]
     summary = {
         "evaluated_by": PROG, "env_steps": ev.env_steps, "benchmark": ev.config.benchmark,
         "architecture": arch_label(ev.config), "seed": ev.seed,
         "episodes": ev.result.episodes, "parameters": ev.parameters,
-        "mean_success": _finite_or_none(ev.result.mean_success),
+        "mean_success": finite_or_none(ev.result.mean_success),
         "mean_return": ev.result.mean_return, "tasks": rows,
     }
     (ev.run_dir / "eval.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -155,18 +101,10 @@ def earlier_evaluation(run: LoadedRun, episodes: int, seed: int) -> RunEvaluatio
     tasks = saved["tasks"]
     result = EvalResult(
         [t["task"] for t in tasks],
-        {t["task"]: _none_to_nan(t["success"]) for t in tasks},
+        {t["task"]: as_float(t["success"]) for t in tasks},
         {t["task"]: t["return"] for t in tasks}, episodes)
     return RunEvaluation(run.run_dir, run.config, run.env_steps, seed, saved["parameters"],
                          result)
-
-
-def _finite_or_none(x):
-    return None if isinstance(x, float) and math.isnan(x) else x  # JSON has no NaN
-
-
-def _none_to_nan(x) -> float:
-    return float("nan") if x is None else float(x)
 
 
 # ---- tables --------------------------------------------------------------------------------
@@ -280,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict[str, list[RunEvaluation]]:
     args = build_parser().parse_args(argv)
-    return run_cli(PROG, lambda: _main(args))
+    return run_cli(PROG, lambda: _main(args), USER_ERRORS)
 
 
 def _main(args: argparse.Namespace) -> dict[str, list[RunEvaluation]]:

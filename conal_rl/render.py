@@ -13,12 +13,17 @@ from pathlib import Path
 
 import torch
 
-# envs.video first: it picks the headless OpenGL backend, which must happen before
-# anything imports mujoco.
-from envs.video import DEFAULT_CAMERA, DEFAULT_SIZE, VideoError, check_gl, record_videos  # isort: skip
-from conal_rl.evaluate import USER_ERRORS, eval_envs, load_checked, run_cli
-from conal_rl.runs import Policy
-from conal_rl.train import UserError, resolve_device
+from conal_rl.common import UserError, resolve_device, run_cli
+from conal_rl.training.runs import Policy, eval_envs, load_checked
+from envs import UnknownBenchmark
+from envs.video import (
+    DEFAULT_CAMERA,
+    DEFAULT_SIZE,
+    VideoError,
+    check_gl,
+    record_videos,
+    use_headless_gl,
+)
 
 PROG = "python -m conal_rl.render"
 
@@ -69,10 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> list[Path]:
     args = build_parser().parse_args(argv)
-    return run_cli(PROG, lambda: _main(args), USER_ERRORS + (VideoError,))
+    return run_cli(PROG, lambda: _main(args), (UserError, UnknownBenchmark, VideoError))
 
 
 def _main(args: argparse.Namespace) -> list[Path]:
+    use_headless_gl()  # before metaworld imports mujoco
     torch.set_num_threads(1)
     for flag in ("episodes", "size", "frame_skip", "max_steps", "fps"):
         value = getattr(args, flag)

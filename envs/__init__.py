@@ -1,9 +1,15 @@
 """Benchmarks (gymnasium vector envs, one sub-env per task) and the evaluation protocol."""
 
-from envs.benchmarks import Benchmark, UnknownBenchmark, check_benchmark_name, make_benchmark
+from envs.benchmarks import (
+    Benchmark,
+    UnknownBenchmark,
+    check_benchmark_name,
+    make_benchmark,
+    num_tasks,
+)
 from envs.evaluation import EvalResult, evaluate, make_eval_benchmark
 
 __all__ = [
-    "Benchmark", "UnknownBenchmark", "check_benchmark_name", "make_benchmark",
+    "Benchmark", "UnknownBenchmark", "check_benchmark_name", "make_benchmark", "num_tasks",
     "EvalResult", "evaluate", "make_eval_benchmark",
 ]

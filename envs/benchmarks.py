@@ -56,6 +56,11 @@ def metaworld_task_names() -> list[str]:
     return list(ALL_V3_ENVIRONMENTS)
 
 
+def num_tasks(name: str) -> int:
+    """The number of tasks of a benchmark, from its name alone (no env is built)."""
+    return {"MT10": 10, "MT50": 50}.get(name, 1)
+
+
 def check_benchmark_name(name: str) -> None:
     """Raise UnknownBenchmark, listing the valid names, unless ``name`` is one."""
     kind, _, arg = name.partition(":")

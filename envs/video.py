@@ -1,10 +1,10 @@
 """Videos of a policy: render MuJoCo envs headless, draw the task, step and success flag on
 the frames, write one mp4 per task and a grid of all tasks.
 
-MuJoCo picks its OpenGL backend when it is first imported, from ``MUJOCO_GL``: importing
-this module before anything imports mujoco (metaworld does) sets it to ``egl`` where an
-NVIDIA GPU is present and to ``osmesa`` (software; Debian package ``libosmesa6``)
-otherwise, unless it is already set.
+MuJoCo picks its OpenGL backend when it is first imported, from ``MUJOCO_GL``: a command
+calls :func:`use_headless_gl` before anything imports mujoco (metaworld does), which sets it
+to ``egl`` where an NVIDIA GPU is present and to ``osmesa`` (software; Debian package
+``libosmesa6``) otherwise, unless it is already set.
 
 The episodes follow the evaluation protocol: the deterministic policy given, and an
 episode ends on success (Meta-World) or at the env's time limit (or ``max_steps``).
@@ -38,10 +38,18 @@ def _default_gl_backend() -> str | None:
     return backend if ctypes.util.find_library(library) else None
 
 
-# Too late when mujoco is already imported (it read MUJOCO_GL then): remembered for the hint.
-_MUJOCO_IMPORTED_FIRST = "mujoco" in sys.modules and "MUJOCO_GL" not in os.environ
-if "MUJOCO_GL" not in os.environ and (_backend := _default_gl_backend()):
-    os.environ["MUJOCO_GL"] = _backend
+def use_headless_gl() -> None:
+    """Choose MuJoCo's headless OpenGL backend (unless ``MUJOCO_GL`` is set): call it before
+    anything imports mujoco, which reads ``MUJOCO_GL`` once, on its first import."""
+    global _mujoco_imported_first
+    if "MUJOCO_GL" in os.environ:
+        return
+    _mujoco_imported_first = "mujoco" in sys.modules  # too late: remembered for the hint
+    if backend := _default_gl_backend():
+        os.environ["MUJOCO_GL"] = backend
+
+
+_mujoco_imported_first = False
 
 Policy = Callable[[np.ndarray], np.ndarray]
 
@@ -67,18 +75,19 @@ class VideoError(Exception):
     """Rendering is not possible here (no headless OpenGL, not a MuJoCo env, ...)."""
 
 
-GL_INSTALL_HINT = ("install the Debian package libosmesa6 for CPU rendering (or run on an "
-                   "NVIDIA GPU with EGL); MUJOCO_GL selects the backend")
-if _MUJOCO_IMPORTED_FIRST:
-    GL_INSTALL_HINT = ("mujoco was imported before envs.video could pick a headless backend: "
-                       "import envs.video first or set MUJOCO_GL=osmesa (or egl)")
+def _gl_hint() -> str:
+    if _mujoco_imported_first:
+        return ("mujoco was imported before a headless backend was chosen: call "
+                "envs.video.use_headless_gl() first or set MUJOCO_GL=osmesa (or egl)")
+    return ("install the Debian package libosmesa6 for CPU rendering (or run on an NVIDIA "
+            "GPU with EGL); MUJOCO_GL selects the backend")
 
 
 def check_gl() -> None:
     """Raise VideoError unless an offscreen OpenGL context can be made."""
     backend = os.environ.get("MUJOCO_GL", "")
     if not backend:  # MuJoCo would fall back to GLFW, which needs a display
-        raise VideoError(f"no headless OpenGL backend found; {GL_INSTALL_HINT}")
+        raise VideoError(f"no headless OpenGL backend found; {_gl_hint()}")
     try:
         import mujoco
 
@@ -88,7 +97,7 @@ def check_gl() -> None:
     except Exception as e:  # ImportError, OSError, EGL/OSMesa errors: all mean "cannot"
         reason = (str(e).strip().splitlines() or [""])[-1]
         raise VideoError(f"no headless OpenGL with MUJOCO_GL={backend} "
-                         f"({type(e).__name__}: {reason}); {GL_INSTALL_HINT}") from None
+                         f"({type(e).__name__}: {reason}); {_gl_hint()}") from None
 
 
 # ---- rendering one env ---------------------------------------------------------------------
@@ -120,7 +129,7 @@ class EnvCamera:
             self.renderer = mujoco.Renderer(self.model, size, size)
         except Exception as e:
             raise VideoError(f"cannot render with MUJOCO_GL={os.environ.get('MUJOCO_GL')} "
-                             f"({type(e).__name__}); {GL_INSTALL_HINT}") from None
+                             f"({type(e).__name__}); {_gl_hint()}") from None
 
     def upside_down(self) -> bool:
         """Meta-World's corner cameras are defined with their up axis pointing down, so

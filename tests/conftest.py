@@ -3,7 +3,10 @@ import warnings
 import pytest
 import torch
 
+from envs.video import use_headless_gl
+
 warnings.filterwarnings("ignore", module="gymnasium")
+use_headless_gl()  # as every command does, before anything imports mujoco
 # One thread, as in training: several test processes (or a training run beside the tests)
 # sharing 2 cores collapse when each spins a thread pool.
 torch.set_num_threads(1)

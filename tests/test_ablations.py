@@ -11,21 +11,21 @@ import torch
 
 from agents import MultiTaskSAC, SACConfig, random_batch
 from conal_rl import train
-from conal_rl.aggregate import arch_label
-from conal_rl.architectures import tree_factory
-from conal_rl.config import TrainConfig
-from conal_rl.conflict import gram_method
-from conal_rl.pcgrad import PCGrad, gradient_surgery_filters, pcgrad_coefficients, random_orders
-from conal_rl.tree import TreeNet, TreeSpec
+from conal_rl.analysis.aggregate import arch_label
+from conal_rl.method.conflict import gram_method
+from conal_rl.method.pcgrad import PCGrad, pcgrad_coefficients, random_orders
+from conal_rl.method.tree import TreeNet, TreeSpec
+from conal_rl.training.config import TrainConfig
+from conal_rl.training.nets import surgery_filter, tree_factory
 
 T, OBS, ACT, IN, OUT = 3, 5, 2, 4, 3
 
 
-def _agent(loss_weighting="rlw", spec=None) -> MultiTaskSAC:
+def _agent(loss_weighting="rlw", spec=None, make_filter=None) -> MultiTaskSAC:
     torch.manual_seed(0)
     spec = spec or TreeSpec.mhsac((16, 16), T)
     return MultiTaskSAC(tree_factory({"actor": spec, "critic": spec}), T, OBS, ACT,
-                        SACConfig(loss_weighting=loss_weighting))
+                        SACConfig(loss_weighting=loss_weighting), make_filter)
 
 
 # ---- random loss weighting ---------------------------------------------------------------
@@ -198,12 +198,13 @@ def test_opposing_tasks_cancel_on_shared_modules_only():
 
 
 def test_surgery_filters_cover_actor_and_both_critics():
-    agent = _agent("mean", TreeSpec.mtsac((16, 16), T))
-    filters = gradient_surgery_filters(agent, "pcgrad")
+    agent = _agent("mean", TreeSpec.mtsac((16, 16), T), surgery_filter("pcgrad"))
+    filters = agent.gradient_filters
     assert set(filters["actor"].layers) == {"shared.1", "shared.2", "head"}
     assert {name.split("/")[0] for name in filters["critic"].layers} == {"q1", "q2"}
-    assert gradient_surgery_filters(agent, "none") == {}
-    agent.gradient_filters = filters
+    assert surgery_filter("none") is None
+    plain = _agent("mean", TreeSpec.mtsac((16, 16), T), surgery_filter("none"))
+    assert plain.gradient_filters == {}
     agent.update(random_batch(T, 8, OBS, ACT, seed=1))  # runs through the agent's seam
     assert filters["actor"].last_order.keys() == {"shared.1", "shared.2", "head"}
 
@@ -212,7 +213,7 @@ def test_surgery_filters_cover_actor_and_both_critics():
 
 def test_labels_name_the_added_methods():
     config = TrainConfig(benchmark="MT10", preset="quick", loss_weighting="rlw",
-                         grad_surgery="pcgrad").resolved(10)
+                         grad_surgery="pcgrad")
     assert arch_label(config) == "MT-SAC + RLW + PCGrad"
 
 

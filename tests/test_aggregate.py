@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from conal_rl.aggregate import (
+from conal_rl.analysis.aggregate import (
     AggregateError,
     arch_label,
     group_runs,
@@ -12,7 +12,7 @@ from conal_rl.aggregate import (
     mean_se,
     summarize,
 )
-from conal_rl.config import TrainConfig
+from conal_rl.training.config import TrainConfig
 
 
 def test_mean_and_standard_error():
@@ -60,7 +60,7 @@ def test_summary_checks_the_task_count():
 
 
 def _config(**kw) -> TrainConfig:
-    return TrainConfig(benchmark="MT10", preset="quick", **kw).resolved(10)
+    return TrainConfig(benchmark="MT10", preset="quick", **kw)
 
 
 def test_seeds_of_one_configuration_form_one_group():
@@ -80,7 +80,7 @@ def test_compare_groups_by_architecture_and_ablation():
     ([_config(), _config(arch="mhsac")], False, "differ in arch .* use --compare"),
     ([_config(), _config(hidden=(64, 64))], False, "differ in hidden"),
     ([_config(), _config(seed=1, hidden=(64, 64))], True, "differ in hidden"),
-    ([_config(), TrainConfig(benchmark="MT1:reach-v3", preset="quick").resolved(1)], True,
+    ([_config(), TrainConfig(benchmark="MT1:reach-v3", preset="quick")], True,
      "different benchmarks \\(MT10, MT1:reach-v3\\)"),
 ])
 def test_runs_that_do_not_aggregate(configs, by_arch, message):

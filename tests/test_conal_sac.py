@@ -3,8 +3,9 @@
 import torch
 
 from agents import MultiTaskSAC, random_batch
-from conal_rl.architectures import tree_factory
-from conal_rl.conal_sac import ConalSearch, SearchSettings, supernet_factory
+from conal_rl.method import SearchSettings
+from conal_rl.training.conal_search import ConalSearch, inherited_trees
+from conal_rl.training.nets import tree_factory
 
 T, OBS, ACT = 3, 5, 2
 NAMES = ["a", "b", "c"]
@@ -13,8 +14,8 @@ NAMES = ["a", "b", "c"]
 def _search(**settings):
     torch.manual_seed(0)
     settings = SearchSettings(hidden=(16, 16), arch_lr=1e-2, **settings)
-    agent = MultiTaskSAC(supernet_factory(settings, T), T, OBS, ACT)
-    return agent, ConalSearch(agent, settings, NAMES)
+    search = ConalSearch(settings, NAMES)
+    return MultiTaskSAC(search.make_net, T, OBS, ACT, make_filter=search.make_filter), search
 
 
 def _batch(B=32):
@@ -34,7 +35,7 @@ def test_architecture_step_moves_alpha_only():
     agent, search = _search()
     weights = {k: v.clone() for k, v in agent.state_dict().items() if "alpha" not in k}
     alpha = {role: a.detach().clone() for role, a in search.alpha.items()}
-    search.arch_step(_batch(), progress=0.0)
+    search.arch_step(agent, _batch(), env_steps=0)
     for role in alpha:
         assert not torch.equal(alpha[role], search.alpha[role])
     for k, v in agent.state_dict().items():
@@ -54,10 +55,10 @@ def test_conflict_noticing_is_a_real_switch():
 def test_inherited_trees_compute_what_the_supernet_computes_at_the_argmax():
     agent, search = _search()
     for _ in range(20):
-        search.arch_step(_batch(), progress=0.5)
+        search.arch_step(agent, _batch(), env_steps=0)
     specs = search.derive()
     tree_agent = MultiTaskSAC(tree_factory(specs), T, OBS, ACT)
-    tree_agent.load_networks(search.inherited_trees())
+    tree_agent.load_networks(inherited_trees(agent, NAMES))
     obs = torch.randn(T, 4, OBS)
     one_hot = {role: torch.nn.functional.one_hot(a.argmax(-1), a.shape[1]).float()
                for role, a in search.alpha.items()}
@@ -70,11 +71,11 @@ def test_inherited_trees_compute_what_the_supernet_computes_at_the_argmax():
 def test_search_warmup_trains_weights_only():
     agent, search = _search(warmup_steps=100, total_steps=200)
     alpha = {role: a.detach().clone() for role, a in search.alpha.items()}
-    search.before_update(_batch(), env_steps=50)
+    search.before_update(agent, _batch(), env_steps=50)
     agent.update(_batch())
     assert all(torch.equal(alpha[r], search.alpha[r]) for r in alpha)
     assert all(s["steps"] == 0 for n in search.noticing.values() for s in n.stats().values())
-    search.before_update(_batch(), env_steps=100)
+    search.before_update(agent, _batch(), env_steps=100)
     agent.update(_batch())
     assert not any(torch.equal(alpha[r], search.alpha[r]) for r in alpha)
     assert all(s["steps"] == 1 for n in search.noticing.values() for s in n.stats().values())

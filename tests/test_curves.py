@@ -5,7 +5,7 @@ import csv
 import numpy as np
 
 from benchmarks import curves
-from conal_rl.runs import EVALUATION_COLUMNS
+from conal_rl.training.runs import EVALUATION_COLUMNS
 
 
 def write_evaluations(run_dir, rows):

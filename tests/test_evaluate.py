@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from conal_rl import evaluate
-from conal_rl.config import TrainConfig
 from conal_rl.evaluate import RunEvaluation, format_compare_table, format_runs_table
 from conal_rl.train import main as train
+from conal_rl.training.config import TrainConfig
 from envs import EvalResult
 
 TINY = ["--total-steps", "200", "--warmup-steps", "100", "--eval-every", "0", "--hidden", "16,16",

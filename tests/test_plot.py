@@ -7,7 +7,8 @@ from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 
 from conal_rl import plot
-from conal_rl.config import TrainConfig
+from conal_rl.analysis.curves import read_curves
+from conal_rl.training.config import TrainConfig
 
 TASKS = ["reach-v3", "push-v3", "pick-place-v3"]
 
@@ -15,7 +16,7 @@ TASKS = ["reach-v3", "push-v3", "pick-place-v3"]
 def fake_run(path, arch, seed, success, benchmark="MT10", steps=(1000, 2000, 3000)):
     """A run whose per-task success at ``steps[i]`` is ``success[i][task]``."""
     path.mkdir(parents=True)
-    TrainConfig(benchmark=benchmark, arch=arch, seed=seed, preset="quick").resolved(10).save(
+    TrainConfig(benchmark=benchmark, arch=arch, seed=seed, preset="quick").save(
         path / "config.json")
     writer = SummaryWriter(str(path))
     for step, values in zip(steps, success):
@@ -29,7 +30,7 @@ def fake_run(path, arch, seed, success, benchmark="MT10", steps=(1000, 2000, 300
 def test_curves_are_read_back_and_a_step_logged_twice_keeps_its_last_value(tmp_path):
     run = fake_run(tmp_path / "r", "mtsac", 0, [[0, 0, 0], [1, 0, 0], [1, 1, 1]],
                    steps=(1000, 2000, 2000))  # a resumed run logs step 2000 again
-    curves = plot.read_curves(run, "success")
+    curves = read_curves(run, "success")
     assert set(curves) == {plot.MEAN, *TASKS}
     steps, values = curves["push-v3"]
     assert list(steps) == [1000, 2000] and list(values) == [0, 1]

@@ -1,8 +1,8 @@
 import torch
 
 from agents import MultiTaskSAC, SACConfig, random_batch
-from conal_rl.architectures import tree_factory
-from conal_rl.tree import TreeSpec
+from conal_rl.method.tree import TreeSpec
+from conal_rl.training.nets import tree_factory
 
 T, OBS, ACT = 3, 5, 2
 

@@ -1,4 +1,4 @@
-"""agents/stl.py: one SB3 SAC per task, evaluated and logged like a multi-task run."""
+"""One SB3 SAC per task (agents/stl.py, conal_rl/stl.py), logged like a multi-task run."""
 
 import json
 from types import SimpleNamespace
@@ -6,8 +6,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from agents import stl
-from conal_rl.plot import read_curves
+from conal_rl import stl
+from conal_rl.analysis.curves import read_curves
 
 TINY = ["--preset", "quick", "--hidden", "16,16", "--batch-per-task", "16",
         "--eval-episodes", "1", "--device", "cpu"]

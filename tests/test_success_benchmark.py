@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from benchmarks import success, success_report
-from conal_rl.config import TrainConfig
+from conal_rl.training.config import TrainConfig
 
 # 200 steps with a 100-step warm-up: updates happen; one final evaluation of one episode.
 ARGS = ["--benchmark", "MT1:reach-v3", "--archs", "mtsac,stl", "--seeds", "2", "--budget",
@@ -115,7 +115,7 @@ def test_runs_go_seed_by_seed_so_a_stopped_table_has_every_row(tmp_path):
 
 def _save_config(path, spec, **changes):
     path.parent.mkdir(parents=True, exist_ok=True)
-    config = TrainConfig(**spec.given).resolved(1)
+    config = TrainConfig(**spec.given)
     path.write_text(json.dumps(asdict(config) | changes))
 
 

@@ -7,8 +7,9 @@ import time
 import pytest
 import torch
 
-from conal_rl import checkpoint
-from conal_rl.train import main, search_seconds
+from conal_rl.train import main
+from conal_rl.training import checkpoint
+from conal_rl.training.conal_search import search_seconds
 
 TINY = ["--hidden", "16,16", "--batch-per-task", "16", "--warmup-steps", "100",
         "--eval-episodes", "1", "--log-every", "100"]
@@ -173,9 +174,9 @@ def test_minutes_budget_stops_the_run_and_counts_over_resumes(tmp_path):
 
 
 def test_the_laptop_preset_brings_its_minutes_budget_and_a_flag_overrides_it():
-    from conal_rl.config import TrainConfig
+    from conal_rl.training.config import TrainConfig
 
-    assert TrainConfig(preset="laptop").resolved(10).minutes == 60
-    assert TrainConfig(preset="laptop", minutes=0).resolved(10).minutes == 0  # no limit
-    assert TrainConfig(preset="laptop", minutes=5).resolved(10).minutes == 5
-    assert TrainConfig(preset="quick").resolved(10).minutes is None
+    assert TrainConfig(preset="laptop").minutes == 60
+    assert TrainConfig(preset="laptop", minutes=0).minutes == 0  # no limit
+    assert TrainConfig(preset="laptop", minutes=5).minutes == 5
+    assert TrainConfig(preset="quick").minutes is None

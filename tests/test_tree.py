@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from conal_rl.tree import TreeNet, TreeSpec, load_specs, num_parameters, save_specs
+from conal_rl.method.tree import TreeNet, TreeSpec, num_parameters
+from conal_rl.training.nets import load_specs, save_specs
 
 
 def test_multi_head_equals_per_task_networks():

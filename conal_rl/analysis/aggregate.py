@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import stats
 
-from conal_rl.config import TrainConfig
+from conal_rl.common import UserError
+from conal_rl.training.config import TrainConfig
 
 # Config fields that may differ between runs of one configuration: they change where or
 # how fast a run goes, or (seed) are what the runs of a configuration are drawn over.
@@ -33,7 +34,7 @@ METHOD_ABLATIONS = {"loss_weighting": ("mean", {"rlw": "RLW"}),
 IQM_RESAMPLES = 10_000
 
 
-class AggregateError(ValueError):
+class AggregateError(UserError):
     """Runs that cannot be put in one table (other benchmark, other configuration)."""
 
 

@@ -1,7 +1,6 @@
-"""Reading a finished (or running) run directory back: its config, trees and agent.
-
-Used by the evaluation, rendering and plotting CLIs. The networks of a run are always
-trees (``architecture.json``): for ``--arch conal`` the derived, pruned trees.
+"""Run directories: the evaluations a run writes, and reading a run back (its config,
+trees and agent) for the evaluation, rendering and plotting commands. The networks of a run
+are always trees (``architecture.json``): for ``--arch conal`` the derived, pruned trees.
 """
 
 from __future__ import annotations
@@ -17,11 +16,13 @@ import numpy as np
 import torch
 
 from agents import MultiTaskSAC
-from conal_rl import checkpoint
-from conal_rl.architectures import tree_factory
-from conal_rl.config import TrainConfig
-from conal_rl.tree import TreeSpec, load_specs
-from envs import EvalResult
+from conal_rl.common import UserError
+from conal_rl.method import TreeSpec
+from conal_rl.training import checkpoint
+from conal_rl.training.checkpoint import CheckpointError
+from conal_rl.training.config import TrainConfig
+from conal_rl.training.nets import load_specs, tree_factory
+from envs import Benchmark, EvalResult, make_eval_benchmark
 
 EVALUATION_COLUMNS = ["env_steps", "train_minutes", "task", "success", "return", "episodes"]
 
@@ -60,11 +61,11 @@ class LoadedRun:
 def load_config(run_dir: Path) -> TrainConfig:
     """A run's config.json; CheckpointError (one line) for a folder that is not a run."""
     if not (run_dir / "config.json").is_file():
-        raise checkpoint.CheckpointError(f"{run_dir} is not a conal-rl run (no config.json)")
+        raise CheckpointError(f"{run_dir} is not a conal-rl run (no config.json)")
     try:
         return TrainConfig.load(run_dir / "config.json")
     except (ValueError, TypeError) as e:
-        raise checkpoint.CheckpointError(
+        raise CheckpointError(
             f"{run_dir}/config.json is not a conal-rl config ({e})") from None
 
 
@@ -74,7 +75,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedR
     run_dir = Path(run_dir)
     config = load_config(run_dir)
     if not (run_dir / "architecture.json").is_file():
-        raise checkpoint.CheckpointError(f"{run_dir} is not a conal-rl run (no architecture.json)")
+        raise CheckpointError(f"{run_dir} is not a conal-rl run (no architecture.json)")
     specs = load_specs(run_dir / "architecture.json")
     state = checkpoint.load(run_dir / "checkpoints" / "latest.pt", map_location=device)
     checkpoint.check_trained_on(state, config.benchmark, config.arch, run_dir)
@@ -132,3 +133,63 @@ def record_evaluation(run_dir: Path, result: EvalResult, env_steps: int,
               "mean_success": result.mean_success, "mean_return": result.mean_return,
               "tasks": result.rows()}
     (run_dir / "eval_latest.json").write_text(json.dumps(latest, indent=2))
+
+
+# ---- finding runs ------------------------------------------------------------------------
+def run_dir_of(path: str | Path) -> Path:
+    """The run directory of a RUN_DIR or of its checkpoint file (checkpoints/latest.pt)."""
+    path = Path(path)
+    if path.is_dir():
+        return path
+    if not path.exists():
+        raise UserError(f"{path}: no such run directory or checkpoint")
+    for run_dir in (path.parent, path.parent.parent):
+        if (run_dir / "config.json").is_file():
+            if path.resolve() != (run_dir / "checkpoints" / "latest.pt").resolve():
+                raise UserError(f"{path}: only a run's checkpoints/latest.pt can be evaluated")
+            return run_dir
+    raise CheckpointError(f"{path} is not in a conal-rl run directory (no config.json beside "
+                          "it or its folder)")
+
+
+def load_checked(path: str | Path, device: torch.device) -> LoadedRun:
+    """``load_run`` of a RUN_DIR or its checkpoint, any mismatch a one-line error."""
+    run_dir = run_dir_of(path)
+    try:
+        return load_run(run_dir, device)
+    except (RuntimeError, KeyError) as e:  # weights of another shape or network
+        raise CheckpointError(f"{run_dir}: its checkpoint does not fit its architecture.json "
+                              f"({type(e).__name__})") from None
+
+
+def eval_envs(run: LoadedRun, seed: int | None = None, device: torch.device | str = "cpu"
+              ) -> Benchmark:
+    """Fresh evaluation envs of the run's benchmark (seeded with ``seed``, default the
+    run's own), checked to fit the run's networks."""
+    config, run_dir = run.config, run.run_dir
+    bench = make_eval_benchmark(config.benchmark, config.seed if seed is None else seed)
+    trained_on = list(run.specs["actor"].task_names)
+    if trained_on and trained_on != bench.task_names:
+        raise CheckpointError(f"{run_dir} was trained on tasks {trained_on}, not on the "
+                              f"{config.benchmark} tasks {bench.task_names}")
+    # A checkpoint of another benchmark (copied in) may load but not fit the envs.
+    probe = np.zeros((bench.num_tasks, bench.obs_dim), dtype=np.float32)
+    try:
+        fits = Policy(run.agent, bench.action_space, device)(probe).shape == (
+            bench.num_tasks, *bench.action_space.shape)
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise CheckpointError(f"{run_dir}: its checkpoint does not fit {config.benchmark}'s "
+                              "observations and actions (trained on another benchmark?)")
+    return bench
+
+
+def format_eval(result: EvalResult, step: int) -> str:
+    lines = [f"evaluation at env step {step} ({result.episodes} episodes per task):"]
+    for row in result.rows():
+        lines.append(f"  {row['task']:<28} success {row['success']:.2f}   "
+                     f"return {row['return']:9.1f}")
+    lines.append(f"  {'mean':<28} success {result.mean_success:.2f}   "
+                 f"return {result.mean_return:9.1f}")
+    return "\n".join(lines)

@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: files only
 import matplotlib.pyplot as plt  # noqa: E402
 
-from conal_rl.tree import TreeSpec  # noqa: E402
+from conal_rl.method.tree import TreeSpec  # noqa: E402
 
 
 def draw_tree(ax, spec: TreeSpec, title: str) -> None:

@@ -10,14 +10,12 @@ task id appended to the input, one head) is the same tree with ``task_id_input``
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from conal_rl.layers import TaskLinear
+from conal_rl.method.layers import TaskLinear
 
 
 @dataclass(frozen=True)
@@ -139,24 +137,3 @@ class TreeNet(nn.Module):
 def num_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
-
-def save_specs(path: str | Path, specs: dict[str, TreeSpec],
-               details: dict[str, dict] | None = None) -> None:
-    """Write named tree specs (e.g. ``{"actor": ..., "critic": ...}``) as one JSON file,
-    each with its branch point per task name and any ``details[name]`` (e.g. the final
-    alpha, parameter counts): informational keys that :meth:`TreeSpec.from_dict` skips."""
-    payload = {}
-    for name, spec in specs.items():
-        entry = spec.to_dict()
-        if spec.task_names:
-            entry["branch_point_by_task"] = dict(zip(spec.task_names, spec.branch_points))
-        payload[name] = entry | (details or {}).get(name, {})
-    Path(path).write_text(json.dumps(payload, indent=2))
-
-
-def load_specs(path: str | Path, names=("actor", "critic")) -> dict[str, TreeSpec]:
-    data = json.loads(Path(path).read_text())
-    missing = [n for n in names if n not in data]
-    if missing:
-        raise ValueError(f"{path}: no architecture for {', '.join(missing)}")
-    return {n: TreeSpec.from_dict(data[n]) for n in names}

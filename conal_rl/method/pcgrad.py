@@ -46,16 +46,13 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from agents import MultiTaskSAC
-from conal_rl.conflict import (
+from conal_rl.method.conflict import (
     SharedLayer,
     TaskGradientCapture,
     gram_method,
     task_gradients,
     task_gram,
 )
-
-GRAD_SURGERY = ("none", "pcgrad")
 
 
 def random_orders(shape: tuple[int, ...], k: int, device: torch.device | str | None = None
@@ -144,14 +141,3 @@ class PCGrad(TaskGradientCapture):
         if module.bias is not None and module.bias.grad is not None:
             module.bias.grad.add_(bias)
 
-
-def gradient_surgery_filters(agent: MultiTaskSAC, method: str) -> dict[str, PCGrad]:
-    """The agent's gradient filters for ``--grad-surgery``: PCGrad on the shared modules
-    of the actor and of both critics (the twin critics' losses are one loss, so one
-    filter), or none."""
-    if method == "none":
-        return {}
-    if method == "pcgrad":
-        return {"actor": PCGrad(agent.actor.net),
-                "critic": PCGrad({"q1": agent.critic.q1, "q2": agent.critic.q2})}
-    raise ValueError(f"unknown gradient surgery {method!r}; valid: {', '.join(GRAD_SURGERY)}")

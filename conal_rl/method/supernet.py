@@ -4,7 +4,7 @@ With P hidden modules, task t "branches at point i" (i = 0..P) when it uses the 
 modules 1..i and then its own private copies of modules i+1..P. During the search, task t's
 output is ``head_t(sum_i w[t, i] * path_i(x_t))`` with ``w[t] = softmax(alpha[t])`` (or a
 hard straight-through Gumbel-softmax sample). After the search, each task keeps its argmax
-path and the network becomes a :class:`~conal_rl.tree.TreeNet`.
+path and the network becomes a :class:`~conal_rl.method.tree.TreeNet`.
 
 Mixing happens *before* the head, as in the official code (the decoders are applied to the
 mixed feature): each task has one head, shared by all of its paths, so the derived tree
@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from conal_rl.layers import TaskLinear
-from conal_rl.tree import TreeNet, TreeSpec
+from conal_rl.method.layers import TaskLinear
+from conal_rl.method.tree import TreeNet, TreeSpec
 
 
 class SuperNet(nn.Module):
@@ -168,25 +168,3 @@ class SuperNet(nn.Module):
                 module.bias.copy_(self.private[key].bias[tasks])
         tree.head.load_state_dict(self.head.state_dict())
 
-
-def reference_forward(net: SuperNet, x: Tensor, weights: Tensor) -> Tensor:
-    """The same function as ``net(x, weights)`` written the straightforward way: a Python
-    loop over tasks and paths, every path recomputed from the input. Slow; it exists to
-    check and to time the batched forward (tests, benchmarks)."""
-    P, relu = net.depth, torch.relu
-    outputs = []
-    for t in range(net.num_tasks):
-        mixed = 0
-        for i in range(P + 1):
-            h = x[t]
-            for j in range(1, P + 1):
-                if j <= i:
-                    h = relu(net.shared[str(j)](h))
-                elif net.no_private:
-                    h = relu(net.branch[f"{i}_{j}"](h))
-                else:
-                    private = net.private[str(j)]
-                    h = relu(h @ private.weight[t] + private.bias[t])
-            mixed = mixed + weights[t, i] * h
-        outputs.append(mixed @ net.head.weight[t] + net.head.bias[t])
-    return torch.stack(outputs)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 from pathlib import Path
@@ -10,23 +9,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from conal_rl.common import UserError, write_atomic
+
 FORMAT = "conal-rl-checkpoint/1"
 
 
-class CheckpointError(Exception):
-    pass
+class CheckpointError(UserError):
+    """A file or folder that is not (or does not fit) a conal-rl checkpoint or run."""
 
 
 def save_atomic(state: dict, path: Path) -> None:
-    """Write to a temporary file in the same folder, flush it to disk, then rename: a crash
-    mid-write leaves the previous checkpoint intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save({"format": FORMAT, **state}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write atomically (:func:`~conal_rl.common.write_atomic`): a crash mid-write leaves
+    the previous checkpoint intact."""
+    write_atomic(path, lambda f: torch.save({"format": FORMAT, **state}, f))
 
 
 def load(path: Path, map_location="cpu") -> dict:

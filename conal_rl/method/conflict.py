@@ -107,27 +107,6 @@ def task_gradients(inputs: Tensor, grad_outputs: Tensor) -> tuple[Tensor, Tensor
     return weights, grad_outputs.sum(dim=1)
 
 
-def gram_by_separate_backwards(task_losses: Tensor, layers: Mapping[str, SharedLayer]
-                               ) -> dict[str, Tensor]:
-    """Reference: T backward passes (as the official code), one per task loss ``[T]``;
-    returns per layer the ``[k, k]`` Gram matrix over the layer's tasks. Run it on a forward
-    that :meth:`ConflictNoticing.record` did not watch (its passes would add to the
-    captures)."""
-    params = [p for layer in layers.values() for p in (layer.module.weight, layer.module.bias)]
-    per_task = []
-    for t in range(task_losses.shape[0]):
-        grads = torch.autograd.grad(task_losses[t], params, retain_graph=True,
-                                    allow_unused=True)
-        per_task.append([torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)])
-    grams = {}
-    for i, (name, layer) in enumerate(layers.items()):
-        flat = torch.stack([torch.cat([per_task[t][2 * i].flatten(),
-                                       per_task[t][2 * i + 1].flatten()])
-                            for t in layer.tasks])
-        grams[name] = flat @ flat.T
-    return grams
-
-
 def _samples_of_all_calls(tensors: list[Tensor], k: int) -> Tensor:
     """``[k, ..., d]`` per call -> ``[k, N, d]``: the calls' samples side by side (the
     per-task gradient of a module used several times is the sum over its calls)."""
@@ -144,7 +123,7 @@ class _Capture:
 class TaskGradientCapture:
     """Per-task gradients of the shared modules of SuperNets/TreeNets from one backward.
 
-    The capture machinery behind :class:`ConflictNoticing` and ``conal_rl.pcgrad.PCGrad``
+    The capture machinery behind :class:`ConflictNoticing` and ``conal_rl.method.pcgrad.PCGrad``
     (the gradient filters of the agent's record()/apply() seam): ``record()`` hooks every
     shared nn.Linear for the forwards run inside it, and after the backward
     :meth:`captured` gives per layer its inputs ``a [k, N, in]`` and output gradients

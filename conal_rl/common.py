@@ -1,0 +1,83 @@
+"""What every command line shares: user errors, devices, atomic files, the machine, numbers.
+
+The bottom of the house: it imports nothing of the project, so the method, the runner, the
+commands and the benchmarks can all use it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import os
+import platform
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+import torch
+
+
+class UserError(Exception):
+    """A mistake a user can make (a flag, a path, a file): one line, exit status 2."""
+
+
+def run_cli(prog: str, body: Callable[[], object], errors: tuple = (UserError,)) -> object:
+    """Run a command's body; a user's mistake is one line on stderr and exit status 2."""
+    try:
+        return body()
+    except errors as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (cuda when available), ``cpu`` or ``cuda``; UserError for cuda without one."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda requested but CUDA is not available on this machine "
+                        f"(torch {torch.__version__}); use --device cpu or auto")
+    return torch.device(name)
+
+
+def write_atomic(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
+    """``write(file)`` into a temporary file beside ``path``, flush it to disk, then rename:
+    a crash mid-write leaves the previous file intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def write_json_atomic(path: str | Path, payload: object) -> Path:
+    return write_atomic(path, lambda f: f.write(json.dumps(payload, indent=2).encode() + b"\n"))
+
+
+def machine(device: str | torch.device = "cpu") -> dict:
+    """The machine a measurement ran on, for result files."""
+    name = str(device)
+    resolved = ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+    info = {"platform": platform.platform(), "processor": platform.processor(),
+            "cpu_count": os.cpu_count(), "python": sys.version.split()[0],
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "device": resolved}
+    if resolved.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def finite_or_none(x):
+    """A float NaN -> None (JSON has no NaN); anything else unchanged."""
+    return None if isinstance(x, numbers.Real) and math.isnan(x) else x
+
+
+def as_float(x) -> float:
+    """None, '' or a number (JSON null, an empty CSV cell) -> float, missing as NaN."""
+    return float("nan") if x is None or x == "" else float(x)

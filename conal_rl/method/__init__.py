@@ -1,0 +1,29 @@
+"""CoNAL, the method on its own (torch only, no RL, no files, no plots).
+
+* :mod:`~conal_rl.method.layers`: per-task linear layers in one batched product.
+* :mod:`~conal_rl.method.tree`: tree architectures (:class:`TreeSpec`) and the pruned
+  networks they describe (:class:`TreeNet`); MT-SAC, MH-SAC and independent nets are trees.
+* :mod:`~conal_rl.method.supernet`: the search space, every task mixing its branch points.
+* :mod:`~conal_rl.method.conflict`: per-task gradients from one backward, and
+  conflict-noticing on the shared modules.
+* :mod:`~conal_rl.method.search`: the architecture step and the alternating search step.
+* :mod:`~conal_rl.method.pcgrad`: PCGrad, a baseline built on the same gradient capture.
+* :mod:`~conal_rl.method.reference`: slow loop versions, the oracles of the tests.
+"""
+
+from conal_rl.method.conflict import ConflictNoticing, SharedLayer, TaskGradientCapture
+from conal_rl.method.layers import TaskLinear
+from conal_rl.method.pcgrad import PCGrad
+from conal_rl.method.search import (
+    SearchSettings,
+    architecture_optimizer,
+    architecture_step,
+    search_optimizers,
+    search_step,
+)
+from conal_rl.method.supernet import SuperNet
+from conal_rl.method.tree import TreeNet, TreeSpec, num_parameters
+
+__all__ = ["ConflictNoticing", "PCGrad", "SearchSettings", "SharedLayer", "SuperNet",
+           "TaskGradientCapture", "TaskLinear", "TreeNet", "TreeSpec", "architecture_optimizer",
+           "architecture_step", "num_parameters", "search_optimizers", "search_step"]

@@ -1,0 +1,191 @@
+"""CoNAL inside multi-task SAC: the search as a hook of the training loop, then derivation.
+
+* The actor and each twin critic are :class:`SuperNet` s (:meth:`ConalSearch.make_net`);
+  the two critics share one alpha (one critic architecture is derived), the actor has its
+  own.
+* Architecture step (before every SAC update, on its own replay sample, as the official
+  search does on a held-out batch): alpha of the critic descends the critic's TD loss and
+  alpha of the actor the actor's loss (:func:`~conal_rl.method.architecture_step`).
+* Conflict-noticing acts in the SAC weight steps: it is the agent's gradient filter
+  (:meth:`ConalSearch.make_filter`), given to the agent when it is built.
+The agent stays unaware of all of it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.tensorboard import SummaryWriter
+
+from agents import Batch, MultiTaskSAC
+from conal_rl.method import (
+    ConflictNoticing,
+    SearchSettings,
+    SuperNet,
+    TreeNet,
+    TreeSpec,
+    architecture_optimizer,
+    architecture_step,
+    num_parameters,
+)
+from conal_rl.training import checkpoint
+from conal_rl.training.config import TrainConfig
+from conal_rl.training.trainer import Trainer
+from envs import Benchmark
+
+Heatmap = Callable[..., object]
+"""``heatmap(values, row_labels, col_labels, title, vmin=, vmax=, cmap=)`` -> a matplotlib
+figure for TensorBoard; given by the command so the runner does not draw."""
+
+
+class ConalSearch:
+    """The search state of one agent: its supernets' alphas, conflict-noticing, the alpha
+    optimizer. Build the agent with :meth:`make_net` and :meth:`make_filter`, then pass
+    this object to the trainer as its hook. One instance per agent."""
+
+    def __init__(self, settings: SearchSettings, task_names: list[str],
+                 heatmap: Heatmap | None = None):
+        self.settings, self.task_names, self.heatmap = settings, list(task_names), heatmap
+        self.nets: dict[str, SuperNet] = {}  # per role, the net whose alpha it derives from
+        self.alpha: dict[str, nn.Parameter] = {}
+        self.noticing: dict[str, ConflictNoticing] = {}
+        self._optim: torch.optim.Optimizer | None = None
+        self._logs = 0
+
+    # ---- building the agent ---------------------------------------------------------------
+    def make_net(self, role: str, in_dim: int, out_dim: int) -> SuperNet:
+        """The agent's NetFactory: supernets; every net of a role after the first reuses
+        that role's alpha (so the twin critics are searched as one architecture)."""
+        s = self.settings
+        net = SuperNet(len(self.task_names), in_dim, out_dim, s.hidden, gumbel=s.gumbel,
+                       tau=s.tau_start, no_private=s.no_private)
+        if role in self.alpha:
+            net.alpha = self.alpha[role]
+        else:
+            self.nets[role], self.alpha[role] = net, net.alpha
+        return net
+
+    def make_filter(self, role: str, nets) -> ConflictNoticing:
+        """The agent's filter factory: conflict-noticing on the shared modules."""
+        self.noticing[role] = ConflictNoticing(nets, self.settings.conflict_noticing)
+        return self.noticing[role]
+
+    @property
+    def optim(self) -> torch.optim.Optimizer:
+        if self._optim is None:  # once the agent's nets exist
+            self._optim = architecture_optimizer(self.alpha.values(), self.settings.arch_lr,
+                                                 self.settings.arch_weight_decay)
+        return self._optim
+
+    # ---- the hook -------------------------------------------------------------------------
+    def before_update(self, agent: MultiTaskSAC, batch: Batch, env_steps: int) -> None:
+        """Past the warm-up, one step on alpha (and conflict-noticing on, as configured);
+        during it, weights only."""
+        s = self.settings
+        searching = env_steps >= s.warmup_steps
+        for noticing in self.noticing.values():
+            noticing.enabled = searching and s.conflict_noticing
+        if searching:
+            self.arch_step(agent, batch, env_steps)
+
+    def arch_step(self, agent: MultiTaskSAC, batch: Batch, env_steps: int) -> None:
+        """One step on alpha, the Gumbel temperature annealed to ``env_steps``."""
+        tau = self.settings.temperature(env_steps)
+        for net in (agent.actor.net, agent.critic.q1, agent.critic.q2,
+                    agent.critic_target.q1, agent.critic_target.q2):
+            net.tau = tau
+        critic_loss = agent.critic_losses(batch).mean()
+        actor_loss = agent.actor_losses(batch.obs)[0].mean()
+        architecture_step(self.optim, [(critic_loss, [self.alpha["critic"]]),
+                                       (actor_loss, [self.alpha["actor"]])])
+
+    def log(self, writer: SummaryWriter, step: int) -> None:
+        """Scalars every call: how often each shared module was frozen. Every fifth call,
+        with a ``heatmap``: softmax(alpha) and the last task-gradient sign pattern."""
+        for role, noticing in self.noticing.items():
+            for layer, stats in noticing.stats().items():
+                writer.add_scalar(f"conflict/{role}/{layer}/frozen_fraction",
+                                  stats["frozen_fraction"], step)
+        self._logs += 1
+        if self.heatmap is None or self._logs % 5:
+            return
+        P = len(self.settings.hidden)
+        for role, alpha in self.alpha.items():
+            probs = torch.softmax(alpha.detach(), -1).cpu().numpy()
+            fig = self.heatmap(probs, self.task_names, [str(i) for i in range(P + 1)],
+                               f"{role}: softmax(alpha), branch point", vmin=0, vmax=1)
+            writer.add_figure(f"alpha/{role}", fig, step)
+        for role, noticing in self.noticing.items():
+            for layer, signs in noticing.last_signs().items():
+                tasks = [self.task_names[t] for t in noticing.layers[layer].tasks]
+                fig = self.heatmap(signs.cpu().numpy(), tasks, tasks,
+                                   f"{role} {layer}: sign of task-gradient inner products",
+                                   vmin=-1, vmax=1, cmap="coolwarm_r")
+                writer.add_figure(f"conflict_signs/{role}/{layer}", fig, step)
+
+    def state_dict(self) -> dict:
+        return {"optim": self.optim.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optim.load_state_dict(state["optim"])
+
+    # ---- after the search -----------------------------------------------------------------
+    def derive(self) -> dict[str, TreeSpec]:
+        return {role: net.derive(self.task_names) for role, net in self.nets.items()}
+
+    def alpha_table(self) -> dict[str, dict[str, list[float]]]:
+        """Per network, per task name, the final alpha row (for architecture.json)."""
+        return {role: dict(zip(self.task_names, a.detach().cpu().tolist()))
+                for role, a in self.alpha.items()}
+
+    def details(self) -> dict[str, dict]:
+        """Per network, what architecture.json records beside the tree: the final alpha and
+        the parameters of the supernet and of the pruned tree."""
+        alphas = self.alpha_table()
+        return {role: {"alpha": alphas[role], "parameters": {
+                    "supernet": num_parameters(net),
+                    "tree": num_parameters(TreeNet(spec, net.in_features, net.out_features))}}
+                for (role, net), spec in zip(self.nets.items(), self.derive().values())}
+
+
+def inherited_trees(agent: MultiTaskSAC, task_names: list[str]) -> dict[str, dict]:
+    """State dicts of the pruned trees with the searched weights (``--inherit-weights``),
+    keyed like the agent's modules."""
+    return {key: net.to_tree(True, task_names).state_dict()
+            for key, net in (("actor.net", agent.actor.net), ("critic.q1", agent.critic.q1),
+                             ("critic.q2", agent.critic.q2))}
+
+
+def search_architecture(config: TrainConfig, run_dir: Path, bench: Benchmark,
+                        heatmap: Heatmap | None = None
+                        ) -> tuple[dict[str, TreeSpec], dict[str, dict]]:
+    """CoNAL's search phase in ``run_dir/search`` (resumable: a checkpoint there is
+    continued). Returns the derived trees and their details for architecture.json; the
+    searched weights go to ``search/inherited.pt`` (``--inherit-weights``)."""
+    search = ConalSearch(config.search(), bench.task_names, heatmap)
+    search_config = replace(config, total_steps=config.search_steps, eval_every=0)
+    trainer = Trainer(search_config, run_dir / "search", bench, search.make_net,
+                      search.make_filter, hook=search, sac=config.sac(searching=True))
+    print(f"search: {config.search_steps} env steps in {run_dir / 'search'}")
+    trainer.run(final_eval=False)
+    checkpoint.save_atomic({"trees": inherited_trees(trainer.agent, bench.task_names)},
+                           run_dir / "search" / "inherited.pt")
+    specs, details = search.derive(), search.details()
+    for role, spec in specs.items():
+        params = details[role]["parameters"]
+        print(f"{role}: branch points {dict(zip(bench.task_names, spec.branch_points))}; "
+              f"parameters {params['supernet']:,} (supernet) -> {params['tree']:,} "
+              "(pruned tree)")
+    return specs, details
+
+
+def search_seconds(run_dir: Path) -> float:
+    """Training seconds CoNAL's search spent in ``run_dir/search`` (0 without a search):
+    they count against the run's --minutes."""
+    timing = run_dir / "search" / "timing.json"
+    return json.loads(timing.read_text())["train_wall"] if timing.exists() else 0.0

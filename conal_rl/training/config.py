@@ -1,0 +1,311 @@
+"""The training configuration: one frozen dataclass whose attribute docstrings become
+``--help``.
+
+Fields whose default is ``PRESET`` take their value from the chosen preset (``paper``,
+``quick`` or ``laptop``) when the config is made, so every config holds concrete values.
+Presets give budgets per task, scaled by the number of tasks, so MT10, MT50 and MT1 get
+the same per-task budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import inspect
+import json
+import math
+import textwrap
+import types
+import typing
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Literal
+
+from agents import SACConfig
+from conal_rl.method import SearchSettings
+from envs import num_tasks
+
+
+class _Preset:
+    def __repr__(self) -> str:
+        return "PRESET"
+
+
+PRESET = _Preset()  # marker default: the value comes from the preset
+
+# Per-task budgets and network sizes. "paper": the Meta-World multi-task SAC reference
+# (rainx0r/metaworld-algorithms MT10: 20M steps in all = 2M per task, batch 1280 = 128 per
+# task, replay 1M = 100k per task, 4k warm-up, evaluation every 200k steps with 50 episodes
+# per task; 3x400 nets as in Yu et al. 2019 and mtrl). "quick": a CPU smoke run, ~10 min on
+# 2 cores for MT10.
+PRESETS = {
+    "paper": dict(steps_per_task=2_000_000, hidden=(400, 400, 400), batch_per_task=128,
+                  replay_per_task=100_000, warmup_per_task=400, eval_every_per_task=20_000,
+                  eval_episodes=50, checkpoint_every_per_task=20_000,
+                  search_per_task=200_000, arch_lr=5e-5, minutes=None),
+    "quick": dict(steps_per_task=10_000, hidden=(128, 128, 128), batch_per_task=32,
+                  replay_per_task=10_000, warmup_per_task=500, eval_every_per_task=5_000,
+                  eval_episodes=5, checkpoint_every_per_task=5_000,
+                  search_per_task=3_000, arch_lr=1e-3, minutes=None),
+    # "laptop": one hour of training on 2 CPU cores (--minutes binds, the step budget is
+    # only a ceiling). Nets and batch chosen by benchmarks/laptop_sweep.py (results in
+    # benchmarks/results/laptop-sweep/): after 60 minutes 3x128 with 32 per task and 3x256
+    # with 64 per task end within noise (0.20 and 0.22), but 3x128 takes 2.3x the env steps
+    # and leads at 30 and 45 minutes.
+    "laptop": dict(steps_per_task=1_000_000, hidden=(128, 128, 128), batch_per_task=32,
+                   replay_per_task=100_000, warmup_per_task=500, eval_every_per_task=15_000,
+                   eval_episodes=10, checkpoint_every_per_task=15_000,
+                   search_per_task=5_000, arch_lr=1e-3, minutes=60),
+}
+# Preset-valued fields: per task (scaled by the number of tasks), or taken as they are.
+_PER_TASK = {"total_steps": "steps_per_task", "eval_every": "eval_every_per_task",
+             "checkpoint_every": "checkpoint_every_per_task", "replay_size": "replay_per_task",
+             "warmup_steps": "warmup_per_task", "search_steps": "search_per_task"}
+_AS_IS = ("hidden", "batch_per_task", "eval_episodes", "arch_lr", "minutes")
+
+ARCH_CHOICES = ("mtsac", "mhsac", "conal", "tree")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    benchmark: str = "MT10"
+    """MT10, MT50, MT1:<task> (e.g. MT1:reach-v3) or gym:<env-id> (e.g. gym:Pendulum-v1, a
+    one-task sanity check)"""
+    arch: Literal["mtsac", "mhsac", "conal", "tree"] = "mtsac"
+    """network architecture: mtsac (shared MLP + one-hot task id), mhsac (shared trunk, one
+    head per task), conal (search the trees with CoNAL, derive, prune, then train them), tree
+    (a given tree, see --architecture)"""
+    architecture: str | None = None
+    """architecture JSON (actor and critic trees) for --arch tree"""
+    preset: Literal["paper", "quick", "laptop"] = "paper"
+    """default sizes and budgets: paper (3x400 nets, 2M steps per task), quick (small nets, 10k
+    steps per task: a ~10 min CPU smoke run on MT10) or laptop (60 minutes of training on 2
+    CPU cores, 3x128 nets, 32 per task: the best of benchmarks/results/laptop-sweep/)"""
+    total_steps: int = PRESET
+    """env steps in all, summed over tasks (default: the preset's steps per task x number of
+    tasks)"""
+    minutes: float | None = PRESET
+    """wall-clock budget of training in minutes: the run stops at the first of --total-steps
+    and --minutes. Counts training only (evaluation, checkpoints and videos excluded), summed
+    over resumes; for --arch conal the search counts too. 0: no limit (default: none, laptop
+    60)"""
+    seed: int = 0
+    """random seed (networks, replay sampling, envs)"""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """torch device: auto (cuda when available), cpu or cuda"""
+    run_dir: str | None = None
+    """output directory (default: runs/<benchmark>-<arch>-s<seed>-<time>)"""
+    eval_every: int = PRESET
+    """env steps (in all) between evaluations (default: the preset's per task x tasks); 0
+    evaluates only at the end"""
+    eval_episodes: int = PRESET
+    """evaluation episodes per task (default: paper 50, quick 5)"""
+    video_every: int = 0
+    """env steps (in all) between rollout videos: one deterministic episode of every task,
+    mp4s in RUN_DIR/videos/step_<N>/ and the grid's last frame in TensorBoard; 0: none. Slow
+    on a CPU (~0.1 s a frame, ~1 min per Meta-World task)"""
+    checkpoint_every: int = PRESET
+    """env steps (in all) between checkpoints (default: as eval)"""
+    save_replay: bool = False
+    """also store the replay buffer in checkpoints (exact resume of the data; large)"""
+    hidden: tuple[int, ...] = PRESET
+    """hidden widths, comma separated, e.g. 400,400,400 (default: preset)"""
+    batch_per_task: int = PRESET
+    """samples per task in every update batch"""
+    replay_size: int = PRESET
+    """transitions kept in all, split equally over tasks (default: 100k per task, quick
+    10k)"""
+    warmup_steps: int = PRESET
+    """env steps (in all) of uniform random actions before updates start (default: 400 per
+    task, quick 500)"""
+    search_steps: int = PRESET
+    """--arch conal: env steps (in all) of the search phase, before the pruned trees train
+    for --total-steps (default: 10% of the paper budget, quick 3k per task)"""
+    search_warmup_steps: int = PRESET
+    """--arch conal: env steps (in all) at the start of the search that train the supernets'
+    weights only (no alpha step, no conflict-noticing): a from-scratch stand-in for the
+    official search's pretrained start (default: a quarter of the search)"""
+    arch_lr: float = PRESET
+    """--arch conal: Adam learning rate of alpha (default: paper 5e-5 as the official CoNAL
+    search, quick 1e-3 to move alpha within a short search)"""
+    gumbel: bool = False
+    """--arch conal: mix the branch points with a hard Gumbel-softmax sample (temperature
+    annealed 5 -> 0.5) instead of softmax(alpha)"""
+    no_conflict_noticing: bool = False
+    """--arch conal: ablation, search without conflict-noticing"""
+    no_private: bool = False
+    """--arch conal: ablation, search space without purely-specific modules (LTB-style: the
+    modules after a branch point are shared by all tasks that leave there)"""
+    inherit_weights: bool = False
+    """--arch conal: train the pruned trees from the searched weights instead of from scratch
+    (the paper retrains from scratch)"""
+    loss_weighting: Literal["mean", "rlw"] = "mean"
+    """how the per-task critic and actor losses combine: mean, or rlw (Random Loss Weighting,
+    Lin et al., TMLR 2022: weights softmax(z), z ~ N(0, I), drawn afresh for each loss at
+    every update; the temperature losses stay unweighted). Trained networks only: CoNAL's
+    search keeps the mean"""
+    grad_surgery: Literal["none", "pcgrad"] = "none"
+    """gradient surgery on the shared modules of the trained actor and critics: none, or
+    pcgrad (PCGrad, Yu et al., NeurIPS 2020: per shared module, each task's gradient loses
+    its component along every other task's gradient it conflicts with; task-specific modules
+    untouched; see conal_rl/method/pcgrad.py). With --arch conal the search keeps
+    conflict-noticing and runs without PCGrad: 'CoNAL + PCGrad' is the conflict-noticed
+    search's architecture trained with PCGrad on its shared modules"""
+    updates_per_step: int = 1
+    """gradient updates per vector-env step (one step of every task)"""
+    lr: float = 3e-4
+    """Adam learning rate of actor, critics and temperatures"""
+    gamma: float = 0.99
+    """discount factor"""
+    tau: float = 0.005
+    """Polyak rate of the target critics"""
+    log_every: int = 2_000
+    """env steps (in all) between TensorBoard scalar logs"""
+    torch_threads: int = 1
+    """CPU threads for torch. 1 by default: the env loop is serial, the matrices are small,
+    and several runs sharing a few cores slow down ~100x when each spins a thread pool"""
+    vector_strategy: Literal["sync", "async"] = "sync"
+    """gymnasium vector env: sync (one process) or async (a process per task)"""
+
+    def __post_init__(self):
+        """Fill the preset-valued fields, then check the values."""
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; valid: {', '.join(PRESETS)}")
+        p, T = PRESETS[self.preset], num_tasks(self.benchmark)
+        for name, key in _PER_TASK.items():
+            if getattr(self, name) is PRESET:
+                object.__setattr__(self, name, p[key] * T)
+        for name in _AS_IS:
+            if getattr(self, name) is PRESET:
+                object.__setattr__(self, name, p[name])
+        if self.search_warmup_steps is PRESET:
+            object.__setattr__(self, "search_warmup_steps", self.search_steps // 4)
+        object.__setattr__(self, "hidden", tuple(self.hidden))
+        self._validate()
+
+    def _validate(self) -> None:
+        positive = ("total_steps", "eval_episodes", "checkpoint_every", "batch_per_task",
+                    "replay_size", "updates_per_step", "log_every", "torch_threads",
+                    "search_steps", "arch_lr")
+        for k in positive:
+            v = getattr(self, k)
+            if v <= 0:
+                raise ValueError(f"--{k.replace('_', '-')} must be positive, got {v}")
+        for k in ("eval_every", "warmup_steps", "search_warmup_steps", "video_every", "minutes"):
+            v = getattr(self, k)
+            if v is not None and v < 0:
+                raise ValueError(f"--{k.replace('_', '-')} must not be negative, got {v}")
+        if not self.hidden or min(self.hidden) <= 0:
+            raise ValueError(f"--hidden needs positive widths, got {self.hidden}")
+        if not (0 < self.lr < math.inf and 0 <= self.gamma <= 1 and 0 < self.tau <= 1):
+            raise ValueError("need lr > 0, 0 <= gamma <= 1 and 0 < tau <= 1")
+        if self.arch == "conal" and self.search_warmup_steps >= self.search_steps:
+            raise ValueError("--search-warmup-steps must be smaller than --search-steps")
+        if self.arch == "tree" and not self.architecture:
+            raise ValueError("--arch tree needs --architecture FILE.json")
+
+    # ---- the one translation into each part's settings ------------------------------------
+    def sac(self, searching: bool = False) -> SACConfig:
+        """The agent's settings. --loss-weighting acts on the trained networks only: CoNAL's
+        search (supernets, conflict-noticing) keeps the mean."""
+        return SACConfig(gamma=self.gamma, tau=self.tau, actor_lr=self.lr, critic_lr=self.lr,
+                         temperature_lr=self.lr,
+                         loss_weighting="mean" if searching else self.loss_weighting)
+
+    def search(self) -> SearchSettings:
+        """CoNAL's search settings."""
+        return SearchSettings(
+            hidden=self.hidden, arch_lr=self.arch_lr, gumbel=self.gumbel,
+            conflict_noticing=not self.no_conflict_noticing, no_private=self.no_private,
+            warmup_steps=self.search_warmup_steps, total_steps=self.search_steps)
+
+    # ---- files ------------------------------------------------------------------------------
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, path: Path) -> TrainConfig:
+        """A saved config; ValueError for unknown or missing keys (a config.json always holds
+        every field: the values it ran with)."""
+        values = json.loads(path.read_text())
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: not a JSON object")
+        names = {f.name for f in fields(cls)}
+        unknown, missing = set(values) - names, names - set(values)
+        if unknown:
+            raise ValueError(f"{path}: unknown config keys {sorted(unknown)}")
+        if missing:
+            raise ValueError(f"{path}: config keys missing {sorted(missing)}")
+        return cls(**values)
+
+    def with_overrides(self, given: dict, allowed: set[str]) -> TrainConfig:
+        """This (saved) config with the flags ``given`` on a resume; ValueError for a flag
+        that may not change."""
+        clash = {k for k, v in given.items() if k not in allowed and v != getattr(self, k)}
+        if clash:
+            raise ValueError(f"--resume cannot change {', '.join(sorted(clash))} "
+                             f"(only {', '.join(sorted(allowed))})")
+        return replace(self, **{k: v for k, v in given.items() if k in allowed})
+
+
+# ---- command line -------------------------------------------------------------------------
+def field_docs(cls) -> dict[str, str]:
+    """The attribute docstrings of a dataclass (the string under each field), one line each."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs = {}
+    for node, after in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+            docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+def _parse_widths(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(w) for w in text.split(","))
+    except ValueError:
+        msg = f"expected comma-separated integers, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+
+
+def _value_type(hint) -> tuple[object, tuple | None]:
+    """(converter, choices) for a field's type hint; Optional is unwrapped."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    if typing.get_origin(hint) is Literal:
+        return str, typing.get_args(hint)
+    if typing.get_origin(hint) is tuple:
+        return _parse_widths, None
+    return hint, None
+
+
+OFF_FLAGS = {"gumbel": "--softmax"}  # flags with a named opposite
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls=TrainConfig,
+                         only: tuple[str, ...] | None = None) -> None:
+    """One ``--flag`` per dataclass field (or per field in ``only``), its docstring the help;
+    every default is None so that the flags a user really gave can be told apart (needed by
+    presets and --resume)."""
+    docs, hints = field_docs(cls), typing.get_type_hints(cls)
+    for f in fields(cls):
+        if only is not None and f.name not in only:
+            continue
+        flag, help = "--" + f.name.replace("_", "-"), docs[f.name].replace("%", "%%")
+        if hints[f.name] is bool:
+            parser.add_argument(flag, action="store_true", default=None, help=help)
+            if f.name in OFF_FLAGS:
+                parser.add_argument(OFF_FLAGS[f.name], dest=f.name, action="store_false",
+                                    help=f"the opposite of {flag} (the default)")
+            continue
+        conv, choices = _value_type(hints[f.name])
+        shown = "" if f.default is None or f.default is PRESET else f" (default: {f.default})"
+        parser.add_argument(flag, type=conv, default=None, choices=choices, help=help + shown,
+                            metavar=None if choices else f.name.upper())
+
+
+def given_arguments(args: argparse.Namespace, cls=TrainConfig) -> dict:
+    """The config fields the user set on the command line."""
+    return {f.name: getattr(args, f.name) for f in fields(cls)
+            if getattr(args, f.name, None) is not None}
