@@ -32,7 +32,6 @@ import math
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -53,7 +52,7 @@ from benchmarks.success_runs import (
     read_json,
     saved_config,
 )
-from conal_rl.common import as_float, machine, resolve_device, run_cli
+from conal_rl.common import StopSignal, as_float, machine, resolve_device, run_cli
 from conal_rl.training.config import PRESETS
 
 PROG = "python -m benchmarks.success"
@@ -61,21 +60,6 @@ LOG_TAIL = 15  # lines of a failed run's train.log shown in the report
 
 
 # ---- running ------------------------------------------------------------------------------------
-class _Signals:
-    """SIGTERM/SIGINT set a flag the scheduling loop reads (nothing is raised mid-way)."""
-
-    def __init__(self):
-        self.signum = 0
-        self.old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
-
-    def _handle(self, signum, frame):
-        self.signum = signum
-
-    def restore(self) -> None:
-        for s, handler in self.old.items():
-            signal.signal(s, handler)
-
-
 def log_tail(path: Path, lines: int = LOG_TAIL) -> list[str]:
     try:
         text = path.read_text(errors="replace")
@@ -138,7 +122,7 @@ def run_all(args: argparse.Namespace, specs: list[RunSpec]) -> list[dict]:
                desc="success runs", dynamic_ncols=True,
                mininterval=0.5 if sys.stderr.isatty() else 30)
     shown = ""
-    signals = _Signals()
+    signals = StopSignal()
     try:
         while (todo or running) and not signals.signum:
             while todo and len(running) < args.jobs and not signals.signum:

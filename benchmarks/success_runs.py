@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from conal_rl.common import UserError
-from conal_rl.training.config import TrainConfig
+from conal_rl.training.config import RESUMABLE, TrainConfig
 
 # row name -> (module that trains it, its flags, what the table calls it). Rows whose flags
 # training does not know (yet) are refused before anything runs.
@@ -174,10 +174,6 @@ def saved_config(spec: RunSpec) -> dict | None:
 def config_clash(spec: RunSpec, saved: dict) -> list[str]:
     """Fields the run was made with that differ from what this benchmark asks for (the
     ones a resume may change are not compared)."""
-    if spec.is_stl:
-        from conal_rl.stl import RESUMABLE
-    else:
-        from conal_rl.train import RESUMABLE_OVERRIDES as RESUMABLE
     wanted = json.loads(json.dumps(spec.given))
     return [f"{k} {saved.get(k)!r} (asked: {v!r})" for k, v in wanted.items()
             if k not in RESUMABLE | {"run_dir"} and saved.get(k) != v]

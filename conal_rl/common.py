@@ -11,6 +11,7 @@ import math
 import numbers
 import os
 import platform
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +31,28 @@ def run_cli(prog: str, body: Callable[[], object], errors: tuple = (UserError,))
     except errors as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+class StopSignal:
+    """SIGTERM/SIGINT set ``requested`` (and ``signum``) instead of killing the process, so a
+    loop can stop at its next step boundary and save first; ``restore()`` puts the previous
+    handlers back."""
+
+    def __init__(self):
+        self.requested, self.signum = False, 0
+        self._previous = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave default handling
+                pass
+
+    def _handle(self, signum, frame):
+        self.requested, self.signum = True, signum
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def resolve_device(name: str) -> torch.device:

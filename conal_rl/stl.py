@@ -42,13 +42,15 @@ import torch
 from tqdm import tqdm
 
 from agents.stl import PerTaskPolicy, chunk_callback, chunk_targets
-from conal_rl.common import UserError, resolve_device, run_cli, write_atomic, write_json_atomic
-from conal_rl.training.checkpoint import StopSignal
-from conal_rl.training.config import TrainConfig, add_config_arguments, given_arguments
-from conal_rl.training.runs import format_eval, record_evaluation
+from conal_rl.common import (
+    StopSignal,
+    run_cli,
+    write_atomic,
+    write_json_atomic,
+)
+from conal_rl.training.config import RESUMABLE, TrainConfig, add_config_arguments, given_arguments
+from conal_rl.training.runs import config_for_run, format_eval, record_evaluation
 from envs import (
-    UnknownBenchmark,
-    check_benchmark_name,
     evaluate,
     make_benchmark,
     make_eval_benchmark,
@@ -62,10 +64,6 @@ FLAGS = ("benchmark", "preset", "total_steps", "minutes", "seed", "device", "run
          "eval_every", "eval_episodes", "checkpoint_every", "save_replay", "hidden",
          "batch_per_task", "replay_size", "warmup_steps", "lr", "gamma", "tau",
          "torch_threads")
-# May change on --resume (as conal_rl.train's RESUMABLE_OVERRIDES).
-RESUMABLE = {"total_steps", "minutes", "device", "eval_every", "eval_episodes",
-             "checkpoint_every", "save_replay"}
-
 
 def minutes_of(config: TrainConfig) -> float | None:
     """The wall-clock budget in minutes, None without one (also where training lacks it)."""
@@ -226,6 +224,7 @@ class STLRun:
                     break
         finally:
             bar.close()
+            stop.restore()
         if stop.requested:
             tqdm.write(f"stopped by signal at env step {self.env_steps}; models saved, "
                        f"continue with --resume {self.run_dir}")
@@ -308,48 +307,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, Path, dict]:
-    given = given_arguments(args)
-    if args.resume:
-        run_dir = Path(args.resume)
-        if not (run_dir / "stl.json").is_file():
-            raise UserError(f"--resume {run_dir}: no stl.json there (not an STL run)")
-        saved = json.loads((run_dir / "stl.json").read_text())
-        previous = saved["given"]
-        config_now = saved["config"]
-        clash = {k for k, v in _jsonable(given).items()
-                 if k not in RESUMABLE and v != config_now.get(k)}
-        if clash:
-            raise UserError(f"--resume cannot change {', '.join(sorted(clash))} "
-                            f"(only {', '.join(sorted(RESUMABLE))})")
-        merged = previous | {k: v for k, v in given.items() if k in RESUMABLE}
-        given = {**merged, "run_dir": str(run_dir)}
-    else:
-        run_dir = Path(given.get("run_dir") or "runs/{}-stl-s{}-{}".format(
-            given.get("benchmark", "MT10").replace(":", "-"), given.get("seed", 0),
-            time.strftime("%Y%m%d-%H%M%S")))
-        if (run_dir / "stl.json").exists():
-            raise UserError(f"{run_dir} already holds a run; use --resume {run_dir} or "
-                            "another --run-dir")
-        given["run_dir"] = str(run_dir)
-    if given.get("hidden") is not None:
-        given["hidden"] = tuple(given["hidden"])
-    try:
-        benchmark = given.get("benchmark", TrainConfig.benchmark)
-        check_benchmark_name(benchmark)
-        config = TrainConfig(**given)
-    except (UnknownBenchmark, ValueError) as e:
-        raise UserError(str(e)) from None
-    resolve_device(config.device)
-    return config, run_dir, given
+def load_stl_config(path: Path) -> TrainConfig:
+    """The config an STL run was made with (in its stl.json)."""
+    return TrainConfig(**json.loads(path.read_text())["config"])
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
 
     def prepare() -> STLRun:
-        config, run_dir, given = config_from_args(args)
-        return STLRun(config, run_dir, given)
+        given = given_arguments(args)
+        config, run_dir = config_for_run(given, args.resume, "stl.json", load_stl_config, "stl")
+        if args.resume:  # stl.json keeps the flags given when the run was made
+            previous = json.loads((run_dir / "stl.json").read_text())["given"]
+            given = previous | {k: v for k, v in given.items() if k in RESUMABLE}
+        given = {**given, "run_dir": str(run_dir)}
+        return STLRun(replace(config, run_dir=str(run_dir)), run_dir, given)
 
     stl = run_cli(PROG, prepare)
     run_dir = stl.run_dir

@@ -9,25 +9,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from dataclasses import asdict
 from pathlib import Path
 
 from conal_rl.analysis.draw import heatmap_figure, save_tree_pictures
-from conal_rl.common import UserError, resolve_device, run_cli
+from conal_rl.common import UserError, run_cli
 from conal_rl.method import TreeSpec, num_parameters
 from conal_rl.training import checkpoint
 from conal_rl.training.conal_search import search_architecture, search_seconds
 from conal_rl.training.config import TrainConfig, add_config_arguments, given_arguments
 from conal_rl.training.nets import load_specs, save_specs, surgery_filter, tree_factory, tree_specs
+from conal_rl.training.runs import config_for_run
 from conal_rl.training.trainer import Trainer
-from envs import Benchmark, EvalResult, UnknownBenchmark, check_benchmark_name, make_benchmark
+from envs import Benchmark, EvalResult, make_benchmark
 from envs.video import use_headless_gl
 
 PROG = "python -m conal_rl.train"
-# Flags that may change when a run is resumed; all others must match the saved config.
-RESUMABLE_OVERRIDES = {"total_steps", "minutes", "device", "eval_every", "eval_episodes",
-                       "checkpoint_every", "save_replay", "log_every", "video_every"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,35 +34,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="continue the run in RUN_DIR from its last checkpoint (its "
                         "config.json is used; --total-steps etc. may extend it)")
     return parser
-
-
-def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, Path]:
-    """The run's config and directory; UserError for anything wrong, before any env."""
-    given = given_arguments(args)
-    try:
-        check_benchmark_name(given.get("benchmark", TrainConfig.benchmark))
-        if args.resume:
-            run_dir = Path(args.resume)
-            if not (run_dir / "config.json").is_file():
-                raise UserError(f"--resume {run_dir}: no config.json there (not a run "
-                                "directory)")
-            config = TrainConfig.load(run_dir / "config.json").with_overrides(
-                given, RESUMABLE_OVERRIDES)
-        else:
-            config = TrainConfig(**given)
-            run_dir = Path(config.run_dir or default_run_dir(config))
-            if (run_dir / "config.json").exists():
-                raise UserError(f"{run_dir} already holds a run; use --resume {run_dir} or "
-                                "another --run-dir")
-    except (UnknownBenchmark, ValueError, TypeError) as e:
-        raise UserError(str(e)) from None
-    resolve_device(config.device)
-    return config, run_dir
-
-
-def default_run_dir(config: TrainConfig) -> str:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return f"runs/{config.benchmark.replace(':', '-')}-{config.arch}-s{config.seed}-{stamp}"
 
 
 def architecture(config: TrainConfig, run_dir: Path, bench: Benchmark
@@ -93,7 +61,6 @@ def architecture(config: TrainConfig, run_dir: Path, bench: Benchmark
 def prepare(config: TrainConfig, run_dir: Path) -> Trainer:
     """Envs, trees (searched first for --arch conal) and the trainer, resumed if a
     checkpoint is there."""
-    use_headless_gl()  # before metaworld imports mujoco (videos)
     print("config:", json.dumps(asdict(config)))
     bench = make_benchmark(config.benchmark, config.seed, config.vector_strategy)
     specs, inherited = architecture(config, run_dir, bench)
@@ -111,7 +78,8 @@ def prepare(config: TrainConfig, run_dir: Path) -> Trainer:
 
 def main(argv: list[str] | None = None) -> EvalResult:
     args = build_parser().parse_args(argv)
-    config, run_dir = run_cli(PROG, lambda: config_from_args(args))
+    use_headless_gl()  # for videos: before anything imports mujoco (metaworld does)
+    config, run_dir = run_cli(PROG, lambda: config_for_run(given_arguments(args), args.resume))
     trainer = run_cli(PROG, lambda: prepare(config, run_dir), (UserError, ValueError))
     return trainer.run(spent_s=search_seconds(run_dir))
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import signal
 from pathlib import Path
 
 import numpy as np
@@ -59,19 +58,3 @@ def restore_rng(state: dict, np_rng: np.random.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
     np_rng.bit_generator.state = state["numpy"]
     random.setstate(state["python"])
-
-
-class StopSignal:
-    """SIGTERM/SIGINT set ``requested`` instead of killing the process, so a training loop
-    can stop at its next step boundary and write a checkpoint first."""
-
-    def __init__(self):
-        self.requested, self.signum = False, 0
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: leave default handling
-                pass
-
-    def _handle(self, signum, frame):
-        self.requested, self.signum = True, signum

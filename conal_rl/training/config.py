@@ -63,7 +63,9 @@ _PER_TASK = {"total_steps": "steps_per_task", "eval_every": "eval_every_per_task
              "warmup_steps": "warmup_per_task", "search_steps": "search_per_task"}
 _AS_IS = ("hidden", "batch_per_task", "eval_episodes", "arch_lr", "minutes")
 
-ARCH_CHOICES = ("mtsac", "mhsac", "conal", "tree")
+# Flags that may change when a run is resumed; all others must match the saved config.
+RESUMABLE = frozenset({"total_steps", "minutes", "device", "eval_every", "eval_episodes",
+                       "checkpoint_every", "save_replay", "log_every", "video_every"})
 
 
 @dataclass(frozen=True)
@@ -238,7 +240,7 @@ class TrainConfig:
             raise ValueError(f"{path}: config keys missing {sorted(missing)}")
         return cls(**values)
 
-    def with_overrides(self, given: dict, allowed: set[str]) -> TrainConfig:
+    def resumed_with(self, given: dict, allowed: frozenset[str] = RESUMABLE) -> TrainConfig:
         """This (saved) config with the flags ``given`` on a resume; ValueError for a flag
         that may not change."""
         clash = {k for k, v in given.items() if k not in allowed and v != getattr(self, k)}

@@ -8,6 +8,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,13 +18,43 @@ import numpy as np
 import torch
 
 from agents import MultiTaskSAC
-from conal_rl.common import UserError
+from conal_rl.common import UserError, resolve_device
 from conal_rl.method import TreeSpec
 from conal_rl.training import checkpoint
 from conal_rl.training.checkpoint import CheckpointError
 from conal_rl.training.config import TrainConfig
 from conal_rl.training.nets import load_specs, tree_factory
-from envs import Benchmark, EvalResult, make_eval_benchmark
+from envs import Benchmark, EvalResult, UnknownBenchmark, check_benchmark_name, make_eval_benchmark
+
+
+def config_for_run(given: dict, resume: str | None, saved: str = "config.json",
+                   load: Callable[[Path], TrainConfig] = TrainConfig.load,
+                   name: str = "") -> tuple[TrainConfig, Path]:
+    """A command's config and run directory: a new run from the flags ``given``, or with
+    ``resume`` the run there, its ``saved`` config (read by ``load``) with the flags a resume
+    may change. ``name``: the run directory's default name part (default: the arch).
+    UserError for anything wrong, before any env is built."""
+    try:
+        check_benchmark_name(given.get("benchmark", TrainConfig.benchmark))
+        if resume:
+            run_dir = Path(resume)
+            if not (run_dir / saved).is_file():
+                raise UserError(f"--resume {run_dir}: no {saved} there (not a run directory "
+                                "of this command)")
+            config = load(run_dir / saved).resumed_with(given)
+        else:
+            config = TrainConfig(**given)
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            run_dir = Path(config.run_dir or f"runs/{config.benchmark.replace(':', '-')}-"
+                           f"{name or config.arch}-s{config.seed}-{stamp}")
+            if (run_dir / saved).exists():
+                raise UserError(f"{run_dir} already holds a run; use --resume {run_dir} or "
+                                "another --run-dir")
+    except (UnknownBenchmark, ValueError, TypeError) as e:
+        raise UserError(str(e)) from None
+    resolve_device(config.device)
+    return config, run_dir
+
 
 EVALUATION_COLUMNS = ["env_steps", "train_minutes", "task", "success", "return", "episodes"]
 

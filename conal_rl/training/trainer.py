@@ -22,7 +22,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from agents import Batch, FilterFactory, MultiTaskReplay, MultiTaskSAC, NetFactory, SACConfig
-from conal_rl.common import resolve_device
+from conal_rl.common import StopSignal, resolve_device
 from conal_rl.training import checkpoint
 from conal_rl.training.config import TrainConfig
 from conal_rl.training.runs import Policy, format_eval, record_evaluation
@@ -111,7 +111,7 @@ class Trainer:
         # A resumed run starts fresh episodes from a seed derived from where it stands, so
         # resuming twice from the same checkpoint gives the same run.
         obs, _ = self.bench.envs.reset(seed=cfg.seed + self.env_steps)
-        stop = checkpoint.StopSignal()
+        stop = StopSignal()
         bar = tqdm(total=cfg.total_steps, initial=self.env_steps, unit="step",
                    dynamic_ncols=True, desc=f"{cfg.benchmark} {cfg.arch}",
                    mininterval=0.5 if sys.stderr.isatty() else 30)
@@ -129,6 +129,7 @@ class Trainer:
                 self._periodic(window, bar)
         finally:
             bar.close()
+            stop.restore()
             self.timers["train_wall"] = self.train_seconds()
             self._run_start = None
         self.save_checkpoint()

@@ -1,0 +1,99 @@
+"""The house stays as ARCHITECTURE.md draws it: every import of the project's own modules
+(lazy ones inside functions included) runs down the layering below, never up or sideways."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMANDS = ("conal_rl.train", "conal_rl.evaluate", "conal_rl.render", "conal_rl.plot",
+            "conal_rl.stl")
+
+# package -> the project packages its modules may import (besides their own package).
+LAYERS = {
+    "conal_rl.method": (),
+    "conal_rl.common": (),
+    "agents": (),
+    "envs": (),
+    "conal_rl.training": ("conal_rl.method", "conal_rl.common", "agents", "envs"),
+    "conal_rl.analysis": ("conal_rl.training", "conal_rl.method", "conal_rl.common", "agents",
+                          "envs"),
+    "commands": ("conal_rl.analysis", "conal_rl.training", "conal_rl.method",
+                 "conal_rl.common", "agents", "envs"),
+    "benchmarks": ("commands", "conal_rl.analysis", "conal_rl.training", "conal_rl.method",
+                   "conal_rl.common", "agents", "envs"),
+}
+PROJECT = ("conal_rl", "agents", "envs", "benchmarks")
+
+
+def package_of(module: str) -> str:
+    if module in COMMANDS:
+        return "commands"
+    if module == "conal_rl":  # the package's empty __init__: the bottom layer
+        return "conal_rl.common"
+    for package in LAYERS:
+        if module == package or module.startswith(package + "."):
+            return package
+    raise AssertionError(f"{module} belongs to no layer: add it to tests/test_layering.py")
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def project_imports(path: Path):
+    """(line, imported module) for every import of a project module in the file."""
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            # "from conal_rl import train" imports conal_rl.train
+            names = [f"{node.module}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        for name in names:
+            if name.split(".")[0] in PROJECT:
+                yield node.lineno, name
+
+
+def imported_package(name: str) -> str | None:
+    """The layer of an imported name (a module, or a name inside a module)."""
+    while name:
+        try:
+            return package_of(name)
+        except AssertionError:
+            name = name.rpartition(".")[0]
+    return None
+
+
+def edges():
+    for top in ("conal_rl", "agents", "envs", "benchmarks"):
+        for path in sorted((ROOT / top).rglob("*.py")):
+            source = package_of(module_name(path))
+            for line, name in project_imports(path):
+                yield path.relative_to(ROOT), line, source, name, imported_package(name)
+
+
+def test_every_import_runs_down_the_layers():
+    wrong = [f"{path}:{line}: {source} imports {name} ({target})"
+             for path, line, source, name, target in edges()
+             if target is not None and target != source and target not in LAYERS[source]]
+    assert not wrong, "imports against the layering:\n" + "\n".join(wrong)
+
+
+def test_commands_do_not_import_each_other():
+    wrong = [f"{path}:{line}: imports {name}" for path, line, source, name, _ in edges()
+             if source == "commands" and any(name == c or name.startswith(c + ".")
+                                              for c in COMMANDS)]
+    assert not wrong, "\n".join(wrong)
+
+
+@pytest.mark.parametrize("bad", ["conal_rl.training.trainer", "benchmarks.speed"])
+def test_the_scan_sees_an_import_against_the_layers(tmp_path, bad):
+    """The scan itself: a method module importing the runner or the benchmarks is caught."""
+    path = tmp_path / "probe.py"
+    path.write_text(f"def f():\n    from {bad} import x\n")
+    [(line, name)] = list(project_imports(path))
+    assert line == 2 and imported_package(name) not in LAYERS["conal_rl.method"]

@@ -1,0 +1,62 @@
+"""Runs written by the code before the restructuring (tests/fixtures/v1, made by commit
+61e10f1) still load, evaluate and resume: their config.json, architecture.json and
+checkpoint formats are the ones the code reads today."""
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from conal_rl import evaluate
+from conal_rl.method import num_parameters
+from conal_rl.train import main as train
+from conal_rl.training import checkpoint
+from conal_rl.training.config import TrainConfig
+from conal_rl.training.nets import load_specs
+from conal_rl.training.runs import load_run
+
+FIXTURES = Path(__file__).parent / "fixtures" / "v1"
+
+
+def _copy(name: str, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(FIXTURES / name, tmp_path / name))
+
+
+def test_old_config_files_load_as_they_were_written():
+    for name in ("pendulum-mhsac", "mt10-conal"):
+        saved = json.loads((FIXTURES / name / "config.json").read_text())
+        config = TrainConfig.load(FIXTURES / name / "config.json")
+        assert {k: getattr(config, k) for k in saved} == {
+            k: tuple(v) if k == "hidden" else v for k, v in saved.items()}
+
+
+def test_an_old_conal_architecture_file_and_checkpoint_load(tmp_path):
+    run_dir = _copy("mt10-conal", tmp_path)
+    data = json.loads((run_dir / "architecture.json").read_text())
+    specs = load_specs(run_dir / "architecture.json")
+    for role, spec in specs.items():
+        assert dict(zip(spec.task_names, spec.branch_points)) == data[role]["branch_point_by_task"]
+    run = load_run(run_dir)
+    assert run.env_steps == 100
+    assert num_parameters(run.agent.actor.net) == data["actor"]["parameters"]["tree"]
+    assert num_parameters(run.agent.critic.q1) == data["critic"]["parameters"]["tree"]
+    state = checkpoint.load(run_dir / "checkpoints" / "latest.pt")
+    torch.testing.assert_close(run.agent.actor.net.head.weight,
+                               state["agent"]["actor.net.head.weight"])
+
+
+def test_an_old_run_evaluates_and_resumes(tmp_path):
+    run_dir = _copy("pendulum-mhsac", tmp_path)
+    before = checkpoint.load(run_dir / "checkpoints" / "latest.pt")
+    [ev] = evaluate.main([str(run_dir), "--episodes", "1", "--device", "cpu"])["MH-SAC"]
+    assert ev.env_steps == 200
+    train(["--resume", str(run_dir), "--total-steps", "260"])
+    after = checkpoint.load(run_dir / "checkpoints" / "latest.pt")
+    assert after["counters"] == {"env_steps": 260, "updates": before["counters"]["updates"] + 60}
+    # It went on from the saved weights, optimizer moments and replay (saved with the run).
+    assert after["replay"]["size"] == before["replay"]["size"] + 60
+    assert not torch.equal(after["agent"]["actor.net.head.weight"],
+                           before["agent"]["actor.net.head.weight"])
+    assert (after["optimizers"]["actor"]["state"][0]["step"]
+            == before["optimizers"]["actor"]["state"][0]["step"] + 60)
