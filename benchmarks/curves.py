@@ -1,47 +1,22 @@
-"""Evaluation curves of benchmark runs, read from their ``evaluations.csv``: the mean over
-tasks against env steps or against training minutes (the wall-clock budget's own axis).
+"""The benchmarks' curves against training minutes (the wall-clock budget's own axis),
+built on conal_rl.analysis.curves.read_curves.
 
-Runs of one row evaluate at the same env steps, so their curves average point by point.
-Against minutes every run evaluates at its own times: each is read on a shared grid as
-its latest evaluation at or before each point (what a user stopping the run then has).
+Runs of one row evaluate at the same env steps, so their curves average point by point
+(conal_rl.analysis.curves.band). Against minutes every run evaluates at its own times:
+each is read on a shared grid as its latest evaluation at or before each point (what a
+user stopping the run then has).
 """
 
 from __future__ import annotations
 
-import csv
-from pathlib import Path
-
 import numpy as np
 
-from conal_rl.analysis.aggregate import mean_se
 from conal_rl.analysis.curves import Band
-from conal_rl.common import as_float
+from conal_rl.analysis.stats import mean_se
 
-AXES = {"env_steps": "env steps (all tasks; training phase)",
-        "train_minutes": "training minutes (evaluation excluded)"}
 # A minutes-bound run stops at the first env step past its budget and evaluates there, a
 # few seconds late: a grid point within this many minutes before an evaluation reads it.
 MARK_GRACE = 0.1
-
-
-def read_curve(run_dir: Path, metric: str = "success",
-               x: str = "env_steps") -> tuple[np.ndarray, np.ndarray]:
-    """(x, mean of ``metric`` over tasks) at every evaluation of a run, in order; empty
-    before its first evaluation. An evaluation repeated at the same step (a resumed run)
-    keeps its last value."""
-    path = run_dir / "evaluations.csv"
-    if not path.exists():
-        return np.zeros(0), np.zeros(0)
-    by_step: dict[int, tuple[float, dict[str, float]]] = {}
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            step = int(row["env_steps"])
-            _, tasks = by_step.setdefault(step, (0.0, {}))
-            tasks[row["task"]] = as_float(row[metric])
-            by_step[step] = (as_float(row[x]), tasks)
-    steps = sorted(by_step)
-    return (np.array([by_step[s][0] for s in steps]),
-            np.array([np.mean(list(by_step[s][1].values())) for s in steps]))
 
 
 def value_at(xs: np.ndarray, values: np.ndarray, grid: np.ndarray) -> np.ndarray:

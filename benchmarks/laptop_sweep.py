@@ -27,10 +27,10 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from benchmarks import success
-from benchmarks.curves import AXES, minutes_band, read_curve, value_at
+from benchmarks.curves import minutes_band, value_at
 from benchmarks.success_runs import register_rows
-from conal_rl.analysis.aggregate import mean_se
-from conal_rl.analysis.curves import draw
+from conal_rl.analysis.curves import AXES, MEAN, draw, read_curves
+from conal_rl.analysis.stats import mean_se
 
 PROG = "python -m benchmarks.laptop_sweep"
 BENCHMARK, BUDGET = "MT10", "laptop"
@@ -59,7 +59,9 @@ def rows() -> dict[str, tuple[str, tuple[str, ...], str]]:
 
 
 def read_minutes_curve(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    return read_curve(run_dir, "success", "train_minutes")
+    """Mean success over tasks against training minutes; empty before the first evaluation."""
+    curves = read_curves(run_dir, "success", "train_minutes")
+    return curves.get(MEAN, (np.zeros(0), np.zeros(0)))
 
 
 def candidate_summary(name: str, run_dirs: list[Path], budget: float) -> dict:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.curves import AXES, minutes_band, read_curve
+from benchmarks.curves import minutes_band
 from benchmarks.success_runs import (
     PASS_THROUGH,
     ROWS,
@@ -25,6 +25,7 @@ from benchmarks.success_runs import (
     safe_name,
     saved_config,
 )
+from conal_rl.analysis.curves import AXES, MEAN, read_curves
 from conal_rl.common import as_float, finite_or_none
 from conal_rl.training.config import PRESETS
 from envs import num_tasks
@@ -127,7 +128,7 @@ def _cell(mean: float, se: float, digits: int) -> str:
 
 def summarize_row(row: str, results: list[RunResult], tasks: list[str], seeds: int,
                   metric: str) -> dict:
-    from conal_rl.analysis.aggregate import summarize
+    from conal_rl.analysis.stats import summarize
 
     entry = {"row": row, "label": ROWS[row][2],
              "command": " ".join(["python -m", ROWS[row][0], *ROWS[row][1]]),
@@ -306,8 +307,8 @@ def plot_rows(rows: list[dict], results: dict[str, list[RunResult]], metric: str
     panels = {"env_steps": []} | ({"train_minutes": []} if minutes else {})
     for r in rows:
         for x, bands in panels.items():
-            runs = [read_curve(res.spec.run_dir, metric, x) for res in results.get(r["row"], [])]
-            runs = [c for c in runs if len(c[0])]
+            runs = [read_curves(res.spec.run_dir, metric, x) for res in results.get(r["row"], [])]
+            runs = [c[MEAN] for c in runs if c]
             if runs:
                 bands.append(band(r["row"], runs) if x == "env_steps"
                              else minutes_band(r["row"], runs, minutes))

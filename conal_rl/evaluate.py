@@ -4,7 +4,9 @@ Runs the evaluation protocol (envs/evaluation.py) on each run's last checkpoint,
 eval.json and eval.csv into each run directory, and prints one table: per task the
 success rate and mean return, the mean over tasks, and for several runs (seeds of one
 configuration) mean ± standard error over runs and the IQM with its bootstrap 95% interval.
---compare puts runs of different architectures side by side, one column each.
+--compare puts configurations side by side, one column each: runs that share every
+setting but the seed are seeds of one configuration, named by its architecture and, where
+two share that, by the settings that differ (e.g. "MT-SAC (preset=laptop)").
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from conal_rl.analysis.aggregate import Summary, arch_label, group_runs, summarize
+from conal_rl.analysis.grouping import arch_label, group_runs
+from conal_rl.analysis.stats import Summary, summarize
 from conal_rl.common import UserError, as_float, finite_or_none, resolve_device, run_cli
 from conal_rl.method import num_parameters
 from conal_rl.training.checkpoint import CheckpointError
@@ -167,7 +170,7 @@ def format_runs_table(label: str, evals: list[RunEvaluation]) -> str:
 
 
 def format_compare_table(groups: dict[str, list[RunEvaluation]]) -> str:
-    """One column per architecture, as the paper's tables read: the success rate (the
+    """One column per configuration, as the paper's tables read: the success rate (the
     return for gymnasium benchmarks) per task, mean, IQM, runs and parameter counts."""
     first = next(iter(groups.values()))
     metric = "success" if has_success(first) else "return"
@@ -205,8 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                         help="torch device (default: %(default)s, cuda when available)")
     parser.add_argument("--compare", action="store_true",
-                        help="runs of different architectures side by side: one column per "
-                        "architecture (seeds of each aggregated), with parameter counts")
+                        help="runs of different configurations (architectures, presets, "
+                        "settings) side by side: one column per configuration (seeds of "
+                        "each aggregated), with parameter counts")
     parser.add_argument("--benchmark", default=None,
                         help="refuse runs not trained on this benchmark (e.g. MT10)")
     parser.add_argument("--reuse", action="store_true",
@@ -233,7 +237,7 @@ def _main(args: argparse.Namespace) -> dict[str, list[RunEvaluation]]:
             raise CheckpointError(f"{run_dir} was trained on {config.benchmark}, "
                                   f"not {args.benchmark}")
     # Group before evaluating: a run that does not belong fails in seconds, not minutes.
-    groups = group_runs(configs, by_arch=args.compare)
+    groups = group_runs(configs, compare=args.compare)
     evals: list[RunEvaluation] = []
     for run_dir, config in zip(tqdm(run_dirs, desc="runs", unit="run",
                                     disable=len(run_dirs) == 1), configs):

@@ -1,8 +1,11 @@
-"""Success-rate curves from runs' TensorBoard logs: ``python -m conal_rl.plot RUN_DIR ...``.
+"""Success-rate curves from runs' evaluations: ``python -m conal_rl.plot RUN_DIR ...``.
 
-One figure of the mean over tasks and one of every task, each with a line per architecture
-(ablation switches included in its name), the mean over its runs (seeds) shaded by ± one
-standard error. Gymnasium sanity runs have no success signal: their returns are drawn.
+One figure of the mean over tasks and one of every task, each with a line per
+configuration, the mean over its runs (seeds) shaded by ± one standard error. A line is
+named by its architecture (ablation switches included) and, where two configurations share
+that, by the settings that differ (e.g. "MT-SAC (preset=laptop)"). Gymnasium sanity runs
+have no success signal: their returns are drawn. Curves come from each run's
+evaluations.csv.
 """
 
 from __future__ import annotations
@@ -14,21 +17,32 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from conal_rl.analysis.aggregate import group_runs
-from conal_rl.analysis.curves import MEAN, Band, band, draw, read_curves
+from conal_rl.analysis.curves import AXES, MEAN, Band, Curves, band, draw, read_curves
+from conal_rl.analysis.grouping import group_runs
 from conal_rl.common import UserError, run_cli
 from conal_rl.training.runs import load_config, run_dir_of
 
 PROG = "python -m conal_rl.plot"
+
+
+def evaluated_curves(run_dir: Path, metric: str) -> Curves:
+    """``read_curves`` of a run that must have been evaluated (UserError otherwise)."""
+    curves = read_curves(run_dir, metric)
+    if not curves:
+        raise UserError(f"{run_dir} has no evaluation logged yet (no rows in its "
+                        "evaluations.csv)")
+    return curves
+
+
 def plot_runs(run_dirs: list[Path], out_dir: Path, name: str | None = None,
               progress: bool = True) -> list[Path]:
     """Draw the comparison of ``run_dirs`` into PNG files in ``out_dir``; returns them."""
     configs = [load_config(d) for d in run_dirs]
-    groups = group_runs(configs, by_arch=True)
+    groups = group_runs(configs, compare=True)
     benchmark = configs[0].benchmark
     metric = "return" if benchmark.startswith("gym:") else "success"
-    runs = [read_curves(d, metric) for d in tqdm(run_dirs, desc="reading logs", unit="run",
-                                                   disable=not progress)]
+    runs = [evaluated_curves(d, metric) for d in tqdm(run_dirs, desc="reading evaluations",
+                                                        unit="run", disable=not progress)]
     tasks = sorted(set.intersection(*(set(c) for c in runs)) - {MEAN},
                    key=list(runs[0]).index)
     stem = name or benchmark.replace(":", "-")
@@ -43,7 +57,7 @@ def plot_runs(run_dirs: list[Path], out_dir: Path, name: str | None = None,
     ax = mean_fig.subplots()
     draw(ax, bands(MEAN), f"{benchmark}: evaluation {ylabel}, {MEAN} "
          "(shaded: ± s.e. over seeds)", metric)
-    ax.set_xlabel("env steps (all tasks)")
+    ax.set_xlabel(AXES["env_steps"])
     ax.set_ylabel(ylabel)
     ax.legend()
     paths = [out_dir / f"{stem}-{metric}.png"]
@@ -65,7 +79,7 @@ def plot_runs(run_dirs: list[Path], out_dir: Path, name: str | None = None,
         task_fig.legend(handles, labels, loc="outside right upper")
         task_fig.suptitle(f"{benchmark}: evaluation {ylabel} per task "
                           "(shaded: ± s.e. over seeds)")
-        task_fig.supxlabel("env steps (all tasks)")
+        task_fig.supxlabel(AXES["env_steps"])
         paths.append(out_dir / f"{stem}-{metric}-per-task.png")
         task_fig.savefig(paths[1], dpi=100)
     return paths
@@ -74,8 +88,8 @@ def plot_runs(run_dirs: list[Path], out_dir: Path, name: str | None = None,
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[1])
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR",
-                        help="run directories, of one benchmark; runs of one architecture "
-                        "(and ablation switches) are seeds of one line")
+                        help="run directories, of one benchmark; runs that differ only in "
+                        "their seed (and where or how fast they ran) are seeds of one line")
     parser.add_argument("--out", type=Path, default=Path("plots"),
                         help="folder for the PNG files (default: %(default)s)")
     parser.add_argument("--name", default=None,

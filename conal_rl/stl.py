@@ -19,7 +19,7 @@ observation through its own model (deterministic). Evaluations are logged at per
 step x T, the x axis of the multi-task runs.
 
 The run directory holds what a training run writes, so ``benchmarks.success`` and
-``conal_rl.plot.read_curves`` read it like any run: ``evaluations.csv``,
+``conal_rl.analysis.curves.read_curves`` read it like any run: ``evaluations.csv``,
 ``eval_latest.json``, TensorBoard ``eval_success/<task>`` and ``eval/mean_success``,
 ``timing.json`` (``train_wall``, ``env_steps``, ``stopped_by``). ``config.json`` is *not*
 written (``--arch`` has no ``stl`` choice); ``stl.json`` holds the resolved TrainConfig,

@@ -1,48 +1,73 @@
-"""Evaluation curves of runs from their TensorBoard logs, and bands of mean ± s.e. over
-seeds drawn on a matplotlib axis (the plot command and the benchmarks' reports)."""
+"""Evaluation curves of runs, read from their ``evaluations.csv``, and bands of mean ± s.e.
+over seeds drawn on a matplotlib axis (the plot command and the benchmarks' reports).
+
+``evaluations.csv`` (conal_rl.training.runs.record_evaluation) holds a row per task and
+evaluation: the env steps and training minutes it was taken at, the success rate (an
+empty cell for gymnasium sanity runs, which have returns only) and the mean return.
+"""
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from conal_rl.analysis.aggregate import mean_se
-from conal_rl.common import UserError
+from conal_rl.analysis.stats import mean_se
+from conal_rl.common import UserError, as_float
 
-METRIC_TAGS = {"success": ("eval/mean_success", "eval_success/"),
-               "return": ("eval/mean_return", "eval_return/")}
+METRICS = ("success", "return")
+# What a curve can be drawn against, and its axis label.
+AXES = {"env_steps": "env steps (all tasks; training phase)",
+        "train_minutes": "training minutes (evaluation excluded)"}
 MEAN = "mean over tasks"
 
+Curves = dict[str, tuple[np.ndarray, np.ndarray]]  # name -> (x, values)
 
-Curves = dict[str, tuple[np.ndarray, np.ndarray]]  # name -> (env steps, values)
 
-
-def read_curves(run_dir: Path, metric: str) -> Curves:
-    """The run's evaluation curves of ``metric``: the mean over tasks (key ``MEAN``) and
-    one per task. A step logged twice (a resumed run) keeps its last value."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    accumulator.Reload()
-    mean_tag, task_prefix = METRIC_TAGS[metric]
-    curves: Curves = {}
-    for tag in accumulator.Tags()["scalars"]:
-        if tag == mean_tag or tag.startswith(task_prefix):
-            by_step = {e.step: e.value for e in accumulator.Scalars(tag)}
-            steps = np.array(sorted(by_step))
-            name = MEAN if tag == mean_tag else tag.removeprefix(task_prefix)
-            curves[name] = (steps, np.array([by_step[s] for s in steps]))
-    if MEAN not in curves:
-        raise UserError(f"{run_dir} has no evaluation logged yet (no {mean_tag} in its "
-                        "TensorBoard events)")
+def read_curves(run_dir: Path, metric: str = "success", x: str = "env_steps") -> Curves:
+    """The run's evaluation curves of ``metric`` against ``x`` (a key of ``AXES``), in
+    the order of env steps: the mean over tasks (key ``MEAN``) and one per task. An
+    evaluation repeated at the same env step (a resumed run) keeps its last values. Empty
+    before the run's first evaluation."""
+    if metric not in METRICS or x not in AXES:
+        raise ValueError(f"metric must be one of {METRICS} and x one of {tuple(AXES)}, got "
+                         f"{metric!r} and {x!r}")
+    path = Path(run_dir) / "evaluations.csv"
+    if not path.exists():
+        return {}
+    at: dict[int, tuple[float, dict[str, float]]] = {}  # env step -> (x, task -> value)
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        columns = reader.fieldnames or ()
+        missing = [c for c in ("env_steps", "task", metric, x) if c not in columns]
+        if columns and missing:
+            raise UserError(f"{path} has no {', '.join(missing)} column (written by an older "
+                            "version?)")
+        for row in reader:
+            try:
+                step = int(row["env_steps"])
+                tasks = at.get(step, (0.0, {}))[1]
+                tasks[row["task"]] = as_float(row[metric])
+                at[step] = (as_float(row[x]), tasks)
+            except (TypeError, ValueError):
+                raise UserError(f"{path}, line {reader.line_num}: not an evaluation "
+                                "row") from None
+    if not at:
+        return {}
+    steps = sorted(at)
+    xs = np.array([at[s][0] for s in steps])
+    curves = {MEAN: (xs, np.array([np.mean(list(at[s][1].values())) for s in steps]))}
+    for task in dict.fromkeys(t for s in steps for t in at[s][1]):
+        have = [i for i, s in enumerate(steps) if task in at[s][1]]
+        curves[task] = (xs[have], np.array([at[steps[i]][1][task] for i in have]))
     return curves
 
 
 @dataclass
 class Band:
-    """One architecture's curve: mean and standard error over its runs at shared steps."""
+    """One configuration's curve: mean and standard error over its runs at shared x."""
 
     label: str
     runs: int
@@ -52,7 +77,8 @@ class Band:
 
 
 def band(label: str, curves: list[tuple[np.ndarray, np.ndarray]]) -> Band:
-    """Runs are compared at the steps all of them evaluated (a shorter run cuts the rest)."""
+    """Runs are compared at the x all of them evaluated at (a shorter run cuts the rest):
+    env steps, which the runs of one configuration share."""
     common = curves[0][0]
     for steps, _ in curves[1:]:
         common = np.intersect1d(common, steps)

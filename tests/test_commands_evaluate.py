@@ -23,13 +23,15 @@ TINY = ["--total-steps", "200", "--warmup-steps", "100", "--eval-every", "0", "-
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Meta-World MT-SAC; Pendulum MT-SAC seeds 0 and 1 and MH-SAC seed 0."""
+    """Meta-World MT-SAC; Pendulum MT-SAC seeds 0 and 1 and MH-SAC seed 0 (the default
+    preset, paper), and Pendulum MT-SAC seed 0 of the laptop preset."""
     root = tmp_path_factory.mktemp("runs")
     specs = {"reach": ("MT1:reach-v3", "mtsac", 0), "pend0": ("gym:Pendulum-v1", "mtsac", 0),
-             "pend1": ("gym:Pendulum-v1", "mtsac", 1), "pend_mh": ("gym:Pendulum-v1", "mhsac", 0)}
-    for name, (benchmark, arch, seed) in specs.items():
+             "pend1": ("gym:Pendulum-v1", "mtsac", 1), "pend_mh": ("gym:Pendulum-v1", "mhsac", 0),
+             "pend_laptop": ("gym:Pendulum-v1", "mtsac", 0, "--preset", "laptop")}
+    for name, (benchmark, arch, seed, *flags) in specs.items():
         train(["--benchmark", benchmark, "--arch", arch, "--seed", str(seed),
-               "--run-dir", str(root / name), *TINY])
+               "--run-dir", str(root / name), *flags, *TINY])
     return root
 
 
@@ -75,6 +77,19 @@ def test_compare_puts_architectures_side_by_side(runs, capsys):
     assert set(rows) == {"Pendulum-v1", "mean", "IQM [95% CI]", "runs", "env steps",
                          "actor parameters", "critic parameters"}
     assert rows["runs"] == ["2", "1"] and rows["env steps"] == ["200", "200"]
+
+
+def test_compare_puts_two_presets_of_one_architecture_side_by_side(runs, capsys):
+    argv = [str(runs / d) for d in ("pend_laptop", "pend0", "pend1", "pend_mh")]
+    groups = evaluate.main([*argv, "--episodes", "1", "--compare"])
+    assert {label: len(evals) for label, evals in groups.items()} == {
+        "MT-SAC (preset=laptop)": 1, "MT-SAC (preset=paper)": 2, "MH-SAC": 1}
+    lines = capsys.readouterr().out.strip().splitlines()
+    header = next(x for x in lines if x.startswith("task"))
+    assert header.split("  ")[0] == "task" and [c.strip() for c in header.split("  ")[1:]
+                                                if c.strip()] == list(groups)
+    runs_row = next(x for x in lines if x.startswith("runs"))
+    assert runs_row.split()[1:] == ["1", "2", "1"]
 
 
 def test_reuse_takes_the_earlier_evaluation(runs, capsys, monkeypatch):
@@ -133,6 +148,8 @@ def _foreign_file(tmp_path):
      "the checkpoint was trained on gym:Pendulum-v1 with mtsac, but the run is MT1:reach-v3"),
     ("mixed benchmarks", "runs of different benchmarks (MT1:reach-v3, gym:Pendulum-v1)"),
     ("mixed architectures", "runs differ in arch (mtsac vs mhsac)"),
+    ("mixed presets", "runs differ in preset (paper vs laptop), so they are not seeds of one "
+     "configuration; use --compare"),
     ("bad episodes", "--episodes must be positive"),
 ])
 def test_errors_are_one_clear_line(runs, tmp_path, capsys, case, message):
@@ -156,6 +173,7 @@ def test_errors_are_one_clear_line(runs, tmp_path, capsys, case, message):
         "other benchmark flag": [str(runs / "reach"), "--benchmark", "MT10"],
         "mixed benchmarks": [str(runs / "reach"), str(runs / "pend0")],
         "mixed architectures": [str(runs / "pend0"), str(runs / "pend_mh")],
+        "mixed presets": [str(runs / "pend0"), str(runs / "pend_laptop")],
         "bad episodes": [str(runs / "pend0"), "--episodes", "0"],
     }.get(case, [str(run)])
     with pytest.raises(SystemExit) as exit_info:

@@ -1,29 +1,30 @@
-"""The plotting CLI on fabricated runs: a config.json and TensorBoard scalars as training
-writes them (plots need no checkpoint)."""
+"""The plotting CLI on fabricated runs: a config.json and the evaluations.csv that training
+writes (plots need no checkpoint)."""
 
 import numpy as np
 import pytest
 from PIL import Image
-from torch.utils.tensorboard import SummaryWriter
 
 from conal_rl import plot
 from conal_rl.analysis.curves import read_curves
 from conal_rl.training.config import TrainConfig
+from conal_rl.training.runs import record_evaluation
+from envs import EvalResult
 
 TASKS = ["reach-v3", "push-v3", "pick-place-v3"]
 
 
-def fake_run(path, arch, seed, success, benchmark="MT10", steps=(1000, 2000, 3000)):
-    """A run whose per-task success at ``steps[i]`` is ``success[i][task]``."""
+def fake_run(path, arch, seed, success, benchmark="MT10", steps=(1000, 2000, 3000),
+             preset="quick"):
+    """A run whose per-task success at ``steps[i]`` is ``success[i][task]``, evaluated
+    a minute of training apart."""
     path.mkdir(parents=True)
-    TrainConfig(benchmark=benchmark, arch=arch, seed=seed, preset="quick").save(
+    TrainConfig(benchmark=benchmark, arch=arch, seed=seed, preset=preset).save(
         path / "config.json")
-    writer = SummaryWriter(str(path))
-    for step, values in zip(steps, success):
-        for task, value in zip(TASKS, values):
-            writer.add_scalar(f"eval_success/{task}", value, step)
-        writer.add_scalar("eval/mean_success", float(np.mean(values)), step)
-    writer.close()
+    for i, (step, values) in enumerate(zip(steps, success)):
+        result = EvalResult(TASKS, dict(zip(TASKS, map(float, values))),
+                            dict.fromkeys(TASKS, 100.0 * i), 5)
+        record_evaluation(path, result, step, train_minutes=i + 1.0)
     return path
 
 
@@ -73,3 +74,22 @@ def test_errors_are_one_line(tmp_path, capsys, case, message):
         plot.main([str(good), str(other), "--out", str(tmp_path / "plots")])
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and len(err) == 1 and message in err[0], err
+
+
+def test_two_presets_of_one_architecture_are_two_lines(tmp_path, monkeypatch):
+    runs = [fake_run(tmp_path / f"{preset}{seed}", "mtsac", seed, [[0, 0, 0], [seed, 1, 0]],
+                     steps=(1000, 2000), preset=preset)
+            for preset in ("laptop", "quick") for seed in (0, 1)]
+    drawn = []
+
+    def remember(ax, bands, title, metric):
+        drawn.append({b.label: (b.runs, list(b.mean)) for b in bands})
+        original(ax, bands, title, metric)
+
+    original = plot.draw
+    monkeypatch.setattr(plot, "draw", remember)
+    paths = plot.plot_runs(runs, tmp_path / "plots", progress=False)
+    assert len(paths) == 2 and len(drawn) == 1 + len(TASKS)
+    assert drawn[0] == {"MT-SAC (preset=laptop)": (2, [0.0, 0.5]),  # mean over tasks
+                        "MT-SAC (preset=quick)": (2, [0.0, 0.5])}
+    assert drawn[1]["MT-SAC (preset=laptop)"] == (2, [0.0, 0.5])  # reach: seeds 0 and 1

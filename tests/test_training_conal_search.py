@@ -1,4 +1,4 @@
-"""CoNAL wired into multi-task SAC (the method itself is tested in test_conal_method.py)."""
+"""CoNAL wired into multi-task SAC (the method itself is tested in test_method_conal.py)."""
 
 import torch
 

@@ -3,15 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from conal_rl.analysis.aggregate import (
-    AggregateError,
-    arch_label,
-    group_runs,
-    iqm,
-    iqm_interval,
-    mean_se,
-    summarize,
-)
+from conal_rl.analysis.grouping import AggregateError, arch_label, group_runs
+from conal_rl.analysis.stats import iqm, iqm_interval, mean_se, summarize
 from conal_rl.training.config import TrainConfig
 
 
@@ -65,24 +58,61 @@ def _config(**kw) -> TrainConfig:
 
 def test_seeds_of_one_configuration_form_one_group():
     configs = [_config(seed=0, device="cpu"), _config(seed=1, device="cuda")]
-    assert group_runs(configs, by_arch=False) == {"MT-SAC": [0, 1]}
+    assert group_runs(configs, compare=False) == {"MT-SAC": [0, 1]}
 
 
 def test_compare_groups_by_architecture_and_ablation():
     configs = [_config(arch="mtsac"), _config(arch="conal", seed=1), _config(arch="mtsac", seed=2),
                _config(arch="conal", no_conflict_noticing=True)]
-    assert group_runs(configs, by_arch=True) == {
+    assert group_runs(configs, compare=True) == {
         "MT-SAC": [0, 2], "CoNAL": [1], "CoNAL (w/o conflict-noticing)": [3]}
     assert arch_label(_config(arch="tree", architecture="archs/mine.json")) == "tree (mine)"
 
 
-@pytest.mark.parametrize("configs, by_arch, message", [
+@pytest.mark.parametrize("configs, compare, message", [
     ([_config(), _config(arch="mhsac")], False, "differ in arch .* use --compare"),
     ([_config(), _config(hidden=(64, 64))], False, "differ in hidden"),
-    ([_config(), _config(seed=1, hidden=(64, 64))], True, "differ in hidden"),
+    ([_config(), TrainConfig(benchmark="MT10", preset="laptop")], False,
+     "differ in preset \\(quick vs laptop\\).* use --compare"),
     ([_config(), TrainConfig(benchmark="MT1:reach-v3", preset="quick")], True,
      "different benchmarks \\(MT10, MT1:reach-v3\\)"),
+    ([_config(), TrainConfig(benchmark="MT1:reach-v3", preset="laptop")], True,
+     "different benchmarks \\(MT10, MT1:reach-v3\\)"),
 ])
-def test_runs_that_do_not_aggregate(configs, by_arch, message):
+def test_runs_that_do_not_aggregate(configs, compare, message):
     with pytest.raises(AggregateError, match=message):
-        group_runs(configs, by_arch)
+        group_runs(configs, compare)
+
+
+def test_compare_puts_two_settings_of_one_architecture_side_by_side():
+    # Until configurations were compared whole, this pair raised "differ in hidden".
+    configs = [_config(), _config(seed=1, hidden=(64, 64))]
+    assert group_runs(configs, compare=True) == {"MT-SAC (hidden=128,128,128)": [0],
+                                                 "MT-SAC (hidden=64,64)": [1]}
+
+
+def test_compare_names_two_presets_by_the_preset_alone():
+    laptop = [TrainConfig(benchmark="MT10", preset="laptop", seed=s) for s in (0, 1)]
+    configs = [laptop[0], _config(), laptop[1], _config(seed=1, eval_episodes=3),
+               _config(arch="mhsac")]
+    # The presets differ in steps, replay, minutes, ... too; those follow the preset.
+    assert group_runs(configs, compare=True) == {
+        "MT-SAC (preset=laptop)": [0, 2], "MT-SAC (preset=quick)": [1, 3], "MH-SAC": [4]}
+
+
+def test_compare_names_a_value_given_over_the_preset():
+    configs = [TrainConfig(benchmark="MT10", preset="laptop"),
+               TrainConfig(benchmark="MT10", preset="laptop", hidden=(256, 256, 256)),
+               _config(hidden=(256, 256, 256)), _config(hidden=(128, 128, 128), lr=1e-3)]
+    assert list(group_runs(configs, compare=True)) == [
+        "MT-SAC (preset=laptop, hidden=128,128,128, lr=0.0003)",
+        "MT-SAC (preset=laptop, hidden=256,256,256, lr=0.0003)",
+        "MT-SAC (preset=quick, hidden=256,256,256, lr=0.0003)",
+        "MT-SAC (preset=quick, hidden=128,128,128, lr=0.001)"]
+    # A search warm-up follows the search's length; a search the preset's length could not
+    # hold the given warm-up, so the given length is no preset value either.
+    long = _config(arch="conal", search_steps=100_000, search_warmup_steps=50_000)
+    assert list(group_runs([_config(arch="conal"), long], compare=True)) == [
+        "CoNAL (search_steps=30000, search_warmup_steps=7500)",
+        "CoNAL (search_steps=100000, search_warmup_steps=50000)"]
+

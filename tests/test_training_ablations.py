@@ -11,7 +11,7 @@ import torch
 
 from agents import MultiTaskSAC, SACConfig, random_batch
 from conal_rl import train
-from conal_rl.analysis.aggregate import arch_label
+from conal_rl.analysis.grouping import arch_label
 from conal_rl.method.conflict import gram_method
 from conal_rl.method.pcgrad import PCGrad, pcgrad_coefficients, random_orders
 from conal_rl.method.tree import TreeNet, TreeSpec
