@@ -31,6 +31,7 @@ from benchmarks.curves import minutes_band, value_at
 from benchmarks.success_runs import register_rows
 from conal_rl.analysis.curves import AXES, MEAN, draw, read_curves
 from conal_rl.analysis.stats import mean_se
+from conal_rl.common import finite_or_none
 
 PROG = "python -m benchmarks.laptop_sweep"
 BENCHMARK, BUDGET = "MT10", "laptop"
@@ -84,7 +85,7 @@ def candidate_summary(name: str, run_dirs: list[Path], budget: float) -> dict:
     if finals:
         mean, se = mean_se(np.array(finals))
         entry |= {"final_mean": float(mean), "final_se": float(se),
-                  "at_marks": [None if np.isnan(v) else float(v)
+                  "at_marks": [finite_or_none(float(v))
                                for v in np.nanmean(np.array(at_marks), axis=0)],
                   "env_steps": float(np.nanmean(steps)), "updates": float(np.nanmean(updates)),
                   "train_minutes": float(np.nanmean(walls)) / 60}

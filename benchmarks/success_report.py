@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from benchmarks.success_runs import (
     saved_config,
 )
 from conal_rl.analysis.curves import AXES, MEAN, read_curves
-from conal_rl.common import as_float, finite_or_none
+from conal_rl.common import as_float, finite_or_none, write_atomic, write_json_atomic
 from conal_rl.training.config import PRESETS
 from envs import num_tasks
 
@@ -375,8 +374,8 @@ def build_report(args: argparse.Namespace, specs: list[RunSpec], failed: list[di
     payload["plot"] = (png.name if plot_rows(rows, results, metric, args.benchmark,
                                              budget_minutes, png) else None)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    _write_text(stem.with_suffix(".json"), json.dumps(payload, indent=2) + "\n")
-    _write_text(stem.with_suffix(".md"), markdown(payload))
+    write_json_atomic(stem.with_suffix(".json"), payload)
+    write_atomic(stem.with_suffix(".md"), lambda f: f.write(markdown(payload).encode()))
     return payload
 
 
@@ -399,9 +398,3 @@ def _eval_episodes(results: dict[str, list[RunResult]], args) -> int | str:
     if not seen:
         return args.eval_episodes or PRESETS[args.budget]["eval_episodes"]
     return seen.pop() if len(seen) == 1 else "/".join(map(str, sorted(seen)))
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
