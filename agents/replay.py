@@ -37,10 +37,15 @@ class MultiTaskReplay:
     FIELDS = Batch._fields
 
     def __init__(self, capacity: int, num_tasks: int, obs_dim: int, act_dim: int,
-                 device: torch.device | str = "cpu", seed: int = 0):
-        """``capacity``: transitions kept per task (a ring buffer)."""
+                 device: torch.device | str = "cpu", seed: int = 0, holdout_every: int = 0):
+        """``capacity``: transitions kept per task (a ring buffer). ``holdout_every`` = k > 0:
+        every k-th vector step goes to a held-out buffer instead (capacity / k), which
+        :meth:`sample` never draws from and :meth:`sample_holdout` does: data for an
+        objective the weights do not train on (e.g. CoNAL's architecture step)."""
         if capacity < 1:
             raise ValueError("replay capacity must be at least 1 per task")
+        if holdout_every < 0 or holdout_every == 1:
+            raise ValueError("holdout_every must be 0 (none) or at least 2")
         self.capacity, self.num_tasks, self.device = capacity, num_tasks, torch.device(device)
         dims = {"obs": obs_dim, "actions": act_dim, "rewards": 1, "next_obs": obs_dim, "dones": 1}
         self.storage = {
@@ -51,9 +56,16 @@ class MultiTaskReplay:
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
         self._task_axis = torch.arange(num_tasks, device=self.device)
+        self.holdout_every, self.added = holdout_every, 0  # vector steps offered to add()
+        self.holdout = None if not holdout_every else MultiTaskReplay(
+            max(1, capacity // holdout_every), num_tasks, obs_dim, act_dim, device, seed + 1)
 
     def add(self, obs, actions, rewards, next_obs, dones) -> None:
         """One vector step: every argument has a leading task axis ``[T, ...]``."""
+        self.added += 1
+        if self.holdout is not None and self.added % self.holdout_every == 0:
+            self.holdout.add(obs, actions, rewards, next_obs, dones)
+            return
         row = {"obs": obs, "actions": actions, "rewards": rewards, "next_obs": next_obs,
                "dones": dones}
         for k, v in row.items():
@@ -71,10 +83,18 @@ class MultiTaskReplay:
         tasks = self._task_axis[:, None].expand_as(rows)
         return Batch(*(self.storage[k][rows, tasks] for k in self.FIELDS))
 
+    def sample_holdout(self, batch_per_task: int) -> Batch:
+        """A batch from the held-out steps (``holdout_every``); from the training data
+        when there is no held-out buffer."""
+        if self.holdout is None:
+            return self.sample(batch_per_task)
+        return self.holdout.sample(batch_per_task)
+
     def state_dict(self) -> dict:
         n = self.size
         return {"storage": {k: v[:n].cpu() for k, v in self.storage.items()}, "pos": self.pos,
-                "size": n, "generator": self.generator.get_state()}
+                "size": n, "generator": self.generator.get_state(), "added": self.added,
+                "holdout": None if self.holdout is None else self.holdout.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         n = state["size"]
@@ -82,3 +102,6 @@ class MultiTaskReplay:
             self.storage[k][:n] = v.to(self.device)
         self.pos, self.size = state["pos"], n
         self.generator.set_state(state["generator"])
+        self.added = state.get("added", n)  # checkpoints before held-out buffers: no count
+        if self.holdout is not None and state.get("holdout") is not None:
+            self.holdout.load_state_dict(state["holdout"])

@@ -31,7 +31,7 @@ from benchmarks.curves import minutes_band, value_at
 from benchmarks.success_runs import register_rows
 from conal_rl.analysis.curves import AXES, MEAN, draw, read_curves
 from conal_rl.analysis.stats import mean_se
-from conal_rl.common import finite_or_none
+from conal_rl.common import CommandParser, finite_or_none
 
 PROG = "python -m benchmarks.laptop_sweep"
 BENCHMARK, BUDGET = "MT10", "laptop"
@@ -130,8 +130,8 @@ def plot(curves: dict[str, list[tuple[np.ndarray, np.ndarray]]], budget: float,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = CommandParser(prog=PROG, description=__doc__.split("\n\n")[0],
+                           formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="candidates: " + "; ".join(
                                          f"{k}: {v[1]}" for k, v in CANDIDATES.items()))
     parser.add_argument("--minutes", type=float, default=60,
@@ -159,14 +159,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def recorded_command(argv: list[str], names: list[str], args: argparse.Namespace) -> str:
+    """The call as given, plus the candidates and minutes it ran where they were left to
+    their defaults: a bare command in the report would otherwise read as all candidates at
+    whatever the defaults are when it is read."""
+    given = {a.split("=")[0] for a in argv if a.startswith("--")}
+    extra = ([] if "--candidates" in given else ["--candidates", ",".join(names)]) + (
+        [] if "--minutes" in given else ["--minutes", f"{args.minutes:g}"])
+    return " ".join([PROG, *argv, *extra])
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     names = [c.strip() for c in args.candidates.split(",") if c.strip()]
     unknown = sorted(set(names) - set(CANDIDATES))
     if unknown or not names:
         build_parser().error(f"unknown candidates {unknown}; valid: {', '.join(CANDIDATES)}")
-    if args.minutes <= 0:
-        build_parser().error("--minutes must be positive")
+    if not 0 < args.minutes < math.inf:  # NaN too
+        build_parser().error(f"--minutes must be a positive number, got {args.minutes}")
+    for flag in ("seeds", "jobs", "eval_episodes"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            build_parser().error(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    if args.eval_every is not None and args.eval_every < 0:
+        build_parser().error(f"--eval-every must not be negative, got {args.eval_every}")
+    command = recorded_command(sys.argv[1:] if argv is None else list(argv), names, args)
     register_rows(rows())
     success_argv = ["--benchmark", BENCHMARK, "--budget", BUDGET, "--archs", ",".join(names),
                     "--seeds", str(args.seeds), "--jobs", str(args.jobs), "--device", "cpu",
@@ -189,8 +206,7 @@ def main(argv: list[str] | None = None) -> dict:
     payload = {
         "minutes": args.minutes,
         "machine": report.get("machine", previous.get("machine", "?")),
-        "commands": [*previous.get("commands", []),
-                     " ".join([PROG, *(sys.argv[1:] if argv is None else argv)])],
+        "commands": [*previous.get("commands", []), command],
         "marks": [m for m in MARKS if m <= args.minutes] or [args.minutes],
         "candidates": [candidate_summary(n, run_dirs[n], args.minutes) for n in names],
     }

@@ -18,7 +18,6 @@ Targets: (a) >= 5x, (b) >= 5x, (c) <= 1.5x of the MLP.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -29,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from conal_rl.common import machine
+from conal_rl.common import CommandParser, machine
 from conal_rl.method import ConflictNoticing, SuperNet, TreeNet, TreeSpec
 from conal_rl.method.reference import gram_by_separate_backwards, reference_forward
 
@@ -173,7 +172,8 @@ def row(case: str, ours: float, baseline: float, target: str) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = CommandParser(prog="python -m benchmarks.method_speed",
+                           description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
@@ -181,11 +181,11 @@ def main(argv=None) -> int:
                         help="torch.set_num_threads (default: leave torch's default)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda but no CUDA device is available", file=sys.stderr)
-        return 2
+        parser.error("--device cuda but no CUDA device is available")
     if args.repeats < 1 or (args.threads is not None and args.threads < 1):
-        print("error: --repeats and --threads must be at least 1", file=sys.stderr)
-        return 2
+        parser.error("--repeats and --threads must be at least 1")
+    if args.out is not None and args.out.is_dir():
+        parser.error(f"--out {args.out} is a folder, not a file")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -200,9 +200,13 @@ def main(argv=None) -> int:
               f"{r['ratio']:6.2f}x  {r['target']}")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"machine": machine(device) | {"load_average_1_5_15min": os.getloadavg(),
+        # The command as given and what it resolved to: the JSON alone says how it was made.
+        command = " ".join(["python -m benchmarks.method_speed",
+                            *(sys.argv[1:] if argv is None else argv)])
+        payload = {"command": command,
+                   "machine": machine(device) | {"load_average_1_5_15min": os.getloadavg(),
                                                 "load_average_at_start": load_before},
-                   "repeats": args.repeats,
+                   "repeats": args.repeats, "threads": args.threads,
                    "sizes": {"tasks": T, "hidden": HIDDEN, "in": IN, "out": OUT,
                              "per_task_batch": B, "tree_branch_points": MIXED_BRANCH_POINTS},
                    "results": rows}

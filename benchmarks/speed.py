@@ -20,12 +20,13 @@ step in worker processes while the update runs: "env s" is then the stepping the
 not hide, and the ratio drops below 1 by what the overlap saves. Wall time excludes evaluation and
 checkpoints as the Trainer's own speed log does. Every row is written to the JSON (and a
 markdown table beside it) as soon as it finishes; rows already there are skipped unless
---force, so a long paper-scale run can be finished across sessions.
+--force, so a long paper-scale run can be finished across sessions. Each row records the
+command and machine (torch threads included) that measured it; the JSON's top-level
+``machine`` is the last call's.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -38,13 +39,13 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from conal_rl.common import machine
+from conal_rl.common import CommandParser, machine
 from conal_rl.method import TreeSpec
 from conal_rl.training.conal_search import ConalSearch
 from conal_rl.training.config import PRESETS, TrainConfig
-from conal_rl.training.nets import tree_factory, tree_specs
+from conal_rl.training.nets import MAX_WIDTH, tree_factory, tree_specs
 from conal_rl.training.trainer import Trainer
-from envs import Benchmark, make_benchmark
+from envs import Benchmark, UnknownBenchmark, check_benchmark_name, make_benchmark
 
 ROWS = ("env", "mtsac", "mhsac", "conal-search", "conal-tree", "sb3")
 PHASES = {"env": "floor", "mtsac": "train", "mhsac": "train", "conal-search": "search",
@@ -78,9 +79,10 @@ def trainer_row(arch: str, config: TrainConfig, bench: Benchmark) -> dict:
     for cfg in (warmup, config):
         with tempfile.TemporaryDirectory() as run_dir:
             if arch == "conal-search":  # a fresh search per Trainer: it owns its nets
-                search = ConalSearch(cfg.search(), bench.task_names)
+                search = ConalSearch(cfg.search(), bench.task_names, cfg.batch_per_task)
                 trainer = Trainer(cfg, Path(run_dir), bench, search.make_net,
-                                  search.make_filter, search, cfg.sac(searching=True))
+                                  search.make_filter, search, cfg.sac(searching=True),
+                                  cfg.arch_holdout)
             else:
                 trainer = Trainer(cfg, Path(run_dir), bench, tree_factory(specs))
             trainer.run(final_eval=False)
@@ -157,7 +159,8 @@ HEADER = ("benchmark", "preset", "architecture", "phase", "envs", "torch threads
 
 def table_cells(row: dict) -> tuple:
     return (row["benchmark"], row["preset"], row["arch"], row["phase"],
-            row.get("vector_strategy", "sync"), str(row.get("torch_threads", 1)),
+            row.get("vector_strategy", "sync"),
+            str(row.get("torch_threads", row.get("machine", {}).get("torch_threads", 1))),
             f"{row['env_steps_per_s']:.0f}", f"{row['updates_per_s']:.1f}",
             f"{row['env_s']:.1f}", f"{row['update_s']:.1f}", f"{row['wall_s']:.1f}",
             f"{row['overhead']:.3f}",
@@ -170,14 +173,30 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in cells)
 
 
+def machine_text(m: dict) -> str:
+    return f"{m['platform']}, {m['cpu_count']} CPUs, {m.get('gpu', 'no GPU')}, torch {m['torch']}"
+
+
 def markdown(payload: dict) -> str:
-    m = payload["machine"]
-    lines = [f"# End-to-end training speed ({m['device']})", "",
-             f"{m['platform']}, {m['cpu_count']} CPUs, {m.get('gpu', 'no GPU')}, "
-             f"torch {m['torch']}. Overhead = wall / (env s + update s), target "
-             f"<= {TARGET}. Load: 1-min load average at the row's start -> end.", "",
-             "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    lines += ["| " + " | ".join(table_cells(r)) + " |" for r in payload["rows"]]
+    """The table; the machine line from the rows' own machines (one line when they agree,
+    else a numbered list and a ``machine`` column). Rows written before rows recorded their
+    machine are shown with the file's, the last call's."""
+    last, rows = payload["machine"], payload["rows"]
+    texts = [machine_text(r.get("machine", last)) for r in rows]
+    machines = list(dict.fromkeys(texts)) or [machine_text(last)]
+    header, cells = HEADER, [table_cells(r) for r in rows]
+    if len(machines) == 1:
+        where = machines[0]
+    else:
+        where = "Rows ran on " + "; ".join(f"machine {i}: {t}"
+                                           for i, t in enumerate(machines, 1))
+        header = (*HEADER, "machine")
+        cells = [(*c, str(machines.index(t) + 1)) for c, t in zip(cells, texts)]
+    lines = [f"# End-to-end training speed ({last['device']})", "",
+             f"{where}. Overhead = wall / (env s + update s), target <= {TARGET}. Load: "
+             "1-min load average at the row's start -> end.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(c) + " |" for c in cells]
     return "\n".join(lines) + "\n"
 
 
@@ -189,8 +208,8 @@ def save(out: Path, payload: dict) -> None:
 
 # ---- command line ---------------------------------------------------------------------------
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.speed",
-                                     description=__doc__.split("\n\n")[0])
+    parser = CommandParser(prog="python -m benchmarks.speed",
+                           description=__doc__.split("\n\n")[0])
     parser.add_argument("--benchmark", default="MT10")
     parser.add_argument("--preset", default="quick", choices=tuple(PRESETS))
     parser.add_argument("--steps", type=int, default=None,
@@ -223,8 +242,33 @@ def parse_args(argv):
         parser.error("--device cuda but no CUDA device is available")
     if args.torch_threads < 1:
         parser.error("--torch-threads must be at least 1")
+    if args.steps is not None and args.steps < 1:
+        parser.error(f"--steps must be at least 1, got {args.steps}")
+    if args.seed < 0:
+        parser.error(f"--seed must not be negative, got {args.seed}")
+    if args.hidden is not None:
+        try:
+            widths = [int(w) for w in args.hidden.split(",")]
+        except ValueError:
+            widths = []
+        if not widths or not all(0 < w <= MAX_WIDTH for w in widths):
+            parser.error(f"--hidden needs comma-separated widths in 1..{MAX_WIDTH}, got "
+                         f"{args.hidden!r}")
+    for flag in ("benchmark", "sb3_task"):  # before any env is built
+        try:
+            check_benchmark_name(getattr(args, flag) or "MT10")
+        except UnknownBenchmark as e:
+            parser.error(f"--{flag.replace('_', '-')}: {e}")
     args.steps = args.steps or DEFAULT_STEPS[args.preset]
     args.out = args.out or Path(f"benchmarks/results/speed-{args.device}.json")
+    if args.out.exists():  # rows are added to it: it must be one of ours
+        try:
+            previous = json.loads(args.out.read_text())
+            if not isinstance(previous, dict) or not isinstance(previous.get("rows"), list):
+                raise ValueError("no rows")
+        except (OSError, ValueError) as e:
+            parser.error(f"--out {args.out} is not a speed results file ({type(e).__name__}); "
+                         "move it away or choose another --out")
     return args
 
 
@@ -245,9 +289,13 @@ def main(argv: list[str] | None = None) -> dict:
                          replay_size=PRESETS[args.preset]["replay_per_task"])
 
     payload = json.loads(args.out.read_text()) if args.out.exists() else {"rows": []}
-    payload["machine"] = machine(args.device) | {"load_average_start": os.getloadavg()}
-    payload.setdefault("commands", []).append(" ".join(["python -m benchmarks.speed",
-                                                        *(argv or sys.argv[1:])]))
+    # "machine": the last call's; every row also records its own machine and command, so a
+    # table built by several calls (other threads, another host) says where each row ran.
+    this_machine = machine(args.device)
+    payload["machine"] = this_machine | {"load_average_start": os.getloadavg()}
+    command = " ".join(["python -m benchmarks.speed",
+                        *(sys.argv[1:] if argv is None else argv)])
+    payload.setdefault("commands", []).append(command)
     for name in args.archs:
         key = f"{args.benchmark}/{args.preset}/{name}"
         if args.vector_strategy != "sync" and name != "sb3":
@@ -264,13 +312,16 @@ def main(argv: list[str] | None = None) -> dict:
             row = sb3_row(sb3_task, sb3_config, args.steps)
         else:
             arch = {"conal-search": "conal", "conal-tree": "tree"}.get(name, name)
-            row = trainer_row(name, replace(base, arch=arch), bench)
+            # --arch tree must name its tree; trainer_row builds it (no file is read).
+            tree = "benchmarks.speed: branch points t mod (P+1)" if arch == "tree" else None
+            row = trainer_row(name, replace(base, arch=arch, architecture=tree), bench)
         row = {"key": key, "benchmark": args.benchmark, "preset": args.preset, "arch": name,
                "phase": PHASES[name], "device": args.device, "hidden": list(base.hidden),
                "vector_strategy": "sync" if name == "sb3" else args.vector_strategy,
                "batch_per_task": base.batch_per_task, "torch_threads": base.torch_threads, **row,
                "load_average_start": load_start, "load_average_end": load_average(),
-               "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+               "time": time.strftime("%Y-%m-%d %H:%M:%S"), "command": command,
+               "machine": this_machine}
         payload["rows"] = [r for r in payload["rows"] if r["key"] != key] + [row]
         payload["machine"]["load_average_end"] = os.getloadavg()
         save(args.out, payload)

@@ -52,7 +52,14 @@ from benchmarks.success_runs import (
     read_json,
     saved_config,
 )
-from conal_rl.common import StopSignal, as_float, machine, resolve_device, run_cli
+from conal_rl.common import (
+    CommandParser,
+    StopSignal,
+    as_float,
+    machine,
+    resolve_device,
+    run_cli,
+)
 from conal_rl.training.config import PRESETS
 
 PROG = "python -m benchmarks.success"
@@ -187,7 +194,7 @@ def _stop(running: list[_Running], grace_s: float = 120) -> None:
 
 # ---- command line -------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog=PROG, description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="rows: " + "; ".join(f"{k}: {v[2]}" for k, v in ROWS.items()))
@@ -254,8 +261,9 @@ def check_args(args: argparse.Namespace) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     for name in ("minutes", "eval_every", "warmup_steps"):
         value = getattr(args, name)
-        if value is not None and value < 0:
-            raise UserError(f"--{name.replace('_', '-')} must not be negative, got {value}")
+        if value is not None and not (0 <= value < math.inf):  # NaN too
+            raise UserError(f"--{name.replace('_', '-')} must be a finite number, not "
+                            f"negative, got {value}")
     resolve_device(args.device)
     try:
         check_benchmark_name(args.benchmark)

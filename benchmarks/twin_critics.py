@@ -12,15 +12,15 @@ where it matters (see benchmarks/results/twin_critics-*.json).
 
 from __future__ import annotations
 
-import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from conal_rl.common import machine
+from conal_rl.common import CommandParser, machine
 
 SIZES = {"quick": dict(hidden=(128, 128, 128), batch=32),
          "paper": dict(hidden=(400, 400, 400), batch=128)}
@@ -81,13 +81,19 @@ def time_step(net: nn.Module, x: torch.Tensor, repeats: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.twin_critics",
-                                     description=__doc__.split("\n\n")[0])
+    parser = CommandParser(prog="python -m benchmarks.twin_critics",
+                           description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--out", type=Path, default=None,
                         help="default: benchmarks/results/twin_critics-<device>.json")
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda but no CUDA device is available")
+    if args.out is not None and args.out.is_dir():
+        parser.error(f"--out {args.out} is a folder, not a file")
     torch.set_num_threads(1)
     torch.manual_seed(0)
     rows = []
@@ -101,7 +107,9 @@ def main(argv: list[str] | None = None) -> dict:
               f"speed-up {two / batched:.2f}x")
     out = args.out or Path(f"benchmarks/results/twin_critics-{args.device}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"machine": machine(args.device), "rows": rows}
+    command = " ".join([parser.prog, *(sys.argv[1:] if argv is None else argv)])
+    payload = {"command": command, "repeats": args.repeats, "machine": machine(args.device),
+               "rows": rows}
     out.write_text(json.dumps(payload, indent=2))
     print(f"wrote {out}")
     return payload

@@ -6,6 +6,8 @@ commands and the benchmarks can all use it.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import math
 import numbers
@@ -24,13 +26,36 @@ class UserError(Exception):
     """A mistake a user can make (a flag, a path, a file): one line, exit status 2."""
 
 
+class RunFault(Exception):
+    """A fault a run cannot go on through (non-finite values, an env process that died, a
+    checkpoint that cannot be written): one line, exit status ``exit_status`` (each kind
+    its own, see README.md, "Exit statuses")."""
+
+    exit_status = 3
+
+
+def one_line(message: object) -> str:
+    """A message on one line (an error line must not spill over several)."""
+    return " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+
+
 def run_cli(prog: str, body: Callable[[], object], errors: tuple = (UserError,)) -> object:
-    """Run a command's body; a user's mistake is one line on stderr and exit status 2."""
+    """Run a command's body; a user's mistake is one line on stderr and exit status 2, a
+    :class:`RunFault` one line and its own exit status."""
     try:
         return body()
-    except errors as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    except (*errors, RunFault) as e:
+        print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
+        raise SystemExit(getattr(e, "exit_status", 2)) from None
+
+
+class CommandParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors (a wrong type, an unknown choice, a missing argument)
+    are one line on stderr, exit status 2, like every other user error (argparse's own
+    print the usage first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see --help)\n")
 
 
 class StopSignal:
@@ -71,12 +96,27 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, a read-only folder: no half-written file left
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _fsync_dir(path.parent)  # the rename itself survives a power cut
     return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not every file system can sync a folder
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def write_json_atomic(path: str | Path, payload: object) -> Path:

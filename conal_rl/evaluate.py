@@ -24,13 +24,21 @@ from tqdm import tqdm
 
 from conal_rl.analysis.grouping import arch_label, group_runs
 from conal_rl.analysis.stats import Summary, summarize
-from conal_rl.common import UserError, as_float, finite_or_none, resolve_device, run_cli
+from conal_rl.common import (
+    CommandParser,
+    UserError,
+    as_float,
+    finite_or_none,
+    resolve_device,
+    run_cli,
+)
 from conal_rl.method import num_parameters
 from conal_rl.training.checkpoint import CheckpointError
 from conal_rl.training.config import TrainConfig
 from conal_rl.training.runs import (
     LoadedRun,
     Policy,
+    check_run,
     eval_envs,
     load_checked,
     load_config,
@@ -195,7 +203,7 @@ def format_compare_table(groups: dict[str, list[RunEvaluation]]) -> str:
 
 # ---- command line --------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[1])
+    parser = CommandParser(prog=PROG, description=__doc__.split("\n\n")[1])
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR",
                         help="run directories (or their checkpoints/latest.pt); several runs "
                         "of one configuration aggregate into one table")
@@ -229,6 +237,8 @@ def _main(args: argparse.Namespace) -> dict[str, list[RunEvaluation]]:
     torch.set_num_threads(1)  # small nets, serial env loop; see the README's performance notes
     if args.episodes < 1:
         raise UserError(f"--episodes must be positive, got {args.episodes}")
+    if args.seed is not None and args.seed < 0:
+        raise UserError(f"--seed must not be negative, got {args.seed}")
     device = resolve_device(args.device)
     run_dirs = [run_dir_of(p) for p in args.runs]
     configs = [load_config(d) for d in run_dirs]
@@ -236,8 +246,11 @@ def _main(args: argparse.Namespace) -> dict[str, list[RunEvaluation]]:
         if args.benchmark is not None and config.benchmark != args.benchmark:
             raise CheckpointError(f"{run_dir} was trained on {config.benchmark}, "
                                   f"not {args.benchmark}")
-    # Group before evaluating: a run that does not belong fails in seconds, not minutes.
+    # Group and check every run before evaluating: a run that does not belong or whose
+    # files are broken fails in seconds, not after the others' evaluations.
     groups = group_runs(configs, compare=args.compare)
+    for run_dir in run_dirs:
+        check_run(run_dir)
     evals: list[RunEvaluation] = []
     for run_dir, config in zip(tqdm(run_dirs, desc="runs", unit="run",
                                     disable=len(run_dirs) == 1), configs):

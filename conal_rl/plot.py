@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -19,7 +20,7 @@ from tqdm import tqdm
 
 from conal_rl.analysis.curves import AXES, MEAN, Band, Curves, band, draw, read_curves
 from conal_rl.analysis.grouping import group_runs
-from conal_rl.common import UserError, run_cli
+from conal_rl.common import CommandParser, UserError, run_cli
 from conal_rl.training.runs import load_config, run_dir_of
 
 PROG = "python -m conal_rl.plot"
@@ -41,8 +42,11 @@ def plot_runs(run_dirs: list[Path], out_dir: Path, name: str | None = None,
     groups = group_runs(configs, compare=True)
     benchmark = configs[0].benchmark
     metric = "return" if benchmark.startswith("gym:") else "success"
-    runs = [evaluated_curves(d, metric) for d in tqdm(run_dirs, desc="reading evaluations",
-                                                        unit="run", disable=not progress)]
+    # A bar on a terminal only, cleared when it ends (or an error ends it): an error stays
+    # one line.
+    with tqdm(run_dirs, desc="reading evaluations", unit="run", leave=False,
+              disable=not progress or not sys.stderr.isatty()) as bar:
+        runs = [evaluated_curves(d, metric) for d in bar]
     tasks = sorted(set.intersection(*(set(c) for c in runs)) - {MEAN},
                    key=list(runs[0]).index)
     stem = name or benchmark.replace(":", "-")
@@ -86,7 +90,7 @@ def plot_runs(run_dirs: list[Path], out_dir: Path, name: str | None = None,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[1])
+    parser = CommandParser(prog=PROG, description=__doc__.split("\n\n")[1])
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR",
                         help="run directories, of one benchmark; runs that differ only in "
                         "their seed (and where or how fast they ran) are seeds of one line")
@@ -102,7 +106,14 @@ def main(argv: list[str] | None = None) -> list[Path]:
     args = build_parser().parse_args(argv)
 
     def body() -> list[Path]:
-        paths = plot_runs([run_dir_of(p) for p in args.runs], args.out, args.name)
+        if args.out.exists() and not args.out.is_dir():
+            raise UserError(f"--out {args.out} is a file, not a folder")
+        run_dirs = [run_dir_of(p) for p in args.runs]
+        try:
+            paths = plot_runs(run_dirs, args.out, args.name)
+        except OSError as e:  # the runs' files are read and checked before: this is --out
+            raise UserError(f"--out {args.out}: cannot write the figures "
+                            f"({e.strerror or type(e).__name__})") from None
         for path in paths:
             print(f"wrote {path}")
         return paths

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from conal_rl.common import UserError, resolve_device, run_cli
+from conal_rl.common import CommandParser, UserError, resolve_device, run_cli
 from conal_rl.training.runs import Policy, eval_envs, load_checked
-from envs import UnknownBenchmark
+from envs import UnknownBenchmark, task_names
 from envs.video import (
     DEFAULT_CAMERA,
     DEFAULT_SIZE,
@@ -40,7 +40,7 @@ def parse_tasks(text: str, task_names: list[str]) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[1])
+    parser = CommandParser(prog=PROG, description=__doc__.split("\n\n")[1])
     parser.add_argument("run", metavar="RUN_DIR",
                         help="run directory (or its checkpoints/latest.pt)")
     parser.add_argument("--tasks", default="all",
@@ -82,15 +82,20 @@ def _main(args: argparse.Namespace) -> list[Path]:
     torch.set_num_threads(1)
     for flag in ("episodes", "size", "frame_skip", "max_steps", "fps"):
         value = getattr(args, flag)
-        if value is not None and value <= 0:
+        if value is not None and not value > 0:  # NaN too
             raise UserError(f"--{flag.replace('_', '-')} must be positive, got {value}")
+    if args.fps is not None and args.fps == float("inf"):
+        raise UserError("--fps must be finite")
     if args.size % 2:
         raise UserError(f"--size must be even (H.264 video), got {args.size}")
+    if args.seed is not None and args.seed < 0:
+        raise UserError(f"--seed must not be negative, got {args.seed}")
     device = resolve_device(args.device)
     run = load_checked(args.run, device)
-    bench = eval_envs(run, args.seed, device)
-    tasks = parse_tasks(args.tasks, bench.task_names)
+    # Everything checkable is checked before the envs are built.
+    tasks = parse_tasks(args.tasks, task_names(run.config.benchmark))
     check_gl()  # before recording: a clear line instead of an OpenGL traceback
+    bench = eval_envs(run, args.seed, device)
     out_dir = args.out or run.run_dir / "videos"
     paths = record_videos(Policy(run.agent, bench.action_space, device), bench, out_dir, tasks,
                           args.episodes, args.size, args.camera, args.frame_skip,

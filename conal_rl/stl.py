@@ -35,6 +35,7 @@ import argparse
 import json
 import sys
 import time
+import zipfile
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -43,7 +44,10 @@ from tqdm import tqdm
 
 from agents.stl import PerTaskPolicy, chunk_callback, chunk_targets
 from conal_rl.common import (
+    CommandParser,
     StopSignal,
+    UserError,
+    one_line,
     run_cli,
     write_atomic,
     write_json_atomic,
@@ -299,7 +303,7 @@ def _jsonable(values: dict) -> dict:
 
 # ---- command line ----------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[1])
+    parser = CommandParser(prog=PROG, description=__doc__.split("\n\n")[1])
     add_config_arguments(parser, only=FLAGS)
     parser.add_argument("--resume", metavar="RUN_DIR", default=None,
                         help="continue the STL run in RUN_DIR (its stl.json is used; "
@@ -308,8 +312,42 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_stl_config(path: Path) -> TrainConfig:
-    """The config an STL run was made with (in its stl.json)."""
-    return TrainConfig(**json.loads(path.read_text())["config"])
+    """The config an STL run was made with (in its stl.json); ValueError for a file that
+    is not an STL run's description."""
+    data = json.loads(path.read_text())
+    if not (isinstance(data, dict) and isinstance(data.get("config"), dict)
+            and isinstance(data.get("given"), dict)):
+        raise ValueError(f"{path}: not an STL run's stl.json (no config and given)")
+    return TrainConfig(**data["config"])
+
+
+SB3_MEMBERS = {"data", "policy.pth"}  # what every SB3 model .zip holds
+
+
+def check_stl_files(run_dir: Path) -> None:
+    """A resumed STL run's progress.json and SB3 model files, checked before any env is
+    built: UserError, one line, for one that is empty, truncated or not SB3's. (The files
+    are still loaded by SB3, which unpickles parts of them: see README.md, "Sharing
+    runs".)"""
+    progress = run_dir / "checkpoints" / "progress.json"
+    if progress.exists():
+        try:
+            data = json.loads(progress.read_text())
+            if not isinstance(data, dict) or not {"train_s", "stopped_by_time"} <= data.keys():
+                raise ValueError("not a progress record")
+        except (OSError, ValueError) as e:
+            raise UserError(f"{progress} is not an STL progress file ({one_line(e)})") from None
+    for path in sorted((run_dir / "checkpoints").glob("*.zip")):
+        try:
+            with zipfile.ZipFile(path) as z:
+                members = set(z.namelist())
+                bad = z.testzip()
+        except (OSError, zipfile.BadZipFile) as e:
+            raise UserError(f"{path} is not a readable SB3 model (truncated or another "
+                            f"kind of file? {type(e).__name__})") from None
+        if not SB3_MEMBERS <= members or bad is not None:
+            raise UserError(f"{path} is not an SB3 model file (it lacks "
+                            f"{', '.join(sorted(SB3_MEMBERS - members)) or 'intact ' + bad})")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -318,6 +356,7 @@ def main(argv: list[str] | None = None) -> dict:
     def prepare() -> STLRun:
         given = given_arguments(args)
         config, run_dir = config_for_run(given, args.resume, "stl.json", load_stl_config, "stl")
+        check_stl_files(run_dir)
         if args.resume:  # stl.json keeps the flags given when the run was made
             previous = json.loads((run_dir / "stl.json").read_text())["given"]
             given = previous | {k: v for k, v in given.items() if k in RESUMABLE}

@@ -13,7 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from conal_rl.analysis.draw import heatmap_figure, save_tree_pictures
-from conal_rl.common import UserError, run_cli
+from conal_rl.common import CommandParser, UserError, run_cli
 from conal_rl.method import TreeSpec, num_parameters
 from conal_rl.training import checkpoint
 from conal_rl.training.conal_search import search_architecture, search_seconds
@@ -25,10 +25,17 @@ from envs import Benchmark, EvalResult, make_benchmark
 from envs.video import use_headless_gl
 
 PROG = "python -m conal_rl.train"
+EXIT_STATUSES = ("exit status: 0 done; 2 a bad flag or file (one line, before any env is "
+                 "built); 3 non-finite values (NaN/inf in a loss, temperature or parameter: "
+                 "stopped without saving, the last good checkpoint kept); 4 an env worker "
+                 "process died (checkpoint saved: --resume continues); 5 a checkpoint could "
+                 "not be written (disk full, read-only: the previous one kept); 128+N "
+                 "stopped by signal N (checkpoint saved)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser = CommandParser(prog=PROG, description=__doc__.split("\n\n")[0],
+                           epilog=EXIT_STATUSES)
     add_config_arguments(parser)
     parser.add_argument("--resume", metavar="RUN_DIR", default=None,
                         help="continue the run in RUN_DIR from its last checkpoint (its "
@@ -81,7 +88,7 @@ def main(argv: list[str] | None = None) -> EvalResult:
     use_headless_gl()  # for videos: before anything imports mujoco (metaworld does)
     config, run_dir = run_cli(PROG, lambda: config_for_run(given_arguments(args), args.resume))
     trainer = run_cli(PROG, lambda: prepare(config, run_dir), (UserError, ValueError))
-    return trainer.run(spent_s=search_seconds(run_dir))
+    return run_cli(PROG, lambda: trainer.run(spent_s=search_seconds(run_dir)))
 
 
 if __name__ == "__main__":

@@ -6,10 +6,12 @@ from envs.benchmarks import (
     check_benchmark_name,
     make_benchmark,
     num_tasks,
+    task_names,
 )
 from envs.evaluation import EvalResult, evaluate, make_eval_benchmark
 
 __all__ = [
     "Benchmark", "UnknownBenchmark", "check_benchmark_name", "make_benchmark", "num_tasks",
+    "task_names",
     "EvalResult", "evaluate", "make_eval_benchmark",
 ]

@@ -10,6 +10,7 @@ in the task-major layout ``[T, ...]`` the networks use.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import gymnasium as gym
 import numpy as np
@@ -41,6 +42,15 @@ class Benchmark:
     def action_space(self) -> gym.spaces.Box:
         return self.envs.single_action_space
 
+    def reset(self, seed: int) -> np.ndarray:
+        """Reset every env, all its randomness (Meta-World: the episode's task and goal)
+        drawn from ``seed`` whatever the env did before: a fresh env and one that has run
+        for hours give the same episodes. Meta-World's reset ignores its seed argument, so
+        its envs are reseeded through their ``seed()`` first. Returns the observations."""
+        if self.is_metaworld:
+            self.envs.call("seed", seed)
+        return self.envs.reset(seed=seed)[0]
+
     @property
     def max_episode_steps(self) -> int | None:
         """The time limit of the benchmark's episodes (500 for Meta-World), if it has one."""
@@ -59,6 +69,18 @@ def metaworld_task_names() -> list[str]:
 def num_tasks(name: str) -> int:
     """The number of tasks of a benchmark, from its name alone (no env is built)."""
     return {"MT10": 10, "MT50": 50}.get(name, 1)
+
+
+def task_names(name: str) -> list[str]:
+    """A benchmark's task names in sub-env order, from its name alone (no env is built:
+    Meta-World's MT10/MT50 task lists, the order ``make_benchmark`` gives); raises
+    UnknownBenchmark on a bad name."""
+    check_benchmark_name(name)
+    if name in METAWORLD_MT:
+        from metaworld.env_dict import MT10_V3, MT50_V3
+
+        return list({"MT10": MT10_V3, "MT50": MT50_V3}[name])
+    return [name.partition(":")[2]]
 
 
 def check_benchmark_name(name: str) -> None:
@@ -98,17 +120,30 @@ def make_benchmark(name: str, seed: int, vector_strategy: str = "sync") -> Bench
     elif kind == "MT1":
         import metaworld  # noqa: F401
 
-        envs = gym.vector.SyncVectorEnv(
-            [lambda: gym.make("Meta-World/MT1", env_name=arg, seed=seed, disable_env_checker=True)],
-            autoreset_mode=autoreset
-        )
+        envs = _vector_env(vector_strategy, partial(_make_mt1, arg, seed), autoreset)
         bench = Benchmark(name, envs, [arg], True)
     else:
-        envs = gym.vector.SyncVectorEnv(
-            [lambda: gym.wrappers.RecordEpisodeStatistics(gym.make(arg))], autoreset_mode=autoreset
-        )
+        envs = _vector_env(vector_strategy, partial(_make_gym, arg), autoreset)
         if not isinstance(envs.single_action_space, gym.spaces.Box):
             raise UnknownBenchmark(f"{arg} has no continuous (Box) action space")
         bench = Benchmark(name, envs, [arg], False)
     envs.action_space.seed(seed)
     return bench
+
+
+# One-task benchmarks: their one env in this process (sync) or in a worker process (async,
+# as MT10/MT50 get one per task), made by module-level functions a worker can unpickle.
+def _vector_env(strategy: str, make, autoreset) -> gym.vector.VectorEnv:
+    if strategy == "async":
+        return gym.vector.AsyncVectorEnv([make], autoreset_mode=autoreset)
+    return gym.vector.SyncVectorEnv([make], autoreset_mode=autoreset)
+
+
+def _make_mt1(task: str, seed: int) -> gym.Env:
+    import metaworld  # noqa: F401  (registers Meta-World/MT1, also in a worker process)
+
+    return gym.make("Meta-World/MT1", env_name=task, seed=seed, disable_env_checker=True)
+
+
+def _make_gym(env_id: str) -> gym.Env:
+    return gym.wrappers.RecordEpisodeStatistics(gym.make(env_id))

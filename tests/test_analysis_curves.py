@@ -95,4 +95,17 @@ def test_minutes_band_stops_where_the_shortest_run_stops():
     assert band.runs == 2 and band.steps[0] >= 1.0 and band.steps[-1] <= 2.2 + curves.MARK_GRACE
     at_2 = np.argmin(abs(band.steps - 2.0))
     assert band.mean[at_2] == 0.2 / 2 + 0.2 / 2  # run 1 reads 0.2, run 2 its 1.1 value 0.2
-    assert np.all(band.se >= 0)
+
+    def latest(xs, values, point):  # each run read as a user stopping it at ``point`` would
+        if point > xs[-1] + curves.MARK_GRACE:
+            return None  # not trained that far
+        seen = [v for x, v in zip(xs, values) if x - curves.MARK_GRACE <= point]
+        return seen[-1] if seen else None
+
+    read = [(g, latest(*runs[0], g), latest(*runs[1], g)) for g in np.linspace(0, 3.0, 31)]
+    kept = [(g, a, b) for g, a, b in read if a is not None and b is not None]
+    np.testing.assert_allclose(band.steps, [g for g, _, _ in kept])
+    a, b = (np.array([k[i] for k in kept]) for i in (1, 2))
+    np.testing.assert_allclose(band.mean, (a + b) / 2)
+    np.testing.assert_allclose(band.se, abs(a - b) / 2)  # the s.e. of two values
+    assert band.se.max() == pytest.approx(0.1)  # |0 - 0.2| / 2: run 1 reads 0, run 2 0.2

@@ -1,13 +1,25 @@
-"""benchmarks/speed.py on a tiny one-task run: its rows, and that rows already written are
-skipped."""
+"""benchmarks/speed.py on tiny one-task runs: every kind of row, its counts against the
+warm-up rule and its timers against the loop's own calls, rows skipped or rerun, each row's
+machine; benchmarks/method_speed.py and benchmarks/twin_critics.py on small sizes."""
 
 import json
+import time
 
+import gymnasium as gym
 import pytest
+import torch
 
-from benchmarks import speed
+from agents import MultiTaskSAC
+from benchmarks import method_speed, speed, twin_critics
+from conal_rl.training.conal_search import ConalSearch
 
-TINY = ["--benchmark", "gym:Pendulum-v1", "--steps", "200", "--hidden", "8,8"]
+STEPS = 200
+TINY = ["--benchmark", "gym:Pendulum-v1", "--steps", str(STEPS), "--hidden", "8,8"]
+# speed.py's warm-up: 10 vector steps of random actions (T = 1 here). Updates start once the
+# replay holds them, so a row of 200 env steps makes 190 updates, and the untimed run before
+# it (warm-up + 20 vector steps) makes 20.
+WARMUP, UNTIMED_UPDATES = 10, 20
+UPDATES = STEPS - WARMUP
 
 
 @pytest.fixture
@@ -15,27 +27,185 @@ def out(tmp_path):
     return tmp_path / "speed.json"
 
 
-def test_rows_and_overhead(out):
-    speed.main([*TINY, "--archs", "mtsac", "--out", str(out)])
-    payload = json.loads(out.read_text())
-    assert payload["machine"]["torch_threads"] == 1
+def _timed(monkeypatch, cls, name, pause=0.0):
+    """Wrap ``cls.name`` to record the duration of every call (made ``pause`` s longer)."""
+    durations = []
+    original = getattr(cls, name)
+
+    def timed(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            time.sleep(pause)
+            return original(self, *args, **kwargs)
+        finally:
+            durations.append(time.perf_counter() - start)
+
+    monkeypatch.setattr(cls, name, timed)
+    return durations
+
+
+def test_a_trainer_row_counts_its_updates_and_times_the_loop(out, monkeypatch):
+    updates = _timed(monkeypatch, MultiTaskSAC, "update")
+    # Pendulum steps in microseconds: 2 ms more each makes the env time stand out.
+    steps = _timed(monkeypatch, gym.vector.SyncVectorEnv, "step", pause=0.002)
+    start = time.perf_counter()
+    payload = speed.main([*TINY, "--archs", "mtsac", "--out", str(out)])
+    elapsed = time.perf_counter() - start
+    assert json.loads(out.read_text())["rows"] == payload["rows"]
     [row] = payload["rows"]
     assert row["key"] == "gym:Pendulum-v1/quick/mtsac" and row["phase"] == "train"
-    assert row["env_steps"] == 200 and 0 < row["updates"] <= 200
-    assert row["overhead"] == pytest.approx(row["wall_s"] / (row["env_s"] + row["update_s"]))
-    # The loop does more than step and update, so its wall time is the larger.
-    assert row["overhead"] >= 1
-    assert row["env_steps_per_s"] == pytest.approx(200 / row["wall_s"])
-    assert "| mtsac | train |" in out.with_suffix(".md").read_text()
+    assert row["env_steps"] == STEPS and row["updates"] == UPDATES
+    assert len(updates) == UNTIMED_UPDATES + UPDATES  # the agent's own count agrees
+    # The row's timers cover what the loop called: the updates and env steps of the timed
+    # run (its last calls), not those of the untimed run before it.
+    assert row["update_s"] >= sum(updates[-UPDATES:])
+    assert sum(steps[-STEPS:]) <= row["env_s"] < sum(steps[-STEPS:]) + 0.25
+    assert row["env_s"] + row["update_s"] <= row["wall_s"] < elapsed
+    assert row["overhead"] >= 1  # the loop does more than step and update
+    assert row["env_steps_per_s"] * row["wall_s"] == pytest.approx(STEPS)
+    # The row records the machine and the command that measured it.
+    assert row["command"] == payload["commands"][-1] == "python -m benchmarks.speed " + " ".join(
+        [*TINY, "--archs", "mtsac", "--out", str(out)])
+    assert row["machine"]["torch_threads"] == row["torch_threads"] == 1
+    assert {k: payload["machine"][k] for k in row["machine"]} == row["machine"]
+    md = out.with_suffix(".md").read_text()
+    [line] = [line for line in md.splitlines() if line.startswith("| gym:Pendulum-v1 |")]
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[:6] == ["gym:Pendulum-v1", "quick", "mtsac", "train", "sync", "1"]
+    assert cells[6] == f"{row['env_steps_per_s']:.0f}" and cells[11] == f"{row['overhead']:.3f}"
 
 
-def test_rows_already_written_are_skipped(out):
-    speed.main([*TINY, "--archs", "mtsac", "--out", str(out)])
+def test_rows_already_written_are_skipped_and_force_reruns_them(out, monkeypatch):
+    calls = []
+    env_row = speed.env_row
+    monkeypatch.setattr(speed, "env_row", lambda *a: calls.append(a) or env_row(*a))
+    speed.main([*TINY, "--archs", "env", "--out", str(out)])
     first = json.loads(out.read_text())["rows"][0]
-    speed.main([*TINY, "--archs", "mtsac,env", "--out", str(out)])
+    assert len(calls) == 1 and first["updates"] == 0 and first["env_steps"] == STEPS
+    speed.main([*TINY, "--archs", "env", "--out", str(out)])
     payload = json.loads(out.read_text())
-    assert [r["arch"] for r in payload["rows"]] == ["mtsac", "env"]
-    assert payload["rows"][0] == first  # not measured again
-    assert len(payload["commands"]) == 2
+    assert len(calls) == 1 and payload["rows"] == [first]  # not measured again
+    assert len(payload["commands"]) == 1  # a call that measured nothing leaves the file
     speed.main([*TINY, "--archs", "env", "--force", "--out", str(out)])
-    assert [r["arch"] for r in json.loads(out.read_text())["rows"]] == ["mtsac", "env"]
+    payload = json.loads(out.read_text())
+    assert len(calls) == 2  # measured again ...
+    [again] = payload["rows"]  # ... and the row replaced, not added
+    assert again["wall_s"] != first["wall_s"] and again["command"].endswith("--force --out "
+                                                                             + str(out))
+
+
+def test_rows_keep_their_own_machine_and_threads(out, monkeypatch):
+    """A table built by several calls: each row says where it ran; the top-level machine is
+    the last call's. (speed-laptop-threads.json was written before rows kept theirs.)"""
+    speed.main([*TINY, "--archs", "env", "--out", str(out)])
+    here = speed.machine
+    monkeypatch.setattr(speed, "machine", lambda device: here(device) | {"platform": "Other"})
+    payload = speed.main([*TINY, "--archs", "env", "--preset", "laptop", "--torch-threads", "2",
+                          "--out", str(out)])
+    first, second = payload["rows"]
+    assert first["machine"]["platform"] != "Other" and first["machine"]["torch_threads"] == 1
+    assert second["machine"]["platform"] == "Other" and second["machine"]["torch_threads"] == 2
+    assert payload["machine"]["platform"] == "Other"
+    assert payload["machine"]["torch_threads"] == 2
+    md = out.with_suffix(".md").read_text()
+    assert f"machine 1: {speed.machine_text(first['machine'])}" in md
+    assert f"machine 2: {speed.machine_text(second['machine'])}" in md
+    lines = [line for line in md.splitlines() if line.startswith("| gym:Pendulum-v1 |")]
+    threads_and_machine = [(c[5], c[-1]) for c in
+                           ([x.strip() for x in line.strip("|").split("|")] for line in lines)]
+    assert threads_and_machine == [("1", "1"), ("2", "2")]
+
+
+def test_conal_and_sb3_rows(out, monkeypatch):
+    arch_steps = _timed(monkeypatch, ConalSearch, "arch_step")
+    payload = speed.main([*TINY, "--archs", "conal-search,conal-tree,sb3", "--out", str(out)])
+    rows = {r["arch"]: r for r in payload["rows"]}
+    assert {a: (r["phase"], r["key"]) for a, r in rows.items()} == {
+        "conal-search": ("search", "gym:Pendulum-v1/quick/conal-search"),
+        "conal-tree": ("pruned", "gym:Pendulum-v1/quick/conal-tree"),
+        "sb3": ("one task", "gym:Pendulum-v1/quick/sb3")}
+    for arch in ("conal-search", "conal-tree"):
+        assert rows[arch]["env_steps"] == STEPS and rows[arch]["updates"] == UPDATES, arch
+    # The search row searches from its first update: an architecture step before every one
+    # (of the untimed run too).
+    assert len(arch_steps) == UNTIMED_UPDATES + UPDATES
+    # SB3 on the benchmark itself (no Meta-World), one update per env step after its 100
+    # learning-start steps.
+    sb3 = rows["sb3"]
+    assert sb3["task"] == "gym:Pendulum-v1" and sb3["env_steps"] == STEPS
+    assert sb3["updates"] == STEPS - 100 and sb3["vector_strategy"] == "sync"
+    for r in rows.values():
+        assert r["env_s"] > 0 and r["update_s"] > 0 and r["wall_s"] >= r["env_s"] + r["update_s"]
+
+
+# ---- benchmarks/method_speed.py ---------------------------------------------------------------
+@pytest.fixture
+def small_method_sizes(monkeypatch):
+    for name, value in dict(T=4, HIDDEN=(8, 8, 8), IN=5, OUT=2, B=6,
+                            MIXED_BRANCH_POINTS=(0, 3, 1, 2)).items():
+        monkeypatch.setattr(method_speed, name, value)
+
+
+def test_method_speed_records_its_command_and_rows(tmp_path, small_method_sizes):
+    out = tmp_path / "method.json"
+    argv = ["--repeats", "2", "--threads", "1", "--out", str(out)]
+    assert method_speed.main(argv) == 0
+    payload = json.loads(out.read_text())
+    assert payload["command"] == "python -m benchmarks.method_speed " + " ".join(argv)
+    assert payload["repeats"] == 2 and payload["threads"] == 1
+    assert payload["machine"]["torch_threads"] == 1
+    assert payload["sizes"]["hidden"] == [8, 8, 8] and payload["sizes"]["tasks"] == 4
+    cases = [r["case"][:5] for r in payload["results"]]
+    assert cases == ["(a) s", "(b) t", "(b') ", "(b'')", "(c) m", "(c') "]
+    for r in payload["results"]:
+        speedup = r["target"].startswith(">=")
+        expected = r["baseline_ms"] / r["ours_ms"] if speedup else r["ours_ms"] / r["baseline_ms"]
+        assert r["ours_ms"] > 0 and r["ratio"] == pytest.approx(expected), r["case"]
+
+
+def test_the_sorted_tree_prototype_computes_the_tree(small_method_sizes):
+    torch.manual_seed(0)
+    tree = method_speed.TreeNet(method_speed.TreeSpec((8, 8, 8), (0, 3, 1, 2)), 5, 2)
+    sorted_tree = method_speed.SortedTree(tree)
+    x = torch.randn(4, 6, 5)
+    torch.testing.assert_close(sorted_tree(x), tree(x))
+
+
+# ---- benchmarks/twin_critics.py ---------------------------------------------------------------
+def _batched_from(two: torch.nn.Module, hidden) -> twin_critics.BatchedTwins:
+    """BatchedTwins holding the weights of ``two``'s q1 and q2."""
+    batched = twin_critics.BatchedTwins(hidden)
+    linears = [[m for m in q if isinstance(m, torch.nn.Linear)] for q in (two.q1, two.q2)]
+    with torch.no_grad():
+        for i, (w, b) in enumerate(zip(batched.weights, batched.biases)):
+            w.copy_(torch.stack([q[i].weight.T for q in linears]))
+            b.copy_(torch.stack([q[i].bias[None] for q in linears]))
+    return batched
+
+
+def test_batched_twins_compute_the_two_networks_function():
+    torch.manual_seed(0)
+    hidden = (16, 16)
+    two = twin_critics.two_networks(hidden)
+    batched = _batched_from(two, hidden)
+    x = torch.randn(12, twin_critics.IN)
+    y_two, y_batched = two(x), batched(x)
+    assert y_two.shape == y_batched.shape == (2, 12, 1)
+    torch.testing.assert_close(y_batched, y_two)
+    (y_two ** 2).mean().backward()
+    (y_batched ** 2).mean().backward()
+    first = [m for m in two.q1 if isinstance(m, torch.nn.Linear)][0]
+    torch.testing.assert_close(batched.weights[0].grad[0], first.weight.grad.T)
+
+
+def test_twin_critics_records_its_command(tmp_path, monkeypatch):
+    monkeypatch.setattr(twin_critics, "SIZES", {"tiny": dict(hidden=(8,), batch=2)})
+    out = tmp_path / "twins.json"
+    argv = ["--repeats", "3", "--out", str(out)]
+    payload = twin_critics.main(argv)
+    assert json.loads(out.read_text())["command"] == payload["command"]
+    assert payload["command"] == "python -m benchmarks.twin_critics " + " ".join(argv)
+    assert payload["repeats"] == 3 and payload["machine"]["device"] == "cpu"
+    [row] = payload["rows"]
+    assert row["size"] == "tiny" and row["speedup"] == pytest.approx(
+        row["two_networks_ms"] / row["batched_ms"])

@@ -6,10 +6,13 @@ import subprocess
 import sys
 from dataclasses import asdict
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from benchmarks import success, success_report
+from benchmarks.success_runs import parse_given
+from conal_rl.common import machine
 from conal_rl.training.config import TrainConfig
 
 # 200 steps with a 100-step warm-up: updates happen; one final evaluation of one episode.
@@ -44,7 +47,19 @@ def test_report_has_a_line_per_row_with_seeds_parameters_and_time(bench):
     assert payload["failed"] == [] and payload["unfinished"] == []
     for row in payload["rows"]:
         assert row["seeds_finished"] == 2 and [r["seed"] for r in row["runs"]] == [0, 1]
-        assert row["env_steps"] == [200, 200] and 0 <= row["mean"] <= 1
+        assert row["env_steps"] == [200, 200]
+        # Each run's value is its final evaluation (eval_latest.json), the row's the mean
+        # and standard error over seeds of those.
+        finals = []
+        for run in row["runs"]:
+            latest = json.loads((_runs(root) / f"{row['row']}-s{run['seed']}" /
+                                 "eval_latest.json").read_text())
+            assert latest["env_steps"] == 200
+            assert run["tasks"] == {t["task"]: t["success"] for t in latest["tasks"]}
+            assert run["mean"] == pytest.approx(latest["mean_success"])
+            finals.append(latest["mean_success"])
+        assert row["mean"] == pytest.approx(np.mean(finals))
+        assert row["se"] == pytest.approx(np.std(finals, ddof=1) / np.sqrt(2))
         assert row["train_wall_s"] > 0 and row["env_steps_per_s"] > 0
         assert set(row["runs"][0]["tasks"]) == {"reach-v3"}
     mtsac, stl = payload["rows"]
@@ -57,7 +72,12 @@ def test_report_has_a_line_per_row_with_seeds_parameters_and_time(bench):
     md = stem.with_suffix(".md").read_text()
     assert md.startswith("# MT1:reach-v3: success rate comparison, budget `quick`")
     assert f"Command: `{success.PROG} {' '.join(ARGS)}" in md
-    assert "2 CPUs" in md or "CPUs" in md
+    m = machine("auto")  # the machine that trained, as the report's header gives it
+    assert payload["machine"] == m
+    assert (f"Machine: {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']}, device "
+            f"{m['device']}") in md.splitlines()[3]
+    mtsac_line = next(line for line in md.splitlines() if line.startswith("| mtsac | "))
+    assert mtsac_line.startswith(f"| mtsac | {mtsac['mean']:.2f} ± {mtsac['se']:.2f} | ")
     assert "| mtsac | " in md and "| stl | " in md and "| 2/2 |" in md
     assert "Differences within noise (" in md and "2·sqrt(SE_row² + SE_mtsac²)" in md
     assert "| row | reach-v3 |" in md
@@ -191,6 +211,22 @@ def test_a_failed_run_is_reported_and_the_others_go_on(tmp_path, monkeypatch, ca
     assert "## Failed runs" in (out / "MT1-reach-v3-quick.md").read_text()
 
 
+def test_a_row_is_the_mean_and_standard_error_over_its_seeds(tmp_path):
+    """summarize_row on runs with distinct values (the smoke runs above all score 0)."""
+    specs = _specs(tmp_path, "--archs", "mtsac", "--seeds", "2")
+    tasks = ["a", "b"]
+    runs = [success_report.RunResult(specs[f"mtsac-s{seed}"], tasks, values, 100, 0, 60.0,
+                                     0.0, "steps", {"actor": 7, "critic": 9})
+            for seed, values in enumerate([{"a": 0.2, "b": 0.6}, {"a": 1.0, "b": 0.0}])]
+    row = success_report.summarize_row("mtsac", runs, tasks, 2, "success")
+    assert [r["mean"] for r in row["runs"]] == pytest.approx([0.4, 0.5])
+    assert row["mean"] == pytest.approx(0.45) and row["se"] == pytest.approx(0.05)
+    assert row["task_mean"] == pytest.approx({"a": 0.6, "b": 0.3})
+    assert row["task_se"] == pytest.approx({"a": 0.4, "b": 0.3})
+    assert row["seeds_finished"] == 2 and row["env_steps"] == [100, 100]
+    assert row["env_steps_per_s"] == pytest.approx(100 / 60)
+
+
 def test_within_noise_rule():
     rows = [{"row": "mtsac", "mean": 0.5, "se": 0.1}, {"row": "a", "mean": 0.7, "se": 0.05},
             {"row": "b", "mean": 0.9, "se": 0.05}, {"row": "c", "mean": 0.9, "se": None},
@@ -234,3 +270,38 @@ def test_an_unfinished_run_is_listed_with_where_it_stands(tmp_path):
         {"env_steps": 150000, "train_minutes": 9.53, "mean_success": 0.3, "tasks": []}))
     assert success_report.progress(spec) == \
         " (last evaluated at 150,000 env steps, 9.5 training min, success 0.30)"
+
+
+def test_every_row_trains_what_its_name_says(tmp_path):
+    """The run specs of the ablation rows: each row's command, parsed by the training CLI,
+    gives the configuration (and the search and agent settings) the row stands for."""
+    specs = _specs(tmp_path, "--archs", ",".join(success.ROWS), "--seeds", "1")
+    expected = {  # row -> fields that differ from MT-SAC's defaults
+        "mtsac": {}, "mhsac": {"arch": "mhsac"}, "conal": {"arch": "conal"},
+        "conal-nocn": {"arch": "conal", "no_conflict_noticing": True},
+        "conal-noprivate": {"arch": "conal", "no_private": True},
+        "conal-rlw": {"arch": "conal", "loss_weighting": "rlw"},
+        "conal-pcgrad": {"arch": "conal", "grad_surgery": "pcgrad"},
+        "mtsac-pcgrad": {"grad_surgery": "pcgrad"},
+    }
+    defaults = {"arch": "mtsac", "no_conflict_noticing": False, "no_private": False,
+                "loss_weighting": "mean", "grad_surgery": "none"}
+    assert set(expected) == {r for r, (module, _, _) in success.ROWS.items()
+                             if module == "conal_rl.train"}
+    for row, changes in expected.items():
+        spec = specs[f"{row}-s0"]
+        command = spec.command("fresh")
+        assert command[1:3] == ["-m", "conal_rl.train"] and "--save-replay" in command
+        assert command[command.index("--run-dir") + 1] == str(spec.run_dir)
+        config = TrainConfig(**parse_given(spec.module, command[3:]))
+        want = defaults | changes
+        assert {k: getattr(config, k) for k in want} == want, row
+        assert (config.benchmark, config.preset, config.seed, config.torch_threads) == (
+            "MT1:reach-v3", "quick", 0, 1)
+        search, sac = config.search(), config.sac()
+        assert search.conflict_noticing is not want["no_conflict_noticing"], row
+        assert search.no_private is want["no_private"], row
+        assert sac.loss_weighting == want["loss_weighting"], row
+        assert config.sac(searching=True).loss_weighting == "mean"  # the search: the mean
+    stl = specs["stl-s0"].command("fresh")
+    assert stl[1:3] == ["-m", "conal_rl.stl"]

@@ -45,11 +45,30 @@ def test_band_is_mean_and_se_over_seeds_at_the_steps_all_runs_have():
     np.testing.assert_allclose(band.se, [0.1, 0.2])  # |a - b| / 2 for two values
 
 
-def test_plot_writes_one_figure_per_comparison(tmp_path, capsys):
-    runs = [fake_run(tmp_path / f"{arch}{seed}", arch, seed, np.random.default_rng(seed)
-                     .uniform(size=(3, 3)).tolist())
-            for arch in ("mtsac", "conal") for seed in (0, 1)]
+def test_plot_writes_one_figure_per_comparison(tmp_path, capsys, monkeypatch):
+    values = {(arch, seed): np.random.default_rng(10 * seed + len(arch)).uniform(size=(3, 3))
+              for arch in ("mtsac", "conal") for seed in (0, 1)}
+    runs = [fake_run(tmp_path / f"{arch}{seed}", arch, seed, v.tolist())
+            for (arch, seed), v in values.items()]
+    drawn = []
+    original = plot.draw
+    monkeypatch.setattr(plot, "draw", lambda ax, bands, title, metric: drawn.append(
+        (title, {b.label: b for b in bands})) or original(ax, bands, title, metric))
     paths = plot.main([*map(str, runs), "--out", str(tmp_path / "plots")])
+    # What is drawn: per architecture, mean ± s.e. over its two seeds at every step, of the
+    # mean over tasks (first figure), then of every task (one panel each).
+    assert [title for title, _ in drawn][1:] == TASKS
+    for index, curve in enumerate([slice(None), *range(len(TASKS))]):
+        _, bands = drawn[index]
+        assert set(bands) == {"MT-SAC", "CoNAL"}
+        for label, arch in (("MT-SAC", "mtsac"), ("CoNAL", "conal")):
+            per_seed = [values[arch, seed][:, curve] for seed in (0, 1)]
+            if index == 0:
+                per_seed = [v.mean(axis=1) for v in per_seed]
+            band = bands[label]
+            assert band.runs == 2 and list(band.steps) == [1000, 2000, 3000]
+            np.testing.assert_allclose(band.mean, (per_seed[0] + per_seed[1]) / 2)
+            np.testing.assert_allclose(band.se, abs(per_seed[0] - per_seed[1]) / 2)
     assert [p.name for p in paths] == ["MT10-success.png", "MT10-success-per-task.png"]
     for path in paths:
         with Image.open(path) as image:

@@ -3,6 +3,7 @@
 Rendering runs in a subprocess: MuJoCo fixes its OpenGL backend when first imported, and
 in this process other tests may already have imported it."""
 
+import json
 import subprocess
 import sys
 
@@ -85,3 +86,54 @@ def test_training_records_videos_when_asked(gl, tmp_path):
     for step in (20, 40):
         grid = run / "videos" / f"step_{step}" / "grid.mp4"
         assert imageio.get_reader(grid).get_meta_data()["size"] == (160, 160)
+
+
+def test_video_every_records_short_videos_during_training(gl, tmp_path, monkeypatch):
+    """--video-every: at every multiple of it the run records one episode of each task
+    (here cut to 3 steps) into videos/step_<N>/ and logs the grid's last frame."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from conal_rl.training import trainer as trainer_module
+
+    record, recorded = trainer_module.record_videos, []
+
+    def short(policy, bench, out_dir, **kwargs):
+        recorded.append(out_dir)
+        return record(policy, bench, out_dir, **kwargs | {"max_steps": 3, "size": 64})
+
+    monkeypatch.setattr(trainer_module, "record_videos", short)
+    run = tmp_path / "run"
+    train(["--benchmark", "MT1:reach-v3", "--total-steps", "200", "--warmup-steps", "100",
+           "--video-every", "100", "--eval-every", "0", "--hidden", "8", "--batch-per-task", "8",
+           "--eval-episodes", "1", "--device", "cpu", "--run-dir", str(run)])
+    assert recorded == [run / "videos" / "step_100", run / "videos" / "step_200"]
+    hold = round(80 * HOLD_SECONDS)  # Meta-World's 80 frames/s
+    for out in recorded:
+        for name in ("reach-v3.mp4", "grid.mp4"):
+            frames = [frame for frame in imageio.get_reader(out / name)]  # list() presizes: inf
+            assert len(frames) == 1 + 3 + hold and frames[0].shape == (64, 64, 3), out / name
+    events = EventAccumulator(str(run), size_guidance={"images": 0})
+    events.Reload()
+    assert [e.step for e in events.Images("video/last_frames")] == [100, 200]
+
+
+def test_video_every_without_opengl_keeps_training(tmp_path, monkeypatch, capsys):
+    """No headless OpenGL: the first video says why, later ones are not tried, and the run
+    trains on to its end (no GL needed for this test)."""
+    from conal_rl.training import trainer as trainer_module
+    from envs.video import VideoError
+
+    tried = []
+
+    def no_gl(policy, bench, out_dir, **kwargs):
+        tried.append(out_dir)
+        raise VideoError("no headless OpenGL here")
+
+    monkeypatch.setattr(trainer_module, "record_videos", no_gl)
+    run = tmp_path / "run"
+    train(["--benchmark", "gym:Pendulum-v1", "--total-steps", "300", "--warmup-steps", "100",
+           "--video-every", "100", "--eval-every", "0", "--hidden", "8", "--batch-per-task", "8",
+           "--eval-episodes", "1", "--device", "cpu", "--run-dir", str(run)])
+    assert tried == [run / "videos" / "step_100"]
+    assert "no videos: no headless OpenGL here" in capsys.readouterr().out
+    assert json.loads((run / "timing.json").read_text())["env_steps"] == 300

@@ -1,4 +1,7 @@
+import copy
 import json
+import random
+import re
 import signal
 import subprocess
 import sys
@@ -7,12 +10,27 @@ import time
 import pytest
 import torch
 
-from conal_rl.train import main
+from agents import MultiTaskSAC
+from conal_rl import train
+from conal_rl.train import main, prepare
 from conal_rl.training import checkpoint
 from conal_rl.training.conal_search import search_seconds
 
 TINY = ["--hidden", "16,16", "--batch-per-task", "16", "--warmup-steps", "100",
         "--eval-episodes", "1", "--log-every", "100"]
+
+
+def _same(a, b) -> bool:
+    """Equal, nested: dicts, lists and tuples (a tuple and a list alike, as a checkpoint may
+    store one as the other), tensors element for element, anything else by ==."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
+                and a.dtype == b.dtype and torch.equal(a, b))
+    return a == b
 
 
 def _cli(*args, timeout=120):
@@ -58,7 +76,7 @@ def test_metaworld_run_writes_its_outputs(tmp_path):
     assert checkpoint.load(run / "checkpoints" / "latest.pt")["counters"]["env_steps"] == 600
 
 
-def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, capsys):
+def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     ckpt = run / "checkpoints" / "latest.pt"
     proc = subprocess.Popen(
@@ -83,9 +101,36 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, capsys):
     assert step % 200 == 0 and saved["counters"]["updates"] == step - 100
     assert saved["replay"]["size"] == step
 
-    # The model the resumed run starts from is the checkpoint's.
+    # The resumed run starts from everything the checkpoint holds: weights (the target
+    # critics' too), optimizer moments, per-task temperatures, counters, RNG streams, the
+    # replay buffer. Read off the trainer the command built, before it trains.
+    restored = {}
+
+    def spy(config, run_dir):
+        trainer = prepare(config, run_dir)
+        restored.update(
+            agent=copy.deepcopy(trainer.agent.state_dict()),
+            temperature=trainer.agent.log_temperature.detach().clone(),
+            optimizers=copy.deepcopy(trainer.agent.optimizer_state()),
+            counters={"env_steps": trainer.env_steps, "updates": trainer.updates},
+            torch=torch.get_rng_state(), numpy=trainer.np_rng.bit_generator.state,
+            python=random.getstate(), replay=copy.deepcopy(trainer.replay.state_dict()))
+        return trainer
+
+    monkeypatch.setattr(train, "prepare", spy)
     resumed = main(["--resume", str(run), "--total-steps", str(step + 300)])
     assert f"resumed {run} at env step {step}" in capsys.readouterr().out
+    assert _same(restored["agent"], saved["agent"])
+    assert torch.equal(restored["temperature"], saved["agent"]["log_temperature"])
+    assert not torch.equal(restored["temperature"], torch.zeros(1))  # it has moved from 1
+    moments = restored["optimizers"]["critic"]["state"]
+    assert moments and all(int(m["step"]) == step - 100 for m in moments.values())
+    assert _same(restored["optimizers"], saved["optimizers"])
+    assert restored["counters"] == saved["counters"]
+    assert torch.equal(restored["torch"], saved["rng"]["torch"])
+    assert _same(restored["numpy"], saved["rng"]["numpy"])
+    assert _same(restored["python"], saved["rng"]["python"])
+    assert _same(restored["replay"], saved["replay"])
     final = checkpoint.load(ckpt)
     assert final["counters"]["env_steps"] == step + 300
     assert final["counters"]["updates"] == step - 100 + 300  # replay restored: no refill
@@ -109,7 +154,10 @@ def test_resume_refuses_to_change_the_run(tmp_path):
     assert proc.returncode == 2 and "already holds a run" in proc.stderr
 
 
-def test_sigterm_saves_a_checkpoint(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_saves_a_checkpoint(tmp_path, signum):
+    """kill (SIGTERM) and Ctrl-C (SIGINT): the run stops at its next step, saves a checkpoint
+    at the step it reached and exits with 128 + the signal's number."""
     run = tmp_path / "run"
     proc = subprocess.Popen(
         [sys.executable, "-m", "conal_rl.train", "--benchmark", "gym:Pendulum-v1",
@@ -120,11 +168,14 @@ def test_sigterm_saves_a_checkpoint(tmp_path):
     while not list(run.glob("events.out.tfevents.*")) and time.time() < deadline:
         time.sleep(0.2)
     time.sleep(2)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 128 + signal.SIGTERM
-    assert "checkpoint saved" in out
-    assert checkpoint.load(run / "checkpoints" / "latest.pt")["counters"]["env_steps"] > 0
+    assert proc.returncode == 128 + signum
+    stopped_at = re.search(r"stopped by signal at env step (\d+); checkpoint saved", out)
+    assert stopped_at, out
+    saved = checkpoint.load(run / "checkpoints" / "latest.pt")["counters"]
+    assert saved["env_steps"] == int(stopped_at.group(1)) > 0
+    assert saved["updates"] == max(0, saved["env_steps"] - 100)  # one per step after warm-up
 
 
 def test_conal_searches_derives_and_trains_then_the_tree_trains_again(tmp_path):
@@ -180,3 +231,83 @@ def test_the_laptop_preset_brings_its_minutes_budget_and_a_flag_overrides_it():
     assert TrainConfig(preset="laptop", minutes=0).minutes == 0  # no limit
     assert TrainConfig(preset="laptop", minutes=5).minutes == 5
     assert TrainConfig(preset="quick").minutes is None
+
+
+def test_updates_per_step_updates_that_often(tmp_path, monkeypatch):
+    batches = []
+    update = MultiTaskSAC.update
+    monkeypatch.setattr(MultiTaskSAC, "update",
+                        lambda self, batch: batches.append(batch.obs) or update(self, batch))
+    run = tmp_path / "run"
+    main(["--benchmark", "gym:Pendulum-v1", "--total-steps", "150", "--eval-every", "0",
+          "--updates-per-step", "3", "--run-dir", str(run), *TINY])
+    counters = checkpoint.load(run / "checkpoints" / "latest.pt")["counters"]
+    assert counters == {"env_steps": 150, "updates": 3 * (150 - 100)}
+    assert len(batches) == 150
+    # Each update draws a batch of its own.
+    assert not torch.equal(batches[-1], batches[-2]) and not torch.equal(batches[-2], batches[-3])
+
+
+def test_async_envs_step_during_the_update_and_train_the_same_run(tmp_path, monkeypatch,
+                                                                   two_tasks):
+    """--vector-strategy async: the env processes step while the update runs (step_async,
+    update, step_wait), and the run is the sync run bit for bit: the update never needs the
+    transition in flight."""
+    import gymnasium as gym
+
+    calls = {"step": 0, "step_async": 0}
+    for name in calls:  # step() calls step_async() too: the difference is the loop's own
+        original = getattr(gym.vector.AsyncVectorEnv, name)
+        monkeypatch.setattr(gym.vector.AsyncVectorEnv, name,
+                            lambda self, actions, name=name, original=original:
+                            calls.__setitem__(name, calls[name] + 1) or original(self, actions))
+    states = {}
+    for strategy in ("sync", "async"):
+        run = tmp_path / strategy
+        main(["--benchmark", "gym:Pendulum-v1", "--total-steps", "300", "--eval-every", "0",
+              "--vector-strategy", strategy, "--run-dir", str(run), *TINY])
+        states[strategy] = checkpoint.load(run / "checkpoints" / "latest.pt")
+    assert json.loads((tmp_path / "async" / "config.json").read_text())["vector_strategy"] == \
+        "async"
+    # step_async called by the loop itself on every vector step that updates: 100 of the
+    # 150 (the first 50 are the random warm-up).
+    assert calls["step_async"] - calls["step"] == (300 - 100) // 2
+    sync, async_ = states["sync"], states["async"]
+    assert async_["counters"] == sync["counters"] == {"env_steps": 300, "updates": 100}
+    assert _same(async_["agent"], sync["agent"])
+    assert _same(async_["optimizers"], sync["optimizers"])
+
+
+@pytest.mark.slow  # two MT10 env sets and their evaluations: ~1.5 min on 2 cores
+def test_async_mt10_trains_as_sync(tmp_path):
+    states = {}
+    for strategy in ("sync", "async"):
+        run = tmp_path / strategy
+        main(["--benchmark", "MT10", "--total-steps", "200", "--eval-every", "0",
+              "--vector-strategy", strategy, "--run-dir", str(run), *TINY])
+        states[strategy] = checkpoint.load(run / "checkpoints" / "latest.pt")
+    assert states["async"]["counters"] == states["sync"]["counters"] == {
+        "env_steps": 200, "updates": 10}
+    assert _same(states["async"]["agent"], states["sync"]["agent"])
+
+
+def test_the_paper_preset_is_the_metaworld_reference():
+    """The paper preset per task (README: 3x400 nets, batch 128, 2M steps, replay 100k,
+    evaluation every 20k env steps with 50 episodes), scaled by the number of tasks."""
+    from conal_rl.training.config import TrainConfig
+
+    for benchmark, T in (("MT10", 10), ("MT50", 50), ("MT1:reach-v3", 1)):
+        c = TrainConfig(benchmark=benchmark)  # paper is the default preset
+        assert c.preset == "paper" and c.hidden == (400, 400, 400) and c.batch_per_task == 128
+        assert c.total_steps == 2_000_000 * T and c.replay_size == 100_000 * T
+        assert c.eval_every == c.checkpoint_every == 20_000 * T and c.eval_episodes == 50
+        assert c.warmup_steps == 4_000 * T  # Meta-World+'s 4k warm-up vector steps
+        assert c.search_steps == 200_000 * T and c.search_warmup_steps == c.search_steps // 4
+        assert c.arch_lr == 5e-5 and c.minutes is None  # the official CoNAL alpha lr
+        assert (c.lr, c.gamma, c.tau, c.updates_per_step) == (3e-4, 0.99, 0.005, 1)
+    mt10 = TrainConfig(benchmark="MT10")  # the MT10 reference: 20M steps, batch 1280, 1M
+    assert (mt10.total_steps, mt10.batch_per_task * 10, mt10.replay_size) == (
+        20_000_000, 1280, 1_000_000)
+    # A flag overrides its preset value, the rest stays the preset's.
+    given = TrainConfig(benchmark="MT10", hidden=(64,), eval_episodes=3)
+    assert given.hidden == (64,) and given.eval_episodes == 3 and given.batch_per_task == 128

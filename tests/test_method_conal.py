@@ -177,7 +177,8 @@ def test_conflicting_tasks_freeze_the_shared_modules():
     plain, noticed, noticing = noticed_grads(net, x, signs=(1.0, -0.5))
     for name in noticed:
         if name.startswith("shared."):
-            assert plain[name].abs().sum() > 0 and torch.all(noticed[name] == 0), name
+            # frozen: no gradient at all, so the optimizer skips the module (moments too)
+            assert plain[name].abs().sum() > 0 and noticed[name] is None, name
         else:  # the heads are task-specific: never touched
             assert torch.equal(noticed[name], plain[name]), name
     assert all(s == {"frozen_steps": 1, "steps": 1, "frozen_fraction": 1.0}
@@ -216,7 +217,7 @@ def test_supernet_conflict_freezes_shared_but_not_private_modules():
     frozen = noticing.apply()
     assert frozen.keys() == {"shared.1", "shared.2", "shared.3"}
     assert all(bool(f) for f in frozen.values())
-    assert all(torch.all(m.weight.grad == 0) for m in net.shared.values())
+    assert all(m.weight.grad is None for m in net.shared.values())
     assert all(m.weight.grad.abs().sum() > 0 for m in net.private.values())
 
 

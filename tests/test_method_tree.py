@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -48,10 +50,19 @@ def test_pruned_tree_holds_only_used_modules():
 
 
 def test_mtsac_appends_one_hot_task_id():
+    torch.manual_seed(0)
     net = TreeNet(TreeSpec.mtsac((8,), 4), 5, 2)
     assert net.shared["1"].in_features == 9
-    y = net(torch.zeros(4, 3, 5))
-    assert not torch.allclose(y[0], y[1])  # zero input, different tasks, different outputs
+    x = torch.randn(4, 3, 5)
+    y = net(x)
+    first, head = net.shared["1"], net.head
+    for t in range(4):  # task t's input is its observation with the one-hot of t appended
+        one_hot = torch.nn.functional.one_hot(torch.tensor(t), 4).float().expand(3, 4)
+        h = torch.relu(first(torch.cat([x[t], one_hot], dim=-1)))
+        torch.testing.assert_close(y[t], head(h))
+    zero = net(torch.zeros(4, 1, 5))[:, 0]  # on a zero observation only the task id speaks:
+    expected = head(torch.relu(first.weight[:, 5:].T + first.bias))  # row t: column 5 + t
+    torch.testing.assert_close(zero, expected)
 
 
 @pytest.mark.parametrize("kwargs", [
@@ -70,8 +81,11 @@ def test_specs_round_trip_through_json(tmp_path):
     specs = {"actor": TreeSpec((8, 8), (0, 2), ("a", "b")), "critic": TreeSpec.mhsac((4,), 2)}
     save_specs(tmp_path / "a.json", specs, {"actor": {"alpha": [[1.0, 2.0, 3.0]]}})
     assert load_specs(tmp_path / "a.json") == specs
-    with pytest.raises(ValueError, match="critic"):
-        save_specs(tmp_path / "b.json", {"actor": specs["actor"]})
+    assert json.loads((tmp_path / "a.json").read_text())["actor"]["alpha"] == [[1.0, 2.0, 3.0]]
+    # Any named trees are written; a run's architecture is read back only with both.
+    save_specs(tmp_path / "b.json", {"actor": specs["actor"]})
+    assert load_specs(tmp_path / "b.json", names=("actor",)) == {"actor": specs["actor"]}
+    with pytest.raises(ValueError, match="no architecture for critic"):
         load_specs(tmp_path / "b.json")
 
 

@@ -1,5 +1,6 @@
-"""The two training ablations: random loss weighting (--loss-weighting rlw) and PCGrad on
-the shared modules (--grad-surgery pcgrad)."""
+"""The training ablations: random loss weighting (--loss-weighting rlw) and PCGrad on the
+shared modules (--grad-surgery pcgrad); the search ablations --no-conflict-noticing and
+--no-private as the train command hands them to the search."""
 
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ import json
 import pytest
 import torch
 
-from agents import MultiTaskSAC, SACConfig, random_batch
+from agents import MultiTaskReplay, MultiTaskSAC, SACConfig, random_batch
 from conal_rl import train
 from conal_rl.analysis.grouping import arch_label
 from conal_rl.method.conflict import gram_method
 from conal_rl.method.pcgrad import PCGrad, pcgrad_coefficients, random_orders
 from conal_rl.method.tree import TreeNet, TreeSpec
-from conal_rl.training.config import TrainConfig
+from conal_rl.training.conal_search import ConalSearch
+from conal_rl.training.config import TrainConfig, given_arguments
 from conal_rl.training.nets import surgery_filter, tree_factory
 
 T, OBS, ACT, IN, OUT = 3, 5, 2, 4, 3
@@ -217,15 +219,84 @@ def test_labels_name_the_added_methods():
     assert arch_label(config) == "MT-SAC + RLW + PCGrad"
 
 
-def test_training_with_both_flags(tmp_path, monkeypatch):
-    applied = []
+def test_training_with_both_flags_acts_on_two_tasks(tmp_path, monkeypatch, two_tasks):
+    """RLW and PCGrad through the train command on a two-task benchmark (on one task both
+    are no-ops): the agent it builds weights its task losses at random and projects the
+    shared modules' task gradients, in every update."""
+    projected, changed, reduced, trainers = [], [], [], []
     apply = PCGrad.apply
-    monkeypatch.setattr(PCGrad, "apply", lambda self: applied.append(1) or apply(self))
+
+    def spy_apply(self):
+        params = [p for layer in self.layers.values()
+                  for p in (layer.module.weight, layer.module.bias)]
+        before = [p.grad.clone() for p in params]
+        projected.append(apply(self))
+        changed.append(any(not torch.equal(p.grad, g) for p, g in zip(params, before)))
+        return projected[-1]
+
+    monkeypatch.setattr(PCGrad, "apply", spy_apply)
+    reduce = MultiTaskSAC.reduce_task_losses
+
+    def spy(self, losses):
+        out = reduce(self, losses)
+        reduced.append((losses.detach(), out.detach()))
+        return out
+
+    monkeypatch.setattr(MultiTaskSAC, "reduce_task_losses", spy)
+    prepare = train.prepare
+    monkeypatch.setattr(train, "prepare", lambda *a: trainers.append(prepare(*a)) or trainers[-1])
     run = tmp_path / "run"
-    train.main(["--benchmark", "gym:Pendulum-v1", "--total-steps", "150", "--eval-every", "0",
+    train.main(["--benchmark", "gym:Pendulum-v1", "--total-steps", "300", "--eval-every", "0",
                 "--run-dir", str(run), "--hidden", "8,8", "--batch-per-task", "8",
                 "--warmup-steps", "100", "--eval-episodes", "1", "--log-every", "50",
                 "--grad-surgery", "pcgrad", "--loss-weighting", "rlw"])
     config = json.loads((run / "config.json").read_text())
     assert config["grad_surgery"] == "pcgrad" and config["loss_weighting"] == "rlw"
-    assert applied and len(applied) % 2 == 0  # actor and critic filters, every update
+    [trainer] = trainers
+    agent = trainer.agent
+    assert agent.num_tasks == 2 and agent.config.loss_weighting == "rlw"
+    filters = agent.gradient_filters
+    assert set(filters) == {"actor", "critic"}
+    assert all(isinstance(f, PCGrad) for f in filters.values())
+    assert {layer.tasks for layer in filters["actor"].layers.values()} == {(0, 1)}
+    updates = trainer.updates
+    assert updates == (300 - 100) // 2  # one update per vector step after the warm-up
+    # PCGrad on the actor's and the critics' shared modules in every update, and some
+    # projection changed a gradient (weights of the task gradients other than 1).
+    assert len(projected) == 2 * updates
+    assert all(w.shape == (2,) for weights in projected for w in weights.values())
+    assert any(not torch.equal(w, torch.ones_like(w)) for ws in projected for w in ws.values())
+    assert any(changed)  # ... and rewrote the shared modules' gradients
+    # RLW: the critic's and the actor's losses combined with random weights, not the mean.
+    assert len(reduced) == 2 * updates
+    assert all(not torch.isclose(out, losses.mean()) for losses, out in reduced)
+
+
+def test_the_search_ablation_flags_reach_the_search(tmp_path):
+    """--no-conflict-noticing and --no-private, as the train command parses them, switch
+    the search's conflict-noticing off and its private modules out (and nothing else)."""
+    for flags in ([], ["--no-conflict-noticing"], ["--no-private"],
+                  ["--no-conflict-noticing", "--no-private"]):
+        args = train.build_parser().parse_args(["--arch", "conal", "--preset", "quick", *flags])
+        config = TrainConfig(**given_arguments(args))
+        settings = config.search()
+        noticing = "--no-conflict-noticing" not in flags
+        private = "--no-private" not in flags
+        assert (settings.conflict_noticing, settings.no_private) == (noticing, not private)
+        search = ConalSearch(settings, ["a", "b", "c"], config.batch_per_task)
+        agent = MultiTaskSAC(search.make_net, T, OBS, ACT, make_filter=search.make_filter)
+        assert agent.actor.net.no_private is (not private)
+        assert agent.critic.q2.no_private is (not private)
+        assert ("private" in dict(agent.actor.net.named_children())) is private
+        assert ("branch" in dict(agent.actor.net.named_children())) is (not private)
+        # Past the search's warm-up the filters notice conflicts unless switched off.
+        replay = MultiTaskReplay(50, T, OBS, ACT)
+        batch = random_batch(T, 8, OBS, ACT, seed=0)
+        for _ in range(8):
+            replay.add(batch.obs[:, 0], batch.actions[:, 0], batch.rewards[:, 0],
+                       batch.next_obs[:, 0], batch.dones[:, 0])
+        search.before_update(agent, replay, env_steps=settings.warmup_steps)
+        agent.update(batch)
+        assert all(n.enabled is noticing for n in search.noticing.values())
+        steps = {s["steps"] for n in search.noticing.values() for s in n.stats().values()}
+        assert steps == ({1} if noticing else {0})

@@ -29,6 +29,8 @@ def test_old_config_files_load_as_they_were_written():
         config = TrainConfig.load(FIXTURES / name / "config.json")
         assert {k: getattr(config, k) for k in saved} == {
             k: tuple(v) if k == "hidden" else v for k, v in saved.items()}
+        # fields added since: the values these runs ran with (no held-out replay then)
+        assert (config.conflict_rule, config.arch_holdout) == ("any-pair", 0)
 
 
 def test_an_old_conal_architecture_file_and_checkpoint_load(tmp_path):

@@ -38,22 +38,28 @@ def read_curves(run_dir: Path, metric: str = "success", x: str = "env_steps") ->
     if not path.exists():
         return {}
     at: dict[int, tuple[float, dict[str, float]]] = {}  # env step -> (x, task -> value)
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        columns = reader.fieldnames or ()
-        missing = [c for c in ("env_steps", "task", metric, x) if c not in columns]
-        if columns and missing:
-            raise UserError(f"{path} has no {', '.join(missing)} column (written by an older "
-                            "version?)")
-        for row in reader:
-            try:
-                step = int(row["env_steps"])
-                tasks = at.get(step, (0.0, {}))[1]
-                tasks[row["task"]] = as_float(row[metric])
-                at[step] = (as_float(row[x]), tasks)
-            except (TypeError, ValueError):
-                raise UserError(f"{path}, line {reader.line_num}: not an evaluation "
-                                "row") from None
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            columns = reader.fieldnames or ()
+            missing = [c for c in ("env_steps", "task", metric, x) if c not in columns]
+            if columns and missing:
+                raise UserError(f"{path} has no {', '.join(missing)} column (not an "
+                                "evaluations.csv, or written by an older version?)")
+            for row in reader:
+                try:
+                    if None in row.values() or None in row:  # cut short, or cells too many
+                        raise ValueError
+                    step = int(row["env_steps"])
+                    tasks = at.get(step, (0.0, {}))[1]
+                    tasks[row["task"]] = as_float(row[metric])
+                    at[step] = (as_float(row[x]), tasks)
+                except (TypeError, ValueError):
+                    raise UserError(f"{path}, line {reader.line_num}: not an evaluation row "
+                                    "(truncated or another file?)") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise UserError(f"{path} is not a readable evaluations.csv ({type(e).__name__})"
+                        ) from None
     if not at:
         return {}
     steps = sorted(at)

@@ -9,7 +9,18 @@ import matplotlib
 matplotlib.use("Agg")  # headless: files only
 import matplotlib.pyplot as plt  # noqa: E402
 
-from conal_rl.method.tree import TreeSpec  # noqa: E402
+from conal_rl.method import GroupTreeSpec, TreeSpec  # noqa: E402
+
+
+def _frame(ax, P: int, T: int, title: str, top: float) -> None:
+    """Module columns (input, L1..LP, head), a row per task, no y axis."""
+    ax.set_xticks(range(P + 2), ["input", *[f"L{i}" for i in range(1, P + 1)], "head"])
+    ax.set_yticks([])
+    ax.set_xlim(-0.3, P + 3.8)
+    ax.set_ylim(-T - 0.8, top)
+    ax.set_title(title)
+    for side in ("left", "right", "top"):
+        ax.spines[side].set_visible(False)
 
 
 def draw_tree(ax, spec: TreeSpec, title: str) -> None:
@@ -30,22 +41,44 @@ def draw_tree(ax, spec: TreeSpec, title: str) -> None:
             ax.plot(layer, y, "o", color=c, ms=6)
         ax.plot(P + 1, y, ">", color=c, ms=7)
         ax.text(P + 1.25, y, f"{names[t]} (b={b})", va="center", fontsize=8)
-    ax.set_xticks(range(P + 2), ["input", *[f"L{i}" for i in range(1, P + 1)], "head"])
-    ax.set_yticks([])
-    ax.set_xlim(-0.3, P + 3.8)
-    ax.set_ylim(-T - 0.8, 0.8)
-    ax.set_title(title)
-    for side in ("left", "right", "top"):
-        ax.spines[side].set_visible(False)
+    _frame(ax, P, T, title, top=0.8)
 
 
-def save_tree_pictures(path: str | Path, specs: dict[str, TreeSpec]) -> Path:
+def draw_groups(ax, spec: GroupTreeSpec, title: str) -> None:
+    """A grouped tree: one row per task (ordered so groups sit together), one column per
+    module; the tasks of a group at a depth are joined by a bar, so a shared trunk is a
+    full-height bar and a task's own module a dot."""
+    T, P = spec.num_tasks, spec.depth
+    names = spec.task_names or tuple(f"task {t}" for t in range(T))
+    order = sorted(range(T), key=lambda t: tuple(g[t] for g in spec.groups))
+    row = {t: -(i + 1) for i, t in enumerate(order)}
+    colors = plt.get_cmap("tab10" if T <= 10 else "viridis")
+    for j, labels in enumerate(spec.groups, start=1):
+        for g in sorted(set(labels)):
+            rows = [row[t] for t in range(T) if labels[t] == g]
+            if len(rows) > 1:
+                ax.plot([j, j], [min(rows), max(rows)], color="black", lw=6, alpha=0.6,
+                        solid_capstyle="round")
+            else:
+                ax.plot(j, rows[0], "o", color="black", ms=6)
+    for t in range(T):
+        c = colors(t % 10 if T <= 10 else t / max(T - 1, 1))
+        ax.plot([0, P + 1], [row[t], row[t]], color=c, lw=1)
+        ax.plot(P + 1, row[t], ">", color=c, ms=7)
+        ax.text(P + 1.25, row[t], names[t], va="center", fontsize=8)
+    _frame(ax, P, T, title, top=0.2)
+
+
+def save_tree_pictures(path: str | Path, specs: dict[str, TreeSpec | GroupTreeSpec]) -> Path:
     """One PNG with a panel per network (e.g. actor and critic)."""
     T = max(s.num_tasks for s in specs.values())
     fig, axes = plt.subplots(1, len(specs), figsize=(6.5 * len(specs), 1.2 + 0.35 * T),
                              squeeze=False)
     for ax, (role, spec) in zip(axes[0], specs.items()):
-        draw_tree(ax, spec, f"{role}: shared modules ■, private ●, heads ▶")
+        if isinstance(spec, GroupTreeSpec):
+            draw_groups(ax, spec, f"{role}: modules shared by a group ▮, own modules ●")
+        else:
+            draw_tree(ax, spec, f"{role}: shared modules ■, private ●, heads ▶")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -7,13 +7,23 @@
 * :mod:`~conal_rl.method.conflict`: per-task gradients from one backward, and
   conflict-noticing on the shared modules.
 * :mod:`~conal_rl.method.search`: the architecture step and the alternating search step.
+* :mod:`~conal_rl.method.groups`: trees whose branches groups of tasks share
+  (:class:`GroupTreeSpec`, :class:`GroupTreeNet`), CoNAL-Pro's format.
+* :mod:`~conal_rl.method.progressive`: CoNAL-Pro's stage-by-stage search.
 * :mod:`~conal_rl.method.pcgrad`: PCGrad, a baseline built on the same gradient capture.
 * :mod:`~conal_rl.method.reference`: slow loop versions, the oracles of the tests.
 """
 
-from conal_rl.method.conflict import ConflictNoticing, SharedLayer, TaskGradientCapture
+from conal_rl.method.conflict import (
+    CONFLICT_RULES,
+    ConflictNoticing,
+    SharedLayer,
+    TaskGradientCapture,
+)
+from conal_rl.method.groups import GroupTreeNet, GroupTreeSpec
 from conal_rl.method.layers import TaskLinear
 from conal_rl.method.pcgrad import PCGrad
+from conal_rl.method.progressive import progressive_search
 from conal_rl.method.search import (
     SearchSettings,
     architecture_optimizer,
@@ -24,6 +34,7 @@ from conal_rl.method.search import (
 from conal_rl.method.supernet import SuperNet
 from conal_rl.method.tree import TreeNet, TreeSpec, num_parameters
 
-__all__ = ["ConflictNoticing", "PCGrad", "SearchSettings", "SharedLayer", "SuperNet",
-           "TaskGradientCapture", "TaskLinear", "TreeNet", "TreeSpec", "architecture_optimizer",
-           "architecture_step", "num_parameters", "search_optimizers", "search_step"]
+__all__ = ["CONFLICT_RULES", "ConflictNoticing", "GroupTreeNet", "GroupTreeSpec", "PCGrad",
+           "SearchSettings", "SharedLayer", "SuperNet", "TaskGradientCapture", "TaskLinear",
+           "TreeNet", "TreeSpec", "architecture_optimizer", "architecture_step",
+           "num_parameters", "progressive_search", "search_optimizers", "search_step"]

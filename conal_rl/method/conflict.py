@@ -206,6 +206,34 @@ class TaskGradientCapture:
         raise NotImplementedError
 
 
+CONFLICT_RULES = ("any-pair", "ema-pair", "consensus", "affinity")
+"""How conflict-noticing decides, per shared module and update (see :class:`ConflictNoticing`)."""
+
+
+def cosines(gram: Tensor) -> Tensor:
+    """``[k, k]`` Gram matrix of task gradients -> their pairwise cosines (0 where a
+    gradient is zero)."""
+    norms = gram.diagonal().clamp(min=0).sqrt()
+    return gram / (norms[:, None] * norms[None]).clamp(min=torch.finfo(gram.dtype).tiny)
+
+
+def consensus_cosines(gram: Tensor) -> Tensor:
+    """``[k]``: for each task t, the cosine between its gradient and the sum of the other
+    tasks' gradients (the module's consensus without t), from the Gram matrix alone."""
+    row, own, total = gram.sum(dim=1), gram.diagonal(), gram.sum()
+    others = (total - 2 * row + own).clamp(min=0)  # |sum_{s != t} g_s|^2
+    tiny = torch.finfo(gram.dtype).tiny
+    return (row - own) / (own.clamp(min=0).sqrt() * others.sqrt()).clamp(min=tiny)
+
+
+def main_group(affinity: Tensor, share: float = 0.5) -> Tensor:
+    """``[k, k]`` task affinities -> ``[k]`` bool: the tasks of the module's main group, whose
+    weight in the leading eigenvector of the affinity matrix is at least ``share`` of the
+    largest weight (for block-diagonal affinities, one block)."""
+    weights = torch.linalg.eigh(affinity).eigenvectors[:, -1].abs()
+    return weights >= share * weights.max()
+
+
 class ConflictNoticing(TaskGradientCapture):
     """Conflict-noticing for the shared modules of a SuperNet or TreeNet.
 
@@ -215,54 +243,135 @@ class ConflictNoticing(TaskGradientCapture):
         with noticing.record():                    # hooks live only inside this block
             loss = loss_fn(net(x))                 # net input task-major [T, B, in]
         loss.backward()
-        noticing.apply()                           # zero the grads of conflicting modules
+        noticing.apply()                           # freeze conflicting modules
+        optimizer.step()
 
-    ``apply`` needs no host sync (decisions stay tensors) so it does not stall a GPU;
-    ``stats()`` reads the counters (one sync), for logging. Every backward pass through a
-    recorded forward adds to the captured output gradients, as ``.grad`` accumulates
-    (``torch.autograd.grad`` passes too, although they leave ``.grad`` alone: keep those
-    off a recorded forward).
+    Rules (``rule``), per shared module:
+
+    * ``"any-pair"`` (the paper's): frozen for this update when any pair of tasks' gradients
+      has a negative inner product on this batch. With T tasks there are T(T-1)/2 pairs of
+      noisy gradients, so at T >= 10 some pair is negative on nearly every batch and the rule
+      stops telling which tasks conflict.
+    * ``"ema-pair"``: the same test on an exponential moving average (rate ``1 - ema``) of
+      the pairwise cosines, so a pair must conflict persistently, and by more than
+      ``threshold`` (frozen when some averaged cosine < -threshold).
+    * ``"consensus"``: a decision per task. Each task's gradient is compared with the sum of
+      the other tasks' gradients on the module (its consensus); a task whose averaged cosine
+      with it is below -``threshold`` is left out of the module's update, which the others
+      keep training. The module is frozen only when every task is left out. The left-out
+      task's loss no longer improves through the shared module, which is what pushes its
+      architecture weights towards its own branch.
+    * ``"affinity"``: a decision per task that ignores signs, since two tasks with their own
+      heads can share features they read with opposite signs (a trunk serves h and -h).
+      The affinity of two tasks is the averaged squared cosine of their gradients (high
+      when they need the same directions, whatever the signs); the module keeps the tasks
+      of its main group (:func:`main_group`, the leading eigenvector of the affinities)
+      and leaves the others out, as ``consensus`` does.
+
+    A frozen module does not move: its ``.grad`` is set to None, so the optimizer skips it
+    and its moments and step count are not advanced (zeroing the gradient is not enough
+    under Adam, whose momentum would still move it). That needs the decisions on the host:
+    one sync per ``apply`` for all modules together. ``stats()`` gives per module the
+    frozen fraction (and, with ``consensus``, the fraction of tasks left out) and the
+    pairwise cosines of the last update. Every backward pass through a recorded forward
+    adds to the captured output gradients, as ``.grad`` accumulates (``torch.autograd.grad``
+    passes too, although they leave ``.grad`` alone: keep those off a recorded forward).
     """
 
     def __init__(self, nets: nn.Module | Mapping[str, nn.Module | SharedLayer],
-                 enabled: bool = True):
+                 enabled: bool = True, rule: str = "any-pair", ema: float = 0.9,
+                 threshold: float = 0.0):
         super().__init__(nets, enabled)
-        self._frozen_steps: dict[str, Tensor] = {}  # device tensors: no sync per step
+        if rule not in CONFLICT_RULES:
+            raise ValueError(f"unknown conflict rule {rule!r}; valid: {', '.join(CONFLICT_RULES)}")
+        self.rule, self.ema, self.threshold = rule, ema, threshold
+        self._average: dict[str, Tensor] = {}  # per layer, the averaged cosines
+        self._frozen_steps: dict[str, int] = {}
+        self._left_out: dict[str, int] = {}  # (task, step) pairs left out
         self._steps: dict[str, int] = {}
         self.last_gram: dict[str, Tensor] = {}
         """Per layer, the last ``[k, k]`` Gram matrix over ``layers[name].tasks``."""
 
+    def _kept(self, name: str, gram: Tensor) -> Tensor:
+        """``[k]`` bool: the tasks whose gradients this module's update keeps."""
+        k = gram.shape[0]
+        off_diagonal = ~torch.eye(k, dtype=torch.bool, device=gram.device)
+        if self.rule == "any-pair":
+            conflict = ((gram < 0) & off_diagonal).any()
+            return (~conflict).expand(k)
+        now = {"ema-pair": cosines, "consensus": consensus_cosines,
+               "affinity": lambda g: cosines(g).square()}[self.rule](gram)
+        average = self._average.get(name)
+        average = now if average is None else self.ema * average + (1 - self.ema) * now
+        self._average[name] = average
+        if self.rule == "ema-pair":
+            return (~((average < -self.threshold) & off_diagonal).any()).expand(k)
+        if self.rule == "affinity":
+            return main_group(average)
+        return average >= -self.threshold
+
     @torch.no_grad()
     def apply(self) -> dict[str, Tensor]:
-        """After ``backward``: zero the weight and bias gradients of every shared module on
-        which some pair of tasks has a negative inner product. Returns per layer a 0-d bool
-        tensor, True where the module was frozen. A no-op (``{}``) when disabled."""
+        """After ``backward``: freeze the modules the rule says conflict, or (``consensus``)
+        take the left-out tasks' gradients off them. Returns per layer a 0-d bool tensor,
+        True where the module was frozen. A no-op (``{}``) when disabled."""
         if not self.enabled:
             return {}
-        frozen = {}
-        for name, gram in self.grams().items():
-            off_diagonal = ~torch.eye(gram.shape[0], dtype=torch.bool, device=gram.device)
-            conflict = ((gram < 0) & off_diagonal).any()  # masks, not indexing: no sync
+        captured = self.captured()
+        grams = {name: task_gram(a, d) for name, (a, d) in captured.items()}
+        kept = {name: self._kept(name, gram) for name, gram in grams.items()}
+        if kept:  # one host sync for every module's decision
+            decisions = torch.cat(list(kept.values())).tolist()
+        offset = 0
+        for name, mask in kept.items():
+            flags, offset = decisions[offset:offset + len(mask)], offset + len(mask)
             module = self.layers[name].module
-            for p in (module.weight, module.bias):
-                if p.grad is not None:
-                    p.grad.masked_fill_(conflict, 0.0)
-            frozen[name] = conflict
-            self.last_gram[name] = gram
-            self._frozen_steps[name] = self._frozen_steps.get(name, 0) + conflict.long()
+            if not any(flags):
+                module.weight.grad = None
+                if module.bias is not None:
+                    module.bias.grad = None
+            elif not all(flags):
+                self._take_off(module, captured[name], ~mask)
+            self.last_gram[name] = grams[name]
+            self._frozen_steps[name] = self._frozen_steps.get(name, 0) + (not any(flags))
+            self._left_out[name] = self._left_out.get(name, 0) + flags.count(False)
             self._steps[name] = self._steps.get(name, 0) + 1
         self.clear()
-        return frozen
+        return {name: ~mask.any() for name, mask in kept.items()}
+
+    @staticmethod
+    def _take_off(module: nn.Linear, captured: tuple[Tensor, Tensor], left_out: Tensor) -> None:
+        """``.grad -= Σ_{t left out} g_t``, from the captured inputs and output gradients."""
+        a, d = captured
+        d = d * left_out.to(d.dtype)[:, None, None]
+        if module.weight.grad is not None:
+            module.weight.grad.sub_(d.flatten(0, 1).T @ a.flatten(0, 1))
+        if module.bias is not None and module.bias.grad is not None:
+            module.bias.grad.sub_(d.sum(dim=(0, 1)))
 
     def last_signs(self) -> dict[str, Tensor]:
         """Per layer, the sign pattern (-1/0/+1, int8 ``[k, k]``) of the last Gram matrix."""
         return {name: gram.sign().to(torch.int8) for name, gram in self.last_gram.items()}
 
-    def stats(self) -> dict[str, dict[str, float]]:
-        """Per layer: steps it was frozen, steps it was checked, and the frozen fraction."""
+    def last_cosines(self) -> dict[str, Tensor]:
+        """Per layer, the pairwise cosines of the last update's task gradients (the
+        ``k(k-1)/2`` values above the diagonal)."""
         out = {}
-        for name in self.layers:
-            frozen, steps = int(self._frozen_steps.get(name, 0)), self._steps.get(name, 0)
+        for name, gram in self.last_gram.items():
+            k = gram.shape[0]
+            rows, cols = torch.triu_indices(k, k, 1, device=gram.device)
+            out[name] = cosines(gram)[rows, cols]
+        return out
+
+    def stats(self) -> dict[str, dict[str, float]]:
+        """Per layer: steps it was frozen, steps it was checked, the frozen fraction and
+        (``consensus``) the fraction of (task, step) pairs left out of its update."""
+        out = {}
+        for name, layer in self.layers.items():
+            frozen, steps = self._frozen_steps.get(name, 0), self._steps.get(name, 0)
             out[name] = {"frozen_steps": frozen, "steps": steps,
                          "frozen_fraction": frozen / max(steps, 1)}
+            if self.rule in ("consensus", "affinity"):
+                out[name]["left_out_fraction"] = (self._left_out.get(name, 0)
+                                                  / max(steps * len(layer.tasks), 1))
         return out

@@ -31,6 +31,9 @@ class SearchSettings:
     tau_start: float = 5.0  # Gumbel temperature, annealed linearly over the search
     tau_end: float = 0.5
     conflict_noticing: bool = True
+    conflict_rule: str = "any-pair"  # see conflict.CONFLICT_RULES
+    conflict_ema: float = 0.9  # averaging of the ema-pair and consensus rules
+    conflict_threshold: float = 0.0  # cosine margin of the ema-pair and consensus rules
     no_private: bool = False
     warmup_steps: int = 0
     """Steps of weights-only training (no alpha step, no conflict-noticing) before the

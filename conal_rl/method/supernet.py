@@ -50,6 +50,10 @@ class SuperNet(nn.Module):
         self.hidden = tuple(int(h) for h in hidden)
         self.gumbel, self.no_private = gumbel, no_private
         self.tau = tau  # Gumbel-softmax temperature: anneal it by assigning to it
+        self.sample: tuple[Tensor, Tensor] | None = None
+        """With ``gumbel``: the Gumbel noise ``[T, P+1]`` and the path it picks per task
+        ``[T]`` (:meth:`draw_sample`), used by every forward until the next draw, so the nets
+        of one update (twin critics, their targets) run one architecture."""
         P = len(self.hidden)
         widths = [in_features, *self.hidden]
         self.shared = nn.ModuleDict(
@@ -86,12 +90,23 @@ class SuperNet(nn.Module):
             layers |= {f"branch.{k}": m for k, m in self.branch.items()}
         return layers
 
+    def draw_sample(self) -> tuple[Tensor, Tensor]:
+        """A Gumbel sample of every task's path: ``(noise [T, P+1], choice [T])``; give it
+        to the nets that should share it by assigning their ``sample``."""
+        noise = -torch.empty_like(self.alpha).exponential_().log()
+        return noise, (self.alpha.detach() + noise).argmax(dim=-1)
+
     def path_weights(self) -> Tensor:
-        """``[T, P+1]``: softmax(alpha), or a hard Gumbel sample (one-hot values,
-        straight-through gradients) when ``gumbel`` is on."""
-        if self.gumbel:
+        """``[T, P+1]``: softmax(alpha), or with ``gumbel`` a hard Gumbel-softmax sample
+        (one-hot values, straight-through gradients): ``sample``'s, else a fresh one."""
+        if not self.gumbel:
+            return torch.softmax(self.alpha, dim=-1)
+        if self.sample is None:
             return F.gumbel_softmax(self.alpha, tau=self.tau, hard=True, dim=-1)
-        return torch.softmax(self.alpha, dim=-1)
+        noise, choice = self.sample
+        soft = torch.softmax((self.alpha + noise) / self.tau, dim=-1)
+        hard = F.one_hot(choice, soft.shape[-1]).to(soft.dtype)
+        return hard - soft.detach() + soft
 
     def forward(self, x: Tensor, weights: Tensor | None = None) -> Tensor:
         """``x [T, B, in] -> [T, B, out]``; ``weights [T, P+1]`` defaults to
@@ -100,12 +115,31 @@ class SuperNet(nn.Module):
         if T != self.num_tasks:
             raise ValueError(f"expected {self.num_tasks} tasks on the leading axis, "
                              f"got shape {tuple(x.shape)}")
+        if weights is None and self.sample is not None and self.gumbel and not self.no_private:
+            return self._sampled_path(x)
         w = self.path_weights() if weights is None else weights
         paths = self._branch_paths(x) if self.no_private else self._private_paths(x)
         # paths [T, (P+1)*B, d], path i in rows i*B..(i+1)*B: one batched weighted sum.
         paths = paths.view(T, self.depth + 1, B * paths.shape[-1])
         mixed = torch.bmm(w.unsqueeze(1).to(paths.dtype), paths).view(T, B, -1)
         return self.head(mixed)
+
+    def _sampled_path(self, x: Tensor) -> Tensor:
+        """Each task through the path ``sample`` picked for it, not the mix of all P+1: at
+        depth j a task takes the shared module if its branch point is j or later, else its
+        private one (each module runs once, on all tasks, so conflict-noticing sees every
+        task on the shared modules; a task off a module sends it no gradient). The picked
+        path's weight (1 in value) carries alpha's straight-through gradient, as in GDAS
+        (Dong & Yang 2019): only the picked entry of each row gets a gradient."""
+        choice = self.sample[1]
+        h = x
+        for j in range(1, self.depth + 1):
+            on_trunk = (choice >= j)[:, None, None]
+            key = str(j)
+            h = torch.where(on_trunk, self.act(self.shared[key](h)),
+                            self.act(self.private[key](h)))
+        picked = self.path_weights().gather(1, choice[:, None])[:, :, None]  # [T, 1, 1]
+        return self.head(h * picked.to(h.dtype))
 
     def _private_paths(self, x: Tensor) -> Tensor:
         """``[T, B, in] -> [T, (P+1)*B, d_P]``, paths 0..P in order along the batch axis."""

@@ -3,9 +3,13 @@
 * The actor and each twin critic are :class:`SuperNet` s (:meth:`ConalSearch.make_net`);
   the two critics share one alpha (one critic architecture is derived), the actor has its
   own.
-* Architecture step (before every SAC update, on its own replay sample, as the official
-  search does on a held-out batch): alpha of the critic descends the critic's TD loss and
-  alpha of the actor the actor's loss (:func:`~conal_rl.method.architecture_step`).
+* Architecture step (before every SAC update), on a batch of held-out transitions that the
+  weights never train on (every k-th vector step, ``--arch-holdout``; the official search
+  holds out 20% of its training set for alpha): alpha of the critic descends the critic's
+  TD loss and alpha of the actor the actor's loss
+  (:func:`~conal_rl.method.architecture_step`).
+* With ``--gumbel``, one sample of every task's path per update and role, shared by the
+  twin critics and their targets; only the sampled paths are computed.
 * Conflict-noticing acts in the SAC weight steps: it is the agent's gradient filter
   (:meth:`ConalSearch.make_filter`), given to the agent when it is built.
 The agent stays unaware of all of it.
@@ -22,7 +26,7 @@ import torch
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
-from agents import Batch, MultiTaskSAC
+from agents import Batch, MultiTaskReplay, MultiTaskSAC
 from conal_rl.method import (
     ConflictNoticing,
     SearchSettings,
@@ -48,9 +52,10 @@ class ConalSearch:
     optimizer. Build the agent with :meth:`make_net` and :meth:`make_filter`, then pass
     this object to the trainer as its hook. One instance per agent."""
 
-    def __init__(self, settings: SearchSettings, task_names: list[str],
+    def __init__(self, settings: SearchSettings, task_names: list[str], batch_per_task: int,
                  heatmap: Heatmap | None = None):
         self.settings, self.task_names, self.heatmap = settings, list(task_names), heatmap
+        self.batch_per_task = batch_per_task
         self.nets: dict[str, SuperNet] = {}  # per role, the net whose alpha it derives from
         self.alpha: dict[str, nn.Parameter] = {}
         self.noticing: dict[str, ConflictNoticing] = {}
@@ -72,7 +77,9 @@ class ConalSearch:
 
     def make_filter(self, role: str, nets) -> ConflictNoticing:
         """The agent's filter factory: conflict-noticing on the shared modules."""
-        self.noticing[role] = ConflictNoticing(nets, self.settings.conflict_noticing)
+        s = self.settings
+        self.noticing[role] = ConflictNoticing(nets, s.conflict_noticing, s.conflict_rule,
+                                               s.conflict_ema, s.conflict_threshold)
         return self.noticing[role]
 
     @property
@@ -83,15 +90,30 @@ class ConalSearch:
         return self._optim
 
     # ---- the hook -------------------------------------------------------------------------
-    def before_update(self, agent: MultiTaskSAC, batch: Batch, env_steps: int) -> None:
-        """Past the warm-up, one step on alpha (and conflict-noticing on, as configured);
-        during it, weights only."""
+    def before_update(self, agent: MultiTaskSAC, replay: MultiTaskReplay,
+                      env_steps: int) -> None:
+        """Past the warm-up, one step on alpha on held-out transitions (and
+        conflict-noticing on, as configured); during it, weights only."""
         s = self.settings
+        if s.gumbel:
+            self.draw_samples(agent)
         searching = env_steps >= s.warmup_steps
         for noticing in self.noticing.values():
             noticing.enabled = searching and s.conflict_noticing
-        if searching:
-            self.arch_step(agent, batch, env_steps)
+        held_out = replay.holdout is None or replay.holdout.size > 0
+        if searching and held_out:
+            self.arch_step(agent, replay.sample_holdout(self.batch_per_task), env_steps)
+
+    def draw_samples(self, agent: MultiTaskSAC) -> None:
+        """One Gumbel sample of every task's path per role for this update, shared by the
+        role's nets (the twin critics and their targets run one architecture)."""
+        roles = {"actor": [agent.actor.net],
+                 "critic": [agent.critic.q1, agent.critic.q2, agent.critic_target.q1,
+                            agent.critic_target.q2]}
+        for role, nets in roles.items():
+            sample = self.nets[role].draw_sample()
+            for net in nets:
+                net.sample = sample
 
     def arch_step(self, agent: MultiTaskSAC, batch: Batch, env_steps: int) -> None:
         """One step on alpha, the Gumbel temperature annealed to ``env_steps``."""
@@ -105,12 +127,18 @@ class ConalSearch:
                                        (actor_loss, [self.alpha["actor"]])])
 
     def log(self, writer: SummaryWriter, step: int) -> None:
-        """Scalars every call: how often each shared module was frozen. Every fifth call,
-        with a ``heatmap``: softmax(alpha) and the last task-gradient sign pattern."""
+        """Every call: per shared module, how often it was frozen (and, with the consensus
+        rule, the fraction of tasks left out) and a histogram of the last update's pairwise
+        cosines of task gradients. Every fifth call, with a ``heatmap``: softmax(alpha) and
+        the last task-gradient sign pattern."""
         for role, noticing in self.noticing.items():
             for layer, stats in noticing.stats().items():
-                writer.add_scalar(f"conflict/{role}/{layer}/frozen_fraction",
-                                  stats["frozen_fraction"], step)
+                for key in ("frozen_fraction", "left_out_fraction"):
+                    if key in stats:
+                        writer.add_scalar(f"conflict/{role}/{layer}/{key}", stats[key], step)
+            for layer, values in noticing.last_cosines().items():
+                if values.numel():
+                    writer.add_histogram(f"conflict_cosines/{role}/{layer}", values.cpu(), step)
         self._logs += 1
         if self.heatmap is None or self._logs % 5:
             return
@@ -167,10 +195,11 @@ def search_architecture(config: TrainConfig, run_dir: Path, bench: Benchmark,
     """CoNAL's search phase in ``run_dir/search`` (resumable: a checkpoint there is
     continued). Returns the derived trees and their details for architecture.json; the
     searched weights go to ``search/inherited.pt`` (``--inherit-weights``)."""
-    search = ConalSearch(config.search(), bench.task_names, heatmap)
+    search = ConalSearch(config.search(), bench.task_names, config.batch_per_task, heatmap)
     search_config = replace(config, total_steps=config.search_steps, eval_every=0)
     trainer = Trainer(search_config, run_dir / "search", bench, search.make_net,
-                      search.make_filter, hook=search, sac=config.sac(searching=True))
+                      search.make_filter, hook=search, sac=config.sac(searching=True),
+                      holdout_every=config.arch_holdout)
     print(f"search: {config.search_steps} env steps in {run_dir / 'search'}")
     trainer.run(final_eval=False)
     checkpoint.save_atomic({"trees": inherited_trees(trainer.agent, bench.task_names)},

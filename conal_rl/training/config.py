@@ -35,12 +35,12 @@ PRESET = _Preset()  # marker default: the value comes from the preset
 
 # Per-task budgets and network sizes. "paper": the Meta-World multi-task SAC reference
 # (rainx0r/metaworld-algorithms MT10: 20M steps in all = 2M per task, batch 1280 = 128 per
-# task, replay 1M = 100k per task, 4k warm-up, evaluation every 200k steps with 50 episodes
-# per task; 3x400 nets as in Yu et al. 2019 and mtrl). "quick": a CPU smoke run, ~10 min on
-# 2 cores for MT10.
+# task, replay 1M = 100k per task, 4k warm-up counted in vector steps = 4k per task,
+# evaluation every 200k steps with 50 episodes per task; 3x400 nets as in Yu et al. 2019
+# and mtrl). "quick": a CPU smoke run, ~10 min on 2 cores for MT10.
 PRESETS = {
     "paper": dict(steps_per_task=2_000_000, hidden=(400, 400, 400), batch_per_task=128,
-                  replay_per_task=100_000, warmup_per_task=400, eval_every_per_task=20_000,
+                  replay_per_task=100_000, warmup_per_task=4_000, eval_every_per_task=20_000,
                   eval_episodes=50, checkpoint_every_per_task=20_000,
                   search_per_task=200_000, arch_lr=5e-5, minutes=None),
     "quick": dict(steps_per_task=10_000, hidden=(128, 128, 128), batch_per_task=32,
@@ -62,6 +62,10 @@ _PER_TASK = {"total_steps": "steps_per_task", "eval_every": "eval_every_per_task
              "checkpoint_every": "checkpoint_every_per_task", "replay_size": "replay_per_task",
              "warmup_steps": "warmup_per_task", "search_steps": "search_per_task"}
 _AS_IS = ("hidden", "batch_per_task", "eval_episodes", "arch_lr", "minutes")
+
+# Fields added since the first config.json format, with the value that reproduces what a run
+# written before them did: CoNAL's search had the paper's rule and no held-out replay.
+ADDED_FIELDS = {"conflict_rule": "any-pair", "arch_holdout": 0}
 
 # Flags that may change when a run is resumed; all others must match the saved config.
 RESUMABLE = frozenset({"total_steps", "minutes", "device", "eval_every", "eval_episodes",
@@ -118,8 +122,8 @@ class TrainConfig:
     """transitions kept in all, split equally over tasks (default: 100k per task, quick
     10k)"""
     warmup_steps: int = PRESET
-    """env steps (in all) of uniform random actions before updates start (default: 400 per
-    task, quick 500)"""
+    """env steps (in all) of uniform random actions before updates start (default: paper
+    4,000 per task as Meta-World+'s reference, 4k vector steps; quick and laptop 500)"""
     search_steps: int = PRESET
     """--arch conal: env steps (in all) of the search phase, before the pruned trees train
     for --total-steps (default: 10% of the paper budget, quick 3k per task)"""
@@ -135,6 +139,18 @@ class TrainConfig:
     annealed 5 -> 0.5) instead of softmax(alpha)"""
     no_conflict_noticing: bool = False
     """--arch conal: ablation, search without conflict-noticing"""
+    conflict_rule: Literal["any-pair", "ema-pair", "consensus"] = "any-pair"
+    """--arch conal: how conflict-noticing decides, per shared module and update. any-pair
+    (the paper's): freeze the module when some pair of tasks' gradients has a negative inner
+    product on this batch (with many tasks, nearly always). ema-pair: the same on a moving
+    average of the pairwise cosines (a pair must conflict persistently). consensus: leave
+    out of the module's update each task whose gradient points against the sum of the
+    others' (averaged over updates); the others keep training it. A frozen module does not
+    move (nor do its Adam moments)"""
+    arch_holdout: int = 5
+    """--arch conal: every k-th vector step of the search goes to a held-out buffer that the
+    weights never train on, and the architecture step draws from it (5: the official
+    search's 80/20 split); 0: alpha steps on the training replay"""
     no_private: bool = False
     """--arch conal: ablation, search space without purely-specific modules (LTB-style: the
     modules after a branch point are shared by all tasks that leave there)"""
@@ -186,6 +202,21 @@ class TrainConfig:
         self._validate()
 
     def _validate(self) -> None:
+        from conal_rl.training.nets import MAX_WIDTH
+
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):  # a config.json's choices (the flags' are argparse's)
+            allowed = typing.get_args(hints[f.name])
+            if f.name == "arch":
+                allowed += ("stl",)  # what conal_rl.stl records its runs as
+            if (typing.get_origin(hints[f.name]) is Literal
+                    and getattr(self, f.name) not in allowed):
+                raise ValueError(f"--{f.name.replace('_', '-')} must be one of "
+                                 f"{', '.join(allowed)}, got {getattr(self, f.name)!r}")
+        for k in ("minutes", "arch_lr", "lr", "gamma", "tau"):  # NaN passes every comparison
+            v = getattr(self, k)
+            if v is not None and not math.isfinite(v):
+                raise ValueError(f"--{k.replace('_', '-')} must be a finite number, got {v}")
         positive = ("total_steps", "eval_episodes", "checkpoint_every", "batch_per_task",
                     "replay_size", "updates_per_step", "log_every", "torch_threads",
                     "search_steps", "arch_lr")
@@ -193,14 +224,19 @@ class TrainConfig:
             v = getattr(self, k)
             if v <= 0:
                 raise ValueError(f"--{k.replace('_', '-')} must be positive, got {v}")
-        for k in ("eval_every", "warmup_steps", "search_warmup_steps", "video_every", "minutes"):
+        for k in ("eval_every", "warmup_steps", "search_warmup_steps", "video_every", "minutes",
+                  "arch_holdout"):
             v = getattr(self, k)
             if v is not None and v < 0:
                 raise ValueError(f"--{k.replace('_', '-')} must not be negative, got {v}")
-        if not self.hidden or min(self.hidden) <= 0:
-            raise ValueError(f"--hidden needs positive widths, got {self.hidden}")
+        if self.seed < 0:
+            raise ValueError(f"--seed must not be negative, got {self.seed}")
+        if not self.hidden or min(self.hidden) <= 0 or max(self.hidden) > MAX_WIDTH:
+            raise ValueError(f"--hidden needs widths in 1..{MAX_WIDTH}, got {self.hidden}")
         if not (0 < self.lr < math.inf and 0 <= self.gamma <= 1 and 0 < self.tau <= 1):
             raise ValueError("need lr > 0, 0 <= gamma <= 1 and 0 < tau <= 1")
+        if self.arch_holdout == 1:
+            raise ValueError("--arch-holdout must be 0 (none) or at least 2")
         if self.arch == "conal" and self.search_warmup_steps >= self.search_steps:
             raise ValueError("--search-warmup-steps must be smaller than --search-steps")
         if self.arch == "tree" and not self.architecture:
@@ -218,7 +254,8 @@ class TrainConfig:
         """CoNAL's search settings."""
         return SearchSettings(
             hidden=self.hidden, arch_lr=self.arch_lr, gumbel=self.gumbel,
-            conflict_noticing=not self.no_conflict_noticing, no_private=self.no_private,
+            conflict_noticing=not self.no_conflict_noticing,
+            conflict_rule=self.conflict_rule, no_private=self.no_private,
             warmup_steps=self.search_warmup_steps, total_steps=self.search_steps)
 
     # ---- files ------------------------------------------------------------------------------
@@ -227,11 +264,13 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: Path) -> TrainConfig:
-        """A saved config; ValueError for unknown or missing keys (a config.json always holds
-        every field: the values it ran with)."""
+        """A saved config; ValueError for unknown or missing keys (a config.json holds every
+        field: the values it ran with). A field added since a config was written takes the
+        value that keeps that run as it ran (``ADDED_FIELDS``)."""
         values = json.loads(path.read_text())
         if not isinstance(values, dict):
             raise ValueError(f"{path}: not a JSON object")
+        values = ADDED_FIELDS | values
         names = {f.name for f in fields(cls)}
         unknown, missing = set(values) - names, names - set(values)
         if unknown:

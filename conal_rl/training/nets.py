@@ -9,7 +9,7 @@ from pathlib import Path
 from torch import nn
 
 from agents import GradientFilter, NetFactory
-from conal_rl.common import write_atomic
+from conal_rl.common import UserError, write_atomic
 from conal_rl.method import PCGrad, TreeNet, TreeSpec
 
 ARCHS = ("mtsac", "mhsac", "tree")
@@ -30,14 +30,7 @@ def tree_specs(arch: str, hidden: tuple[int, ...], task_names: list[str],
         if architecture_file is None:
             raise ValueError("--arch tree needs --architecture FILE.json")
         specs = load_specs(architecture_file)
-        for role, spec in specs.items():
-            if spec.task_names and list(spec.task_names) != list(task_names):
-                raise ValueError(
-                    f"{architecture_file}: {role} tree is for tasks {list(spec.task_names)}, "
-                    f"not this benchmark's {task_names}")
-            if spec.num_tasks != T:
-                raise ValueError(f"{architecture_file}: {role} tree has {spec.num_tasks} "
-                                 f"tasks, the benchmark {T}")
+        check_fits(specs, task_names, architecture_file)
         return specs
     raise ValueError(f"unknown architecture {arch!r}; valid: {', '.join(ARCHS)}")
 
@@ -77,9 +70,70 @@ def save_specs(path: str | Path, specs: dict[str, TreeSpec],
     write_atomic(path, lambda f: f.write(json.dumps(payload, indent=2).encode()))
 
 
+class ArchitectureError(UserError, ValueError):
+    """An architecture file that is missing, unreadable, not an architecture or not one
+    for this benchmark: one line, exit status 2."""
+
+
+MAX_WIDTH = 65_536  # a wider layer is a typo (and would not fit in memory with its twin)
+
+
 def load_specs(path: str | Path, names=("actor", "critic")) -> dict[str, TreeSpec]:
-    data = json.loads(Path(path).read_text())
+    """The named trees of an architecture file (``architecture.json``); ArchitectureError,
+    one line, for a file that is missing, empty, truncated, not JSON or not trees."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ArchitectureError(f"{path}: no such architecture file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ArchitectureError(f"{path}: cannot read the architecture file "
+                                f"({type(e).__name__}: {e})") from None
+    if not text.strip():
+        raise ArchitectureError(f"{path}: the architecture file is empty")
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise ArchitectureError(f"{path}: not JSON (truncated or another kind of file? {e})"
+                                ) from None
+    if not isinstance(data, dict):
+        raise ArchitectureError(f"{path}: not an architecture file (a JSON object with "
+                                f"{' and '.join(names)} trees expected)")
     missing = [n for n in names if n not in data]
     if missing:
-        raise ValueError(f"{path}: no architecture for {', '.join(missing)}")
-    return {n: TreeSpec.from_dict(data[n]) for n in names}
+        raise ArchitectureError(f"{path}: no architecture for {', '.join(missing)} (a JSON "
+                                f"object with {' and '.join(names)} trees expected)")
+    return {n: _spec_of(data[n], f"{path}: {n} tree") for n in names}
+
+
+def _spec_of(entry: object, where: str) -> TreeSpec:
+    if not isinstance(entry, dict):
+        raise ArchitectureError(f"{where} is not a JSON object")
+    for key in ("hidden", "branch_points"):
+        value = entry.get(key)
+        if not isinstance(value, list) or not all(
+                isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise ArchitectureError(f"{where}: {key} must be a list of integers, got "
+                                    f"{value!r}")
+    if any(w > MAX_WIDTH for w in entry["hidden"]):
+        raise ArchitectureError(f"{where}: hidden widths above {MAX_WIDTH:,} "
+                                f"({entry['hidden']})")
+    names = entry.get("task_names", [])
+    if not isinstance(names, list) or not all(isinstance(t, str) for t in names):
+        raise ArchitectureError(f"{where}: task_names must be a list of strings")
+    try:
+        return TreeSpec.from_dict(entry)
+    except (ValueError, TypeError) as e:
+        raise ArchitectureError(f"{where}: {e}") from None
+
+
+def check_fits(specs: dict[str, TreeSpec], task_names: list[str], where: str | Path) -> None:
+    """ArchitectureError unless every tree is one for exactly these tasks (in this order)."""
+    for role, spec in specs.items():
+        if spec.task_names and list(spec.task_names) != list(task_names):
+            raise ArchitectureError(
+                f"{where}: {role} tree is for tasks {list(spec.task_names)}, "
+                f"not this benchmark's {task_names}")
+        if spec.num_tasks != len(task_names):
+            raise ArchitectureError(f"{where}: {role} tree has {spec.num_tasks} tasks, the "
+                                    f"benchmark {len(task_names)}")

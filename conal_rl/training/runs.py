@@ -8,6 +8,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,13 +20,20 @@ import numpy as np
 import torch
 
 from agents import MultiTaskSAC
-from conal_rl.common import UserError, resolve_device
+from conal_rl.common import UserError, one_line, resolve_device
 from conal_rl.method import TreeSpec
 from conal_rl.training import checkpoint
 from conal_rl.training.checkpoint import CheckpointError
 from conal_rl.training.config import TrainConfig
-from conal_rl.training.nets import load_specs, tree_factory
-from envs import Benchmark, EvalResult, UnknownBenchmark, check_benchmark_name, make_eval_benchmark
+from conal_rl.training.nets import check_fits, load_specs, tree_factory, tree_specs
+from envs import (
+    Benchmark,
+    EvalResult,
+    UnknownBenchmark,
+    check_benchmark_name,
+    make_eval_benchmark,
+    task_names,
+)
 
 
 def config_for_run(given: dict, resume: str | None, saved: str = "config.json",
@@ -41,7 +50,12 @@ def config_for_run(given: dict, resume: str | None, saved: str = "config.json",
             if not (run_dir / saved).is_file():
                 raise UserError(f"--resume {run_dir}: no {saved} there (not a run directory "
                                 "of this command)")
-            config = load(run_dir / saved).resumed_with(given)
+            try:
+                previous = load(run_dir / saved)
+            except (ValueError, TypeError, KeyError, AttributeError, OSError) as e:
+                raise UserError(f"--resume {run_dir}: its {saved} is not a readable config "
+                                f"({type(e).__name__}: {one_line(e)})") from None
+            config = previous.resumed_with(given)
         else:
             config = TrainConfig(**given)
             stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -53,7 +67,78 @@ def config_for_run(given: dict, resume: str | None, saved: str = "config.json",
     except (UnknownBenchmark, ValueError, TypeError) as e:
         raise UserError(str(e)) from None
     resolve_device(config.device)
+    check_run_files(config, run_dir)
     return config, run_dir
+
+
+def check_run_files(config: TrainConfig, run_dir: Path) -> None:
+    """What a run will read and write, checked before any env is built (seconds, not the
+    minutes MT50's envs take): the architecture (``--architecture`` for ``--arch tree``, or
+    the run's own ``architecture.json``) fits the benchmark's tasks, a checkpoint there is
+    a readable, safe one of this benchmark and architecture (its tensors mapped, not read),
+    the replay buffer fits in memory, and the run directory can be written. UserError,
+    one line, otherwise."""
+    if not isinstance(config.benchmark, str):
+        raise UserError(f"benchmark must be a name, got {config.benchmark!r}")
+    try:
+        tasks = task_names(config.benchmark)
+    except UnknownBenchmark as e:
+        raise UserError(str(e)) from None
+    arch_file = run_dir / "architecture.json"
+    if arch_file.exists():  # a run's own trees: what a resume trains
+        check_fits(load_specs(arch_file), tasks, arch_file)
+    elif config.arch == "tree":
+        tree_specs(config.arch, config.hidden, tasks, config.architecture)
+    for sub, arch in (("", config.arch), ("search", "conal")):
+        path = run_dir / sub / "checkpoints" / "latest.pt"
+        if path.exists():
+            state = checkpoint.load(path, mmap=True)
+            checkpoint.check_trained_on(state, config.benchmark, arch, path.parent.parent)
+    _check_replay_memory(config)
+    _check_writable(run_dir)
+
+
+METAWORLD_DIMS = (39, 4)  # observation and action sizes of every Meta-World v3 task
+
+
+def _check_replay_memory(config: TrainConfig) -> None:
+    """The replay buffer is allocated whole when a run starts (zeros: pages are only taken
+    as it fills, so one too large would be killed hours later): refuse one larger than the
+    device's memory (Meta-World benchmarks, whose sizes are known without an env)."""
+    if config.benchmark.startswith("gym:"):
+        return
+    obs, act = METAWORLD_DIMS
+    need = config.replay_size * (2 * obs + act + 2) * 4  # float32 obs, next_obs, act, r, d
+    device = resolve_device(config.device)
+    if device.type == "cuda":
+        have = torch.cuda.get_device_properties(device).total_memory
+    else:
+        try:
+            have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return
+    if need > have:
+        raise UserError(f"--replay-size {config.replay_size:,} needs {need / 2**30:,.1f} GiB "
+                        f"for the replay buffer, more than the {have / 2**30:,.1f} GiB of "
+                        f"memory of this machine's {device.type}")
+
+
+def _check_writable(run_dir: Path) -> None:
+    """Make the run directory (the run is about to) and write a file there: a file in the
+    way, a read-only disk or folder (also for root, whom permissions do not stop) is one
+    line now, not a traceback after the envs are built."""
+    existing = run_dir
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"run directory {run_dir}: {existing} is a file, not a folder")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=run_dir):
+            pass
+    except OSError as e:
+        raise UserError(f"run directory {run_dir} cannot be written "
+                        f"({e.strerror or type(e).__name__})") from None
 
 
 EVALUATION_COLUMNS = ["env_steps", "train_minutes", "task", "success", "return", "episodes"]
@@ -101,6 +186,29 @@ def load_config(run_dir: Path) -> TrainConfig:
             f"{run_dir}/config.json is not a conal-rl config ({e})") from None
 
 
+def check_run(run_dir: Path) -> TrainConfig:
+    """A run's files, checked without building envs or networks (seconds): its config, its
+    trees fit its benchmark's tasks, its checkpoint is a readable, safe one of that
+    benchmark and architecture (tensors mapped, not read). CheckpointError or UserError,
+    one line, otherwise; the config if all is well."""
+    config = load_config(run_dir)
+    if not (run_dir / "architecture.json").is_file():
+        raise CheckpointError(f"{run_dir} is not a conal-rl run (no architecture.json)")
+    try:
+        tasks = task_names(config.benchmark)
+    except (UnknownBenchmark, AttributeError) as e:
+        raise CheckpointError(f"{run_dir}/config.json: {e}") from None
+    specs = load_specs(run_dir / "architecture.json")
+    trained_on = list(specs["actor"].task_names)
+    if trained_on and trained_on != tasks:
+        raise CheckpointError(f"{run_dir} was trained on tasks {trained_on}, not on the "
+                              f"{config.benchmark} tasks {tasks}")
+    check_fits(specs, tasks, run_dir / "architecture.json")
+    state = checkpoint.load(run_dir / "checkpoints" / "latest.pt", mmap=True)
+    checkpoint.check_trained_on(state, config.benchmark, config.arch, run_dir)
+    return config
+
+
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
     """Rebuild a run's agent from its last checkpoint. Raises CheckpointError with a
     one-line reason for a folder that is not a conal-rl run."""
@@ -109,7 +217,9 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedR
     if not (run_dir / "architecture.json").is_file():
         raise CheckpointError(f"{run_dir} is not a conal-rl run (no architecture.json)")
     specs = load_specs(run_dir / "architecture.json")
-    state = checkpoint.load(run_dir / "checkpoints" / "latest.pt", map_location=device)
+    # mmap: a replay saved with the run is mapped, never read
+    state = checkpoint.load(run_dir / "checkpoints" / "latest.pt", map_location=device,
+                            mmap=True)
     checkpoint.check_trained_on(state, config.benchmark, config.arch, run_dir)
     agent_state = state["agent"]
     T = specs["actor"].num_tasks
@@ -199,11 +309,8 @@ def eval_envs(run: LoadedRun, seed: int | None = None, device: torch.device | st
     """Fresh evaluation envs of the run's benchmark (seeded with ``seed``, default the
     run's own), checked to fit the run's networks."""
     config, run_dir = run.config, run.run_dir
+    check_run(run_dir)
     bench = make_eval_benchmark(config.benchmark, config.seed if seed is None else seed)
-    trained_on = list(run.specs["actor"].task_names)
-    if trained_on and trained_on != bench.task_names:
-        raise CheckpointError(f"{run_dir} was trained on tasks {trained_on}, not on the "
-                              f"{config.benchmark} tasks {bench.task_names}")
     # A checkpoint of another benchmark (copied in) may load but not fit the envs.
     probe = np.zeros((bench.num_tasks, bench.obs_dim), dtype=np.float32)
     try:

@@ -7,6 +7,7 @@ the way SB3 keeps its algorithm, loop and callbacks apart.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import sys
@@ -21,9 +22,9 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from agents import Batch, FilterFactory, MultiTaskReplay, MultiTaskSAC, NetFactory, SACConfig
+from agents import FilterFactory, MultiTaskReplay, MultiTaskSAC, NetFactory, SACConfig
 from conal_rl.common import StopSignal, resolve_device
-from conal_rl.training import checkpoint
+from conal_rl.training import checkpoint, guard
 from conal_rl.training.config import TrainConfig
 from conal_rl.training.runs import Policy, format_eval, record_evaluation
 from envs import Benchmark, EvalResult, make_eval_benchmark
@@ -34,7 +35,8 @@ from envs.video import VideoError, last_frame, record_videos
 class Hook(Protocol):
     """What the loop calls besides the agent's update (e.g. CoNAL's search)."""
 
-    def before_update(self, agent: MultiTaskSAC, batch: Batch, env_steps: int) -> None: ...
+    def before_update(self, agent: MultiTaskSAC, replay: MultiTaskReplay,
+                      env_steps: int) -> None: ...
     def log(self, writer: SummaryWriter, env_steps: int) -> None: ...
     def state_dict(self) -> dict: ...
     def load_state_dict(self, state: dict) -> None: ...
@@ -62,12 +64,15 @@ class Trainer:
     The agent is built here, after seeding, from ``make_net`` (its networks),
     ``make_filter`` (gradient filters of its losses) and ``sac`` (default: the config's).
     ``hook`` (e.g. CoNAL's search) is called before every update, when logging and when
-    checkpointing. A checkpoint in ``run_dir`` is resumed.
+    checkpointing; ``holdout_every`` = k > 0 keeps every k-th vector step out of the
+    weights' replay, for the hook (``replay.sample_holdout``). A checkpoint in ``run_dir``
+    is resumed.
     """
 
     def __init__(self, config: TrainConfig, run_dir: Path, bench: Benchmark,
                  make_net: NetFactory, make_filter: FilterFactory | None = None,
-                 hook: Hook | None = None, sac: SACConfig | None = None):
+                 hook: Hook | None = None, sac: SACConfig | None = None,
+                 holdout_every: int = 0):
         self.config, self.run_dir, self.bench, self.hook = config, run_dir, bench, hook
         self.device = resolve_device(config.device)
         torch.set_num_threads(config.torch_threads)
@@ -80,7 +85,8 @@ class Trainer:
         self.policy = Policy(self.agent, bench.action_space, self.device)
         T = bench.num_tasks
         self.replay = MultiTaskReplay(max(1, config.replay_size // T), T, bench.obs_dim,
-                                      self.act_dim, self.device, seed=config.seed)
+                                      self.act_dim, self.device, seed=config.seed,
+                                      holdout_every=holdout_every)
         self.env_steps = self.updates = 0
         self.last_eval: EvalResult | None = None
         self.last_eval_step: int | None = None
@@ -91,8 +97,11 @@ class Trainer:
         self.speed: dict[str, str] = {}  # latest env-steps/s and updates/s, for the console
         run_dir.mkdir(parents=True, exist_ok=True)
         self.resumed = self.checkpoint_path.exists()
+        self.saved_step: int | None = None  # env step of the last checkpoint written or read
+        self._window: _Window | None = None  # the loop's, while run() runs
         if self.resumed:
             self._load_checkpoint()
+            self.saved_step = self.env_steps
         config.save(run_dir / "config.json")
         self.writer = SummaryWriter(str(run_dir))
 
@@ -110,13 +119,14 @@ class Trainer:
         budget_s = cfg.minutes * 60 - spent_s if cfg.minutes else None
         # A resumed run starts fresh episodes from a seed derived from where it stands, so
         # resuming twice from the same checkpoint gives the same run.
-        obs, _ = self.bench.envs.reset(seed=cfg.seed + self.env_steps)
+        obs = self._fresh_episodes()
         stop = StopSignal()
         bar = tqdm(total=cfg.total_steps, initial=self.env_steps, unit="step",
                    dynamic_ncols=True, desc=f"{cfg.benchmark} {cfg.arch}",
                    mininterval=0.5 if sys.stderr.isatty() else 30)
         self._run_start = self._clock()
-        window = _Window(obs, np.zeros(self.bench.num_tasks), [], self._run_start)
+        window = self._window = _Window(obs, np.zeros(self.bench.num_tasks), [],
+                                        self._run_start)
         self.stopped_by = "steps"
         if self.env_steps:
             tqdm.write(f"resumed {self.run_dir} at env step {self.env_steps}")
@@ -125,8 +135,11 @@ class Trainer:
                 if budget_s is not None and self.train_seconds() >= budget_s:
                     self.stopped_by = "minutes"
                     break
-                self._vector_step(window, bar)
-                self._periodic(window, bar)
+                try:
+                    self._vector_step(window, bar)
+                    self._periodic(window, bar)
+                except guard.ENV_FAILURES as e:  # an env worker process died
+                    self._env_failed(e)
         finally:
             bar.close()
             stop.restore()
@@ -154,7 +167,7 @@ class Trainer:
         t1 = time.perf_counter()
         # Updates start once the buffer holds a warm-up's worth of transitions: after the
         # random warm-up, and again after a resume without --save-replay.
-        updating = self.replay.size * T >= cfg.warmup_steps
+        updating = self.replay.added * T >= cfg.warmup_steps
         # An async vector env steps in its worker processes while this process updates
         # (the update does not need the transition in flight).
         overlap = updating and hasattr(envs, "step_async")
@@ -182,8 +195,7 @@ class Trainer:
         batch_per_task = self.config.batch_per_task
         for _ in range(self.config.updates_per_step):
             if self.hook is not None:
-                self.hook.before_update(self.agent, self.replay.sample(batch_per_task),
-                                        self.env_steps)
+                self.hook.before_update(self.agent, self.replay, self.env_steps)
             window.pending.append(self.agent.update(self.replay.sample(batch_per_task)))
             self.updates += 1
 
@@ -217,6 +229,18 @@ class Trainer:
             self.record_video()
         if self._crossed(cfg.checkpoint_every):
             self.save_checkpoint()
+            # Fresh episodes from a seed of the step count, as a run resumed from this
+            # checkpoint starts (run()): with --save-replay, resumed and uninterrupted runs
+            # are the same run. The presets' checkpoints fall on episode ends (500-step
+            # Meta-World episodes), so no episode is cut there.
+            window.obs = self._fresh_episodes()
+            window.ep_success[:] = 0
+
+    def _fresh_episodes(self) -> np.ndarray:
+        """Reset every env, all its randomness from a seed of the step count, whatever the
+        envs did before (an uninterrupted run) or did not (a resumed one). Returns the
+        observations."""
+        return self.bench.reset(self.config.seed + self.env_steps)
 
     def _crossed(self, every: int) -> bool:
         """True on the vector step that crosses a multiple of ``every`` env steps."""
@@ -284,13 +308,13 @@ class Trainer:
         step = self.env_steps
         self.writer.add_scalar("speed/env_steps_per_s", sps, step)
         self.writer.add_scalar("speed/updates_per_s", ups, step)
-        if pending:
-            # One host sync for the whole logging window.
-            means = {k: torch.stack([m[k] for m in pending]).mean(0).cpu() for k in pending[0]}
-            for k, per_task in means.items():  # the mean over tasks, then each task
-                self.writer.add_scalar(f"train/{k}", per_task.mean().item(), step)
-                for task, value in zip(self.bench.task_names, per_task.tolist()):
-                    self.writer.add_scalar(f"{k}/{task}", value, step)
+        # One host sync for the whole logging window.
+        means = guard.window_means(pending)
+        for k, per_task in means.items():  # the mean over tasks, then each task
+            self.writer.add_scalar(f"train/{k}", per_task.mean().item(), step)
+            for task, value in zip(self.bench.task_names, per_task.tolist()):
+                self.writer.add_scalar(f"{k}/{task}", value, step)
+        self.check_finite(means)
         if self.hook is not None:
             self.hook.log(self.writer, step)
         self.speed = {"sps": f"{sps:.0f}", "ups": f"{ups:.0f}"}
@@ -314,8 +338,43 @@ class Trainer:
                                       "stopped_by": self.stopped_by}
         (self.run_dir / "timing.json").write_text(json.dumps(timing, indent=2))
 
+    # ---- faults ---------------------------------------------------------------------------
+    def check_finite(self, means: dict[str, torch.Tensor] | None = None) -> None:
+        """Stop the run (NonFiniteError, exit status 3) on a NaN or inf in a loss or
+        temperature of the window's updates or in a parameter, before it reaches a
+        checkpoint. ``means``: the window's metrics already on the host (the log's), else
+        the updates since the last log are synced here (a checkpoint syncs anyway)."""
+        if means is None:
+            means = guard.window_means(self._window.pending if self._window else [])
+        bad = (guard.nonfinite_metrics(means, self.bench.task_names)
+               + guard.nonfinite_parameters(self.agent))
+        if not bad:
+            return
+        self.writer.flush()
+        kept = (f"the last good checkpoint ({self.checkpoint_path}, env step "
+                f"{self.saved_step}) is kept" if self.saved_step is not None
+                else "no checkpoint had been written")
+        raise guard.NonFiniteError(
+            f"non-finite values at env step {self.env_steps} (update {self.updates}): "
+            f"{guard.describe(bad)}; the run stopped without saving, {kept}")
+
+    def _env_failed(self, error: BaseException) -> None:
+        """An env worker process died: save a checkpoint, stop (EnvFailure, exit status 4);
+        ``--resume`` continues with fresh env processes."""
+        with contextlib.suppress(Exception):  # the other workers: do not wait for them
+            self.bench.envs.close(terminate=True)
+        self.save_checkpoint()
+        self.writer.flush()
+        raise guard.EnvFailure(
+            f"an env worker process died at env step {self.env_steps} ({type(error).__name__}"
+            f"{': ' + str(error) if str(error) else ''}); checkpoint saved, continue with "
+            f"--resume {self.run_dir}") from error
+
     # ---- checkpoints ----------------------------------------------------------------------
     def save_checkpoint(self) -> None:
+        """Write ``checkpoints/latest.pt`` atomically, after checking that what it would hold
+        is finite (NonFiniteError otherwise: the previous checkpoint is kept)."""
+        self.check_finite()
         t0 = time.perf_counter()
         checkpoint.save_atomic({
             "config": asdict(self.config),
@@ -327,6 +386,7 @@ class Trainer:
             "replay": self.replay.state_dict() if self.config.save_replay else None,
             "search": self.hook.state_dict() if self.hook else None,
         }, self.checkpoint_path)
+        self.saved_step = self.env_steps
         self.timers["checkpoint"] += time.perf_counter() - t0
 
     def _load_checkpoint(self) -> None:

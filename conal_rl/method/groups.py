@@ -1,0 +1,133 @@
+"""Trees whose branches are shared by groups of tasks (CoNAL-Pro's architectures).
+
+A grouped tree has P hidden modules; at depth j the tasks are partitioned into groups, each
+group running its own copy of module j, and the partition at depth j refines the one at j-1
+(two tasks that share module j shared every module before it). All tasks in one group is a
+shared module, one task per group a purely-specific one, so CoNAL's trees (a trunk with each
+task leaving at its branch point), MH-SAC and independent nets are special cases
+(:meth:`GroupTreeSpec.from_branch_points`).
+
+Each depth is one batched product: the groups' weights are stacked ``[G, in, out]`` and
+gathered per task (``[T, in, out]``), never a Python loop over tasks or groups.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from conal_rl.method.layers import TaskLinear
+
+
+def canonical(groups) -> tuple[int, ...]:
+    """Group labels renumbered 0, 1, ... in the order of their first task."""
+    first: dict[int, int] = {}
+    return tuple(first.setdefault(g, len(first)) for g in groups)
+
+
+@dataclass(frozen=True)
+class GroupTreeSpec:
+    hidden: tuple[int, ...]
+    """Widths of the P hidden modules."""
+    groups: tuple[tuple[int, ...], ...]
+    """Per depth 1..P, the group of every task (canonical labels 0, 1, ...)."""
+    task_names: tuple[str, ...] = field(default=())
+
+    def __post_init__(self):
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        object.__setattr__(self, "groups", tuple(canonical(g) for g in self.groups))
+        object.__setattr__(self, "task_names", tuple(self.task_names))
+        if len(self.groups) != len(self.hidden):
+            raise ValueError(f"need a partition per hidden module ({len(self.hidden)}), got "
+                             f"{len(self.groups)}")
+        if len({len(g) for g in self.groups}) != 1 or not self.groups[0]:
+            raise ValueError("every depth must give a group to each task")
+        for j in range(1, len(self.groups)):
+            pairs = set(zip(self.groups[j], self.groups[j - 1]))
+            if len({g for g, _ in pairs}) != len(pairs):  # a group with two parents
+                raise ValueError(f"depth {j + 1} does not refine depth {j}: a group there "
+                                 "holds tasks of two groups above it")
+        if self.task_names and len(self.task_names) != self.num_tasks:
+            raise ValueError("task_names and groups differ in length")
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.groups[0])
+
+    @property
+    def depth(self) -> int:
+        return len(self.hidden)
+
+    @classmethod
+    def from_branch_points(cls, hidden, branch_points, task_names=()) -> GroupTreeSpec:
+        """A CoNAL tree: task t shares modules 1..b_t with the tasks that reach them."""
+        T = len(branch_points)
+        return cls(hidden, tuple(tuple(0 if b >= j else T + t for t, b in enumerate(branch_points))
+                                 for j in range(1, len(hidden) + 1)), task_names)
+
+    def shared_modules(self) -> list[list[int]]:
+        """``[T][T]``: how many modules each two tasks share (the depths where they are in
+        one group)."""
+        T = self.num_tasks
+        return [[sum(g[s] == g[t] for g in self.groups) for t in range(T)] for s in range(T)]
+
+    def groups_by_name(self) -> list[list[list[str]]]:
+        """Per depth, the groups as lists of task names (or indices)."""
+        names = self.task_names or tuple(str(t) for t in range(self.num_tasks))
+        out = []
+        for labels in self.groups:
+            blocks: dict[int, list[str]] = {}
+            for name, g in zip(names, labels):
+                blocks.setdefault(g, []).append(name)
+            out.append(list(blocks.values()))
+        return out
+
+    def to_dict(self) -> dict:
+        return {"hidden": list(self.hidden), "groups": [list(g) for g in self.groups],
+                "task_names": list(self.task_names),
+                "groups_by_task_name": self.groups_by_name()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> GroupTreeSpec:
+        return cls(tuple(d["hidden"]), tuple(tuple(g) for g in d["groups"]),
+                   tuple(d.get("task_names", ())))
+
+
+class GroupLinear(nn.Module):
+    """``G`` linear layers, task t using layer ``index[t]``: ``[T, B, in] -> [T, B, out]``."""
+
+    def __init__(self, index: Tensor, in_features: int, out_features: int):
+        super().__init__()
+        G = int(index.max()) + 1
+        self.register_buffer("index", index.long(), persistent=False)
+        self.weight = nn.Parameter(torch.empty(G, in_features, out_features))
+        self.bias = nn.Parameter(torch.empty(G, 1, out_features))
+        bound = 1.0 / math.sqrt(in_features)  # nn.Linear's default, per group
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.baddbmm(self.bias[self.index], x, self.weight[self.index])
+
+
+class GroupTreeNet(nn.Module):
+    """The network of a :class:`GroupTreeSpec`: ``[T, B, in] -> [T, B, out]``, one head per
+    task."""
+
+    def __init__(self, spec: GroupTreeSpec, in_features: int, out_features: int):
+        super().__init__()
+        self.spec = spec
+        widths = [in_features, *spec.hidden]
+        self.layers = nn.ModuleList(
+            GroupLinear(torch.tensor(spec.groups[j]), widths[j], widths[j + 1])
+            for j in range(spec.depth))
+        self.head = TaskLinear(spec.num_tasks, widths[-1], out_features)
+        self.act = nn.ReLU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        for layer in self.layers:
+            x = self.act(layer(x))
+        return self.head(x)

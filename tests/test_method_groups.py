@@ -1,0 +1,66 @@
+"""Grouped trees (CoNAL-Pro's format) and the progressive search that grows them."""
+
+import pytest
+import torch
+
+from conal_rl.method import TreeNet, TreeSpec
+from conal_rl.method.groups import GroupTreeNet, GroupTreeSpec
+from conal_rl.method.progressive import StageNet, progressive_search
+
+T, IN = 4, 6
+
+
+def test_a_conal_tree_is_a_grouped_tree_computing_the_same_function():
+    spec = TreeSpec((5, 5, 5), (3, 1, 0, 2))
+    grouped = GroupTreeSpec.from_branch_points(spec.hidden, spec.branch_points)
+    assert grouped.groups == ((0, 0, 1, 0), (0, 1, 2, 0), (0, 1, 2, 3))
+    torch.manual_seed(0)
+    tree, net = TreeNet(spec, IN, 2), GroupTreeNet(grouped, IN, 2)
+    with torch.no_grad():  # copy the tree's modules into the groups that run them
+        for j, layer in enumerate(net.layers, start=1):
+            key, labels = str(j), grouped.groups[j - 1]
+            private = [t for t, b in enumerate(spec.branch_points) if b < j]
+            for t, g in enumerate(labels):
+                if spec.branch_points[t] >= j:
+                    layer.weight[g] = tree.shared[key].weight.T
+                    layer.bias[g, 0] = tree.shared[key].bias
+                else:
+                    i = private.index(t)
+                    layer.weight[g] = tree.private[key].weight[i]
+                    layer.bias[g] = tree.private[key].bias[i]
+        net.head.load_state_dict(tree.head.state_dict())
+    x = torch.randn(T, 3, IN)
+    torch.testing.assert_close(net(x), tree(x))
+
+
+def test_partitions_must_refine_depth_by_depth():
+    with pytest.raises(ValueError, match="does not refine"):
+        GroupTreeSpec((4, 4), ((0, 0, 1, 1), (0, 1, 1, 2)))  # tasks 1, 2 rejoin
+    spec = GroupTreeSpec((4, 4), ((0, 0, 1, 1), (0, 1, 2, 2)), ("a", "b", "c", "d"))
+    assert spec.groups_by_name() == [[["a", "b"], ["c", "d"]], [["a"], ["b"], ["c", "d"]]]
+    assert GroupTreeSpec.from_dict(spec.to_dict()) == spec
+    assert spec.shared_modules()[2][3] == 2 and spec.shared_modules()[0][2] == 0
+
+
+def test_a_stage_splits_each_group_into_stayers_and_leavers():
+    net = StageNet(((0, 0, 1, 1),), T, IN, 1, (4, 4, 4))
+    with torch.no_grad():
+        net.alpha[:] = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [0.0, 1.0]])
+    assert net(torch.randn(T, 2, IN)).shape == (T, 2, 1)
+    assert net.decide() == (0, 1, 2, 2)  # group {0, 1} splits, group {2, 3} leaves together
+    last = StageNet(((0, 0, 1, 1), (0, 1, 2, 2)), T, IN, 1, (4, 4, 4))
+    with torch.no_grad():
+        last.alpha[:] = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    assert last.decide() == (0, 1, 2, 3)  # at the last stage leaving is purely specific
+
+
+def test_progressive_search_grows_a_refining_tree():
+    torch.manual_seed(0)
+    x = torch.randn(1, 32, IN).expand(T, 32, IN)
+    y = torch.stack([x[0, :, 0], x[0, :, 0], -x[0, :, 1], x[0, :, 2]])[..., None]
+
+    def loss(net):
+        return (net(x) - y).square().mean()
+    spec = progressive_search(T, IN, 1, (4, 4), loss, loss, warmup=5, steps=5,
+                              noticing={"rule": "any-pair"})
+    assert spec.depth == 2 and spec.num_tasks == T  # the constructor checked refinement

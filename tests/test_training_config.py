@@ -1,0 +1,36 @@
+"""TrainConfig: presets filled when made, frozen, and its one translation into the search's
+settings."""
+
+import dataclasses
+
+import pytest
+
+from conal_rl.training.config import TrainConfig
+
+
+def test_the_paper_preset_warms_up_as_its_reference():
+    """Meta-World+'s 4,000 warm-up steps are vector steps: 40k env steps on MT10."""
+    assert TrainConfig(benchmark="MT10").warmup_steps == 40_000
+    assert TrainConfig(benchmark="MT50").warmup_steps == 200_000
+    assert TrainConfig(benchmark="MT10", preset="quick").warmup_steps == 5_000
+
+
+def test_search_settings_follow_the_flags():
+    config = TrainConfig(arch="conal", conflict_rule="consensus", no_private=True,
+                         no_conflict_noticing=True, gumbel=True, preset="quick")
+    s = config.search()
+    assert (s.conflict_rule, s.no_private, s.conflict_noticing, s.gumbel) == (
+        "consensus", True, False, True)
+    assert (s.warmup_steps, s.total_steps, s.hidden) == (
+        config.search_warmup_steps, config.search_steps, config.hidden)
+    assert config.arch_holdout == 5 and TrainConfig(arch_holdout=0).arch_holdout == 0
+
+
+def test_a_config_is_frozen_and_checked_when_made():
+    config = TrainConfig(preset="quick")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.lr = 1.0
+    with pytest.raises(ValueError, match="arch-holdout"):
+        TrainConfig(arch_holdout=1)
+    with pytest.raises(ValueError, match="--lr"):
+        TrainConfig(lr=float("nan"))
