@@ -16,7 +16,11 @@ from conal_rl.analysis.draw import heatmap_figure, save_tree_pictures
 from conal_rl.common import CommandParser, UserError, run_cli
 from conal_rl.method import TreeSpec, num_parameters
 from conal_rl.training import checkpoint
-from conal_rl.training.conal_search import search_architecture, search_seconds
+from conal_rl.training.conal_search import (
+    search_architecture,
+    search_progressive,
+    search_seconds,
+)
 from conal_rl.training.config import TrainConfig, add_config_arguments, given_arguments
 from conal_rl.training.nets import load_specs, save_specs, surgery_filter, tree_factory, tree_specs
 from conal_rl.training.runs import config_for_run
@@ -53,6 +57,8 @@ def architecture(config: TrainConfig, run_dir: Path, bench: Benchmark
         details = None
         if config.arch == "conal":
             specs, details = search_architecture(config, run_dir, bench, heatmap_figure)
+        elif config.arch == "conal-pro":
+            specs, details = search_progressive(config, run_dir, bench, heatmap_figure)
         else:
             specs = tree_specs(config.arch, config.hidden, bench.task_names,
                                config.architecture)

@@ -49,9 +49,10 @@ def shared_layers(net: nn.Module) -> dict[str, SharedLayer]:
     leading axis is that subset (increasing task order). Per-task heads are not included;
     a shared head (MT-SAC's one output layer for all tasks) is, as ``"head"``.
     """
-    if hasattr(net, "shared_layers"):  # SuperNet: every task passes every shared module
-        all_tasks = tuple(range(net.num_tasks))
-        return {k: SharedLayer(m, all_tasks) for k, m in net.shared_layers().items()}
+    if hasattr(net, "shared_layers"):  # SuperNet (every task passes every shared module)
+        all_tasks = tuple(range(net.num_tasks))  # or a CoNAL-Pro stage (its own tasks each)
+        return {k: m if isinstance(m, SharedLayer) else SharedLayer(m, all_tasks)
+                for k, m in net.shared_layers().items()}
     spec = net.spec
     layers = {
         f"shared.{key}": SharedLayer(

@@ -27,8 +27,10 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 from agents import Batch, MultiTaskReplay, MultiTaskSAC
+from conal_rl.common import write_json_atomic
 from conal_rl.method import (
     ConflictNoticing,
+    GroupTreeSpec,
     SearchSettings,
     SuperNet,
     TreeNet,
@@ -37,6 +39,7 @@ from conal_rl.method import (
     architecture_step,
     num_parameters,
 )
+from conal_rl.method.progressive import StageNet
 from conal_rl.training import checkpoint
 from conal_rl.training.config import TrainConfig
 from conal_rl.training.trainer import Trainer
@@ -142,11 +145,10 @@ class ConalSearch:
         self._logs += 1
         if self.heatmap is None or self._logs % 5:
             return
-        P = len(self.settings.hidden)
         for role, alpha in self.alpha.items():
             probs = torch.softmax(alpha.detach(), -1).cpu().numpy()
-            fig = self.heatmap(probs, self.task_names, [str(i) for i in range(P + 1)],
-                               f"{role}: softmax(alpha), branch point", vmin=0, vmax=1)
+            fig = self.heatmap(probs, self.task_names, self.choices(),
+                               f"{role}: softmax(alpha)", vmin=0, vmax=1)
             writer.add_figure(f"alpha/{role}", fig, step)
         for role, noticing in self.noticing.items():
             for layer, signs in noticing.last_signs().items():
@@ -155,6 +157,10 @@ class ConalSearch:
                                    f"{role} {layer}: sign of task-gradient inner products",
                                    vmin=-1, vmax=1, cmap="coolwarm_r")
                 writer.add_figure(f"conflict_signs/{role}/{layer}", fig, step)
+
+    def choices(self) -> list[str]:
+        """What alpha's columns choose between: the branch points 0..P."""
+        return [f"branch at {i}" for i in range(len(self.settings.hidden) + 1)]
 
     def state_dict(self) -> dict:
         return {"optim": self.optim.state_dict()}
@@ -214,7 +220,78 @@ def search_architecture(config: TrainConfig, run_dir: Path, bench: Benchmark,
 
 
 def search_seconds(run_dir: Path) -> float:
-    """Training seconds CoNAL's search spent in ``run_dir/search`` (0 without a search):
-    they count against the run's --minutes."""
-    timing = run_dir / "search" / "timing.json"
-    return json.loads(timing.read_text())["train_wall"] if timing.exists() else 0.0
+    """Training seconds the search spent in ``run_dir/search`` (CoNAL-Pro: in its stages;
+    0 without a search): they count against the run's --minutes."""
+    timings = [run_dir / "search" / "timing.json",
+               *sorted((run_dir / "search").glob("stage*/timing.json"))]
+    return sum(json.loads(t.read_text())["train_wall"] for t in timings if t.exists())
+
+
+# ---- CoNAL-Pro ------------------------------------------------------------------------------
+class ProStage(ConalSearch):
+    """One stage of CoNAL-Pro's search as a hook: the agent's nets are
+    :class:`~conal_rl.method.progressive.StageNet` s grown on the partitions decided so far
+    (per role), each task choosing between staying on its group's module at this depth and
+    leaving with the group's other leavers; conflict-noticing, the held-out architecture
+    step and the twin critics' shared alpha as in CoNAL's search."""
+
+    def __init__(self, settings: SearchSettings, task_names: list[str], batch_per_task: int,
+                 decided: dict[str, tuple[tuple[int, ...], ...]], heatmap: Heatmap | None = None):
+        super().__init__(settings, task_names, batch_per_task, heatmap)
+        self.decided = decided
+
+    def make_net(self, role: str, in_dim: int, out_dim: int) -> StageNet:
+        net = StageNet(self.decided[role], len(self.task_names), in_dim, out_dim,
+                       self.settings.hidden)
+        if role in self.alpha:
+            net.alpha = self.alpha[role]
+        else:
+            self.nets[role], self.alpha[role] = net, net.alpha
+        return net
+
+    def choices(self) -> list[str]:
+        return ["stay", "leave"]
+
+    def derive(self) -> dict[str, tuple[int, ...]]:
+        """Per role, the partition of the tasks at this stage's depth."""
+        return {role: net.decide() for role, net in self.nets.items()}
+
+
+def search_progressive(config: TrainConfig, run_dir: Path, bench: Benchmark,
+                       heatmap: Heatmap | None = None
+                       ) -> tuple[dict[str, GroupTreeSpec], dict[str, dict]]:
+    """CoNAL-Pro's search: one stage per hidden module in ``run_dir/search/stage<s>``, each
+    a fresh agent trained ``--stage-steps`` env steps (the first quarter weights only) and
+    resumable like CoNAL's search; a stage's ``decided.json`` (written last) holds the
+    partitions it decided. Returns the grown grouped trees and what architecture.json
+    records beside them (the partitions by task name, per stage)."""
+    decided: dict[str, tuple[tuple[int, ...], ...]] = {"actor": (), "critic": ()}
+    settings = replace(config.search(), warmup_steps=config.stage_steps // 4,
+                       total_steps=config.stage_steps)
+    stage_config = replace(config, total_steps=config.stage_steps, eval_every=0)
+    for stage in range(1, len(config.hidden) + 1):
+        stage_dir = run_dir / "search" / f"stage{stage}"
+        done = stage_dir / "decided.json"
+        if not done.exists():
+            hook = ProStage(settings, bench.task_names, config.batch_per_task, decided,
+                            heatmap)
+            trainer = Trainer(stage_config, stage_dir, bench, hook.make_net, hook.make_filter,
+                              hook=hook, sac=config.sac(searching=True),
+                              holdout_every=config.arch_holdout)
+            print(f"CoNAL-Pro stage {stage}/{len(config.hidden)}: {config.stage_steps} env "
+                  f"steps in {stage_dir}")
+            trainer.run(final_eval=False)
+            partitions = hook.derive()
+            for role, groups in partitions.items():
+                named = GroupTreeSpec(config.hidden[:stage], (*decided[role], groups),
+                                      bench.task_names).groups_by_name()[-1]
+                trainer.writer.add_text(f"conal_pro/{role}", f"stage {stage}: {named}")
+            trainer.writer.close()
+            write_json_atomic(done, {role: list(g) for role, g in partitions.items()})
+        partitions = json.loads(done.read_text())
+        decided = {role: (*decided[role], tuple(partitions[role])) for role in decided}
+    specs = {role: GroupTreeSpec(config.hidden, groups, bench.task_names)
+             for role, groups in decided.items()}
+    for role, spec in specs.items():
+        print(f"{role}: groups per depth {spec.groups_by_name()}")
+    return specs, {role: {"stages": len(config.hidden)} for role in specs}

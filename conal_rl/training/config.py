@@ -77,10 +77,11 @@ class TrainConfig:
     benchmark: str = "MT10"
     """MT10, MT50, MT1:<task> (e.g. MT1:reach-v3) or gym:<env-id> (e.g. gym:Pendulum-v1, a
     one-task sanity check)"""
-    arch: Literal["mtsac", "mhsac", "conal", "tree"] = "mtsac"
+    arch: Literal["mtsac", "mhsac", "conal", "conal-pro", "tree"] = "mtsac"
     """network architecture: mtsac (shared MLP + one-hot task id), mhsac (shared trunk, one
-    head per task), conal (search the trees with CoNAL, derive, prune, then train them), tree
-    (a given tree, see --architecture)"""
+    head per task), conal (search the trees with CoNAL, derive, prune, then train them),
+    conal-pro (grow grouped trees stage by stage with CoNAL-Pro, then train them), tree (a
+    given tree, see --architecture)"""
     architecture: str | None = None
     """architecture JSON (actor and critic trees) for --arch tree"""
     preset: Literal["paper", "quick", "laptop"] = "paper"
@@ -127,6 +128,10 @@ class TrainConfig:
     search_steps: int = PRESET
     """--arch conal: env steps (in all) of the search phase, before the pruned trees train
     for --total-steps (default: 10% of the paper budget, quick 3k per task)"""
+    stage_steps: int = PRESET
+    """--arch conal-pro: env steps (in all) of each of its stages, one per hidden module;
+    each stage trains a fresh agent, its first quarter weights only (default: the search
+    budget split over the stages)"""
     search_warmup_steps: int = PRESET
     """--arch conal: env steps (in all) at the start of the search that train the supernets'
     weights only (no alpha step, no conflict-noticing): a from-scratch stand-in for the
@@ -196,6 +201,8 @@ class TrainConfig:
         for name in _AS_IS:
             if getattr(self, name) is PRESET:
                 object.__setattr__(self, name, p[name])
+        if self.stage_steps is PRESET:
+            object.__setattr__(self, "stage_steps", max(1, self.search_steps // len(self.hidden)))
         if self.search_warmup_steps is PRESET:
             object.__setattr__(self, "search_warmup_steps", self.search_steps // 4)
         object.__setattr__(self, "hidden", tuple(self.hidden))
@@ -219,7 +226,7 @@ class TrainConfig:
                 raise ValueError(f"--{k.replace('_', '-')} must be a finite number, got {v}")
         positive = ("total_steps", "eval_episodes", "checkpoint_every", "batch_per_task",
                     "replay_size", "updates_per_step", "log_every", "torch_threads",
-                    "search_steps", "arch_lr")
+                    "search_steps", "stage_steps", "arch_lr")
         for k in positive:
             v = getattr(self, k)
             if v <= 0:
@@ -239,6 +246,15 @@ class TrainConfig:
             raise ValueError("--arch-holdout must be 0 (none) or at least 2")
         if self.arch == "conal" and self.search_warmup_steps >= self.search_steps:
             raise ValueError("--search-warmup-steps must be smaller than --search-steps")
+        if self.arch == "conal-pro":
+            unsupported = [flag for flag, on in (
+                ("--gumbel", self.gumbel), ("--no-private", self.no_private),
+                ("--inherit-weights", self.inherit_weights),
+                ("--grad-surgery pcgrad", self.grad_surgery != "none")) if on]
+            if unsupported:
+                raise ValueError(f"--arch conal-pro does not take {', '.join(unsupported)} "
+                                 "(grouped trees have no single trunk to sample, share or "
+                                 "project on)")
         if self.arch == "tree" and not self.architecture:
             raise ValueError("--arch tree needs --architecture FILE.json")
 

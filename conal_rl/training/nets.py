@@ -10,7 +10,7 @@ from torch import nn
 
 from agents import GradientFilter, NetFactory
 from conal_rl.common import UserError, write_atomic
-from conal_rl.method import PCGrad, TreeNet, TreeSpec
+from conal_rl.method import GroupTreeNet, GroupTreeSpec, PCGrad, TreeNet, TreeSpec
 
 ARCHS = ("mtsac", "mhsac", "tree")
 GRAD_SURGERY = ("none", "pcgrad")
@@ -35,10 +35,13 @@ def tree_specs(arch: str, hidden: tuple[int, ...], task_names: list[str],
     raise ValueError(f"unknown architecture {arch!r}; valid: {', '.join(ARCHS)}")
 
 
-def tree_factory(specs: dict[str, TreeSpec]) -> NetFactory:
-    """A NetFactory building TreeNets: role ("actor"/"critic") selects the spec."""
-    def make_net(role: str, in_dim: int, out_dim: int) -> TreeNet:
-        return TreeNet(specs[role], in_dim, out_dim)
+def tree_factory(specs: dict[str, TreeSpec | GroupTreeSpec]) -> NetFactory:
+    """A NetFactory building TreeNets (GroupTreeNets for grouped trees): role
+    ("actor"/"critic") selects the spec."""
+    def make_net(role: str, in_dim: int, out_dim: int) -> nn.Module:
+        spec = specs[role]
+        net = GroupTreeNet if isinstance(spec, GroupTreeSpec) else TreeNet
+        return net(spec, in_dim, out_dim)
     return make_net
 
 
@@ -64,7 +67,7 @@ def save_specs(path: str | Path, specs: dict[str, TreeSpec],
     payload = {}
     for name, spec in specs.items():
         entry = spec.to_dict()
-        if spec.task_names:
+        if isinstance(spec, TreeSpec) and spec.task_names:
             entry["branch_point_by_task"] = dict(zip(spec.task_names, spec.branch_points))
         payload[name] = entry | (details or {}).get(name, {})
     write_atomic(path, lambda f: f.write(json.dumps(payload, indent=2).encode()))
@@ -106,9 +109,18 @@ def load_specs(path: str | Path, names=("actor", "critic")) -> dict[str, TreeSpe
     return {n: _spec_of(data[n], f"{path}: {n} tree") for n in names}
 
 
-def _spec_of(entry: object, where: str) -> TreeSpec:
+def _spec_of(entry: object, where: str) -> TreeSpec | GroupTreeSpec:
     if not isinstance(entry, dict):
         raise ArchitectureError(f"{where} is not a JSON object")
+    if "groups" in entry:  # a grouped tree (CoNAL-Pro)
+        groups = entry["groups"]
+        if not isinstance(groups, list) or not all(
+                isinstance(g, list) and all(isinstance(v, int) for v in g) for g in groups):
+            raise ArchitectureError(f"{where}: groups must be a list of lists of integers")
+        try:
+            return GroupTreeSpec.from_dict(entry)
+        except (ValueError, TypeError, KeyError) as e:
+            raise ArchitectureError(f"{where}: {e}") from None
     for key in ("hidden", "branch_points"):
         value = entry.get(key)
         if not isinstance(value, list) or not all(

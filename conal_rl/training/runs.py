@@ -233,6 +233,8 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedR
 def _dims(agent_state: dict, specs: dict[str, TreeSpec]) -> tuple[int, int]:
     """Observation and action sizes from the first layers' weight shapes."""
     def first_in(prefix: str, spec: TreeSpec) -> int:
+        if f"{prefix}.layers.0.weight" in agent_state:  # a grouped tree: [G, in, out]
+            return agent_state[f"{prefix}.layers.0.weight"].shape[1]
         extra = spec.num_tasks if spec.task_id_input else 0
         key = f"{prefix}.shared.1.weight"
         if key in agent_state:
