@@ -2,16 +2,21 @@
 
     python -m benchmarks.success --benchmark MT10 --archs mtsac,mhsac,conal,conal-nocn,stl
         --seeds 3 [--budget laptop|quick|paper] [--jobs N] [--device cpu|cuda|auto]
+        [--cpus-per-trial C] [--gpus-per-trial G] [--address ray://HOST:10001]
         [--runs-dir runs/success] [--out-dir benchmarks/results] [--total-steps N]
         [--eval-episodes N] [--minutes M] [--report-only]
 
-Every (row, seed) is one training run in ``RUNS_DIR/<benchmark>-<budget>/<row>-s<seed>``,
-trained in a subprocess (``python -m conal_rl.train`` or, for ``stl``, ``python -m
-agents.stl``) with ``--preset BUDGET --torch-threads 1 --save-replay``, its output
-appended to ``train.log`` there. The report ``OUT_DIR/<benchmark>-<budget>.md`` (+ ``.json``,
-``.png``) is rewritten after every run that ends. Stopping the benchmark stops the runs in
-flight at a checkpoint (replay included); calling it again skips finished runs and
-continues the others where they stopped.
+Every (row, seed) is one training run in ``RUNS_DIR/<benchmark>-<budget>/<row>-s<seed>``
+and one Ray Tune trial (``--cpus-per-trial``, ``--gpus-per-trial``; on a Ray started for the
+call, or an existing cluster with ``--address``/``$RAY_ADDRESS``). The trial trains it in a
+subprocess (``python -m conal_rl.train`` or, for ``stl``, ``python -m conal_rl.stl``) with
+``--preset BUDGET --torch-threads 1 --save-replay``, its output appended to ``train.log``
+there, and reports every new evaluation (``eval_latest.json``: success, env steps) to Tune.
+The report ``OUT_DIR/<benchmark>-<budget>.md`` (+ ``.json``, ``.png``) is rewritten after
+every run that ends. SIGINT/SIGTERM stops the runs in flight at a checkpoint (replay
+included) and waits for them; calling it again skips finished runs and continues the others
+where they stopped: the run folders are the state (Tune's own experiment folder,
+``RUNS_DIR/_tune``, is not needed to resume).
 
 A run is finished when its ``timing.json`` (written only when training ends normally)
 says it reached the requested total steps, or that the ``--minutes`` budget stopped it
@@ -27,18 +32,17 @@ a run's folder are in ``success_runs.py``, the report in ``success_report.py``.
 from __future__ import annotations
 
 import argparse
-import contextlib
+import dataclasses
+import fcntl
 import math
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-
-from tqdm import tqdm
 
 from benchmarks.success_report import build_report, fmt_wall, report_stem
 from benchmarks.success_runs import (
@@ -77,16 +81,10 @@ def log_tail(path: Path, lines: int = LOG_TAIL) -> list[str]:
     return [line for line in out if line.strip()][-lines:]
 
 
-@dataclass
-class _Running:
-    spec: RunSpec
-    proc: subprocess.Popen
-    log: object
-    start: float
-    mode: str
-
-
-def start(spec: RunSpec, mode: str) -> _Running:
+def start(spec: RunSpec, mode: str) -> tuple[subprocess.Popen, object]:
+    """Start training ``spec`` as a subprocess; returns it and its open ``train.log``, which
+    the subprocess holds locked (``flock``) until it exits: a later call waits for a run
+    still saving its checkpoint instead of training the same folder twice."""
     d = spec.run_dir
     if mode == "fresh" and d.exists():
         shutil.rmtree(d)  # holds no checkpoint: nothing to continue from
@@ -97,99 +95,192 @@ def start(spec: RunSpec, mode: str) -> _Running:
     d.mkdir(parents=True, exist_ok=True)
     cmd = spec.command(mode, saved_config(spec))
     log = open(d / "train.log", "a")
+    fcntl.flock(log, fcntl.LOCK_EX)
     log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {PROG} ({mode}): "
               f"{shlex.join(cmd)}\n")
     log.flush()
     env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    # Own session: a Ctrl-C at the terminal reaches the run only through us. SIGTERM when the
+    # trial's worker dies (Tune stopped it, Ray shut down): the run saves a checkpoint.
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True)  # Ctrl-C reaches them through us
-    return _Running(spec, proc, log, time.perf_counter(), mode)
+                            start_new_session=True, preexec_fn=_term_with_parent)
+    return proc, log
+
+
+def _term_with_parent() -> None:
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def wait_unlocked(spec: RunSpec, timeout_s: float | None = None) -> bool:
+    """Wait until no process holds the run's train.log (a run still saving); False on
+    timeout."""
+    log = spec.run_dir / "train.log"
+    if not log.exists():
+        return True
+    deadline = None if timeout_s is None else time.time() + timeout_s
+    with open(log, "a") as f:
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if deadline is not None and time.time() > deadline:
+                    return False
+                time.sleep(0.5)
+
+
+# ---- a Ray Tune trial: one training run ----------------------------------------------------------
+def latest_evaluation(spec: RunSpec) -> dict:
+    latest = read_json(spec.run_dir / "eval_latest.json") or {}
+    return {"env_steps": latest.get("env_steps"), "train_minutes": latest.get("train_minutes"),
+            "mean_success": latest.get("mean_success")}
+
+
+def trial(config: dict, specs: dict[str, RunSpec], poll_s: float = 1.0) -> None:
+    """The Tune trial of one (row, seed): wait for any earlier process on its folder, plan
+    it again (the folder is the state), train it as a subprocess and report every new
+    evaluation (``eval_latest.json``) to Tune; the last report has ``run_ended``."""
+    from ray import tune
+
+    spec = specs[config["run"]]
+    wait_unlocked(spec)
+    mode, why = plan(spec)
+    if mode in ("skip", "error"):
+        tune.report({"run_ended": True, "mode": mode, "why": why, "returncode": None,
+                     "finished": mode == "skip", "wall_s": 0.0, **latest_evaluation(spec)})
+        return
+    began = time.perf_counter()
+    proc, log = start(spec, mode)
+    shown = None
+    try:
+        while True:
+            rc = proc.poll()
+            now = latest_evaluation(spec)
+            if now["env_steps"] is not None and now != shown and rc is None:
+                tune.report({"run_ended": False, **now})
+                shown = now
+            if rc is not None:
+                break
+            time.sleep(poll_s)
+    finally:
+        if proc.poll() is None:  # stopped by Tune: the run saves a checkpoint first
+            proc.terminate()
+            proc.wait()
+        log.close()
+    tune.report({"run_ended": True, "mode": mode, "why": why, "returncode": proc.returncode,
+                 "finished": proc.returncode == 0 and is_finished(spec),
+                 "wall_s": time.perf_counter() - began, **latest_evaluation(spec)})
+
+
+def _absolute(spec: RunSpec) -> RunSpec:
+    return dataclasses.replace(spec, run_dir=spec.run_dir.resolve())
 
 
 def run_all(args: argparse.Namespace, specs: list[RunSpec]) -> list[dict]:
-    """Train what is unfinished, ``args.jobs`` at a time; the report is rewritten after
-    every run that ends. Returns the failed runs."""
+    """Train what is unfinished as Ray Tune trials (a local Ray, or ``--address``), at most
+    ``args.jobs`` at a time; the report is rewritten after every run that ends. Returns the
+    failed runs."""
     failed: list[dict] = []
-    todo: list[tuple[RunSpec, str]] = []
+    todo: list[RunSpec] = []
     for spec in specs:
         action, why = plan(spec)
         if action == "skip":
-            tqdm.write(f"{spec.name}: skipped ({why}: {spec.run_dir})")
+            print(f"{spec.name}: skipped ({why}: {spec.run_dir})", flush=True)
         elif action == "error":
-            tqdm.write(f"{spec.name}: not run: {why}")
+            print(f"{spec.name}: not run: {why}", flush=True)
             failed.append({"run": spec.name, "run_dir": str(spec.run_dir), "reason": why,
                            "log": str(spec.run_dir / "train.log"), "log_tail": []})
         else:
-            todo.append((spec, action))
+            print(f"{spec.name}: {action} -> {spec.run_dir}/train.log", flush=True)
+            todo.append(spec)
     build_report(args, specs, failed)
     if not todo:
         return failed
-    running: list[_Running] = []
-    bar = tqdm(total=len(specs), initial=len(specs) - len(todo), unit="run",
-               desc="success runs", dynamic_ncols=True,
-               mininterval=0.5 if sys.stderr.isatty() else 30)
-    shown = ""
+
+    import ray
+    from ray import tune
+
+    by_name = {s.name: s for s in todo}
     signals = StopSignal()
-    try:
-        while (todo or running) and not signals.signum:
-            while todo and len(running) < args.jobs and not signals.signum:
-                spec, mode = todo.pop(0)
-                tqdm.write(f"{spec.name}: {mode} -> {spec.run_dir}/train.log")
-                running.append(start(spec, mode))
-            now = "running: " + ", ".join(r.spec.name for r in running)
-            if now != shown:
-                bar.set_postfix_str(shown := now)
-            time.sleep(0.2)
-            for r in [r for r in running if r.proc.poll() is not None]:
-                running.remove(r)
-                r.log.close()
-                _report_end(r, failed)
-                bar.update(1)
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # ours: SIGINT and SIGTERM alike
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    ours = not ray.is_initialized()
+    if ours:
+        if address:
+            ray.init(address=address, logging_level="WARNING", log_to_driver=False)
+        else:
+            ray.init(num_cpus=math.ceil(args.jobs * args.cpus_per_trial), include_dashboard=False,
+                     logging_level="WARNING", log_to_driver=False)
+
+    class Ended(tune.Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            if result.get("run_ended"):
+                _report_end(by_name[trial.config["run"]], result, failed)
                 build_report(args, specs, failed)
-        if signals.signum:
-            tqdm.write(f"signal {signals.signum}: stopping {len(running)} run(s); they save "
-                       "a checkpoint and continue on the next call")
-            _stop(running)
-            running = []
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            spec = by_name[trial.config["run"]]
+            failed.append({"run": spec.name, "run_dir": str(spec.run_dir),
+                           "reason": f"trial error: {trial.error_file}",
+                           "log": str(spec.run_dir / "train.log"),
+                           "log_tail": log_tail(spec.run_dir / "train.log")})
             build_report(args, specs, failed)
-            raise SystemExit(128 + signals.signum)
+
+    class OnSignal(tune.Stopper):
+        def __call__(self, trial_id, result):
+            return False
+
+        def stop_all(self):
+            return bool(signals.signum)
+
+    resources = {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial}
+    trainable = tune.with_resources(
+        tune.with_parameters(trial, specs={n: _absolute(s) for n, s in by_name.items()}),
+        resources)
+    storage = (args.runs_dir / "_tune").resolve()
+    tuner = tune.Tuner(
+        trainable, param_space={"run": tune.grid_search(list(by_name))},
+        tune_config=tune.TuneConfig(max_concurrent_trials=args.jobs),
+        run_config=tune.RunConfig(
+            name=f"success-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(storage),
+            stop=OnSignal(), callbacks=[Ended()], verbose=0,
+            failure_config=tune.FailureConfig(max_failures=0)))
+    try:
+        tuner.fit()
     finally:
-        if running:  # an error of our own: leave no training behind
-            _stop(running, grace_s=30)
-        bar.close()
+        if ours:
+            ray.shutdown()  # a trial still running: its worker dies, the run gets SIGTERM
         signals.restore()
+        os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+    if signals.signum:
+        print(f"signal {signals.signum}: runs stopped; they save a checkpoint and continue on "
+              "the next call", flush=True)
+        for spec in todo:
+            wait_unlocked(spec, timeout_s=120)
+        build_report(args, specs, failed)
+        raise SystemExit(128 + signals.signum)
     return failed
 
 
-def _report_end(r: _Running, failed: list[dict]) -> None:
-    spec, rc, took = r.spec, r.proc.returncode, time.perf_counter() - r.start
-    if rc == 0 and is_finished(spec):
-        latest = read_json(spec.run_dir / "eval_latest.json") or {}
-        value = as_float(latest.get("mean_success"))
+def _report_end(spec: RunSpec, result: dict, failed: list[dict]) -> None:
+    rc = result.get("returncode")
+    if result.get("finished"):
+        value = as_float(result.get("mean_success"))
         shown = "" if math.isnan(value) else f", mean success {value:.2f}"
-        tqdm.write(f"{spec.name}: done in {fmt_wall(took)}{shown}")
+        print(f"{spec.name}: done in {fmt_wall(result.get('wall_s', 0.0))}{shown}", flush=True)
         return
-    reason = f"exit status {rc}" if rc else "ended without finishing"
+    if result.get("mode") == "error":
+        reason = result.get("why")
+    else:
+        reason = f"exit status {rc}" if rc else "ended without finishing"
     tail = log_tail(spec.run_dir / "train.log")
     failed.append({"run": spec.name, "run_dir": str(spec.run_dir), "reason": reason,
                    "returncode": rc, "log": str(spec.run_dir / "train.log"), "log_tail": tail})
-    tqdm.write(f"{spec.name}: FAILED ({reason}); last lines of {spec.run_dir}/train.log:\n  "
-               + "\n  ".join(tail))
-
-
-def _stop(running: list[_Running], grace_s: float = 120) -> None:
-    """SIGTERM every child (training saves a checkpoint and exits), then wait."""
-    for r in running:
-        with contextlib.suppress(ProcessLookupError):
-            r.proc.terminate()
-    deadline = time.time() + grace_s
-    for r in running:
-        try:
-            r.proc.wait(timeout=max(1.0, deadline - time.time()))
-        except subprocess.TimeoutExpired:
-            r.proc.kill()
-            r.proc.wait()
-        r.log.close()
+    print(f"{spec.name}: FAILED ({reason}); last lines of {spec.run_dir}/train.log:\n  "
+          + "\n  ".join(tail), flush=True)
 
 
 # ---- command line -------------------------------------------------------------------------------
@@ -210,8 +301,20 @@ def build_parser() -> argparse.ArgumentParser:
                         f"PRESETS ({', '.join(PRESETS)}; default: %(default)s, the CPU comparison: "
                         "60 training minutes per run; quick is a smoke run that learns little, "
                         "paper the GPU-box comparison)")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="runs trained at the same time (default: %(default)s)")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="runs trained at the same time (default: 1 on a local Ray, "
+                        "as many as the cluster's resources allow with --address)")
+    parser.add_argument("--cpus-per-trial", type=float, default=1,
+                        help="CPUs Ray reserves for each run (default: %(default)s; a run "
+                        "uses one torch thread)")
+    parser.add_argument("--gpus-per-trial", type=float, default=0,
+                        help="GPUs (or a fraction of one) Ray reserves for each run "
+                        "(default: %(default)s)")
+    parser.add_argument("--address", default=None,
+                        help="an existing Ray cluster (ray://host:10001, or host:6379 on a "
+                        "node of it; default: $RAY_ADDRESS, else a local Ray started for "
+                        "this call); --runs-dir and --out-dir must then be on a filesystem "
+                        "every node shares")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                         help="torch device of every run (default: %(default)s)")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs/success"),
@@ -259,6 +362,21 @@ def check_args(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    for name in ("cpus_per_trial", "gpus_per_trial"):
+        value = getattr(args, name)
+        if not (0 <= value < math.inf) or (name == "cpus_per_trial" and value == 0):
+            raise UserError(f"--{name.replace('_', '-')} must be a finite number, "
+                            f"{'above' if name == 'cpus_per_trial' else 'not below'} 0, "
+                            f"got {value}")
+    on_cluster = bool(args.address or os.environ.get("RAY_ADDRESS"))
+    if args.jobs is None:
+        args.jobs = None if on_cluster else 1
+    if args.gpus_per_trial > 0 and not on_cluster:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError("--gpus-per-trial needs a GPU on this machine (or --address of a "
+                            "cluster with GPUs)")
     for name in ("minutes", "eval_every", "warmup_steps"):
         value = getattr(args, name)
         if value is not None and not (0 <= value < math.inf):  # NaN too

@@ -63,14 +63,14 @@ class RunSpec:
     target_steps: int
     target_minutes: float  # 0: no wall-clock budget
     resumable: dict  # the resolved values of the flags a resume may change
+    module: str = ""  # the module that trains it (ROWS[row][0]; kept here for Ray workers)
+
+    def __post_init__(self):
+        self.module = self.module or ROWS[self.row][0]
 
     @property
     def name(self) -> str:
         return f"{self.row}-s{self.seed}"
-
-    @property
-    def module(self) -> str:
-        return ROWS[self.row][0]
 
     @property
     def is_stl(self) -> bool:
@@ -149,7 +149,7 @@ def make_specs(args: argparse.Namespace) -> list[RunSpec]:
             if hasattr(resolved, "minutes"):
                 resumable["minutes"] = minutes
             specs.append(RunSpec(row, seed, root / f"{row}-s{seed}", flags, given,
-                                 resolved.total_steps, minutes, resumable))
+                                 resolved.total_steps, minutes, resumable, module))
     return specs
 
 

@@ -66,17 +66,21 @@ class ConalSearch:
         self._logs = 0
 
     # ---- building the agent ---------------------------------------------------------------
-    def make_net(self, role: str, in_dim: int, out_dim: int) -> SuperNet:
-        """The agent's NetFactory: supernets; every net of a role after the first reuses
-        that role's alpha (so the twin critics are searched as one architecture)."""
-        s = self.settings
-        net = SuperNet(len(self.task_names), in_dim, out_dim, s.hidden, gumbel=s.gumbel,
-                       tau=s.tau_start, no_private=s.no_private)
+    def make_net(self, role: str, in_dim: int, out_dim: int) -> nn.Module:
+        """The agent's NetFactory: searchable nets (:meth:`build_net`); every net of a role
+        after the first reuses that role's alpha (so the twin critics are searched as one
+        architecture)."""
+        net = self.build_net(role, in_dim, out_dim)
         if role in self.alpha:
             net.alpha = self.alpha[role]
         else:
             self.nets[role], self.alpha[role] = net, net.alpha
         return net
+
+    def build_net(self, role: str, in_dim: int, out_dim: int) -> SuperNet:
+        s = self.settings
+        return SuperNet(len(self.task_names), in_dim, out_dim, s.hidden, gumbel=s.gumbel,
+                        tau=s.tau_start, no_private=s.no_private)
 
     def make_filter(self, role: str, nets) -> ConflictNoticing:
         """The agent's filter factory: conflict-noticing on the shared modules."""
@@ -240,14 +244,9 @@ class ProStage(ConalSearch):
         super().__init__(settings, task_names, batch_per_task, heatmap)
         self.decided = decided
 
-    def make_net(self, role: str, in_dim: int, out_dim: int) -> StageNet:
-        net = StageNet(self.decided[role], len(self.task_names), in_dim, out_dim,
-                       self.settings.hidden)
-        if role in self.alpha:
-            net.alpha = self.alpha[role]
-        else:
-            self.nets[role], self.alpha[role] = net, net.alpha
-        return net
+    def build_net(self, role: str, in_dim: int, out_dim: int) -> StageNet:
+        return StageNet(self.decided[role], len(self.task_names), in_dim, out_dim,
+                        self.settings.hidden)
 
     def choices(self) -> list[str]:
         return ["stay", "leave"]
