@@ -10,7 +10,8 @@ candidate's flags), so its runs resume, are skipped when finished, and are exten
 ``--minutes`` grows: screen every candidate at ``--minutes 15``, then continue the best
 ones with ``--minutes 60``. Besides success.py's report (final success per candidate),
 this writes ``minutes.md``/``.json``/``.png``: the mean success at fixed training minutes
-and the success-against-minutes curves. Run one job per free core: each run is one
+and the success-against-minutes curves. The runs are success.py's Ray Tune trials (a local
+Ray, or a cluster with ``--address``). Run one job per free core: each run is one
 process with one torch thread (the env and the update take turns), so two runs on two
 cores do not slow each other down much; wall-clock budgets need an otherwise idle machine.
 """
@@ -142,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="comma-separated (default: all)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs at the same time, at most one per core (default: 1)")
+    parser.add_argument("--address", default=None,
+                        help="an existing Ray cluster, as benchmarks.success's --address "
+                        "(default: $RAY_ADDRESS, else a local Ray)")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs/laptop-sweep"),
                         help="where the runs go, in MT10-laptop/<candidate>-s<seed> "
                         "(default: %(default)s)")
@@ -189,7 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "--seeds", str(args.seeds), "--jobs", str(args.jobs), "--device", "cpu",
                     "--minutes", str(args.minutes), "--runs-dir", str(args.runs_dir),
                     "--out-dir", str(args.out_dir)] + (["--report-only"] * args.report_only)
-    for flag in ("eval_episodes", "eval_every"):
+    for flag in ("eval_episodes", "eval_every", "address"):
         if getattr(args, flag) is not None:
             success_argv += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
     failed = None

@@ -139,16 +139,20 @@ def latest_evaluation(spec: RunSpec) -> dict:
             "mean_success": latest.get("mean_success")}
 
 
-def trial(config: dict, specs: dict[str, RunSpec], poll_s: float = 1.0) -> None:
+def trial(config: dict, specs: dict[str, RunSpec], stop_file: Path, poll_s: float = 1.0) -> None:
     """The Tune trial of one (row, seed): wait for any earlier process on its folder, plan
     it again (the folder is the state), train it as a subprocess and report every new
-    evaluation (``eval_latest.json``) to Tune; the last report has ``run_ended``."""
+    evaluation (``eval_latest.json``) to Tune; the last report has ``run_ended``. When
+    ``stop_file`` appears (the command got SIGINT/SIGTERM) it SIGTERMs the run, which saves
+    a checkpoint, and ends (Ray kills a worker's leftover processes without a grace)."""
     from ray import tune
 
     spec = specs[config["run"]]
     wait_unlocked(spec)
     mode, why = plan(spec)
-    if mode in ("skip", "error"):
+    if stop_file.exists():
+        mode, why = "stopped", "not started"
+    if mode in ("skip", "error", "stopped"):
         tune.report({"run_ended": True, "mode": mode, "why": why, "returncode": None,
                      "finished": mode == "skip", "wall_s": 0.0, **latest_evaluation(spec)})
         return
@@ -164,6 +168,9 @@ def trial(config: dict, specs: dict[str, RunSpec], poll_s: float = 1.0) -> None:
                 shown = now
             if rc is not None:
                 break
+            if stop_file.exists():
+                mode = "stopped"
+                proc.terminate()
             time.sleep(poll_s)
     finally:
         if proc.poll() is None:  # stopped by Tune: the run saves a checkpoint first
@@ -229,23 +236,30 @@ def run_all(args: argparse.Namespace, specs: list[RunSpec]) -> list[dict]:
                            "log_tail": log_tail(spec.run_dir / "train.log")})
             build_report(args, specs, failed)
 
-    class OnSignal(tune.Stopper):
+    name = f"success-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    storage = (args.runs_dir / "_tune").resolve()
+    stop_file = storage / name / "STOP"
+
+    class OnSignal(tune.Stopper):  # tells the trials; they end by themselves
         def __call__(self, trial_id, result):
             return False
 
         def stop_all(self):
-            return bool(signals.signum)
+            if signals.signum and not stop_file.exists():
+                stop_file.parent.mkdir(parents=True, exist_ok=True)
+                stop_file.touch()
+            return False
 
     resources = {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial}
     trainable = tune.with_resources(
-        tune.with_parameters(trial, specs={n: _absolute(s) for n, s in by_name.items()}),
+        tune.with_parameters(trial, specs={n: _absolute(s) for n, s in by_name.items()},
+                             stop_file=stop_file),
         resources)
-    storage = (args.runs_dir / "_tune").resolve()
     tuner = tune.Tuner(
         trainable, param_space={"run": tune.grid_search(list(by_name))},
         tune_config=tune.TuneConfig(max_concurrent_trials=args.jobs),
         run_config=tune.RunConfig(
-            name=f"success-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(storage),
+            name=name, storage_path=str(storage),
             stop=OnSignal(), callbacks=[Ended()], verbose=0,
             failure_config=tune.FailureConfig(max_failures=0)))
     try:
@@ -267,6 +281,10 @@ def run_all(args: argparse.Namespace, specs: list[RunSpec]) -> list[dict]:
 
 def _report_end(spec: RunSpec, result: dict, failed: list[dict]) -> None:
     rc = result.get("returncode")
+    if result.get("mode") == "stopped":
+        print(f"{spec.name}: stopped ({result.get('why')}, exit status {rc}): continues on "
+              "the next call", flush=True)
+        return
     if result.get("finished"):
         value = as_float(result.get("mean_success"))
         shown = "" if math.isnan(value) else f", mean success {value:.2f}"
