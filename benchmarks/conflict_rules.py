@@ -29,14 +29,14 @@ from __future__ import annotations
 import argparse
 import itertools
 import statistics
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from conal_rl.common import machine, run_cli, write_atomic, write_json_atomic
+from benchmarks.report_files import command, save
+from conal_rl.common import machine, run_cli
 from conal_rl.method import (
     ConflictNoticing,
     SuperNet,
@@ -279,12 +279,10 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(1)
         start = time.perf_counter()
         payload = study(args.seeds)
-        payload |= {"command": " ".join(["python -m benchmarks.conflict_rules",
-                                         *(argv if argv is not None else sys.argv[1:])]),
+        payload |= {"command": command("python -m benchmarks.conflict_rules", argv),
                     "machine": machine("cpu"), "seconds": time.perf_counter() - start}
-        write_json_atomic(args.out.with_suffix(".json"), payload)
         text = markdown(payload)
-        write_atomic(args.out.with_suffix(".md"), lambda f: f.write(text.encode()))
+        save(args.out, payload, text)
         print(text)
         return payload
 

@@ -18,13 +18,13 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-from conal_rl.common import UserError, machine, run_cli, write_atomic, write_json_atomic
+from benchmarks.report_files import command, save
+from conal_rl.common import UserError, machine, run_cli
 from conal_rl.method import SuperNet, num_parameters
 from conal_rl.method.progressive import StageNet
 
@@ -104,14 +104,12 @@ def main(argv: list[str] | None = None) -> dict:
         if min(tasks + list(hidden)) < 1 or args.batch < 1 or args.repeats < 1:
             raise UserError("--tasks, --hidden, --batch and --repeats must be positive")
         torch.set_num_threads(1)
-        payload = {"command": " ".join(["python -m benchmarks.pro_scaling",
-                                         *(argv if argv is not None else sys.argv[1:])]),
+        payload = {"command": command("python -m benchmarks.pro_scaling", argv),
                    "machine": machine("cpu"), "load_average_start": os.getloadavg()[0],
                    "rows": rows(tasks, hidden, args.batch, args.repeats),
                    "load_average_end": os.getloadavg()[0]}
-        write_json_atomic(args.out.with_suffix(".json"), payload)
         text = markdown(payload)
-        write_atomic(args.out.with_suffix(".md"), lambda f: f.write(text.encode()))
+        save(args.out, payload, text)
         print(text)
         return payload
 
