@@ -64,8 +64,9 @@ _PER_TASK = {"total_steps": "steps_per_task", "eval_every": "eval_every_per_task
 _AS_IS = ("hidden", "batch_per_task", "eval_episodes", "arch_lr", "minutes")
 
 # Fields added since the first config.json format, with the value that reproduces what a run
-# written before them did: CoNAL's search had the paper's rule and no held-out replay.
-ADDED_FIELDS = {"conflict_rule": "any-pair", "arch_holdout": 0}
+# written before them did: CoNAL's search had the paper's rule and no held-out replay (and
+# no run was CoNAL-Pro's, whose stage length follows the preset).
+ADDED_FIELDS = {"conflict_rule": "any-pair", "arch_holdout": 0, "stage_steps": PRESET}
 
 # Flags that may change when a run is resumed; all others must match the saved config.
 RESUMABLE = frozenset({"total_steps", "minutes", "device", "eval_every", "eval_episodes",
