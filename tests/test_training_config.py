@@ -34,3 +34,12 @@ def test_a_config_is_frozen_and_checked_when_made():
         TrainConfig(arch_holdout=1)
     with pytest.raises(ValueError, match="--lr"):
         TrainConfig(lr=float("nan"))
+
+
+def test_the_flag_offers_every_rule_of_the_method():
+    import typing
+
+    from conal_rl.method import CONFLICT_RULES
+
+    hint = typing.get_type_hints(TrainConfig)["conflict_rule"]
+    assert typing.get_args(hint) == CONFLICT_RULES

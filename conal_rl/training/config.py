@@ -145,14 +145,16 @@ class TrainConfig:
     annealed 5 -> 0.5) instead of softmax(alpha)"""
     no_conflict_noticing: bool = False
     """--arch conal: ablation, search without conflict-noticing"""
-    conflict_rule: Literal["any-pair", "ema-pair", "consensus"] = "any-pair"
+    conflict_rule: Literal["any-pair", "ema-pair", "consensus", "affinity"] = "any-pair"
     """--arch conal: how conflict-noticing decides, per shared module and update. any-pair
     (the paper's): freeze the module when some pair of tasks' gradients has a negative inner
     product on this batch (with many tasks, nearly always). ema-pair: the same on a moving
     average of the pairwise cosines (a pair must conflict persistently). consensus: leave
     out of the module's update each task whose gradient points against the sum of the
-    others' (averaged over updates); the others keep training it. A frozen module does not
-    move (nor do its Adam moments)"""
+    others' (averaged over updates); the others keep training it. affinity: the same, blind
+    to signs: leave out the tasks outside the module's main group of averaged squared cosines.
+    A frozen module does not move (nor do its Adam moments). benchmarks/results/
+    conflict-rules.md: none of them decided at 10 tasks on a synthetic problem"""
     arch_holdout: int = 5
     """--arch conal: every k-th vector step of the search goes to a held-out buffer that the
     weights never train on, and the architecture step draws from it (5: the official
