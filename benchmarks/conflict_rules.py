@@ -281,9 +281,7 @@ def main(argv: list[str] | None = None) -> dict:
         payload = study(args.seeds)
         payload |= {"command": command("python -m benchmarks.conflict_rules", argv),
                     "machine": machine("cpu"), "seconds": time.perf_counter() - start}
-        text = markdown(payload)
-        save(args.out, payload, text)
-        print(text)
+        save(args.out, payload, markdown(payload))
         return payload
 
     return run_cli("python -m benchmarks.conflict_rules", body)

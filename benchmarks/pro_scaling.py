@@ -108,9 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
                    "machine": machine("cpu"), "load_average_start": os.getloadavg()[0],
                    "rows": rows(tasks, hidden, args.batch, args.repeats),
                    "load_average_end": os.getloadavg()[0]}
-        text = markdown(payload)
-        save(args.out, payload, text)
-        print(text)
+        save(args.out, payload, markdown(payload))
         return payload
 
     return run_cli("python -m benchmarks.pro_scaling", body)

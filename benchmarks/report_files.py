@@ -15,6 +15,8 @@ def command(prog: str, argv: list[str] | None) -> str:
 
 
 def save(stem: Path, payload: dict, markdown: str) -> None:
-    """``stem.json`` (everything) and ``stem.md`` (the table a reader opens)."""
+    """``stem.json`` (everything) and ``stem.md`` (the table a reader opens), which is also
+    printed."""
     write_json_atomic(stem.with_suffix(".json"), payload)
     write_atomic(stem.with_suffix(".md"), lambda f: f.write(markdown.encode()))
+    print(markdown)

@@ -248,6 +248,17 @@ def test_updates_per_step_updates_that_often(tmp_path, monkeypatch):
     assert not torch.equal(batches[-1], batches[-2]) and not torch.equal(batches[-2], batches[-3])
 
 
+def sync_and_async(tmp_path, benchmark: str, steps: int) -> dict:
+    """The last checkpoint of the same run with sync and with async vector envs."""
+    states = {}
+    for strategy in ("sync", "async"):
+        run = tmp_path / strategy
+        main(["--benchmark", benchmark, "--total-steps", str(steps), "--eval-every", "0",
+              "--vector-strategy", strategy, "--run-dir", str(run), *TINY])
+        states[strategy] = checkpoint.load(run / "checkpoints" / "latest.pt")
+    return states
+
+
 def test_async_envs_step_during_the_update_and_train_the_same_run(tmp_path, monkeypatch,
                                                                    two_tasks):
     """--vector-strategy async: the env processes step while the update runs (step_async,
@@ -261,12 +272,7 @@ def test_async_envs_step_during_the_update_and_train_the_same_run(tmp_path, monk
         monkeypatch.setattr(gym.vector.AsyncVectorEnv, name,
                             lambda self, actions, name=name, original=original:
                             calls.__setitem__(name, calls[name] + 1) or original(self, actions))
-    states = {}
-    for strategy in ("sync", "async"):
-        run = tmp_path / strategy
-        main(["--benchmark", "gym:Pendulum-v1", "--total-steps", "300", "--eval-every", "0",
-              "--vector-strategy", strategy, "--run-dir", str(run), *TINY])
-        states[strategy] = checkpoint.load(run / "checkpoints" / "latest.pt")
+    states = sync_and_async(tmp_path, "gym:Pendulum-v1", 300)
     assert json.loads((tmp_path / "async" / "config.json").read_text())["vector_strategy"] == \
         "async"
     # step_async called by the loop itself on every vector step that updates: 100 of the
@@ -280,12 +286,7 @@ def test_async_envs_step_during_the_update_and_train_the_same_run(tmp_path, monk
 
 @pytest.mark.slow  # two MT10 env sets and their evaluations: ~1.5 min on 2 cores
 def test_async_mt10_trains_as_sync(tmp_path):
-    states = {}
-    for strategy in ("sync", "async"):
-        run = tmp_path / strategy
-        main(["--benchmark", "MT10", "--total-steps", "200", "--eval-every", "0",
-              "--vector-strategy", strategy, "--run-dir", str(run), *TINY])
-        states[strategy] = checkpoint.load(run / "checkpoints" / "latest.pt")
+    states = sync_and_async(tmp_path, "MT10", 200)
     assert states["async"]["counters"] == states["sync"]["counters"] == {
         "env_steps": 200, "updates": 10}
     assert _same(states["async"]["agent"], states["sync"]["agent"])

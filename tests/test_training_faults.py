@@ -261,16 +261,23 @@ def test_an_env_worker_that_dies_stops_the_run_with_a_checkpoint_and_resume_goes
 RESUME_TOLERANCE = 1e-6  # largest |weight difference| allowed (CPU, same data and RNG)
 
 
-def test_a_resumed_run_with_its_replay_is_the_uninterrupted_run(tmp_path):
-    flags = [*TINY, "--checkpoint-every", "100", "--save-replay"]
+def resumed_and_whole(tmp_path, flags, stop_at: int, total: int):
+    """One run trained to ``total`` env steps, another stopped at ``stop_at`` and resumed to
+    ``total``: their last checkpoints, and the largest weight difference between them."""
     whole, split = tmp_path / "whole", tmp_path / "split"
-    train([*flags, "--total-steps", "250", "--run-dir", str(whole)])
-    train([*flags, "--total-steps", "100", "--run-dir", str(split)])
-    train(["--resume", str(split), "--total-steps", "250"])
+    train([*flags, "--total-steps", str(total), "--run-dir", str(whole)])
+    train([*flags, "--total-steps", str(stop_at), "--run-dir", str(split)])
+    train(["--resume", str(split), "--total-steps", str(total)])
     a = checkpoint.load(whole / "checkpoints" / "latest.pt")
     b = checkpoint.load(split / "checkpoints" / "latest.pt")
-    assert a["counters"] == b["counters"] == {"env_steps": 250, "updates": 200}
     largest = max((a["agent"][k] - b["agent"][k]).abs().max().item() for k in a["agent"])
+    return a, b, largest
+
+
+def test_a_resumed_run_with_its_replay_is_the_uninterrupted_run(tmp_path):
+    flags = [*TINY, "--checkpoint-every", "100", "--save-replay"]
+    a, b, largest = resumed_and_whole(tmp_path, flags, 100, 250)
+    assert a["counters"] == b["counters"] == {"env_steps": 250, "updates": 200}
     print(f"largest weight difference, resumed vs uninterrupted: {largest:.3g}")
     assert largest <= RESUME_TOLERANCE
     torch.testing.assert_close(a["replay"]["storage"]["obs"], b["replay"]["storage"]["obs"])
@@ -282,13 +289,7 @@ def test_a_resumed_metaworld_run_is_the_uninterrupted_run(tmp_path):
     flags = ["--benchmark", "MT1:reach-v3", "--hidden", "8,8", "--batch-per-task", "8",
              "--warmup-steps", "100", "--eval-every", "0", "--eval-episodes", "1",
              "--checkpoint-every", "500", "--save-replay", "--device", "cpu"]
-    whole, split = tmp_path / "whole", tmp_path / "split"
-    train([*flags, "--total-steps", "1000", "--run-dir", str(whole)])
-    train([*flags, "--total-steps", "500", "--run-dir", str(split)])
-    train(["--resume", str(split), "--total-steps", "1000"])
-    a = checkpoint.load(whole / "checkpoints" / "latest.pt")
-    b = checkpoint.load(split / "checkpoints" / "latest.pt")
+    a, b, largest = resumed_and_whole(tmp_path, flags, 500, 1000)
     assert a["counters"] == b["counters"]
-    largest = max((a["agent"][k] - b["agent"][k]).abs().max().item() for k in a["agent"])
     print(f"MT1:reach-v3: largest weight difference, resumed vs uninterrupted: {largest:.3g}")
     assert largest <= RESUME_TOLERANCE
