@@ -41,6 +41,7 @@ class SearchSettings:
     where every pair of tasks' gradient signs is random and the trunk would be frozen from
     the first step."""
     total_steps: int = 1  # steps of the whole search (for the annealing schedule)
+    arch_every: int = 1  # one architecture step every this many weight steps (1: official)
 
     def temperature(self, step: int) -> float:
         """The Gumbel temperature at ``step``: annealed linearly after the warm-up."""

@@ -3,10 +3,10 @@
 * The actor and each twin critic are :class:`SuperNet` s (:meth:`ConalSearch.make_net`);
   the two critics share one alpha (one critic architecture is derived), the actor has its
   own.
-* Architecture step (before every SAC update), on a batch of held-out transitions that the
-  weights never train on (every k-th vector step, ``--arch-holdout``; the official search
-  holds out 20% of its training set for alpha): alpha of the critic descends the critic's
-  TD loss and alpha of the actor the actor's loss
+* Architecture step (before every SAC update, or every ``--arch-every``-th), on a batch of
+  held-out transitions that the weights never train on (every k-th vector step,
+  ``--arch-holdout``; the official search holds out 20% of its training set for alpha):
+  alpha of the critic descends the critic's TD loss and alpha of the actor the actor's loss
   (:func:`~conal_rl.method.architecture_step`).
 * With ``--gumbel``, one sample of every task's path per update and role, shared by the
   twin critics and their targets; only the sampled paths are computed.
@@ -64,6 +64,10 @@ class ConalSearch:
         self.noticing: dict[str, ConflictNoticing] = {}
         self._optim: torch.optim.Optimizer | None = None
         self._logs = 0
+        # Updates so far that could take an architecture step (past the warm-up, held-out
+        # transitions there): the 1st, (K+1)-th, (2K+1)-th... do (K: settings.arch_every).
+        # Saved in state_dict, so that a resumed search steps where it would have.
+        self._arch_calls = 0
 
     # ---- building the agent ---------------------------------------------------------------
     def make_net(self, role: str, in_dim: int, out_dim: int) -> nn.Module:
@@ -99,8 +103,9 @@ class ConalSearch:
     # ---- the hook -------------------------------------------------------------------------
     def before_update(self, agent: MultiTaskSAC, replay: MultiTaskReplay,
                       env_steps: int) -> None:
-        """Past the warm-up, one step on alpha on held-out transitions (and
-        conflict-noticing on, as configured); during it, weights only."""
+        """Past the warm-up, one step on alpha on held-out transitions every
+        ``settings.arch_every`` calls, from the first (and conflict-noticing on, as
+        configured, at every call); during it, weights only. Gumbel samples: every call."""
         s = self.settings
         if s.gumbel:
             self.draw_samples(agent)
@@ -109,7 +114,10 @@ class ConalSearch:
             noticing.enabled = searching and s.conflict_noticing
         held_out = replay.holdout is None or replay.holdout.size > 0
         if searching and held_out:
-            self.arch_step(agent, replay.sample_holdout(self.batch_per_task), env_steps)
+            due = self._arch_calls % s.arch_every == 0
+            self._arch_calls += 1
+            if due:
+                self.arch_step(agent, replay.sample_holdout(self.batch_per_task), env_steps)
 
     def draw_samples(self, agent: MultiTaskSAC) -> None:
         """One Gumbel sample of every task's path per role for this update, shared by the
@@ -167,10 +175,13 @@ class ConalSearch:
         return [f"branch at {i}" for i in range(len(self.settings.hidden) + 1)]
 
     def state_dict(self) -> dict:
-        return {"optim": self.optim.state_dict()}
+        return {"optim": self.optim.state_dict(), "arch_calls": self._arch_calls}
 
     def load_state_dict(self, state: dict) -> None:
         self.optim.load_state_dict(state["optim"])
+        # Checkpoints from before --arch-every: every call stepped (arch_every 1), any count
+        # keeps that.
+        self._arch_calls = int(state.get("arch_calls", 0))
 
     # ---- after the search -----------------------------------------------------------------
     def derive(self) -> dict[str, TreeSpec]:

@@ -64,9 +64,11 @@ _PER_TASK = {"total_steps": "steps_per_task", "eval_every": "eval_every_per_task
 _AS_IS = ("hidden", "batch_per_task", "eval_episodes", "arch_lr", "minutes")
 
 # Fields added since the first config.json format, with the value that reproduces what a run
-# written before them did: CoNAL's search had the paper's rule and no held-out replay (and
-# no run was CoNAL-Pro's, whose stage length follows the preset).
-ADDED_FIELDS = {"conflict_rule": "any-pair", "arch_holdout": 0, "stage_steps": PRESET}
+# written before them did: CoNAL's search had the paper's rule, no held-out replay and an
+# architecture step before every update (and no run was CoNAL-Pro's, whose stage length
+# follows the preset).
+ADDED_FIELDS = {"conflict_rule": "any-pair", "arch_holdout": 0, "stage_steps": PRESET,
+                "arch_every": 1}
 
 # Flags that may change when a run is resumed; all others must match the saved config.
 RESUMABLE = frozenset({"total_steps", "minutes", "device", "eval_every", "eval_episodes",
@@ -159,6 +161,10 @@ class TrainConfig:
     """--arch conal: every k-th vector step of the search goes to a held-out buffer that the
     weights never train on, and the architecture step draws from it (5: the official
     search's 80/20 split); 0: alpha steps on the training replay"""
+    arch_every: int = 1
+    """--arch conal / conal-pro: one architecture step on alpha every K weight updates (1:
+    every update, as the official search; larger K makes the search cheaper, alpha then sees
+    1/K of the updates' held-out batches)"""
     no_private: bool = False
     """--arch conal: ablation, search space without purely-specific modules (LTB-style: the
     modules after a branch point are shared by all tasks that leave there)"""
@@ -229,7 +235,7 @@ class TrainConfig:
                 raise ValueError(f"--{k.replace('_', '-')} must be a finite number, got {v}")
         positive = ("total_steps", "eval_episodes", "checkpoint_every", "batch_per_task",
                     "replay_size", "updates_per_step", "log_every", "torch_threads",
-                    "search_steps", "stage_steps", "arch_lr")
+                    "search_steps", "stage_steps", "arch_lr", "arch_every")
         for k in positive:
             v = getattr(self, k)
             if v <= 0:
@@ -275,7 +281,8 @@ class TrainConfig:
             hidden=self.hidden, arch_lr=self.arch_lr, gumbel=self.gumbel,
             conflict_noticing=not self.no_conflict_noticing,
             conflict_rule=self.conflict_rule, no_private=self.no_private,
-            warmup_steps=self.search_warmup_steps, total_steps=self.search_steps)
+            warmup_steps=self.search_warmup_steps, total_steps=self.search_steps,
+            arch_every=self.arch_every)
 
     # ---- files ------------------------------------------------------------------------------
     def save(self, path: Path) -> None:
