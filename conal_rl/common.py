@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import json
 import math
 import numbers
@@ -88,6 +89,24 @@ def resolve_device(name: str) -> torch.device:
         raise UserError("--device cuda requested but CUDA is not available on this machine "
                         f"(torch {torch.__version__}); use --device cpu or auto")
     return torch.device(name)
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep freed memory for reuse instead of handing it back to the
+    kernel. A SAC update frees and re-allocates the same activation buffers (hundreds of KB
+    each) every time; with glibc's defaults they often come back as fresh pages, which the
+    kernel faults in and zeroes again: on the 2-core VM ~22 page faults and ~15% of a
+    laptop-size update (benchmarks/results/update-speed.md). The cost: the process holds
+    on to its peak heap. Returns whether it applied (False where the C library is not
+    glibc)."""
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
+    # Blocks up to 32 MiB (glibc's ceiling) from the heap (larger ones, e.g. replay storage,
+    # keep their own mapping); the heap's free top goes back to the kernel only past 1 GiB.
+    return bool(mallopt(m_mmap_threshold, 32 << 20) and mallopt(m_trim_threshold, 1 << 30))
 
 
 def write_atomic(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:

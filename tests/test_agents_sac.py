@@ -66,3 +66,57 @@ def test_targets_follow_slowly():
     for old, target, online in zip(before, agent.critic_target.parameters(),
                                    agent.critic.parameters()):
         assert torch.allclose(target, 0.9 * old + 0.1 * online, atol=1e-6)
+
+
+def test_fused_adam_computes_what_the_per_tensor_adam_did():
+    """The fast update (fused Adam) against the update as it was (Adam as per-tensor ops),
+    from the same weights and random draws: equal to 1e-5 after several updates."""
+    fast = _agent(spec_fn=TreeSpec.mtsac)
+    old = _agent(spec_fn=TreeSpec.mtsac)
+    for optim in (old.actor_optim, old.critic_optim, old.temperature_optim):
+        for group in optim.param_groups:
+            group.update(fused=None, foreach=None)
+    assert fast.critic_optim.param_groups[0]["fused"]
+    batch = _batch()
+    for step in range(5):
+        torch.manual_seed(step)
+        fast_metrics = fast.update(batch)
+        torch.manual_seed(step)
+        old_metrics = old.update(batch)
+    for (name, a), b in zip(fast.state_dict().items(), old.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5, msg=name)
+    for key, value in fast_metrics.items():
+        torch.testing.assert_close(value, old_metrics[key], rtol=0, atol=1e-5)
+    moved = [p for p in fast.critic.parameters() if p.grad is not None]
+    assert moved and all(fast.critic_optim.state[p]["step"] == 5 for p in moved)
+
+
+def test_a_parameter_without_gradient_keeps_its_adam_state():
+    """What conflict-noticing's freeze relies on, with the agent's fused Adam: a parameter
+    whose .grad is None neither moves nor advances its moments or step."""
+    agent = _agent()
+    agent.update(_batch())
+    frozen = agent.critic.q1.shared["1"].weight
+    before = frozen.detach().clone()
+    state = {k: v.clone() for k, v in agent.critic_optim.state[frozen].items()}
+    agent.critic_optim.zero_grad(set_to_none=True)
+    agent.critic_losses(_batch()).mean().backward()
+    frozen.grad = None
+    agent.critic_optim.step()
+    assert torch.equal(frozen, before)
+    assert all(torch.equal(agent.critic_optim.state[frozen][k], v) for k, v in state.items())
+    other = agent.critic.q2.shared["1"].weight
+    assert agent.critic_optim.state[other]["step"] == 2
+
+
+def test_optimizer_state_saved_before_the_fused_step_loads_fused():
+    """Checkpoints from before the fused Adam carry fused=None; they resume fused."""
+    old = _agent()
+    for optim in (old.actor_optim, old.critic_optim, old.temperature_optim):
+        for group in optim.param_groups:
+            group.update(fused=None, foreach=None)
+    old.update(_batch())
+    new = _agent()
+    new.load_optimizer_state(old.optimizer_state())
+    assert all(g["fused"] for o in (new.actor_optim, new.critic_optim, new.temperature_optim)
+               for g in o.param_groups)

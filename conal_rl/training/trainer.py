@@ -23,7 +23,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from agents import FilterFactory, MultiTaskReplay, MultiTaskSAC, NetFactory, SACConfig
-from conal_rl.common import StopSignal, resolve_device
+from conal_rl.common import StopSignal, keep_freed_memory, resolve_device
 from conal_rl.training import checkpoint, guard
 from conal_rl.training.config import TrainConfig
 from conal_rl.training.runs import Policy, format_eval, record_evaluation
@@ -76,6 +76,7 @@ class Trainer:
         self.config, self.run_dir, self.bench, self.hook = config, run_dir, bench, hook
         self.device = resolve_device(config.device)
         torch.set_num_threads(config.torch_threads)
+        keep_freed_memory()
         self.np_rng = seed_everything(config.seed)
         self.eval_bench: Benchmark | None = None  # both built on first use
         self.video_bench: Benchmark | None = None
