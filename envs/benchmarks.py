@@ -5,6 +5,10 @@ Names: ``MT10``, ``MT50`` (Meta-World's registered multi-task benchmarks), ``MT1
 continuous-control env as a one-task benchmark, for sanity checks such as Pendulum-v1).
 Sub-env i always holds task i, so a batch of observations from the vector env is already
 in the task-major layout ``[T, ...]`` the networks use.
+
+Vector strategies: ``sync`` (all sub-envs in this process), ``async`` (gymnasium's
+AsyncVectorEnv: a process per sub-env) and ``worker`` (the sync vector env built and run in
+one worker process, ``envs.worker``, so it steps while this process updates the agent).
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from functools import partial
 
 import gymnasium as gym
 import numpy as np
+
+from envs.worker import WorkerVectorEnv
 
 METAWORLD_MT = ("MT10", "MT50")
 VALID_NAMES = "MT10, MT50, MT1:<task> (e.g. MT1:reach-v3) or gym:<env-id> (e.g. gym:Pendulum-v1)"
@@ -111,19 +117,20 @@ def make_benchmark(name: str, seed: int, vector_strategy: str = "sync") -> Bench
     autoreset = gym.vector.AutoresetMode.SAME_STEP
     kind, _, arg = name.partition(":")
     if name in METAWORLD_MT:
-        import metaworld  # noqa: F401  (registers the Meta-World/* ids)
         from metaworld.evaluation import _get_task_names
 
-        envs = gym.make_vec(f"Meta-World/{name}", vector_strategy=vector_strategy,
-                            seed=seed, autoreset_mode=autoreset)
-        bench = Benchmark(name, envs, _get_task_names(envs), True)
+        envs = _vectorized(vector_strategy, partial(_metaworld_vec, name, seed,
+                                                    autoreset=autoreset))
+        bench = Benchmark(name, envs, _get_task_names(envs), True)  # get_attr: any strategy
     elif kind == "MT1":
         import metaworld  # noqa: F401
 
-        envs = _vector_env(vector_strategy, partial(_make_mt1, arg, seed), autoreset)
+        one = partial(_vector_env, make=partial(_make_mt1, arg, seed), autoreset=autoreset)
+        envs = _vectorized(vector_strategy, one)
         bench = Benchmark(name, envs, [arg], True)
     else:
-        envs = _vector_env(vector_strategy, partial(_make_gym, arg), autoreset)
+        one = partial(_vector_env, make=partial(_make_gym, arg), autoreset=autoreset)
+        envs = _vectorized(vector_strategy, one)
         if not isinstance(envs.single_action_space, gym.spaces.Box):
             raise UnknownBenchmark(f"{arg} has no continuous (Box) action space")
         bench = Benchmark(name, envs, [arg], False)
@@ -131,8 +138,24 @@ def make_benchmark(name: str, seed: int, vector_strategy: str = "sync") -> Bench
     return bench
 
 
-# One-task benchmarks: their one env in this process (sync) or in a worker process (async,
-# as MT10/MT50 get one per task), made by module-level functions a worker can unpickle.
+# The vector envs are made by module-level functions (and partials of them) that a worker
+# process can unpickle.
+def _vectorized(strategy: str, make_vec) -> gym.vector.VectorEnv:
+    """``make_vec(strategy)``; for ``worker``, ``make_vec("sync")`` run in a worker process."""
+    if strategy == "worker":
+        return WorkerVectorEnv(partial(make_vec, "sync"))
+    return make_vec(strategy)
+
+
+def _metaworld_vec(name: str, seed: int, strategy: str, autoreset) -> gym.vector.VectorEnv:
+    import metaworld  # noqa: F401  (registers the Meta-World/* ids, also in a worker process)
+
+    return gym.make_vec(f"Meta-World/{name}", vector_strategy=strategy, seed=seed,
+                        autoreset_mode=autoreset)
+
+
+# One-task benchmarks: their one env in this process (sync) or in a process of its own
+# (async, as MT10/MT50 get one per task).
 def _vector_env(strategy: str, make, autoreset) -> gym.vector.VectorEnv:
     if strategy == "async":
         return gym.vector.AsyncVectorEnv([make], autoreset_mode=autoreset)

@@ -196,8 +196,9 @@ class TrainConfig:
     torch_threads: int = 1
     """CPU threads for torch. 1 by default: the env loop is serial, the matrices are small,
     and several runs sharing a few cores slow down ~100x when each spins a thread pool"""
-    vector_strategy: Literal["sync", "async"] = "sync"
-    """gymnasium vector env: sync (one process) or async (a process per task)"""
+    vector_strategy: Literal["sync", "async", "worker"] = "sync"
+    """gymnasium vector env: sync (one process), async (a process per task) or worker (one
+    process holding all envs, stepped while the update runs: both cores for one run)"""
 
     def __post_init__(self):
         """Fill the preset-valued fields, then check the values."""
