@@ -20,9 +20,10 @@ update) at MT10 (T=10, 39 observations, 4 actions) and the preset sizes:
   alone. ``of peak`` = bare GEMM time / update time: the share of the update that is its
   arithmetic at the speed this machine does it.
 
-The search update is one ``ConalSearch.before_update`` (architecture step on held-out data,
-conflict-noticing on) and one SAC update, as in training; its ``vs MT-SAC`` is the ratio of
-its time to the MT-SAC update's at the same size.
+A search update is one ``ConalSearch.before_update`` (architecture step on held-out data,
+conflict-noticing on) and one SAC update, as in training, timed as the average over a
+multiple of 4 updates (so ``--arch-every 4`` is charged its alpha steps); ``vs MT-SAC`` is
+the ratio of its time to the MT-SAC update's at the same size.
 """
 
 from __future__ import annotations
@@ -46,7 +47,11 @@ from conal_rl.training.nets import tree_factory
 
 T, OBS, ACT = 10, 39, 4
 SIZES = {"laptop": ((128, 128, 128), 32), "paper": ((400, 400, 400), 128)}
-KINDS = ("mtsac", "mhsac", "conal-tree", "conal-pro-tree", "conal-search")
+# The search: as the official one (softmax mix of all paths, alpha step every update), and
+# cheaper (alpha step every 4th update; hard Gumbel samples computing only the sampled path).
+SEARCHES = {"conal-search": {}, "conal-search-k4": {"arch_every": 4},
+            "conal-search-gumbel-k4": {"arch_every": 4, "gumbel": True}}
+KINDS = ("mtsac", "mhsac", "conal-tree", "conal-pro-tree", *SEARCHES)
 TASK_NAMES = [f"task{t}" for t in range(T)]
 # A CoNAL tree with its tasks branching at every depth, and a CoNAL-Pro tree of two families
 # that split again below (the shapes those searches produce).
@@ -62,9 +67,9 @@ class Update:
                  like: Update | None = None):
         torch.manual_seed(0)
         self.search = None
-        if kind == "conal-search":
+        if kind in SEARCHES:
             config = TrainConfig(benchmark="MT10", arch="conal", preset="laptop",
-                                 hidden=hidden, batch_per_task=batch)
+                                 hidden=hidden, batch_per_task=batch, **SEARCHES[kind])
             settings = config.search()
             self.search = ConalSearch(settings, TASK_NAMES, batch)
             self.agent = MultiTaskSAC(self.search.make_net, T, OBS, ACT, config.sac(True),
@@ -143,17 +148,20 @@ def measure(kind: str, size: str, repeats: int, malloc_kept: bool) -> dict:
     hidden, batch = SIZES[size]
     after = Update(kind, hidden, batch, fast=True)
     before = Update(kind, hidden, batch, fast=False, like=after)
-    with FlopCounterMode(display=False) as flops:
-        after()
+    with FlopCounterMode(display=False) as flops:  # over 4 updates, as the timing
+        for _ in range(4):
+            after()
     recorder = GemmRecorder()
     with recorder:
-        after()
+        for _ in range(4):
+            after()
     gemms = bare_gemms(recorder.calls)
-    inner = 10 if size == "laptop" else 3
-    before_ms, after_ms, gemm_ms = median_ms([before, after, gemms], repeats, inner)
+    inner = 12 if size == "laptop" else 4
+    before_ms, after_ms, gemm4_ms = median_ms([before, after, gemms], repeats, inner)
+    gemm_ms = gemm4_ms / 4
     return {"kind": kind, "size": size, "malloc_kept": malloc_kept, "before_ms": before_ms,
-            "after_ms": after_ms, "gflop": flops.get_total_flops() / 1e9,
-            "gemm_calls": len(recorder.calls), "bare_gemm_ms": gemm_ms}
+            "after_ms": after_ms, "gflop": flops.get_total_flops() / 4e9,
+            "gemm_calls": len(recorder.calls) / 4, "bare_gemm_ms": gemm_ms}
 
 
 def row(default: dict, kept: dict) -> dict:

@@ -153,9 +153,11 @@ class WorkerVectorEnv(gym.vector.VectorEnv):
 def _work(make_envs: Callable[[], gym.vector.VectorEnv], pipe) -> None:
     """The child: build the envs, send their attributes, then answer commands until
     ``close`` or until the parent is gone."""
-    # Ctrl-C reaches the whole process group; the parent alone decides when a run stops
-    # (it saves a checkpoint first) and then closes this process.
+    # Ctrl-C, and a SIGTERM sent to the process group (a scheduler, `timeout`), reach this
+    # process too; the parent alone decides when a run stops (it saves a checkpoint first)
+    # and then closes this one. If the parent dies, the pipe's EOF ends this one.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     envs = None
     try:
         try:
