@@ -324,7 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "as many as the cluster's resources allow with --address)")
     parser.add_argument("--cpus-per-trial", type=float, default=1,
                         help="CPUs Ray reserves for each run (default: %(default)s; a run "
-                        "uses one torch thread)")
+                        "uses one torch thread, and with 2 or more its envs step in a worker "
+                        "process beside the update: --vector-strategy worker, else sync)")
     parser.add_argument("--gpus-per-trial", type=float, default=0,
                         help="GPUs (or a fraction of one) Ray reserves for each run "
                         "(default: %(default)s)")

@@ -84,11 +84,21 @@ def count_parameters(spec: RunSpec) -> dict[str, int]:
     return _PARAMS_CACHE[key]
 
 
+def search_timing(run_dir: Path) -> dict:
+    """Env steps and training seconds of a run's search: CoNAL's one phase, or the sum of
+    CoNAL-Pro's stages (``search/stage<s>/``); zeros without a search."""
+    files = [run_dir / "search" / "timing.json",
+             *sorted((run_dir / "search").glob("stage*/timing.json"))]
+    timings = [t for t in map(read_json, files) if t]
+    return {"env_steps": sum(t["env_steps"] for t in timings),
+            "train_wall": sum(t["train_wall"] for t in timings)}
+
+
 def read_result(spec: RunSpec, metric: str) -> RunResult:
     d = spec.run_dir
     latest = json.loads((d / "eval_latest.json").read_text())
     timing = json.loads((d / "timing.json").read_text())
-    search = read_json(d / "search" / "timing.json") or {}
+    search = search_timing(d)
     tasks = [t["task"] for t in latest["tasks"]]
     values = {t["task"]: as_float(t[metric]) for t in latest["tasks"]}
     extra = {}
@@ -97,6 +107,9 @@ def read_result(spec: RunSpec, metric: str) -> RunResult:
         extra["architecture"] = {role: {"branch_point_by_task": arch[role].get(
             "branch_point_by_task"), "parameters_one_net": arch[role]["parameters"]}
             for role in ("actor", "critic")}
+    elif arch and "groups_by_task_name" in arch.get("actor", {}):  # CoNAL-Pro's groups
+        extra["architecture"] = {role: {"groups_by_task_name": arch[role]["groups_by_task_name"]}
+                                 for role in ("actor", "critic")}
     return RunResult(spec, tasks, values, int(timing["env_steps"]),
                      int(search.get("env_steps", 0)), float(timing["train_wall"]),
                      float(search.get("train_wall", 0.0)), timing.get("stopped_by", "steps"),

@@ -24,6 +24,11 @@ ROWS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "conal": ("conal_rl.train", ("--arch", "conal"), "CoNAL"),
     "conal-nocn": ("conal_rl.train", ("--arch", "conal", "--no-conflict-noticing"),
                    "CoNAL w/o conflict-noticing"),
+    "conal-consensus": ("conal_rl.train", ("--arch", "conal", "--conflict-rule", "consensus"),
+                        "CoNAL, consensus conflict rule"),
+    "conal-pro": ("conal_rl.train", ("--arch", "conal-pro"), "CoNAL-Pro (grouped trees)"),
+    "conal-pro-nocn": ("conal_rl.train", ("--arch", "conal-pro", "--no-conflict-noticing"),
+                       "CoNAL-Pro w/o conflict-noticing"),
     "conal-noprivate": ("conal_rl.train", ("--arch", "conal", "--no-private"),
                         "CoNAL w/o private modules (LTB-style search space)"),
     "conal-rlw": ("conal_rl.train", ("--arch", "conal", "--loss-weighting", "rlw"),
@@ -137,8 +142,13 @@ def make_specs(args: argparse.Namespace) -> list[RunSpec]:
         for row in args.archs:
             module, row_flags, _ = ROWS[row]
             extra = list(row_flags)
-            if args.search_steps is not None and "conal" in row_flags:
+            if args.search_steps is not None and {"conal", "conal-pro"} & set(row_flags):
                 extra += ["--search-steps", str(args.search_steps)]
+            if module == "conal_rl.train":
+                # A run given two CPUs steps its envs in a worker process beside the update;
+                # with one, in its own process (two processes per CPU would only contend).
+                both = getattr(args, "cpus_per_trial", 1) >= 2
+                extra += ["--vector-strategy", "worker" if both else "sync"]
             flags = [*common, "--seed", str(seed), *extra]
             given = parse_given(module, flags)
             resolved = TrainConfig(**given)

@@ -151,14 +151,16 @@ def test_what_happens_to_a_run_folder(tmp_path):
     (mtsac.run_dir / "checkpoints").mkdir()
     (mtsac.run_dir / "checkpoints" / "latest.pt").write_bytes(b"")
     assert success.plan(mtsac)[0] == "resume"
-    command = mtsac.command("resume", {"total_steps": 100, "eval_every": 5000,
+    command = mtsac.command("resume", {"total_steps": 100,
+                                       "eval_every": mtsac.resumable["eval_every"],
                                        "eval_episodes": 1, "minutes": None})
     assert command[command.index("--resume") + 1] == str(mtsac.run_dir)
     assert command[command.index("--total-steps") + 1] == "200"  # given: passed as it is
     assert "--run-dir" not in command and "--eval-every" not in command
     assert "--minutes" not in command  # None and 0 both mean no budget
     command = mtsac.command("resume", {"eval_every": 100, "minutes": 3})
-    assert command[-4:] == ["--eval-every", "5000", "--minutes", "0"]  # this budget's
+    assert command[-4:] == ["--eval-every", str(mtsac.resumable["eval_every"]),  # this
+                            "--minutes", "0"]  # budget's
     (mtsac.run_dir / "timing.json").write_text(json.dumps(
         {"env_steps": 100, "train_wall": 1.0, "stopped_by": "steps"}))
     assert success.plan(mtsac)[0] == "resume"  # shorter than asked: extended
@@ -283,9 +285,12 @@ def test_every_row_trains_what_its_name_says(tmp_path):
         "conal-rlw": {"arch": "conal", "loss_weighting": "rlw"},
         "conal-pcgrad": {"arch": "conal", "grad_surgery": "pcgrad"},
         "mtsac-pcgrad": {"grad_surgery": "pcgrad"},
+        "conal-consensus": {"arch": "conal", "conflict_rule": "consensus"},
+        "conal-pro": {"arch": "conal-pro"},
+        "conal-pro-nocn": {"arch": "conal-pro", "no_conflict_noticing": True},
     }
     defaults = {"arch": "mtsac", "no_conflict_noticing": False, "no_private": False,
-                "loss_weighting": "mean", "grad_surgery": "none"}
+                "loss_weighting": "mean", "grad_surgery": "none", "conflict_rule": "any-pair"}
     assert set(expected) == {r for r, (module, _, _) in success.ROWS.items()
                              if module == "conal_rl.train"}
     for row, changes in expected.items():
@@ -305,3 +310,14 @@ def test_every_row_trains_what_its_name_says(tmp_path):
         assert config.sac(searching=True).loss_weighting == "mean"  # the search: the mean
     stl = specs["stl-s0"].command("fresh")
     assert stl[1:3] == ["-m", "conal_rl.stl"]
+
+
+def test_a_conal_pro_search_counts_all_its_stages(tmp_path):
+    """CoNAL-Pro's search lives in search/stage<s>/: the report adds the stages up."""
+    for stage, (steps, wall) in enumerate([(100, 1.5), (200, 2.5)], start=1):
+        folder = tmp_path / "search" / f"stage{stage}"
+        folder.mkdir(parents=True)
+        (folder / "timing.json").write_text(json.dumps({"env_steps": steps, "train_wall": wall}))
+    assert success_report.search_timing(tmp_path) == {"env_steps": 300, "train_wall": 4.0}
+    assert success_report.search_timing(tmp_path / "none") == {"env_steps": 0,
+                                                                "train_wall": 0}
