@@ -243,7 +243,7 @@ class MultiTaskSAC(nn.Module):
             # A saved state brings its implementation flags along (checkpoints written
             # before the fused step have fused=None); the numbers are the same either way.
             for group in optim.param_groups:
-                group.update(foreach=False, fused=True)
+                group["fused"] = True
 
 
 def adam(params: list[nn.Parameter], lr: float) -> torch.optim.Adam:

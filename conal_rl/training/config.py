@@ -42,11 +42,11 @@ PRESETS = {
     "paper": dict(steps_per_task=2_000_000, hidden=(400, 400, 400), batch_per_task=128,
                   replay_per_task=100_000, warmup_per_task=4_000, eval_every_per_task=20_000,
                   eval_episodes=50, checkpoint_every_per_task=20_000,
-                  search_per_task=200_000, arch_lr=5e-5, minutes=None),
-    "quick": dict(steps_per_task=10_000, hidden=(128, 128, 128), batch_per_task=32,
-                  replay_per_task=10_000, warmup_per_task=500, eval_every_per_task=5_000,
-                  eval_episodes=5, checkpoint_every_per_task=5_000,
-                  search_per_task=3_000, arch_lr=1e-3, minutes=None),
+                  search_per_task=200_000, arch_lr=5e-5, minutes=None, vector_strategy="sync"),
+    "quick": dict(steps_per_task=30_000, hidden=(128, 128, 128), batch_per_task=32,
+                  replay_per_task=30_000, warmup_per_task=500, eval_every_per_task=10_000,
+                  eval_episodes=5, checkpoint_every_per_task=10_000,
+                  search_per_task=3_000, arch_lr=1e-3, minutes=None, vector_strategy="worker"),
     # "laptop": one hour of training on 2 CPU cores (--minutes binds, the step budget is
     # only a ceiling). Nets and batch chosen by benchmarks/laptop_sweep.py (results in
     # benchmarks/results/laptop-sweep/): after 60 minutes 3x128 with 32 per task and 3x256
@@ -55,13 +55,13 @@ PRESETS = {
     "laptop": dict(steps_per_task=1_000_000, hidden=(128, 128, 128), batch_per_task=32,
                    replay_per_task=100_000, warmup_per_task=500, eval_every_per_task=15_000,
                    eval_episodes=10, checkpoint_every_per_task=15_000,
-                   search_per_task=5_000, arch_lr=1e-3, minutes=60),
+                   search_per_task=5_000, arch_lr=1e-3, minutes=60, vector_strategy="worker"),
 }
 # Preset-valued fields: per task (scaled by the number of tasks), or taken as they are.
 _PER_TASK = {"total_steps": "steps_per_task", "eval_every": "eval_every_per_task",
              "checkpoint_every": "checkpoint_every_per_task", "replay_size": "replay_per_task",
              "warmup_steps": "warmup_per_task", "search_steps": "search_per_task"}
-_AS_IS = ("hidden", "batch_per_task", "eval_episodes", "arch_lr", "minutes")
+_AS_IS = ("hidden", "batch_per_task", "eval_episodes", "arch_lr", "minutes", "vector_strategy")
 
 # Fields added since the first config.json format, with the value that reproduces what a run
 # written before them did: CoNAL's search had the paper's rule, no held-out replay and an
@@ -72,7 +72,8 @@ ADDED_FIELDS = {"conflict_rule": "any-pair", "arch_holdout": 0, "stage_steps": P
 
 # Flags that may change when a run is resumed; all others must match the saved config.
 RESUMABLE = frozenset({"total_steps", "minutes", "device", "eval_every", "eval_episodes",
-                       "checkpoint_every", "save_replay", "log_every", "video_every"})
+                       "checkpoint_every", "save_replay", "log_every", "video_every",
+                       "vector_strategy"})
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ class TrainConfig:
     architecture: str | None = None
     """architecture JSON (actor and critic trees) for --arch tree"""
     preset: Literal["paper", "quick", "laptop"] = "paper"
-    """default sizes and budgets: paper (3x400 nets, 2M steps per task), quick (small nets, 10k
+    """default sizes and budgets: paper (3x400 nets, 2M steps per task), quick (small nets, 30k
     steps per task: a ~10 min CPU smoke run on MT10) or laptop (60 minutes of training on 2
     CPU cores, 3x128 nets, 32 per task: the best of benchmarks/results/laptop-sweep/)"""
     total_steps: int = PRESET
@@ -196,9 +197,11 @@ class TrainConfig:
     torch_threads: int = 1
     """CPU threads for torch. 1 by default: the env loop is serial, the matrices are small,
     and several runs sharing a few cores slow down ~100x when each spins a thread pool"""
-    vector_strategy: Literal["sync", "async", "worker"] = "sync"
+    vector_strategy: Literal["sync", "async", "worker"] = PRESET
     """gymnasium vector env: sync (one process), async (a process per task) or worker (one
-    process holding all envs, stepped while the update runs: both cores for one run)"""
+    process holding all envs, stepped while the update runs: both cores for one run, see
+    benchmarks/results/end-to-end.md). The results are the same either way. Default: worker
+    for quick and laptop, sync for paper"""
 
     def __post_init__(self):
         """Fill the preset-valued fields, then check the values."""
