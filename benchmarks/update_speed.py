@@ -7,12 +7,11 @@ Per update kind (MT-SAC, MH-SAC, a CoNAL tree, a CoNAL-Pro grouped tree, the CoN
 update) at MT10 (T=10, 39 observations, 4 actions) and the preset sizes:
 
 * **before / after**: the update as it ran before (Adam as a chain of per-tensor ops,
-  glibc's default malloc) and as it runs now (fused Adam, then freed memory kept for reuse:
+  glibc's default malloc) and as it runs now (fused Adam, freed memory kept for reuse:
   ``conal_rl.common.keep_freed_memory``, as the trainer sets it). The malloc setting holds
-  for the whole process once made, so every kind is first timed with glibc's defaults
-  (before, and fused Adam alone) and then, after the setting, again (before, after); the
-  agents start from the same weights and take turns in every repeat, so a background load
-  slows them alike;
+  for a whole process, so each variant is timed in a fresh process of its own, the two
+  taking turns for ``--rounds`` rounds (a background load slows both alike); a row gives
+  the median over rounds of each process's median;
 * **GFLOP**: the update's matrix-product FLOPs (forward and backward), counted by
   ``torch.utils.flop_counter``;
 * **bare GEMMs**: every matrix product the update ran (recorded with their shapes), run back
@@ -28,9 +27,11 @@ the ratio of its time to the MT-SAC update's at the same size.
 
 from __future__ import annotations
 
+import multiprocessing
 import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -63,8 +64,7 @@ GEMMS = {"mm", "addmm", "bmm", "baddbmm"}
 class Update:
     """One kind's update as a callable: ``fast`` False turns the fast path off."""
 
-    def __init__(self, kind: str, hidden: tuple[int, ...], batch: int, fast: bool,
-                 like: Update | None = None):
+    def __init__(self, kind: str, hidden: tuple[int, ...], batch: int, fast: bool):
         torch.manual_seed(0)
         self.search = None
         if kind in SEARCHES:
@@ -81,8 +81,6 @@ class Update:
                      "conal-pro-tree": GroupTreeSpec(hidden, GROUPS)}
             spec = specs[kind]
             self.agent = MultiTaskSAC(tree_factory({"actor": spec, "critic": spec}), T, OBS, ACT)
-        if like is not None:  # the same weights as the other agent
-            self.agent.load_state_dict(like.agent.state_dict())
         if not fast:
             for optim in (self.agent.actor_optim, self.agent.critic_optim,
                           self.agent.temperature_optim):
@@ -125,58 +123,62 @@ def bare_gemms(calls: list[tuple[str, list[tuple[int, ...]]]]):
     return run
 
 
-def median_ms(fns, repeats: int, inner: int, warmup: int = 20) -> list[float]:
-    """Median ms per call of each function, the functions taking turns in every repeat.
-    Timed in this thread's CPU time, not wall time: on a shared machine another process
-    on the same core then delays a function without charging it (what still leaks
-    through: caches the other process evicts)."""
-    for fn in fns:
-        for _ in range(warmup):
-            fn()
-    times = [[] for _ in fns]
+def median_ms(fn, repeats: int, inner: int, warmup: int = 2) -> float:
+    """Median ms per call over ``repeats`` blocks of ``inner`` calls (after ``warmup``
+    untimed blocks), in this thread's CPU
+    time, not wall time: another process on the same core then delays a call without
+    charging it (what still leaks through: caches and memory bandwidth it takes)."""
+    for _ in range(warmup * inner):
+        fn()
+    times = []
     for _ in range(repeats):
-        for fn, bucket in zip(fns, times):
-            start = time.thread_time()
-            for _ in range(inner):
-                fn()
-            bucket.append((time.thread_time() - start) * 1e3 / inner)
-    return [statistics.median(b) for b in times]
+        start = time.thread_time()
+        for _ in range(inner):
+            fn()
+        times.append((time.thread_time() - start) * 1e3 / inner)
+    return statistics.median(times)
 
 
-def measure(kind: str, size: str, repeats: int, malloc_kept: bool) -> dict:
-    """Before and after (and the bare GEMMs) of one kind, in the malloc state given."""
+def measure(kind: str, size: str, variant: str, repeats: int) -> dict:
+    """In a fresh process: one variant's ms per update; for "after" also its FLOPs and the
+    bare GEMMs. Updates are counted in blocks of 4 (``--arch-every 4`` is charged its alpha
+    steps)."""
+    torch.set_num_threads(1)
+    after = variant == "after"
+    if after:
+        keep_freed_memory()
     hidden, batch = SIZES[size]
-    after = Update(kind, hidden, batch, fast=True)
-    before = Update(kind, hidden, batch, fast=False, like=after)
-    with FlopCounterMode(display=False) as flops:  # over 4 updates, as the timing
-        for _ in range(4):
-            after()
-    recorder = GemmRecorder()
-    with recorder:
-        for _ in range(4):
-            after()
-    gemms = bare_gemms(recorder.calls)
+    update = Update(kind, hidden, batch, fast=after)
     inner = 12 if size == "laptop" else 4
-    before_ms, after_ms, gemm4_ms = median_ms([before, after, gemms], repeats, inner)
-    gemm_ms = gemm4_ms / 4
-    return {"kind": kind, "size": size, "malloc_kept": malloc_kept, "before_ms": before_ms,
-            "after_ms": after_ms, "gflop": flops.get_total_flops() / 4e9,
-            "gemm_calls": len(recorder.calls) / 4, "bare_gemm_ms": gemm_ms}
+    result = {"ms": median_ms(update, repeats, inner)}
+    if after:
+        with FlopCounterMode(display=False) as flops:
+            for _ in range(4):
+                update()
+        recorder = GemmRecorder()
+        with recorder:
+            for _ in range(4):
+                update()
+        result |= {"gflop": flops.get_total_flops() / 4e9,
+                   "gemm_calls": len(recorder.calls) / 4,
+                   "bare_gemm_ms": median_ms(bare_gemms(recorder.calls), repeats, 1) / 4}
+    return result
 
 
-def row(default: dict, kept: dict) -> dict:
-    """One table row from a kind's two passes: before = the first pass's unfused update
-    (the old code), after = the second pass's fused update with memory kept."""
-    hidden, batch = SIZES[default["size"]]
-    before, after, gemm = default["before_ms"], kept["after_ms"], kept["bare_gemm_ms"]
-    gflop = kept["gflop"]
-    return {"kind": default["kind"], "size": default["size"], "hidden": list(hidden),
-            "batch_per_task": batch, "before_ms": before, "fused_adam_ms": default["after_ms"],
-            "after_ms": after, "speedup": before / after, "gflop": gflop,
-            "gemm_calls": kept["gemm_calls"], "bare_gemm_ms": gemm,
-            "gflops_after": gflop / after * 1e3, "gflops_bare": gflop / gemm * 1e3,
-            "of_peak_before": default["bare_gemm_ms"] / before, "of_peak_after": gemm / after,
-            "passes": [default, kept]}
+def row(kind: str, size: str, before: list[dict], after: list[dict]) -> dict:
+    """A table row from the rounds of both variants."""
+    hidden, batch = SIZES[size]
+    before_ms = statistics.median(r["ms"] for r in before)
+    after_ms = statistics.median(r["ms"] for r in after)
+    gemm = statistics.median(r["bare_gemm_ms"] for r in after)
+    gflop = after[0]["gflop"]
+    return {"kind": kind, "size": size, "hidden": list(hidden), "batch_per_task": batch,
+            "before_ms": before_ms, "after_ms": after_ms, "speedup": before_ms / after_ms,
+            "gflop": gflop, "gemm_calls": after[0]["gemm_calls"], "bare_gemm_ms": gemm,
+            "gflops_after": gflop / after_ms * 1e3, "gflops_bare": gflop / gemm * 1e3,
+            "of_peak_before": gemm / before_ms, "of_peak_after": gemm / after_ms,
+            "rounds": {"before_ms": [r["ms"] for r in before],
+                       "after_ms": [r["ms"] for r in after]}}
 
 
 def markdown(payload: dict) -> str:
@@ -190,19 +192,18 @@ def markdown(payload: dict) -> str:
         f"Load average (1 min) at start -> end: {payload['load'][0]:.2f} -> "
         f"{payload['load'][1]:.2f}.", "",
         "MT10 sizes: laptop 3x128, 32 per task; paper 3x400, 128 per task. Before: Adam per "
-        "tensor, glibc's default malloc (the update as it was). Fused Adam: only that changed. "
-        "After: fused Adam and freed memory kept (timed after the process switched its malloc "
-        "setting). Bare GEMMs: the same matrix products back to back on fresh tensors; of "
-        "peak = bare GEMM ms / update ms.", "",
-        "| kind | size | before ms | fused Adam ms | after ms | speedup | GFLOP | "
-        "GFLOP/s after | GFLOP/s bare | of peak before | of peak after | vs MT-SAC after |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        "tensor, glibc's default malloc (the update as it was). After: fused Adam, freed "
+        "memory kept. Each variant in a fresh process, the two taking turns "
+        f"{payload['rounds']} times; medians over the rounds. Bare GEMMs: the same matrix "
+        "products back to back on fresh tensors; of peak = bare GEMM ms / update ms.", "",
+        "| kind | size | before ms | after ms | speedup | GFLOP | GFLOP/s after | "
+        "GFLOP/s bare | of peak before | of peak after | vs MT-SAC after |",
+        "|---|---|---|---|---|---|---|---|---|---|---|"]
     base = {r["size"]: r["after_ms"] for r in payload["rows"] if r["kind"] == "mtsac"}
     for r in payload["rows"]:
         ratio = f"{r['after_ms'] / base[r['size']]:.2f}x" if r["size"] in base else "-"
         lines.append(
-            f"| {r['kind']} | {r['size']} | {r['before_ms']:.2f} | {r['fused_adam_ms']:.2f} | "
-            f"{r['after_ms']:.2f} | "
+            f"| {r['kind']} | {r['size']} | {r['before_ms']:.2f} | {r['after_ms']:.2f} | "
             f"{r['speedup']:.2f}x | {r['gflop']:.3f} | {r['gflops_after']:.0f} | "
             f"{r['gflops_bare']:.0f} | {r['of_peak_before']:.0%} | {r['of_peak_after']:.0%} | "
             f"{ratio} |")
@@ -215,27 +216,36 @@ def main(argv: list[str] | None = None) -> dict:
                         help="comma-separated sizes among laptop, paper")
     parser.add_argument("--kinds", default=",".join(KINDS),
                         help=f"comma-separated update kinds among {', '.join(KINDS)}")
-    parser.add_argument("--repeats", type=int, default=15, help="timed repeats per function")
+    parser.add_argument("--repeats", type=int, default=8,
+                        help="timed blocks of updates per process (default: %(default)s)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="processes per variant, taking turns (default: %(default)s)")
     parser.add_argument("--out", default="benchmarks/results/update-speed",
                         help="output stem: STEM.json and STEM.md")
     args = parser.parse_args(argv)
     sizes, kinds = args.sizes.split(","), args.kinds.split(",")
     bad = [s for s in sizes if s not in SIZES] + [k for k in kinds if k not in KINDS]
-    if bad or args.repeats < 1:
-        parser.error(f"unknown size or kind {bad}" if bad else "--repeats must be >= 1")
-    torch.set_num_threads(1)
+    if bad or min(args.repeats, args.rounds) < 1:
+        parser.error(f"unknown size or kind {bad}" if bad else
+                     "--repeats and --rounds must be >= 1")
+    torch.set_num_threads(1)  # as every measuring process does
     load_start = _load()
-    cases = [(kind, size) for size in sizes for kind in kinds]
-    passes = []
-    for malloc_kept in (False, True):
-        if malloc_kept and not keep_freed_memory():
-            parser.error("this C library is not glibc: nothing to compare")
-        passes.append([measure(kind, size, args.repeats, malloc_kept) for kind, size in cases])
-        for result in passes[-1]:
-            print(result, file=sys.stderr)
-    rows = [row(default, kept) for default, kept in zip(*passes)]
+    rows = []
+    spawn = multiprocessing.get_context("spawn")
+    for size in sizes:
+        for kind in kinds:
+            runs: dict[str, list[dict]] = {"before": [], "after": []}
+            for _ in range(args.rounds):
+                for variant in runs:
+                    with ProcessPoolExecutor(1, mp_context=spawn) as fresh:
+                        runs[variant].append(
+                            fresh.submit(measure, kind, size, variant, args.repeats).result())
+            rows.append(row(kind, size, runs["before"], runs["after"]))
+            print({k: rows[-1][k] for k in ("kind", "size", "before_ms", "after_ms")},
+                  file=sys.stderr)
     payload = {"command": command("python -m benchmarks.update_speed", argv),
-               "machine": machine(), "repeats": args.repeats, "load": [load_start, _load()],
+               "machine": machine(), "repeats": args.repeats, "rounds": args.rounds,
+               "load": [load_start, _load()],
                "rows": rows}
     save(Path(args.out), payload, markdown(payload))
     return payload

@@ -96,7 +96,7 @@ def keep_freed_memory() -> bool:
     kernel. A SAC update frees and re-allocates the same activation buffers (hundreds of KB
     each) every time; with glibc's defaults they often come back as fresh pages, which the
     kernel faults in and zeroes again: on the 2-core VM ~22 page faults and ~15% of a
-    laptop-size update (benchmarks/results/update-speed.md). The cost: the process holds
+    laptop-size update (benchmarks/results/update-speed-laptop.md). The cost: the process holds
     on to its peak heap. Returns whether it applied (False where the C library is not
     glibc)."""
     try:

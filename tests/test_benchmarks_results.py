@@ -409,9 +409,12 @@ def section_text(text: str, name: str) -> str:
 
 
 def _generated():
-    from benchmarks import conflict_rules, laptop_sweep, speed, success_report
+    from benchmarks import conflict_rules, end_to_end, laptop_sweep, speed, success_report
+    from benchmarks import update_speed
 
     return {"conflict-rules.md": conflict_rules.markdown,
+            "update-speed-laptop.md": update_speed.markdown,
+            "update-speed-paper.md": update_speed.markdown, "end-to-end.md": end_to_end.markdown,
             "MT10-laptop.md": success_report.markdown, "MT10-quick.md": success_report.markdown,
             "laptop-sweep/MT10-laptop.md": success_report.markdown,
             "laptop-sweep/minutes.md": laptop_sweep.markdown,
