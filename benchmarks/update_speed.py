@@ -186,12 +186,15 @@ def markdown(payload: dict) -> str:
     lines = [
         "# The SAC update against its arithmetic (CPU, one thread)", "",
         f"Command: `{payload['command']}`  ",
-        f"Machine: {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']}, "
+        f"Machine: {m['platform']} ({m.get('cpu_model') or 'CPU model not recorded'}), "
+        f"{m['cpu_count']} CPUs, torch {m['torch']}, "
         f"{m['torch_threads']} torch thread; {payload['repeats']} repeats, medians of the "
         "thread's CPU time.  ",
         f"Load average (1 min) at start -> end: {payload['load'][0]:.2f} -> "
         f"{payload['load'][1]:.2f}.", "",
-        "MT10 sizes: laptop 3x128, 32 per task; paper 3x400, 128 per task. Before: Adam per "
+        "MT10 sizes: " + "; ".join(
+            f"{size} {'x'.join(map(str, SIZES[size][0]))}, {SIZES[size][1]} per task"
+            for size in dict.fromkeys(r["size"] for r in payload["rows"])) + ". Before: Adam per "
         "tensor, glibc's default malloc (the update as it was). After: fused Adam, freed "
         "memory kept. Each variant in a fresh process, the two taking turns "
         f"{payload['rounds']} times; medians over the rounds. Bare GEMMs: the same matrix "

@@ -147,12 +147,23 @@ def machine(device: str | torch.device = "cpu") -> dict:
     name = str(device)
     resolved = ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
     info = {"platform": platform.platform(), "processor": platform.processor(),
-            "cpu_count": os.cpu_count(), "python": sys.version.split()[0],
+            "cpu_model": _cpu_model(), "cpu_count": os.cpu_count(),
+            "python": sys.version.split()[0],
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
             "device": resolved}
     if resolved.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name()
     return info
+
+
+def _cpu_model() -> str | None:
+    """The CPU's model name (Linux), which the platform string does not tell: VMs of one
+    kernel build can run on different CPUs."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return None
 
 
 def finite_or_none(x):

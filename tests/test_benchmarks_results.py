@@ -92,13 +92,17 @@ README_SOURCES = {
     "laptop-sweep": ["laptop-sweep/minutes.json", "laptop-sweep/MT10-laptop.json"],
     "sanity": [str(p.relative_to(RESULTS)) for p in sorted((RESULTS / "sanity").iterdir())
                if p.suffix in (".json", ".csv")],
-    "Performance notes": [*SPEED, "twin_critics-cuda.json"],
+    "Performance notes": [*SPEED, "twin_critics-cuda.json", "update-speed-laptop.json",
+                          "update-speed-paper.json", "end-to-end.json"],
     "speed-cpu": ["speed-cpu.json"], "speed-cuda": ["speed-cuda.json"],
     "speed-2core-device": ["speed-2core-device.json"],
     "speed-laptop-threads": ["speed-laptop-threads.json"],
     "loop-breakdown": [*SPEED, "laptop-sweep/MT10-laptop.json"],
     "method_speed-cpu": ["method_speed-cpu.json"],
     "twin_critics-cuda": ["twin_critics-cuda.json"],
+    "update-speed-laptop": ["update-speed-laptop.json"],
+    "update-speed-paper": ["update-speed-paper.json"],
+    "end-to-end": ["end-to-end.json"],
 }
 OTHER_SOURCES = {
     "loop-breakdown.md": [*SPEED, "laptop-sweep/MT10-laptop.json"],  # + the laptop run's
@@ -209,8 +213,29 @@ def _conal_steps_with_search() -> list[int]:
     return [a + b for a, b in zip(conal["env_steps"], conal["search_env_steps"])]
 
 
+def _update_ratio(name: str, kind: str) -> float:
+    """An update kind's time over MT-SAC's, after (the 'vs MT-SAC' column)."""
+    after = {r["kind"]: r["after_ms"] for r in _json(name)["rows"]}
+    return after[kind] / after["mtsac"]
+
+
+def _e2e_update_ms() -> float:
+    runs = [r for r in _json("end-to-end.json")["runs"] if r["version"] == "after"]
+    return 1000 * sum(r["update_s"] for r in runs) / sum(r["updates"] for r in runs)
+
+
 # A figure written ~x is an approximation: its formula must come within 10% of it.
 DERIVED.update({
+    **{("README.md", f"update-speed-{size}", f"{_ratio}×"): (
+        lambda size=size, kind=kind: _update_ratio(f"update-speed-{size}.json", kind),
+        f"{kind}'s update time over MT-SAC's") for size, kind, _ratio in (
+        ("laptop", "conal-search", "5.51"), ("laptop", "conal-search-k4", "3.43"),
+        ("laptop", "conal-search-gumbel-k4", "3.66"), ("paper", "conal-search", "5.91"),
+        ("paper", "conal-search-gumbel-k4", "3.31"))},
+    ("README.md", "end-to-end", "~17"): (_e2e_update_ms, "ms per update in the worker runs"),
+    ("README.md", "end-to-end", "~14"): (
+        lambda: next(r["after_ms"] for r in _json("update-speed-laptop.json")["rows"]
+                     if r["kind"] == "mtsac"), "MT-SAC's update alone, ms"),
     ("README.md", "MT10-laptop", "0.69"): (lambda: min(_conal_steps_with_search()) / 1e6,
                                            "CoNAL's env steps with its search, millions"),
     ("README.md", "MT10-laptop", "0.85M"): (lambda: max(_conal_steps_with_search()) / 1e6,
@@ -409,8 +434,14 @@ def section_text(text: str, name: str) -> str:
 
 
 def _generated():
-    from benchmarks import conflict_rules, end_to_end, laptop_sweep, speed, success_report
-    from benchmarks import update_speed
+    from benchmarks import (
+        conflict_rules,
+        end_to_end,
+        laptop_sweep,
+        speed,
+        success_report,
+        update_speed,
+    )
 
     return {"conflict-rules.md": conflict_rules.markdown,
             "update-speed-laptop.md": update_speed.markdown,
