@@ -60,7 +60,7 @@ def test_mt50_names_fifty_tasks_and_an_mt50_agent_updates():
     assert set(MT10_V3) < set(names)
     config = TrainConfig(benchmark="MT50", preset="quick")
     assert (config.total_steps, config.batch_per_task, config.replay_size) == (
-        50 * 30_000, 32, 50 * 30_000)  # the quick preset's per-task budget, times 50
+        50 * 20_000, 32, 50 * 20_000)  # the quick preset's per-task budget, times 50
     for arch in ("mtsac", "mhsac"):
         torch.manual_seed(0)
         agent = MultiTaskSAC(tree_factory(tree_specs(arch, (8,), names)), 50, 39, 4)
