@@ -103,6 +103,7 @@ README_SOURCES = {
     "update-speed-laptop": ["update-speed-laptop.json"],
     "update-speed-paper": ["update-speed-paper.json"],
     "end-to-end": ["end-to-end.json"],
+    "quick-run": ["quick-run/config.json", "quick-run/timing.json", "quick-run/evaluations.csv"],
 }
 OTHER_SOURCES = {
     "loop-breakdown.md": [*SPEED, "laptop-sweep/MT10-laptop.json"],  # + the laptop run's
@@ -197,6 +198,12 @@ def _mean_success(csv_name: str, first: int, last: int) -> float:
     return sum(float(r["success"]) for r in rows) / len(rows)
 
 
+def _mean_at(path: str, steps: int) -> float:
+    with open(RESULTS / path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if int(r["env_steps"]) == steps]
+    return sum(float(r["success"]) for r in rows) / len(rows)
+
+
 def _final_mean(csv_name: str) -> float:
     with open(RESULTS / "sanity" / csv_name, newline="") as f:
         last = max(int(r["env_steps"]) for r in csv.DictReader(f))
@@ -233,6 +240,10 @@ DERIVED.update({
         ("laptop", "conal-search-gumbel-k4", "3.66"), ("paper", "conal-search", "5.91"),
         ("paper", "conal-search-gumbel-k4", "3.31"))},
     ("README.md", "end-to-end", "~17"): (_e2e_update_ms, "ms per update in the worker runs"),
+    **{("README.md", "quick-run", f"{value:.2f}"): (
+        lambda steps=steps: _mean_at("quick-run/evaluations.csv", steps),
+        "mean success over tasks at that evaluation") for steps, value in (
+        (200_000, 0.16), (100_000, 0.02))},
     ("README.md", "end-to-end", "~14"): (
         lambda: next(r["after_ms"] for r in _json("update-speed-laptop.json")["rows"]
                      if r["kind"] == "mtsac"), "MT-SAC's update alone, ms"),
