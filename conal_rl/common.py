@@ -95,10 +95,10 @@ def keep_freed_memory() -> bool:
     """Have glibc's malloc keep freed memory for reuse instead of handing it back to the
     kernel. A SAC update frees and re-allocates the same activation buffers (hundreds of KB
     each) every time; with glibc's defaults they often come back as fresh pages, which the
-    kernel faults in and zeroes again: on the 2-core VM ~22 page faults and ~15% of a
-    laptop-size update (benchmarks/results/update-speed-laptop.md). The cost: the process holds
-    on to its peak heap. Returns whether it applied (False where the C library is not
-    glibc)."""
+    kernel faults in and zeroes again: ~22 page faults per laptop-size update, none with
+    this setting (tests/test_common_memory.py; its time, together with fused Adam, in
+    benchmarks/results/update-speed-laptop.md). The cost: the process holds on to its peak
+    heap. Returns whether it applied (False where the C library is not glibc)."""
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):
