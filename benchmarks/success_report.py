@@ -26,6 +26,7 @@ from benchmarks.success_runs import (
 )
 from conal_rl.analysis.curves import AXES, MEAN, read_curves
 from conal_rl.common import as_float, finite_or_none, write_atomic, write_json_atomic
+from conal_rl.training.conal_search import search_timing
 from conal_rl.training.config import PRESETS
 from envs import num_tasks
 
@@ -82,16 +83,6 @@ def count_parameters(spec: RunSpec) -> dict[str, int]:
                                             if k.startswith(role + ".")))
                               for role in ("actor", "critic")}
     return _PARAMS_CACHE[key]
-
-
-def search_timing(run_dir: Path) -> dict:
-    """Env steps and training seconds of a run's search: CoNAL's one phase, or the sum of
-    CoNAL-Pro's stages (``search/stage<s>/``); zeros without a search."""
-    files = [run_dir / "search" / "timing.json",
-             *sorted((run_dir / "search").glob("stage*/timing.json"))]
-    timings = [t for t in map(read_json, files) if t]
-    return {"env_steps": sum(t["env_steps"] for t in timings),
-            "train_wall": sum(t["train_wall"] for t in timings)}
 
 
 def read_result(spec: RunSpec, metric: str) -> RunResult:

@@ -234,12 +234,21 @@ def search_architecture(config: TrainConfig, run_dir: Path, bench: Benchmark,
     return specs, details
 
 
+def search_timing(run_dir: Path) -> dict:
+    """Env steps and training seconds of a run's search: CoNAL's one phase in
+    ``run_dir/search``, or the sum of CoNAL-Pro's stages (``search/stage<s>/``); zeros
+    without a search."""
+    files = [run_dir / "search" / "timing.json",
+             *sorted((run_dir / "search").glob("stage*/timing.json"))]
+    timings = [json.loads(t.read_text()) for t in files if t.exists()]
+    return {"env_steps": sum(t["env_steps"] for t in timings),
+            "train_wall": sum(t["train_wall"] for t in timings)}
+
+
 def search_seconds(run_dir: Path) -> float:
-    """Training seconds the search spent in ``run_dir/search`` (CoNAL-Pro: in its stages;
-    0 without a search): they count against the run's --minutes."""
-    timings = [run_dir / "search" / "timing.json",
-               *sorted((run_dir / "search").glob("stage*/timing.json"))]
-    return sum(json.loads(t.read_text())["train_wall"] for t in timings if t.exists())
+    """Training seconds the search spent (:func:`search_timing`): they count against the
+    run's --minutes."""
+    return search_timing(run_dir)["train_wall"]
 
 
 # ---- CoNAL-Pro ------------------------------------------------------------------------------
