@@ -211,7 +211,6 @@ def run_all(args: argparse.Namespace, specs: list[RunSpec]) -> list[dict]:
     from ray import tune
 
     by_name = {s.name: s for s in todo}
-    signals = StopSignal()
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # ours: SIGINT and SIGTERM alike
     address = args.address or os.environ.get("RAY_ADDRESS")
     ours = not ray.is_initialized()
@@ -221,6 +220,9 @@ def run_all(args: argparse.Namespace, specs: list[RunSpec]) -> list[dict]:
         else:
             ray.init(num_cpus=math.ceil(args.jobs * args.cpus_per_trial), include_dashboard=False,
                      logging_level="WARNING", log_to_driver=False)
+    # After ray.init: it installs a failure handler for SIGTERM that logs and kills the
+    # driver, so the runs would die with Ray's workers instead of saving a checkpoint.
+    signals = StopSignal()
 
     class Ended(tune.Callback):
         def on_trial_result(self, iteration, trials, trial, result, **info):
