@@ -2,7 +2,7 @@
 
     python -m benchmarks.speed [--benchmark MT10] [--preset quick|paper] [--steps N]
         [--archs mtsac,mhsac,conal-search,conal-tree,env,sb3] [--device cpu|cuda]
-        [--vector-strategy sync|async]
+        [--vector-strategy sync|async|worker]
         [--out benchmarks/results/speed-<device>.json] [--force]
 
 Rows (each a real run of ``--steps`` env steps, summed over tasks):
@@ -15,9 +15,9 @@ Rows (each a real run of ``--steps`` env steps, summed over tasks):
   sb3               stable-baselines3 SAC on one task (MT1:reach-v3 for Meta-World) at the
                     preset's widths and per-task batch, one update per env step.
 Overhead = wall / (env time + update time) of the same run, target <= 1.15: the rest is
-acting, replay adds, logging and the loop itself. With ``--vector-strategy async`` the envs
-step in worker processes while the update runs: "env s" is then the stepping the update did
-not hide, and the ratio drops below 1 by what the overlap saves. Wall time excludes evaluation and
+acting, replay adds, logging and the loop itself. With ``--vector-strategy async`` (a process
+per task) or ``worker`` (one process holding every task's env) the envs step while the update
+runs: "env s" is then the stepping the update did not hide, and the ratio drops below 1 by what the overlap saves. Wall time excludes evaluation and
 checkpoints as the Trainer's own speed log does. Every row is written to the JSON (and a
 markdown table beside it) as soon as it finishes; rows already there are skipped unless
 --force, so a long paper-scale run can be finished across sessions. Each row records the
@@ -219,9 +219,10 @@ def parse_args(argv):
     parser.add_argument("--archs", default=",".join(ROWS),
                         help=f"comma-separated rows to run, of {','.join(ROWS)}")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--vector-strategy", default="sync", choices=("sync", "async"),
-                        help="the env rows' gymnasium vector env (async: a process per task, "
-                        "stepping while the update runs)")
+    parser.add_argument("--vector-strategy", default="sync", choices=("sync", "async", "worker"),
+                        help="the vector env of every row but sb3, as training's flag (async: "
+                        "a process per task; worker: one process holding all tasks' envs; "
+                        "both step while the update runs)")
     parser.add_argument("--hidden", default=None,
                         help="hidden widths, e.g. 8,8 (default: the preset's)")
     parser.add_argument("--sb3-task", default=None, help="the sb3 row's one-task benchmark "

@@ -209,3 +209,12 @@ def test_twin_critics_records_its_command(tmp_path, monkeypatch):
     [row] = payload["rows"]
     assert row["size"] == "tiny" and row["speedup"] == pytest.approx(
         row["two_networks_ms"] / row["batched_ms"])
+
+
+def test_a_row_with_the_env_worker_steps_in_it(out):
+    payload = speed.main([*TINY, "--archs", "mtsac", "--vector-strategy", "worker",
+                          "--out", str(out)])
+    [row] = payload["rows"]
+    assert row["key"] == "gym:Pendulum-v1/quick/mtsac/worker"
+    assert row["vector_strategy"] == "worker"
+    assert row["env_steps"] == STEPS and row["updates"] == UPDATES
