@@ -22,6 +22,7 @@ import argparse
 import json
 import math
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -87,10 +88,19 @@ def candidate_summary(name: str, run_dirs: list[Path], budget: float) -> dict:
         mean, se = mean_se(np.array(finals))
         entry |= {"final_mean": float(mean), "final_se": float(se),
                   "at_marks": [finite_or_none(float(v))
-                               for v in np.nanmean(np.array(at_marks), axis=0)],
-                  "env_steps": float(np.nanmean(steps)), "updates": float(np.nanmean(updates)),
-                  "train_minutes": float(np.nanmean(walls)) / 60}
+                               for v in _mean_of_known(np.array(at_marks), axis=0)],
+                  "env_steps": float(_mean_of_known(steps)),
+                  "updates": float(_mean_of_known(updates)),
+                  "train_minutes": float(_mean_of_known(walls)) / 60}
     return entry
+
+
+def _mean_of_known(values, axis=None):
+    """The mean over the non-NaN values; NaN, silently, where there are none (a mark no run
+    has reached yet, runs without a timing.json): blank in the report, not a warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(values, axis=axis)
 
 
 def markdown(payload: dict) -> str:
