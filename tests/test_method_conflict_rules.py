@@ -73,6 +73,34 @@ def test_ema_pair_needs_a_persistent_conflict():
     assert noticing.stats()["shared.1"]["frozen_steps"] >= 5
 
 
+@pytest.mark.parametrize("rule", ["ema-pair", "consensus"])
+def test_a_rule_restored_from_its_state_decides_as_the_uninterrupted_one(rule):
+    """A resumed search (its hook's checkpoint) carries the averaged cosines and the counts
+    over; restarting them would let the first conflicting batch decide on its own."""
+    def run(at_step_9):  # 8 agreeing batches, then conflicting ones
+        net = _tree()
+        optim = torch.optim.SGD(net.parameters(), lr=1e-3)
+        noticing = ConflictNoticing(net, rule=rule, ema=0.8)
+        torch.manual_seed(1)
+        for i in range(12):
+            if i == 9:
+                noticing = at_step_9(noticing, net)
+            _step(net, optim, noticing, (1.0, 0.5, 0.2) if i < 8 else (1.0, -0.5, 0.2))
+        return noticing.stats(), [p.detach().clone() for p in net.parameters()]
+
+    def restored(noticing, net):
+        again = ConflictNoticing(net, rule=rule, ema=0.8)
+        again.load_state_dict(noticing.state_dict())
+        return again
+
+    stats, weights = run(lambda noticing, net: noticing)
+    resumed_stats, resumed_weights = run(restored)
+    assert resumed_stats == stats
+    assert all(torch.equal(a, b) for a, b in zip(weights, resumed_weights))
+    _, restarted_weights = run(lambda noticing, net: ConflictNoticing(net, rule=rule, ema=0.8))
+    assert not all(torch.equal(a, b) for a, b in zip(weights, restarted_weights))
+
+
 def test_consensus_leaves_out_the_task_against_the_others_and_trains_the_rest():
     net = _tree()
     noticing = ConflictNoticing(net, rule="consensus", ema=0.0)  # decide on this batch

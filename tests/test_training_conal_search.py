@@ -138,6 +138,30 @@ def test_a_conflict_freezes_the_shared_modules_inside_the_sac_update():
     assert private is not None and private.any()  # task-specific modules are never frozen
 
 
+def test_the_hooks_state_carries_the_rules_averages_and_counts():
+    """What a search checkpoint restores of conflict-noticing: the averaged cosines the
+    ema-pair rule decides on and the frozen counts (TensorBoard's frozen fractions and the
+    success report read them: a resumed search counts from its start)."""
+    agent, search = _search(conflict_rule="ema-pair")
+    for noticing in search.noticing.values():
+        noticing.enabled = True
+    for _ in range(3):
+        agent.update(_batch())
+    state = copy.deepcopy(search.state_dict())
+    _, resumed = _search(conflict_rule="ema-pair")
+    resumed.load_state_dict(state)
+    for role, noticing in search.noticing.items():
+        again = resumed.noticing[role]
+        assert again.stats() == noticing.stats() and noticing.stats()
+        assert next(iter(noticing.stats().values()))["steps"] == 3
+        assert again._average.keys() == noticing._average.keys() and noticing._average
+        assert all(torch.equal(again._average[k], v) for k, v in noticing._average.items())
+    del state["noticing"]  # a checkpoint from before: the counts restart, nothing fails
+    _, old = _search(conflict_rule="ema-pair")
+    old.load_state_dict(state)
+    assert all(s["steps"] == 0 for n in old.noticing.values() for s in n.stats().values())
+
+
 def test_a_frozen_module_does_not_move_in_the_optimizer_step():
     """Stricter: a module frozen in an update keeps its weights through that update's
     optimizer step, even with Adam moments from earlier, unfrozen steps."""

@@ -350,6 +350,19 @@ class ConflictNoticing(TaskGradientCapture):
         if module.bias is not None and module.bias.grad is not None:
             module.bias.grad.sub_(d.sum(dim=(0, 1)))
 
+    def state_dict(self) -> dict:
+        """What the rule carries from update to update (the averaged cosines of the
+        averaging rules) and the counts behind :meth:`stats`: a resumed search decides and
+        counts as the uninterrupted one."""
+        return {"average": dict(self._average), "frozen_steps": dict(self._frozen_steps),
+                "left_out": dict(self._left_out), "steps": dict(self._steps)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._average = dict(state["average"])
+        self._frozen_steps = dict(state["frozen_steps"])
+        self._left_out = dict(state["left_out"])
+        self._steps = dict(state["steps"])
+
     def last_signs(self) -> dict[str, Tensor]:
         """Per layer, the sign pattern (-1/0/+1, int8 ``[k, k]``) of the last Gram matrix."""
         return {name: gram.sign().to(torch.int8) for name, gram in self.last_gram.items()}

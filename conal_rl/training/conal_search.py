@@ -175,13 +175,17 @@ class ConalSearch:
         return [f"branch at {i}" for i in range(len(self.settings.hidden) + 1)]
 
     def state_dict(self) -> dict:
-        return {"optim": self.optim.state_dict(), "arch_calls": self._arch_calls}
+        return {"optim": self.optim.state_dict(), "arch_calls": self._arch_calls,
+                "noticing": {role: n.state_dict() for role, n in self.noticing.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         self.optim.load_state_dict(state["optim"])
         # Checkpoints from before --arch-every: every call stepped (arch_every 1), any count
         # keeps that.
         self._arch_calls = int(state.get("arch_calls", 0))
+        # Checkpoints from before the rules' state was saved: averages and counts restart.
+        for role, noticing_state in state.get("noticing", {}).items():
+            self.noticing[role].load_state_dict(noticing_state)
 
     # ---- after the search -----------------------------------------------------------------
     def derive(self) -> dict[str, TreeSpec]:
