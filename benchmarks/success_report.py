@@ -26,7 +26,7 @@ from benchmarks.success_runs import (
 )
 from conal_rl.analysis.curves import AXES, MEAN, read_curves
 from conal_rl.common import as_float, finite_or_none, write_atomic, write_json_atomic
-from conal_rl.training.conal_search import search_timing
+from conal_rl.training.conal_search import search_frozen_fractions, search_timing
 from conal_rl.training.config import PRESETS
 from envs import num_tasks
 
@@ -101,6 +101,8 @@ def read_result(spec: RunSpec, metric: str) -> RunResult:
     elif arch and "groups_by_task_name" in arch.get("actor", {}):  # CoNAL-Pro's groups
         extra["architecture"] = {role: {"groups_by_task_name": arch[role]["groups_by_task_name"]}
                                  for role in ("actor", "critic")}
+    if "architecture" in extra:
+        extra["architecture"]["frozen_fraction"] = search_frozen_fractions(d)
     return RunResult(spec, tasks, values, int(timing["env_steps"]),
                      int(search.get("env_steps", 0)), float(timing["train_wall"]),
                      float(search.get("train_wall", 0.0)), timing.get("stopped_by", "steps"),
@@ -266,6 +268,7 @@ def markdown(payload: dict) -> str:
     for r in rows:
         cells = [f"{r['task_mean'][t]:.{digits}f}" if "task_mean" in r else "-" for t in tasks]
         lines.append(f"| {r['row']} | " + " | ".join(cells) + " |")
+    lines += searched_architectures(rows, tasks)
     if payload.get("plot"):
         lines += ["", f"![learning curves]({payload['plot']})", "",
                   f"Learning curves: mean {metric} over tasks at every evaluation, mean over "
@@ -283,6 +286,58 @@ def markdown(payload: dict) -> str:
             lines += [f"`{f['run']}` ({f['reason']}), last lines of `{f['log']}`:", "", "```",
                       *f["log_tail"], "```", ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def searched_architectures(rows: list[dict], tasks: list[str]) -> list[str]:
+    """Markdown lines: per searched run, what its search derived (CoNAL: the branch point of
+    every task; CoNAL-Pro: the groups per depth) and how often conflict-noticing froze the
+    shared modules; nothing when no row searched."""
+    runs = [(r["row"], run) for r in rows for run in r.get("runs", []) if "architecture" in run]
+    if not runs:
+        return []
+    lines = ["", "Searched architectures, per run. Branch point of each task in the derived "
+             "trees (0: private from the input, P: shared throughout); CoNAL-Pro: the groups "
+             "of tasks sharing a module, per depth. Frozen: on what fraction of the search's "
+             "conflict-checked updates conflict-noticing froze a shared module (of CoNAL-Pro: "
+             "a candidate), mean over the net's modules [lowest, highest], per stage for "
+             "CoNAL-Pro; -: not recorded (reports from before the search's TensorBoard was "
+             "read).", ""]
+    branching = [(row, run) for row, run in runs if "branch_point_by_task" in run["architecture"]
+                 ["actor"]]
+    if branching:
+        lines += ["| run | net | " + " | ".join(tasks) + " | frozen |",
+                  "|" + "---|" * (len(tasks) + 3)]
+        for row, run in branching:
+            for role in ("actor", "critic"):
+                points = run["architecture"][role]["branch_point_by_task"] or {}
+                lines.append(f"| {row}-s{run['seed']} | {role} | "
+                             + " | ".join(str(points.get(t, "-")) for t in tasks)
+                             + f" | {_frozen_text(run['architecture'], role)} |")
+    for row, run in runs:
+        if "groups_by_task_name" not in run["architecture"]["actor"]:
+            continue
+        for role in ("actor", "critic"):
+            depths = run["architecture"][role]["groups_by_task_name"]
+            text = "; ".join(f"depth {i}: " + " ".join("{" + ", ".join(g) + "}" for g in groups)
+                             for i, groups in enumerate(depths, 1))
+            lines.append(f"- `{row}-s{run['seed']}` {role}: {text}; frozen "
+                         f"{_frozen_text(run['architecture'], role)}")
+    return lines
+
+
+def _frozen_text(architecture: dict, role: str) -> str:
+    """Mean [min, max] of a role's frozen fractions; per stage for CoNAL-Pro's."""
+    stages: dict[str, list[float]] = {}
+    for module, value in architecture.get("frozen_fraction", {}).items():
+        parts = module.split("/")  # [stage<s>/]role/[q1/]module
+        stage = parts.pop(0) if parts[0].startswith("stage") else ""
+        if parts[0] == role:
+            stages.setdefault(stage, []).append(value)
+    if not stages:
+        return "-"
+    return ", ".join((f"{stage} " if stage else "")
+                     + f"{np.mean(v):.2f} [{min(v):.2f}, {max(v):.2f}]"
+                     for stage, v in sorted(stages.items()))
 
 
 def _nn(x) -> float:

@@ -249,6 +249,30 @@ def search_timing(run_dir: Path) -> dict:
             "train_wall": sum(t["train_wall"] for t in timings)}
 
 
+def search_frozen_fractions(run_dir: Path) -> dict[str, float]:
+    """Per shared module of a run's search (``actor/shared.1``, ``critic/q1/shared.1``...;
+    CoNAL-Pro's prefixed ``stage<s>/``), the fraction of the search's conflict-checked
+    updates on which conflict-noticing froze it: the last value its TensorBoard logged (the
+    counts run from the search's start, resumes included). {} without a search or with
+    conflict-noticing off."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    prefix, suffix = "conflict/", "/frozen_fraction"  # the tags ConalSearch.log writes
+    out = {}
+    for stage_dir in [run_dir / "search", *sorted((run_dir / "search").glob("stage*"))]:
+        if not any(stage_dir.glob("events.out.tfevents.*")):
+            continue
+        events = EventAccumulator(str(stage_dir), size_guidance={
+            "scalars": 0, "histograms": 1, "images": 1, "tensors": 1, "audio": 1})
+        events.Reload()
+        stage = "" if stage_dir.name == "search" else stage_dir.name + "/"
+        for tag in events.Tags()["scalars"]:
+            if tag.startswith(prefix) and tag.endswith(suffix):
+                module = tag[len(prefix):-len(suffix)]
+                out[stage + module] = float(events.Scalars(tag)[-1].value)
+    return out
+
+
 def search_seconds(run_dir: Path) -> float:
     """Training seconds the search spent (:func:`search_timing`): they count against the
     run's --minutes."""
