@@ -2,7 +2,7 @@
 the other CPU idle or busy.
 
     python -m benchmarks.core_sharing [--cpu 1] [--other 0] [--seconds 4]
-        [--out benchmarks/results/core-sharing]
+        [--repeats 3] [--out benchmarks/results/core-sharing]
 
 Cloud VMs often hand out hyperthreads as "CPUs": two of them can be the two hardware
 threads of one physical core, which share its execution units and L1/L2 caches. Then a
@@ -19,6 +19,7 @@ nothing else on the machine.
 from __future__ import annotations
 
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -54,19 +55,24 @@ def gemm_rate(seconds: float) -> float:
     return calls * 2 * m * k * n / (time.thread_time() - start) / 1e9
 
 
-def measure(cpu: int, other: int, seconds: float) -> list[dict]:
-    """A row per neighbour, this process pinned to ``cpu`` meanwhile."""
+def measure(cpu: int, other: int, seconds: float, repeats: int) -> list[dict]:
+    """A row per neighbour: the median rate over ``repeats`` rounds (every round measures
+    every neighbour, so slow drifts of the host reach all rows alike), this process pinned
+    to ``cpu`` meanwhile."""
     before, threads = os.sched_getaffinity(0), torch.get_num_threads()
     os.sched_setaffinity(0, {cpu})
     torch.set_num_threads(1)
     try:
-        rows = _rows(other, seconds)
+        rounds = [_rows(other, seconds) for _ in range(repeats)]
     finally:
         os.sched_setaffinity(0, before)
         torch.set_num_threads(threads)
-    idle = rows[0]["gflops"]
+    rows = []
+    for i, name in enumerate(NEIGHBOURS):
+        rates = [r[i]["gflops"] for r in rounds]
+        rows.append({"other_cpu": name, "gflops": statistics.median(rates), "rounds": rates})
     for row in rows:
-        row["of_idle"] = row["gflops"] / idle
+        row["of_idle"] = row["gflops"] / rows[0]["gflops"]
     return rows
 
 
@@ -97,11 +103,12 @@ def markdown(payload: dict) -> str:
              f"Machine: {m['platform']} ({m.get('cpu_model', '?')}), {m['cpu_count']} CPUs, "
              f"torch {m['torch']}.  ",
              f"A single-thread fp32 product {'x'.join(map(str, payload['shape']))} on CPU "
-             f"{payload['cpu']}, {payload['seconds']:g} s of its CPU time per row, while CPU "
-             f"{payload['other']} runs what the row says.", "",
-             "| other CPU runs | GFLOP/s | of idle |", "|---|---|---|"]
-    lines += [f"| {r['other_cpu']} | {r['gflops']:.1f} | {r['of_idle']:.2f} |"
-              for r in payload["rows"]]
+             f"{payload['cpu']}, {payload['seconds']:g} s of its CPU time per measurement, "
+             f"while CPU {payload['other']} runs what the row says; {payload['repeats']} "
+             "rounds over all rows, the median and every round's rate.", "",
+             "| other CPU runs | GFLOP/s (median) | of idle | rounds |", "|---|---|---|---|"]
+    lines += [f"| {r['other_cpu']} | {r['gflops']:.1f} | {r['of_idle']:.2f} | "
+              + ", ".join(f"{x:.1f}" for x in r["rounds"]) + " |" for r in payload["rows"]]
     return "\n".join(lines) + "\n"
 
 
@@ -109,18 +116,21 @@ def main(argv: list[str] | None = None) -> dict:
     parser = CommandParser(prog=PROG, description=__doc__)
     parser.add_argument("--cpu", type=int, default=1, help="CPU to measure on")
     parser.add_argument("--other", type=int, default=0, help="CPU the neighbours run on")
-    parser.add_argument("--seconds", type=float, default=4.0, help="CPU seconds per row")
+    parser.add_argument("--seconds", type=float, default=4.0,
+                        help="CPU seconds per measurement")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds over all rows")
     parser.add_argument("--out", default="benchmarks/results/core-sharing",
                         help="output stem: STEM.json and STEM.md")
     args = parser.parse_args(argv)
     usable = os.sched_getaffinity(0)
     if args.cpu == args.other or not {args.cpu, args.other} <= usable:
         parser.error(f"--cpu and --other must be two different CPUs of {sorted(usable)}")
-    if args.seconds <= 0:
-        parser.error("--seconds must be positive")
+    if args.seconds <= 0 or args.repeats < 1:
+        parser.error("--seconds must be positive and --repeats at least 1")
     payload = {"command": command(PROG, argv), "machine": machine("cpu"), "shape": list(SHAPE),
                "cpu": args.cpu, "other": args.other, "seconds": args.seconds,
-               "rows": measure(args.cpu, args.other, args.seconds)}
+               "repeats": args.repeats,
+               "rows": measure(args.cpu, args.other, args.seconds, args.repeats)}
     save(Path(args.out), payload, markdown(payload))
     return payload
 

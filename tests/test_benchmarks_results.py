@@ -103,6 +103,7 @@ README_SOURCES = {
     "update-speed-laptop": ["update-speed-laptop.json"],
     "update-speed-paper": ["update-speed-paper.json"],
     "end-to-end": ["end-to-end.json"],
+    "core-sharing": ["core-sharing.json"],
     "quick-run": ["quick-run/config.json", "quick-run/timing.json", "quick-run/evaluations.csv"],
 }
 OTHER_SOURCES = {
@@ -447,6 +448,7 @@ def section_text(text: str, name: str) -> str:
 def _generated():
     from benchmarks import (
         conflict_rules,
+        core_sharing,
         end_to_end,
         laptop_sweep,
         speed,
@@ -457,6 +459,7 @@ def _generated():
     return {"conflict-rules.md": conflict_rules.markdown,
             "update-speed-laptop.md": update_speed.markdown,
             "update-speed-paper.md": update_speed.markdown, "end-to-end.md": end_to_end.markdown,
+            "core-sharing.md": core_sharing.markdown,
             "MT10-laptop.md": success_report.markdown, "MT10-quick.md": success_report.markdown,
             "laptop-sweep/MT10-laptop.md": success_report.markdown,
             "laptop-sweep/minutes.md": laptop_sweep.markdown,
