@@ -253,8 +253,8 @@ def search_frozen_fractions(run_dir: Path) -> dict[str, float]:
     """Per shared module of a run's search (``actor/shared.1``, ``critic/q1/shared.1``...;
     CoNAL-Pro's prefixed ``stage<s>/``), the fraction of the search's conflict-checked
     updates on which conflict-noticing froze it: the last value its TensorBoard logged (the
-    counts run from the search's start, resumes included). {} without a search or with
-    conflict-noticing off."""
+    counts run from the search's start, resumes included where the checkpoint holds the
+    rule's state). 0 for every module with conflict-noticing off; {} without a search."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     prefix, suffix = "conflict/", "/frozen_fraction"  # the tags ConalSearch.log writes
