@@ -168,7 +168,7 @@ def trial(config: dict, specs: dict[str, RunSpec], stop_file: Path, poll_s: floa
                 shown = now
             if rc is not None:
                 break
-            if stop_file.exists():
+            if stop_file.exists() and mode != "stopped":  # once: the run is saving
                 mode = "stopped"
                 proc.terminate()
             time.sleep(poll_s)

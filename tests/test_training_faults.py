@@ -293,3 +293,38 @@ def test_a_resumed_metaworld_run_is_the_uninterrupted_run(tmp_path):
     assert a["counters"] == b["counters"]
     print(f"MT1:reach-v3: largest weight difference, resumed vs uninterrupted: {largest:.3g}")
     assert largest <= RESUME_TOLERANCE
+
+
+def test_a_second_sigterm_while_the_stop_checkpoint_is_written_does_not_cut_it(
+        tmp_path, monkeypatch):
+    """A scheduler may repeat its SIGTERM (benchmarks.success's trials did, every second):
+    the run's own handler stays in place until the stop checkpoint is written."""
+    outside = []  # signals that reached the handler the run found (the test's)
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: outside.append(signum))
+    save = Trainer.save_checkpoint
+    saves = []
+
+    def save_under_a_second_signal(self):
+        if self.env_steps >= 150:  # the stop's checkpoint
+            os.kill(os.getpid(), signal.SIGTERM)
+        saves.append(self.env_steps)
+        return save(self)
+
+    def first_signal_at_150(self, window, bar):
+        if self.env_steps == 150:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return vector_step(self, window, bar)
+
+    vector_step = Trainer._vector_step
+    monkeypatch.setattr(Trainer, "save_checkpoint", save_under_a_second_signal)
+    monkeypatch.setattr(Trainer, "_vector_step", first_signal_at_150)
+    run = tmp_path / "run"
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            train([*TINY, "--total-steps", "400", "--checkpoint-every", "1000",
+                   "--run-dir", str(run)])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert stopped.value.code == 128 + signal.SIGTERM
+    assert outside == []  # both signals went to the run's handler
+    assert saves[-1] >= 150 and _saved_step(run) == saves[-1]

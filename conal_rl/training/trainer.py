@@ -132,21 +132,25 @@ class Trainer:
         if self.env_steps:
             tqdm.write(f"resumed {self.run_dir} at env step {self.env_steps}")
         try:
-            while self.env_steps < cfg.total_steps and not stop.requested:
-                if budget_s is not None and self.train_seconds() >= budget_s:
-                    self.stopped_by = "minutes"
-                    break
-                try:
-                    self._vector_step(window, bar)
-                    self._periodic(window, bar)
-                except guard.ENV_FAILURES as e:  # an env worker process died
-                    self._env_failed(e)
+            try:
+                while self.env_steps < cfg.total_steps and not stop.requested:
+                    if budget_s is not None and self.train_seconds() >= budget_s:
+                        self.stopped_by = "minutes"
+                        break
+                    try:
+                        self._vector_step(window, bar)
+                        self._periodic(window, bar)
+                    except guard.ENV_FAILURES as e:  # an env worker process died
+                        self._env_failed(e)
+            finally:
+                bar.close()
+                self.timers["train_wall"] = self.train_seconds()
+                self._run_start = None
+            # Still under our handler: a second signal (a scheduler repeating its SIGTERM)
+            # must not cut the checkpoint write short.
+            self.save_checkpoint()
         finally:
-            bar.close()
             stop.restore()
-            self.timers["train_wall"] = self.train_seconds()
-            self._run_start = None
-        self.save_checkpoint()
         if stop.requested:
             tqdm.write(f"stopped by signal at env step {self.env_steps}; checkpoint saved, "
                        f"continue with --resume {self.run_dir}")
