@@ -17,8 +17,9 @@ Rows (each a real run of ``--steps`` env steps, summed over tasks):
 Overhead = wall / (env time + update time) of the same run, target <= 1.15: the rest is
 acting, replay adds, logging and the loop itself. With ``--vector-strategy async`` (a process
 per task) or ``worker`` (one process holding every task's env) the envs step while the update
-runs: "env s" is then the stepping the update did not hide, and the ratio drops below 1 by what the overlap saves. Wall time excludes evaluation and
-checkpoints as the Trainer's own speed log does. Every row is written to the JSON (and a
+runs: "env s" is then the stepping the update did not hide, and the ratio drops below 1 by
+what the overlap saves. Wall time excludes evaluation and checkpoints as the Trainer's own
+speed log does. Every row is written to the JSON (and a
 markdown table beside it) as soon as it finishes; rows already there are skipped unless
 --force, so a long paper-scale run can be finished across sessions. Each row records the
 command and machine (torch threads included) that measured it; the JSON's top-level
