@@ -65,7 +65,16 @@ class RunResult:
         return float(np.mean([self.values[t] for t in self.tasks]))
 
 
-_PARAMS_CACHE: dict[tuple[str, float], dict[str, int]] = {}
+_CACHE: dict[tuple, dict] = {}
+
+
+def _read_once(what: str, files: list[Path], read) -> dict:
+    """``read()``, kept while ``files`` are unchanged: the table's driver rebuilds the report
+    after every run, and loading a checkpoint or a search's TensorBoard costs seconds."""
+    key = (what, *((str(f), f.stat().st_mtime) for f in files))
+    if key not in _CACHE:
+        _CACHE[key] = read()
+    return _CACHE[key]
 
 
 def count_parameters(spec: RunSpec) -> dict[str, int]:
@@ -76,13 +85,12 @@ def count_parameters(spec: RunSpec) -> dict[str, int]:
     from conal_rl.training import checkpoint
 
     path = spec.run_dir / "checkpoints" / "latest.pt"
-    key = (str(path), path.stat().st_mtime)
-    if key not in _PARAMS_CACHE:
+
+    def count() -> dict[str, int]:
         agent = checkpoint.load(path)["agent"]
-        _PARAMS_CACHE[key] = {role: int(sum(v.numel() for k, v in agent.items()
-                                            if k.startswith(role + ".")))
-                              for role in ("actor", "critic")}
-    return _PARAMS_CACHE[key]
+        return {role: int(sum(v.numel() for k, v in agent.items() if k.startswith(role + ".")))
+                for role in ("actor", "critic")}
+    return _read_once("parameters", [path], count)
 
 
 def read_result(spec: RunSpec, metric: str) -> RunResult:
@@ -102,7 +110,9 @@ def read_result(spec: RunSpec, metric: str) -> RunResult:
         extra["architecture"] = {role: {"groups_by_task_name": arch[role]["groups_by_task_name"]}
                                  for role in ("actor", "critic")}
     if "architecture" in extra:
-        extra["architecture"]["frozen_fraction"] = search_frozen_fractions(d)
+        extra["architecture"]["frozen_fraction"] = _read_once(
+            f"frozen fractions of {d}", sorted((d / "search").rglob("events.out.tfevents.*")),
+            lambda: search_frozen_fractions(d))
     return RunResult(spec, tasks, values, int(timing["env_steps"]),
                      int(search.get("env_steps", 0)), float(timing["train_wall"]),
                      float(search.get("train_wall", 0.0)), timing.get("stopped_by", "steps"),
