@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.report_files import command, save
-from conal_rl.common import machine, run_cli
+from conal_rl.common import UserError, machine, run_cli
 from conal_rl.method import (
     ConflictNoticing,
     SuperNet,
@@ -264,27 +264,34 @@ def markdown(payload: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.conflict_rules",
-                                     description=__doc__.split("\n\n")[0])
+def seeded_main(prog: str, doc: str, default_out: str, run_study, render,
+                argv: list[str] | None) -> dict:
+    """The command line of a synthetic study over ``--seeds`` (this one and
+    ``benchmarks.gradient_signal``): ``run_study(seeds)``'s payload, with the command, the
+    machine and the seconds, saved at ``--out`` as JSON and as ``render(payload)``."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=3, help="seeds (default: %(default)s)")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/conflict-rules"),
+    parser.add_argument("--out", type=Path, default=Path(default_out),
                         help="output stem (default: %(default)s)")
     args = parser.parse_args(argv)
 
     def body() -> dict:
         if args.seeds < 1:
-            from conal_rl.common import UserError
             raise UserError(f"--seeds must be at least 1, got {args.seeds}")
         torch.set_num_threads(1)
         start = time.perf_counter()
-        payload = study(args.seeds)
-        payload |= {"command": command("python -m benchmarks.conflict_rules", argv),
-                    "machine": machine("cpu"), "seconds": time.perf_counter() - start}
-        save(args.out, payload, markdown(payload))
+        payload = run_study(args.seeds)
+        payload |= {"command": command(prog, argv), "machine": machine("cpu"),
+                    "seconds": time.perf_counter() - start}
+        save(args.out, payload, render(payload))
         return payload
 
-    return run_cli("python -m benchmarks.conflict_rules", body)
+    return run_cli(prog, body)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return seeded_main("python -m benchmarks.conflict_rules", __doc__,
+                       "benchmarks/results/conflict-rules", study, markdown, argv)
 
 
 if __name__ == "__main__":

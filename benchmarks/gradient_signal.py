@@ -24,17 +24,21 @@ Writes ``<out>.json`` and ``<out>.md`` with the command and the machine.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import statistics
-import time
-from pathlib import Path
 
 import torch
 
-from benchmarks.conflict_rules import FAMILIES, HIDDEN, IN, T, make_problem, mse, split
-from benchmarks.report_files import command, save
-from conal_rl.common import UserError, machine, run_cli
+from benchmarks.conflict_rules import (
+    FAMILIES,
+    HIDDEN,
+    IN,
+    T,
+    make_problem,
+    mse,
+    seeded_main,
+    split,
+)
 from conal_rl.method import SuperNet, search_optimizers, search_step
 from conal_rl.method.conflict import TaskGradientCapture, cosines, task_gradients
 
@@ -84,7 +88,7 @@ def trace(seed: int, agreeing: bool, steps=STEPS, lr: float = 3e-3) -> list[dict
         weight_opt.step()
         with torch.no_grad():
             held_out = float(mse(net, x_a, y_a))
-        out.append({"step": step, "train_loss": float(loss), "held_out_loss": held_out,
+        out.append({"step": step, "train_loss": loss.item(), "held_out_loss": held_out,
                     "layers": layers})
     return out
 
@@ -148,25 +152,8 @@ def markdown(payload: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.gradient_signal",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, default=3, help="seeds (default: %(default)s)")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/gradient-signal"),
-                        help="output stem (default: %(default)s)")
-    args = parser.parse_args(argv)
-
-    def body() -> dict:
-        if args.seeds < 1:
-            raise UserError(f"--seeds must be at least 1, got {args.seeds}")
-        torch.set_num_threads(1)
-        start = time.perf_counter()
-        payload = study(args.seeds)
-        payload |= {"command": command("python -m benchmarks.gradient_signal", argv),
-                    "machine": machine("cpu"), "seconds": time.perf_counter() - start}
-        save(args.out, payload, markdown(payload))
-        return payload
-
-    return run_cli("python -m benchmarks.gradient_signal", body)
+    return seeded_main("python -m benchmarks.gradient_signal", __doc__,
+                       "benchmarks/results/gradient-signal", study, markdown, argv)
 
 
 if __name__ == "__main__":
