@@ -26,7 +26,7 @@ from benchmarks.success_runs import (
 )
 from conal_rl.analysis.curves import AXES, MEAN, read_curves
 from conal_rl.common import as_float, finite_or_none, write_atomic, write_json_atomic
-from conal_rl.training.conal_search import search_frozen_fractions, search_timing
+from conal_rl.training.conal_search import search_conflict_logs, search_timing
 from conal_rl.training.config import PRESETS
 from envs import num_tasks
 
@@ -110,9 +110,9 @@ def read_result(spec: RunSpec, metric: str) -> RunResult:
         extra["architecture"] = {role: {"groups_by_task_name": arch[role]["groups_by_task_name"]}
                                  for role in ("actor", "critic")}
     if "architecture" in extra:
-        extra["architecture"]["frozen_fraction"] = _read_once(
-            f"frozen fractions of {d}", sorted((d / "search").rglob("events.out.tfevents.*")),
-            lambda: search_frozen_fractions(d))
+        extra["architecture"] |= _read_once(
+            f"conflict logs of {d}", sorted((d / "search").rglob("events.out.tfevents.*")),
+            lambda: search_conflict_logs(d))
     return RunResult(spec, tasks, values, int(timing["env_steps"]),
                      int(search.get("env_steps", 0)), float(timing["train_wall"]),
                      float(search.get("train_wall", 0.0)), timing.get("stopped_by", "steps"),
@@ -309,20 +309,22 @@ def searched_architectures(rows: list[dict], tasks: list[str]) -> list[str]:
              "trees (0: private from the input, P: shared throughout); CoNAL-Pro: the groups "
              "of tasks sharing a module, per depth. Frozen: on what fraction of the search's "
              "conflict-checked updates conflict-noticing froze a shared module (of CoNAL-Pro: "
-             "a candidate), mean over the net's modules [lowest, highest], per stage for "
-             "CoNAL-Pro; -: not recorded (reports from before the search's TensorBoard was "
-             "read).", ""]
+             "a candidate); negative: the share of the logged pairwise cosines of task "
+             "gradients on a module that were negative (a half: coin flips); each the mean over "
+             "the net's modules [lowest, highest], per stage for CoNAL-Pro; -: not recorded "
+             "(reports from before the search's TensorBoard was read).", ""]
     branching = [(row, run) for row, run in runs if "branch_point_by_task" in run["architecture"]
                  ["actor"]]
     if branching:
-        lines += ["| run | net | " + " | ".join(tasks) + " | frozen |",
-                  "|" + "---|" * (len(tasks) + 3)]
+        lines += ["| run | net | " + " | ".join(tasks) + " | frozen | negative |",
+                  "|" + "---|" * (len(tasks) + 4)]
         for row, run in branching:
             for role in ("actor", "critic"):
                 points = run["architecture"][role]["branch_point_by_task"] or {}
                 lines.append(f"| {row}-s{run['seed']} | {role} | "
                              + " | ".join(str(points.get(t, "-")) for t in tasks)
-                             + f" | {_frozen_text(run['architecture'], role)} |")
+                             + f" | {_per_stage(run['architecture'], 'frozen_fraction', role)}"
+                             f" | {_per_stage(run['architecture'], 'negative_cosines', role)} |")
     for row, run in runs:
         if "groups_by_task_name" not in run["architecture"]["actor"]:
             continue
@@ -331,14 +333,16 @@ def searched_architectures(rows: list[dict], tasks: list[str]) -> list[str]:
             text = "; ".join(f"depth {i}: " + " ".join("{" + ", ".join(g) + "}" for g in groups)
                              for i, groups in enumerate(depths, 1))
             lines.append(f"- `{row}-s{run['seed']}` {role}: {text}; frozen "
-                         f"{_frozen_text(run['architecture'], role)}")
+                         f"{_per_stage(run['architecture'], 'frozen_fraction', role)}; negative "
+                         f"{_per_stage(run['architecture'], 'negative_cosines', role)}")
     return lines
 
 
-def _frozen_text(architecture: dict, role: str) -> str:
-    """Mean [min, max] of a role's frozen fractions; per stage for CoNAL-Pro's."""
+def _per_stage(architecture: dict, key: str, role: str) -> str:
+    """Mean [min, max] over a role's modules of ``architecture[key]`` (per module); per stage
+    for CoNAL-Pro's."""
     stages: dict[str, list[float]] = {}
-    for module, value in architecture.get("frozen_fraction", {}).items():
+    for module, value in architecture.get(key, {}).items():
         parts = module.split("/")  # [stage<s>/]role/[q1/]module
         stage = parts.pop(0) if parts[0].startswith("stage") else ""
         if parts[0] == role:

@@ -323,13 +323,14 @@ def test_a_conal_pro_search_counts_all_its_stages(tmp_path):
                                                                 "train_wall": 0}
 
 
-def test_the_report_lists_each_searched_architecture_and_its_frozen_fractions():
+def test_the_report_lists_each_searched_architecture_and_its_conflict_logs():
     tasks = ["reach", "push"]
     conal = {"seed": 1, "architecture": {
         "actor": {"branch_point_by_task": {"reach": 3, "push": 0}},
         "critic": {"branch_point_by_task": {"reach": 2, "push": 1}},
         "frozen_fraction": {"actor/shared.1": 1.0, "actor/shared.2": 0.5,
-                            "critic/q1/shared.1": 0.25, "critic/q2/shared.1": 0.75}}}
+                            "critic/q1/shared.1": 0.25, "critic/q2/shared.1": 0.75},
+        "negative_cosines": {"actor/shared.1": 0.5, "actor/shared.2": 0.4}}}
     pro = {"seed": 0, "architecture": {
         "actor": {"groups_by_task_name": [[["reach", "push"]], [["reach"], ["push"]]]},
         "critic": {"groups_by_task_name": [[["reach"], ["push"]], [["reach"], ["push"]]]},
@@ -337,10 +338,11 @@ def test_the_report_lists_each_searched_architecture_and_its_frozen_fractions():
     rows = [{"row": "mtsac", "runs": [{"seed": 0}]}, {"row": "conal", "runs": [conal]},
             {"row": "conal-pro", "runs": [pro]}]
     lines = success_report.searched_architectures(rows, tasks)
-    assert "| conal-s1 | actor | 3 | 0 | 0.75 [0.50, 1.00] |" in lines
-    assert "| conal-s1 | critic | 2 | 1 | 0.50 [0.25, 0.75] |" in lines
+    assert "| conal-s1 | actor | 3 | 0 | 0.75 [0.50, 1.00] | 0.45 [0.40, 0.50] |" in lines
+    assert "| conal-s1 | critic | 2 | 1 | 0.50 [0.25, 0.75] | - |" in lines
     assert ("- `conal-pro-s0` actor: depth 1: {reach, push}; depth 2: {reach} {push}; frozen "
-            "stage1 0.50 [0.50, 0.50], stage2 0.25 [0.25, 0.25]") in lines
-    assert lines[-1].startswith("- `conal-pro-s0` critic:") and lines[-1].endswith("frozen -")
+            "stage1 0.50 [0.50, 0.50], stage2 0.25 [0.25, 0.25]; negative -") in lines
+    assert lines[-1].startswith("- `conal-pro-s0` critic:")
+    assert lines[-1].endswith("frozen -; negative -")
     assert not any("mtsac" in line for line in lines)
     assert success_report.searched_architectures(rows[:1], tasks) == []

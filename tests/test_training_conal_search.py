@@ -162,36 +162,51 @@ def test_the_hooks_state_carries_the_rules_averages_and_counts():
     assert all(s["steps"] == 0 for n in old.noticing.values() for s in n.stats().values())
 
 
-def test_the_frozen_fractions_the_search_logs_are_read_back(tmp_path):
-    """search_frozen_fractions reads what ConalSearch.log wrote: the last value per shared
-    module (a resumed search's later event file included); CoNAL-Pro's per stage."""
+def test_the_conflict_logs_of_a_search_are_read_back(tmp_path):
+    """search_conflict_logs reads what ConalSearch.log wrote: the last frozen fraction per
+    shared module (a resumed search's later event file included) and the share of negative
+    pairwise cosines over every logged update; CoNAL-Pro's per stage."""
     from torch.utils.tensorboard import SummaryWriter
 
-    from conal_rl.training.conal_search import search_frozen_fractions
+    from conal_rl.training.conal_search import search_conflict_logs
 
     agent, search = _search()
     for noticing in search.noticing.values():
         noticing.enabled = True
+    cosines = {}  # per module, the cosines of every logged update
+
+    def log(step: int) -> None:
+        with SummaryWriter(tmp_path / "search") as writer:
+            search.log(writer, step)
+        for role, noticing in search.noticing.items():
+            for name, values in noticing.last_cosines().items():
+                cosines.setdefault(f"{role}/{name}", []).extend(values.tolist())
+
     agent.update(_conflicting_batch())
-    with SummaryWriter(tmp_path / "search") as writer:  # the search as it was stopped
-        search.log(writer, 1)
+    log(1)  # the search as it was stopped
     agent.update(_batch())
-    with SummaryWriter(tmp_path / "search") as writer:  # and resumed: a second file
-        search.log(writer, 2)
+    log(2)  # and resumed: a second file
     expected = {f"{role}/{name}": stats["frozen_fraction"]
                 for role, noticing in search.noticing.items()
                 for name, stats in noticing.stats().items()}
     assert {"actor/shared.1", "critic/q1/shared.1", "critic/q2/shared.2"} <= expected.keys()
     assert 0 < sum(expected.values()) < len(expected)  # frozen on one of the two updates
-    read = search_frozen_fractions(tmp_path)
-    assert read.keys() == expected.keys()
-    assert all(read[k] == pytest.approx(v) for k, v in expected.items())
-    assert search_frozen_fractions(tmp_path / "nothing") == {}
+    read = search_conflict_logs(tmp_path)
+    assert read["frozen_fraction"].keys() == expected.keys()
+    assert all(read["frozen_fraction"][k] == pytest.approx(v) for k, v in expected.items())
+    negative = {k: sum(c < 0 for c in v) / len(v) for k, v in cosines.items()}
+    assert 0 < sum(negative.values()) < len(negative)
+    assert read["negative_cosines"] == pytest.approx(negative)
+    assert search_conflict_logs(tmp_path / "nothing") == {"frozen_fraction": {},
+                                                          "negative_cosines": {}}
     stage = tmp_path / "pro" / "search" / "stage2"
     with SummaryWriter(stage) as writer:
         writer.add_scalar("conflict/actor/stay.0/frozen_fraction", 0.25, 7)
         writer.add_scalar("conflict/actor/stay.0/left_out_fraction", 0.5, 7)
-    assert search_frozen_fractions(tmp_path / "pro") == {"stage2/actor/stay.0": 0.25}
+        writer.add_histogram("conflict_cosines/actor/stay.0", torch.tensor([-0.5, 0.1, 0.2]), 7)
+    assert search_conflict_logs(tmp_path / "pro") == {
+        "frozen_fraction": {"stage2/actor/stay.0": 0.25},
+        "negative_cosines": {"stage2/actor/stay.0": pytest.approx(1 / 3)}}
 
 
 def test_a_frozen_module_does_not_move_in_the_optimizer_step():

@@ -249,28 +249,44 @@ def search_timing(run_dir: Path) -> dict:
             "train_wall": sum(t["train_wall"] for t in timings)}
 
 
-def search_frozen_fractions(run_dir: Path) -> dict[str, float]:
-    """Per shared module of a run's search (``actor/shared.1``, ``critic/q1/shared.1``...;
-    CoNAL-Pro's prefixed ``stage<s>/``), the fraction of the search's conflict-checked
-    updates on which conflict-noticing froze it: the last value its TensorBoard logged (the
-    counts run from the search's start, resumes included where the checkpoint holds the
-    rule's state). 0 for every module with conflict-noticing off; {} without a search."""
+def search_conflict_logs(run_dir: Path) -> dict[str, dict[str, float]]:
+    """What a run's search logged about conflict-noticing (``ConalSearch.log``), per shared
+    module (``actor/shared.1``, ``critic/q1/shared.1``...; CoNAL-Pro's prefixed
+    ``stage<s>/``):
+
+    * ``"frozen_fraction"``: the fraction of the search's conflict-checked updates on which
+      the module was frozen, the last value logged (the counts run from the search's start,
+      resumes included where the checkpoint holds the rule's state); 0 with
+      conflict-noticing off;
+    * ``"negative_cosines"``: the share of the logged pairwise cosines of task gradients
+      that were negative, over all logged updates (read from the histograms' buckets, whose
+      edges are fine around 0): near 0.5, the signs are coin flips and the paper's rule,
+      which freezes on any negative pair of T(T-1)/2, freezes on nearly every update.
+
+    Both ``{}`` without a search."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    prefix, suffix = "conflict/", "/frozen_fraction"  # the tags ConalSearch.log writes
-    out = {}
+    frozen, negative = {}, {}
     for stage_dir in [run_dir / "search", *sorted((run_dir / "search").glob("stage*"))]:
         if not any(stage_dir.glob("events.out.tfevents.*")):
             continue
         events = EventAccumulator(str(stage_dir), size_guidance={
-            "scalars": 0, "histograms": 1, "images": 1, "tensors": 1, "audio": 1})
+            "scalars": 0, "histograms": 0, "images": 1, "tensors": 1, "audio": 1})
         events.Reload()
         stage = "" if stage_dir.name == "search" else stage_dir.name + "/"
         for tag in events.Tags()["scalars"]:
-            if tag.startswith(prefix) and tag.endswith(suffix):
-                module = tag[len(prefix):-len(suffix)]
-                out[stage + module] = float(events.Scalars(tag)[-1].value)
-    return out
+            if tag.startswith("conflict/") and tag.endswith("/frozen_fraction"):
+                module = tag[len("conflict/"):-len("/frozen_fraction")]
+                frozen[stage + module] = float(events.Scalars(tag)[-1].value)
+        for tag in events.Tags()["histograms"]:
+            if tag.startswith("conflict_cosines/"):
+                values = [h.histogram_value for h in events.Histograms(tag)]
+                below = sum(count for v in values
+                            for limit, count in zip(v.bucket_limit, v.bucket) if limit <= 0)
+                total = sum(v.num for v in values)
+                if total:
+                    negative[stage + tag[len("conflict_cosines/"):]] = float(below / total)
+    return {"frozen_fraction": frozen, "negative_cosines": negative}
 
 
 def search_seconds(run_dir: Path) -> float:
