@@ -51,6 +51,8 @@ T, FAMILY_SIZE, IN, FEATURES = 10, 5, 20, 3
 HIDDEN = (8, 8, 8)
 TRAIN, TEST, NOISE = 128, 512, 0.1
 FAMILIES = (tuple(range(FAMILY_SIZE)), tuple(range(FAMILY_SIZE, T)))
+WITHIN = [pair for family in FAMILIES for pair in itertools.combinations(family, 2)]
+ACROSS = list(itertools.product(*FAMILIES))  # the pairs of tasks within a family, across
 PRO_KINDS = {  # CoNAL-Pro: name -> conflict-noticing settings
     "pro-any-pair": {"rule": "any-pair"},
     "pro-consensus": {"rule": "consensus"},
@@ -171,12 +173,9 @@ def shared_modules(b_s: int, b_t: int, no_private: bool) -> int:
 def recovery(shared: list[list[int]]) -> float:
     """Mean modules shared within a family minus across families; ``shared[s][t]``: the
     modules tasks s and t share."""
-    within = [p for f in FAMILIES for p in itertools.combinations(f, 2)]
-    across = list(itertools.product(*FAMILIES))
-
     def mean_shared(pairs):
         return statistics.mean(shared[s][t] for s, t in pairs)
-    return mean_shared(within) - mean_shared(across)
+    return mean_shared(WITHIN) - mean_shared(ACROSS)
 
 
 def tree_recovery(branch_points, no_private: bool = False) -> float:

@@ -24,15 +24,15 @@ Writes ``<out>.json`` and ``<out>.md`` with the command and the machine.
 
 from __future__ import annotations
 
-import itertools
 import statistics
 
 import torch
 
 from benchmarks.conflict_rules import (
-    FAMILIES,
+    ACROSS,
     HIDDEN,
     IN,
+    WITHIN,
     T,
     make_problem,
     mse,
@@ -44,8 +44,6 @@ from conal_rl.method.conflict import TaskGradientCapture, cosines, task_gradient
 
 STEPS = (0, 25, 50, 100, 200, 300, 600)  # the study's warm-up is 300, its search 600 more
 MEASURES = ("cos", "cos²", "reads")
-WITHIN = [pair for family in FAMILIES for pair in itertools.combinations(family, 2)]
-ACROSS = list(itertools.product(*FAMILIES))
 
 
 def similarities(inputs: torch.Tensor, grad_outputs: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -78,14 +76,11 @@ def trace(seed: int, agreeing: bool, steps=STEPS, lr: float = 3e-3) -> list[dict
         if step not in steps:
             search_step(net, None, lambda: mse(net, x_w, y_w), None, weight_opt)
             continue
-        weight_opt.zero_grad(set_to_none=True)
-        with capture.record():
-            loss = mse(net, x_w, y_w)
-        loss.backward()
+        with capture.record():  # the same weight step, its per-task gradients captured
+            _, loss = search_step(net, None, lambda: mse(net, x_w, y_w), None, weight_opt)
         layers = {name: {m: gap(s) for m, s in similarities(a, d).items()}
                   for name, (a, d) in sorted(capture.captured().items())}
         capture.clear()
-        weight_opt.step()
         with torch.no_grad():
             held_out = float(mse(net, x_a, y_a))
         out.append({"step": step, "train_loss": loss.item(), "held_out_loss": held_out,
