@@ -17,7 +17,9 @@ update) at MT10 (T=10, 39 observations, 4 actions) and the preset sizes:
 * **bare GEMMs**: every matrix product the update ran (recorded with their shapes), run back
   to back on fresh contiguous tensors in the same process: the time of the arithmetic
   alone. ``of peak`` = bare GEMM time / update time: the share of the update that is its
-  arithmetic at the speed this machine does it.
+  arithmetic at the speed this machine does it;
+* **bf16**: the same bare GEMMs with bf16 operands, the most a bf16 update kept in bf16
+  through its products could gain here (CPUs without AVX512-BF16 or AMX emulate it).
 
 A search update is one ``ConalSearch.before_update`` (architecture step on held-out data,
 conflict-noticing on) and one SAC update, as in training, timed as the average over a
@@ -113,9 +115,10 @@ class GemmRecorder(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def bare_gemms(calls: list[tuple[str, list[tuple[int, ...]]]]):
-    """A callable running the recorded products on fresh contiguous tensors."""
-    ops = [(getattr(torch, name), [torch.randn(s) for s in shapes]) for name, shapes in calls]
+def bare_gemms(calls: list[tuple[str, list[tuple[int, ...]]]], dtype=torch.float32):
+    """A callable running the recorded products on fresh contiguous tensors of ``dtype``."""
+    ops = [(getattr(torch, name), [torch.randn(s, dtype=dtype) for s in shapes])
+           for name, shapes in calls]
 
     def run() -> None:
         for op, tensors in ops:
@@ -161,7 +164,9 @@ def measure(kind: str, size: str, variant: str, repeats: int) -> dict:
                 update()
         result |= {"gflop": flops.get_total_flops() / 4e9,
                    "gemm_calls": len(recorder.calls) / 4,
-                   "bare_gemm_ms": median_ms(bare_gemms(recorder.calls), repeats, 1) / 4}
+                   "bare_gemm_ms": median_ms(bare_gemms(recorder.calls), repeats, 1) / 4,
+                   "bare_gemm_bf16_ms":
+                       median_ms(bare_gemms(recorder.calls, torch.bfloat16), repeats, 1) / 4}
     return result
 
 
@@ -177,6 +182,7 @@ def row(kind: str, size: str, before: list[dict], after: list[dict]) -> dict:
             "gflop": gflop, "gemm_calls": after[0]["gemm_calls"], "bare_gemm_ms": gemm,
             "gflops_after": gflop / after_ms * 1e3, "gflops_bare": gflop / gemm * 1e3,
             "of_peak_before": gemm / before_ms, "of_peak_after": gemm / after_ms,
+            "bare_gemm_bf16_ms": statistics.median(r["bare_gemm_bf16_ms"] for r in after),
             "rounds": {"before_ms": [r["ms"] for r in before],
                        "after_ms": [r["ms"] for r in after]}}
 
@@ -210,6 +216,18 @@ def markdown(payload: dict) -> str:
             f"{r['speedup']:.2f}x | {r['gflop']:.3f} | {r['gflops_after']:.0f} | "
             f"{r['gflops_bare']:.0f} | {r['of_peak_before']:.0%} | {r['of_peak_after']:.0%} | "
             f"{ratio} |")
+    bf16 = [r for r in payload["rows"] if "bare_gemm_bf16_ms" in r]
+    if bf16:  # reports from before the bf16 column render as they were
+        flags = payload.get("cpu_bf16_flags") or ["none"]
+        lines += [
+            "", "Reduced precision: the same bare GEMMs with bf16 operands (kept bf16 through "
+            "the products, no casts): what a bf16 update could gain at most. CPU bf16 "
+            f"instructions: {', '.join(flags)}.", "",
+            "| kind | size | bare GEMM fp32 ms | bare GEMM bf16 ms | bf16 speed-up |",
+            "|---|---|---|---|---|"]
+        lines += [f"| {r['kind']} | {r['size']} | {r['bare_gemm_ms']:.2f} | "
+                  f"{r['bare_gemm_bf16_ms']:.2f} | "
+                  f"{r['bare_gemm_ms'] / r['bare_gemm_bf16_ms']:.2f}x |" for r in bf16]
     return "\n".join(lines) + "\n"
 
 
@@ -247,11 +265,22 @@ def main(argv: list[str] | None = None) -> dict:
             print({k: rows[-1][k] for k in ("kind", "size", "before_ms", "after_ms")},
                   file=sys.stderr)
     payload = {"command": command("python -m benchmarks.update_speed", argv),
-               "machine": machine(), "repeats": args.repeats, "rounds": args.rounds,
+               "machine": machine(), "cpu_bf16_flags": _bf16_flags(),
+               "repeats": args.repeats, "rounds": args.rounds,
                "load": [load_start, _load()],
                "rows": rows}
     save(Path(args.out), payload, markdown(payload))
     return payload
+
+
+def _bf16_flags() -> list[str]:
+    """The CPU's native bf16 instructions (without them oneDNN emulates bf16 in fp32)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return []
+    return [flag for flag in ("avx512_bf16", "amx_bf16") if flag in flags]
 
 
 def _load() -> float:

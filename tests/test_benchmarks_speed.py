@@ -218,3 +218,39 @@ def test_a_row_with_the_env_worker_steps_in_it(out):
     assert row["key"] == "gym:Pendulum-v1/quick/mtsac/worker"
     assert row["vector_strategy"] == "worker"
     assert row["env_steps"] == STEPS and row["updates"] == UPDATES
+
+
+def test_update_speed_times_the_update_gemms_in_bf16_and_reports_them_apart():
+    """benchmarks/update_speed.py: the bf16 bare GEMMs are the recorded products with bf16
+    operands; the bf16 table is added below the main one, which stays as older reports
+    render it."""
+    from benchmarks import update_speed
+
+    recorder = update_speed.GemmRecorder()
+    with recorder:
+        torch.addmm(torch.zeros(3), torch.randn(5, 4), torch.randn(4, 3))
+        torch.bmm(torch.randn(2, 5, 4), torch.randn(2, 4, 3))
+    assert [name for name, _ in recorder.calls] == ["addmm", "bmm"]
+    seen = []
+
+    class Dtypes(torch.utils._python_dispatch.TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append({a.dtype for a in args if isinstance(a, torch.Tensor)})
+            return func(*args, **(kwargs or {}))
+    run = update_speed.bare_gemms(recorder.calls, torch.bfloat16)
+    with Dtypes():
+        run()
+    assert seen == [{torch.bfloat16}] * 2
+
+    row = {"kind": "mtsac", "size": "laptop", "before_ms": 2.0, "after_ms": 1.0,
+           "speedup": 2.0, "gflop": 0.1, "gflops_after": 100, "gflops_bare": 200,
+           "of_peak_before": 0.25, "of_peak_after": 0.5, "bare_gemm_ms": 0.5}
+    payload = {"command": "c", "repeats": 1, "rounds": 1, "load": [0, 0], "rows": [row],
+               "machine": {"platform": "p", "cpu_count": 2, "torch": "t", "torch_threads": 1}}
+    older = update_speed.markdown(payload)
+    assert "bf16" not in older
+    newer = update_speed.markdown(payload | {"cpu_bf16_flags": [],
+                                             "rows": [row | {"bare_gemm_bf16_ms": 1.0}]})
+    assert newer.startswith(older.rstrip("\n"))
+    assert "| mtsac | laptop | 0.50 | 1.00 | 0.50x |" in newer
+    assert "CPU bf16 instructions: none." in newer
