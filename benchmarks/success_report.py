@@ -113,6 +113,7 @@ def read_result(spec: RunSpec, metric: str) -> RunResult:
         extra["architecture"] |= _read_once(
             f"conflict logs of {d}", sorted((d / "search").rglob("events.out.tfevents.*")),
             lambda: search_conflict_logs(d))
+        extra["architecture"]["conflict_summary"] = conflict_summary(extra["architecture"])
     return RunResult(spec, tasks, values, int(timing["env_steps"]),
                      int(search.get("env_steps", 0)), float(timing["train_wall"]),
                      float(search.get("train_wall", 0.0)), timing.get("stopped_by", "steps"),
@@ -338,20 +339,30 @@ def searched_architectures(rows: list[dict], tasks: list[str]) -> list[str]:
     return lines
 
 
-def _per_stage(architecture: dict, key: str, role: str) -> str:
-    """Mean [min, max] over a role's modules of ``architecture[key]`` (per module); per stage
-    for CoNAL-Pro's."""
+def conflict_summary(architecture: dict) -> dict[str, list[float]]:
+    """``"<key>/<role>[/<stage>]" -> [mean, min, max]`` over the role's modules of
+    ``architecture[key]`` (per module; per stage for CoNAL-Pro), for the frozen fractions
+    and negative cosines: what the report shows, kept in its JSON beside the per-module
+    values."""
     stages: dict[str, list[float]] = {}
-    for module, value in architecture.get(key, {}).items():
-        parts = module.split("/")  # [stage<s>/]role/[q1/]module
-        stage = parts.pop(0) if parts[0].startswith("stage") else ""
-        if parts[0] == role:
-            stages.setdefault(stage, []).append(value)
-    if not stages:
+    for key in ("frozen_fraction", "negative_cosines"):
+        for module, value in architecture.get(key, {}).items():
+            parts = module.split("/")  # [stage<s>/]role/[q1/]module
+            stage = parts.pop(0) if parts[0].startswith("stage") else ""
+            stages.setdefault("/".join(filter(None, (key, parts[0], stage))), []).append(value)
+    return {name: [float(np.mean(v)), min(v), max(v)] for name, v in sorted(stages.items())}
+
+
+def _per_stage(architecture: dict, key: str, role: str) -> str:
+    """Mean [min, max] over a role's modules of ``architecture[key]``, per stage for
+    CoNAL-Pro's; ``-`` where not recorded."""
+    prefix = f"{key}/{role}"
+    parts = [(name[len(prefix) + 1:], v) for name, v in conflict_summary(architecture).items()
+             if name == prefix or name.startswith(prefix + "/")]
+    if not parts:
         return "-"
-    return ", ".join((f"{stage} " if stage else "")
-                     + f"{np.mean(v):.2f} [{min(v):.2f}, {max(v):.2f}]"
-                     for stage, v in sorted(stages.items()))
+    return ", ".join((f"{stage} " if stage else "") + f"{m:.2f} [{lo:.2f}, {hi:.2f}]"
+                     for stage, (m, lo, hi) in parts)
 
 
 def _nn(x) -> float:

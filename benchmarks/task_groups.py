@@ -58,9 +58,11 @@ def net_row(run: str, net: str, spec) -> dict:
     pairs = {f"{a}/{b}": shared[index[a]][index[b]] for a, b in SIBLINGS
              if a in index and b in index}
     row = {"run": run, "net": net, "modules": tree.depth, "tasks": tree.num_tasks,
-           "all_pairs": statistics.mean(everyone), "siblings": pairs}
+           "all_pairs": statistics.mean(everyone), "sibling_pairs": len(pairs),
+           "siblings": pairs}
     if pairs:
         row["sibling_mean"] = statistics.mean(pairs.values())
+        row["difference"] = row["sibling_mean"] - row["all_pairs"]
         row["random_se"] = statistics.pstdev(everyone) / len(pairs) ** 0.5
     return row
 
@@ -84,9 +86,9 @@ def markdown(payload: dict) -> str:
                          f"{r['all_pairs']:.2f} | - | - |")
             continue
         lines.append(
-            f"| {r['run']} | {r['net']} | {r['modules']} | {len(r['siblings'])} | "
+            f"| {r['run']} | {r['net']} | {r['modules']} | {r['sibling_pairs']} | "
             f"{r['sibling_mean']:.2f} | {r['all_pairs']:.2f} | "
-            f"{r['sibling_mean'] - r['all_pairs']:+.2f} | {r['random_se']:.2f} |")
+            f"{r['difference']:+.2f} | {r['random_se']:.2f} |")
     lines += ["", "Per sibling pair: modules shared, per run and net.", ""]
     for r in payload["rows"]:
         if r["siblings"]:
