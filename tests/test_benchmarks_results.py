@@ -93,7 +93,8 @@ README_SOURCES = {
     "sanity": [str(p.relative_to(RESULTS)) for p in sorted((RESULTS / "sanity").iterdir())
                if p.suffix in (".json", ".csv")],
     "Performance notes": [*SPEED, "twin_critics-cuda.json", "update-speed-laptop.json",
-                          "update-speed-paper.json", "end-to-end.json"],
+                          "update-speed-paper.json", "update-speed-bf16.json",
+                          "end-to-end.json"],
     "speed-cpu": ["speed-cpu.json"], "speed-cuda": ["speed-cuda.json"],
     "speed-2core-device": ["speed-2core-device.json"],
     "speed-laptop-threads": ["speed-laptop-threads.json"],
