@@ -18,8 +18,9 @@ update) at MT10 (T=10, 39 observations, 4 actions) and the preset sizes:
   to back on fresh contiguous tensors in the same process: the time of the arithmetic
   alone. ``of peak`` = bare GEMM time / update time: the share of the update that is its
   arithmetic at the speed this machine does it;
-* **bf16**: the same bare GEMMs with bf16 operands, the most a bf16 update kept in bf16
-  through its products could gain here (CPUs without AVX512-BF16 or AMX emulate it).
+* **bf16**: the same bare GEMMs with bf16 operands: how fast this machine does the update's
+  arithmetic in bf16, what an update kept in bf16 through its products would build on
+  (CPUs without AVX512-BF16 or AMX convert to fp32 and back).
 
 A search update is one ``ConalSearch.before_update`` (architecture step on held-out data,
 conflict-noticing on) and one SAC update, as in training, timed as the average over a
@@ -222,8 +223,8 @@ def markdown(payload: dict) -> str:
         flags = payload.get("cpu_bf16_flags") or ["none"]
         lines += [
             "", "Reduced precision: the same bare GEMMs with bf16 operands (kept bf16 through "
-            "the products, no casts): what a bf16 update could gain at most. CPU bf16 "
-            f"instructions: {', '.join(flags)}.", "",
+            "the products, no casts): how fast this machine does the update's arithmetic in "
+            f"bf16. CPU bf16 instructions: {', '.join(flags)}.", "",
             "| kind | size | bare GEMM fp32 ms | bare GEMM bf16 ms | bf16 speed-up |",
             "|---|---|---|---|---|"]
         lines += [f"| {r['kind']} | {r['size']} | {r['bare_gemm_ms']:.2f} | "
