@@ -164,6 +164,7 @@ _allow(README, "Performance notes", "100× 540", NOT_RECORDED)
 _allow(README, "speed-cuda", "1280", "the paper preset's batch, 128 per task × 10 tasks")
 _allow(README, "loop-breakdown", "63% 33% 4% 2278.8 1183.5 91.0 40.2 3600.0", LAPTOP_TIMING)
 _allow(README, "method_speed-cpu", "~15%", NOT_RECORDED)
+_allow(README, "mt50-quick-long", "3,087 3,176", NOT_RECORDED + " (time -v of the runs)")
 _allow(README, "update-speed-bf16", "143 217 97", NOT_RECORDED + " (the speed issue's "
        "figures for the AMD VM)")
 _allow(README, "method_speed-cpu", "20", SETUP + " (the script's default repeats)")
@@ -445,6 +446,7 @@ def _generated():
     from benchmarks import (
         conflict_rules,
         core_sharing,
+        curves_table,
         end_to_end,
         gradient_signal,
         laptop_sweep,
@@ -459,6 +461,7 @@ def _generated():
             "update-speed-paper.md": update_speed.markdown, "end-to-end.md": end_to_end.markdown,
             "update-speed-bf16.md": update_speed.markdown,
             "task-groups.md": task_groups.markdown,
+            "mt50-quick-long.md": curves_table.markdown,
             "core-sharing.md": core_sharing.markdown,
             "gradient-signal.md": gradient_signal.markdown,
             "MT10-laptop.md": success_report.markdown, "MT10-quick.md": success_report.markdown,
