@@ -417,8 +417,12 @@ def main(argv: list[str] | None = None) -> dict:
     def body() -> dict:
         check_args(args)
         specs = make_specs(args)
-        # The report keeps every call that built it and the machine that trained.
+        # The report keeps every call that built it and the machine that trained: those of
+        # the report already there if it is of these runs (not of another runs folder's).
         previous = read_json(report_stem(args).with_suffix(".json")) or {}
+        runs_dir = str(specs[0].run_dir.parent) if specs else str(args.runs_dir)
+        if previous.get("runs_dir") != runs_dir:
+            previous = {}
         args.history = [*previous.get("commands", []),
                         " ".join([PROG, *map(shlex.quote, argv)])]
         args.machine = (previous["machine"] if args.report_only and "machine" in previous

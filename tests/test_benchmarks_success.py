@@ -101,6 +101,26 @@ def test_a_second_call_skips_finished_runs(bench, capsys):
     assert len(payload["commands"]) == 2
 
 
+def test_a_report_only_call_keeps_the_history_of_its_own_runs_only(bench, tmp_path):
+    """--report-only into a folder keeps the calls and the training machine of the report
+    there when that report is of the same runs, and not when it is of another runs folder
+    (an older table published under the same name)."""
+    root, args, _ = bench
+    out = tmp_path / "published"
+    out.mkdir()
+    stem = success_report.report_stem(success.build_parser().parse_args(
+        [*args, "--out-dir", str(out)]))
+    args = [*args[:-1], str(out), "--report-only"]  # the last argument is --out-dir's
+    own = json.loads((root / "out" / stem.name).with_suffix(".json").read_text())
+    for runs_dir, kept in (("runs/another-table", False), (own["runs_dir"], True)):
+        stem.with_suffix(".json").write_text(json.dumps(
+            {"runs_dir": runs_dir, "machine": machine() | {"platform": "the trainer"},
+             "commands": ["python -m benchmarks.success (the call that trained)"]}))
+        payload = success.main(args)
+        assert (payload["machine"]["platform"] == "the trainer") == kept
+        assert len(payload["commands"]) == (2 if kept else 1)
+
+
 def test_an_interrupted_run_is_resumed_and_the_others_skipped(bench, capsys):
     root, args, _ = bench
     # A run killed after its last checkpoint but before it wrote timing.json.
