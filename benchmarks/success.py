@@ -44,7 +44,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.success_report import build_report, fmt_wall, report_stem
+from benchmarks.success_report import build_report, fmt_wall, report_stem, runs_folder
 from benchmarks.success_runs import (
     DEFAULT_ROWS,
     ROWS,
@@ -420,8 +420,7 @@ def main(argv: list[str] | None = None) -> dict:
         # The report keeps every call that built it and the machine that trained: those of
         # the report already there if it is of these runs (not of another runs folder's).
         previous = read_json(report_stem(args).with_suffix(".json")) or {}
-        runs_dir = str(specs[0].run_dir.parent) if specs else str(args.runs_dir)
-        if previous.get("runs_dir") != runs_dir:
+        if previous.get("runs_dir") != runs_folder(args, specs):
             previous = {}
         args.history = [*previous.get("commands", []),
                         " ".join([PROG, *map(shlex.quote, argv)])]

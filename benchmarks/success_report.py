@@ -445,7 +445,7 @@ def build_report(args: argparse.Namespace, specs: list[RunSpec], failed: list[di
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "benchmark": args.benchmark,
         "budget": args.budget, "budget_note": budget_note(args.budget, args.benchmark),
         "overrides": overrides(args),
-        "runs_dir": str(specs[0].run_dir.parent) if specs else str(args.runs_dir),
+        "runs_dir": runs_folder(args, specs),
         "jobs": args.jobs, "metric": metric, "tasks": tasks,
         "total_steps": sorted({s.target_steps for s in specs}),
         "minutes": sorted({s.target_minutes for s in specs}),
@@ -465,6 +465,11 @@ def build_report(args: argparse.Namespace, specs: list[RunSpec], failed: list[di
 
 def report_stem(args: argparse.Namespace) -> Path:
     return args.out_dir / f"{safe_name(args.benchmark)}-{args.budget}"
+
+
+def runs_folder(args: argparse.Namespace, specs: list[RunSpec]) -> str:
+    """The folder holding the report's runs (its ``runs_dir``)."""
+    return str(specs[0].run_dir.parent) if specs else str(args.runs_dir)
 
 
 def overrides(args: argparse.Namespace) -> dict:

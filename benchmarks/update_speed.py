@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _bf16_flags() -> list[str]:
-    """The CPU's native bf16 instructions (without them oneDNN emulates bf16 in fp32)."""
+    """The CPU's native bf16 instructions (without them bf16 products cannot run natively)."""
     try:
         with open("/proc/cpuinfo") as f:
             flags = next((line.split() for line in f if line.startswith("flags")), [])

@@ -249,8 +249,8 @@ def test_update_speed_times_the_update_gemms_in_bf16_and_reports_them_apart():
                "machine": {"platform": "p", "cpu_count": 2, "torch": "t", "torch_threads": 1}}
     older = update_speed.markdown(payload)
     assert "bf16" not in older
-    newer = update_speed.markdown(payload | {"cpu_bf16_flags": [],
-                                             "rows": [row | {"bare_gemm_bf16_ms": 1.0, "bf16_speedup": 0.5}]})
+    bf16_row = row | {"bare_gemm_bf16_ms": 1.0, "bf16_speedup": 0.5}
+    newer = update_speed.markdown(payload | {"cpu_bf16_flags": [], "rows": [bf16_row]})
     assert newer.startswith(older.rstrip("\n"))
     assert "| mtsac | laptop | 0.50 | 1.00 | 0.50x |" in newer
     assert "CPU bf16 instructions: none." in newer
