@@ -2,8 +2,8 @@
 
 The pieces of the agent: :class:`PerTaskPolicy` (each task's observation through its own
 model), the round-robin schedule (:func:`chunk_targets`) and the SB3 callback that ends a
-chunk. The run (envs, evaluations, checkpoints) and its command line are
-``conal_rl/stl.py``: ``python -m conal_rl.stl``; ``python -m agents.stl`` still runs it.
+chunk. The run (envs, evaluations, checkpoints) is the runner's
+(``conal_rl/training/stl_run.py``), its command line ``python -m conal_rl.stl``.
 """
 
 from __future__ import annotations
@@ -59,8 +59,3 @@ def chunk_callback(bar, deadline: float | None, stop):
 
     return Chunk()
 
-
-if __name__ == "__main__":  # the command moved to conal_rl.stl; this name keeps working
-    import runpy
-
-    runpy.run_module("conal_rl.stl", run_name="__main__", alter_sys=True)

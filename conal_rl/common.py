@@ -18,9 +18,10 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used: a command's flags are checked first
+    import torch
 
 
 class UserError(Exception):
@@ -83,6 +84,8 @@ class StopSignal:
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` (cuda when available), ``cpu`` or ``cuda``; UserError for cuda without one."""
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -144,6 +147,8 @@ def write_json_atomic(path: str | Path, payload: object) -> Path:
 
 def machine(device: str | torch.device = "cpu") -> dict:
     """The machine a measurement ran on, for result files."""
+    import torch
+
     name = str(device)
     resolved = ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
     info = {"platform": platform.platform(), "processor": platform.processor(),

@@ -23,6 +23,7 @@ from conal_rl.training.conal_search import (
 )
 from conal_rl.training.config import TrainConfig, add_config_arguments, given_arguments
 from conal_rl.training.nets import load_specs, save_specs, surgery_filter, tree_factory, tree_specs
+from conal_rl.training.rundir import RunDir
 from conal_rl.training.runs import config_for_run
 from conal_rl.training.trainer import Trainer
 from envs import Benchmark, EvalResult, make_benchmark
@@ -49,10 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def architecture(config: TrainConfig, run_dir: Path, bench: Benchmark
                  ) -> tuple[dict[str, TreeSpec], dict | None]:
-    """The trees to train, from ``run_dir/architecture.json`` once it exists (written last
+    """The trees to train, from the run's architecture file once it exists (written last
     by a search: its presence means the search is done), else fixed by ``--arch`` or
     searched by CoNAL. Also returns the searched weights with ``--inherit-weights``."""
-    arch_file = run_dir / "architecture.json"
+    run = RunDir(run_dir)
+    arch_file = run.architecture
     if not arch_file.exists():
         details = None
         if config.arch == "conal":
@@ -63,11 +65,11 @@ def architecture(config: TrainConfig, run_dir: Path, bench: Benchmark
             specs = tree_specs(config.arch, config.hidden, bench.task_names,
                                config.architecture)
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_tree_pictures(run_dir / "architecture.png", specs)
+        save_tree_pictures(run.architecture_picture, specs)
         save_specs(arch_file, specs, details)
     inherited = None
     if config.arch == "conal" and config.inherit_weights:
-        inherited = checkpoint.load(run_dir / "search" / "inherited.pt")["trees"]
+        inherited = checkpoint.load(run.inherited)["trees"]
     return load_specs(arch_file), inherited
 
 

@@ -1,4 +1,5 @@
-"""One SB3 SAC per task (agents/stl.py, conal_rl/stl.py), logged like a multi-task run."""
+"""One SB3 SAC per task (agents/stl.py, conal_rl/training/stl_run.py, conal_rl/stl.py), logged
+like a multi-task run."""
 
 import json
 from types import SimpleNamespace
@@ -6,8 +7,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from agents.stl import PerTaskPolicy, chunk_targets
 from conal_rl import stl
 from conal_rl.analysis.curves import read_curves
+from conal_rl.training.stl_run import STLRun
 
 TINY = ["--preset", "quick", "--hidden", "16,16", "--batch-per-task", "16",
         "--eval-episodes", "1", "--device", "cpu"]
@@ -28,20 +31,20 @@ class FakeModel:
 def test_policy_routes_each_task_row_to_its_own_model():
     models = [FakeModel(v) for v in (-0.5, 0.0, 0.5)]
     obs = np.arange(3 * 39, dtype=np.float64).reshape(3, 39)
-    actions = stl.PerTaskPolicy(models)(obs)
+    actions = PerTaskPolicy(models)(obs)
     assert actions.shape == (3, 4)
     np.testing.assert_array_equal(actions[:, 0], [-0.5, 0.0, 0.5])
     for i, model in enumerate(models):
         [seen] = model.seen
         np.testing.assert_array_equal(seen, obs[i])
     with pytest.raises(ValueError, match="3 tasks, got 2"):
-        stl.PerTaskPolicy(models)(obs[:2])
+        PerTaskPolicy(models)(obs[:2])
 
 
 def test_chunks_stop_at_every_evaluation_and_checkpoint_and_at_the_end():
-    assert stl.chunk_targets(300, 150, 5000) == [150, 300]
-    assert stl.chunk_targets(1000, 300, 500) == [300, 500, 600, 900, 1000]
-    assert stl.chunk_targets(10, 0, 0) == [10]
+    assert chunk_targets(300, 150, 5000) == [150, 300]
+    assert chunk_targets(1000, 300, 500) == [300, 500, 600, 900, 1000]
+    assert chunk_targets(10, 0, 0) == [10]
 
 
 def test_run_writes_what_a_training_run_writes_and_resumes(tmp_path, capsys):
@@ -108,7 +111,7 @@ def fake_run(tmp_path, steps_done=(0, 0, 0)):
     """An STLRun over three fake learners: per task 30 steps, evaluation every 10, a
     checkpoint every 15 (no envs, no SB3)."""
     log, evals = [], []
-    run = object.__new__(stl.STLRun)
+    run = object.__new__(STLRun)
     run.config = SimpleNamespace(benchmark="fake", save_replay=False)
     run.run_dir = tmp_path
     (tmp_path / "checkpoints").mkdir(exist_ok=True)

@@ -17,7 +17,6 @@ The agent stays unaware of all of it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -27,7 +26,6 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 from agents import Batch, MultiTaskReplay, MultiTaskSAC
-from conal_rl.common import write_json_atomic
 from conal_rl.method import (
     ConflictNoticing,
     GroupTreeSpec,
@@ -42,6 +40,7 @@ from conal_rl.method import (
 from conal_rl.method.progressive import StageNet
 from conal_rl.training import checkpoint
 from conal_rl.training.config import TrainConfig
+from conal_rl.training.rundir import RunDir, read_json
 from conal_rl.training.trainer import Trainer
 from envs import Benchmark
 
@@ -217,18 +216,19 @@ def inherited_trees(agent: MultiTaskSAC, task_names: list[str]) -> dict[str, dic
 def search_architecture(config: TrainConfig, run_dir: Path, bench: Benchmark,
                         heatmap: Heatmap | None = None
                         ) -> tuple[dict[str, TreeSpec], dict[str, dict]]:
-    """CoNAL's search phase in ``run_dir/search`` (resumable: a checkpoint there is
-    continued). Returns the derived trees and their details for architecture.json; the
-    searched weights go to ``search/inherited.pt`` (``--inherit-weights``)."""
+    """CoNAL's search phase in the run's search directory (resumable: a checkpoint there is
+    continued). Returns the derived trees and their details for the architecture file; the
+    searched weights are kept for ``--inherit-weights``."""
+    run = RunDir(run_dir)
     search = ConalSearch(config.search(), bench.task_names, config.batch_per_task, heatmap)
     search_config = replace(config, total_steps=config.search_steps, eval_every=0)
-    trainer = Trainer(search_config, run_dir / "search", bench, search.make_net,
+    trainer = Trainer(search_config, run.search.path, bench, search.make_net,
                       search.make_filter, hook=search, sac=config.sac(searching=True),
                       holdout_every=config.arch_holdout)
-    print(f"search: {config.search_steps} env steps in {run_dir / 'search'}")
+    print(f"search: {config.search_steps} env steps in {run.search}")
     trainer.run(final_eval=False)
     checkpoint.save_atomic({"trees": inherited_trees(trainer.agent, bench.task_names)},
-                           run_dir / "search" / "inherited.pt")
+                           run.inherited)
     specs, details = search.derive(), search.details()
     for role, spec in specs.items():
         params = details[role]["parameters"]
@@ -236,17 +236,6 @@ def search_architecture(config: TrainConfig, run_dir: Path, bench: Benchmark,
               f"parameters {params['supernet']:,} (supernet) -> {params['tree']:,} "
               "(pruned tree)")
     return specs, details
-
-
-def search_timing(run_dir: Path) -> dict:
-    """Env steps and training seconds of a run's search: CoNAL's one phase in
-    ``run_dir/search``, or the sum of CoNAL-Pro's stages (``search/stage<s>/``); zeros
-    without a search."""
-    files = [run_dir / "search" / "timing.json",
-             *sorted((run_dir / "search").glob("stage*/timing.json"))]
-    timings = [json.loads(t.read_text()) for t in files if t.exists()]
-    return {"env_steps": sum(t["env_steps"] for t in timings),
-            "train_wall": sum(t["train_wall"] for t in timings)}
 
 
 def search_conflict_logs(run_dir: Path) -> dict[str, dict[str, float]]:
@@ -267,13 +256,14 @@ def search_conflict_logs(run_dir: Path) -> dict[str, dict[str, float]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     frozen, negative = {}, {}
-    for stage_dir in [run_dir / "search", *sorted((run_dir / "search").glob("stage*"))]:
-        if not any(stage_dir.glob("events.out.tfevents.*")):
+    run = RunDir(run_dir)
+    for search_dir in run.search_dirs():
+        if not search_dir.event_files():
             continue
-        events = EventAccumulator(str(stage_dir), size_guidance={
+        events = EventAccumulator(str(search_dir), size_guidance={
             "scalars": 0, "histograms": 0, "images": 1, "tensors": 1, "audio": 1})
         events.Reload()
-        stage = "" if stage_dir.name == "search" else stage_dir.name + "/"
+        stage = run.label_in_search(search_dir)
         for tag in events.Tags()["scalars"]:
             if tag.startswith("conflict/") and tag.endswith("/frozen_fraction"):
                 module = tag[len("conflict/"):-len("/frozen_fraction")]
@@ -290,9 +280,8 @@ def search_conflict_logs(run_dir: Path) -> dict[str, dict[str, float]]:
 
 
 def search_seconds(run_dir: Path) -> float:
-    """Training seconds the search spent (:func:`search_timing`): they count against the
-    run's --minutes."""
-    return search_timing(run_dir)["train_wall"]
+    """Training seconds the search spent: they count against the run's --minutes."""
+    return RunDir(run_dir).search_timing()["train_wall"]
 
 
 # ---- CoNAL-Pro ------------------------------------------------------------------------------
@@ -323,22 +312,23 @@ class ProStage(ConalSearch):
 def search_progressive(config: TrainConfig, run_dir: Path, bench: Benchmark,
                        heatmap: Heatmap | None = None
                        ) -> tuple[dict[str, GroupTreeSpec], dict[str, dict]]:
-    """CoNAL-Pro's search: one stage per hidden module in ``run_dir/search/stage<s>``, each
-    a fresh agent trained ``--stage-steps`` env steps (the first quarter weights only) and
-    resumable like CoNAL's search; a stage's ``decided.json`` (written last) holds the
-    partitions it decided. Returns the grown grouped trees and what architecture.json
-    records beside them (the partitions by task name, per stage)."""
+    """CoNAL-Pro's search: one stage per hidden module (each its own run directory in the
+    run's search), each a fresh agent trained ``--stage-steps`` env steps (the first quarter
+    weights only) and resumable like CoNAL's search; a stage's partitions, written last,
+    mark it done. Returns the grown grouped trees and what the architecture file records
+    beside them (the partitions by task name, per stage)."""
+    run = RunDir(run_dir)
     decided: dict[str, tuple[tuple[int, ...], ...]] = {"actor": (), "critic": ()}
     settings = replace(config.search(), warmup_steps=config.stage_steps // 4,
                        total_steps=config.stage_steps)
     stage_config = replace(config, total_steps=config.stage_steps, eval_every=0)
     for stage in range(1, len(config.hidden) + 1):
-        stage_dir = run_dir / "search" / f"stage{stage}"
-        done = stage_dir / "decided.json"
+        stage_dir = run.stage(stage)
+        done = stage_dir.decided
         if not done.exists():
             hook = ProStage(settings, bench.task_names, config.batch_per_task, decided,
                             heatmap)
-            trainer = Trainer(stage_config, stage_dir, bench, hook.make_net, hook.make_filter,
+            trainer = Trainer(stage_config, stage_dir.path, bench, hook.make_net, hook.make_filter,
                               hook=hook, sac=config.sac(searching=True),
                               holdout_every=config.arch_holdout)
             print(f"CoNAL-Pro stage {stage}/{len(config.hidden)}: {config.stage_steps} env "
@@ -350,8 +340,8 @@ def search_progressive(config: TrainConfig, run_dir: Path, bench: Benchmark,
                                       bench.task_names).groups_by_name()[-1]
                 trainer.writer.add_text(f"conal_pro/{role}", f"stage {stage}: {named}")
             trainer.writer.close()
-            write_json_atomic(done, {role: list(g) for role, g in partitions.items()})
-        partitions = json.loads(done.read_text())
+            stage_dir.write_json(done, {role: list(g) for role, g in partitions.items()})
+        partitions = read_json(done)
         decided = {role: (*decided[role], tuple(partitions[role])) for role in decided}
     specs = {role: GroupTreeSpec(config.hidden, groups, bench.task_names)
              for role, groups in decided.items()}

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 from agents import SACConfig
+from conal_rl.common import write_json_atomic
 from conal_rl.method import SearchSettings
 from envs import num_tasks
 
@@ -291,7 +292,7 @@ class TrainConfig:
 
     # ---- files ------------------------------------------------------------------------------
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self), indent=2))
+        write_json_atomic(path, asdict(self))
 
     @classmethod
     def load(cls, path: Path) -> TrainConfig:

@@ -1,12 +1,13 @@
-"""Run directories: the evaluations a run writes, and reading a run back (its config,
-trees and agent) for the evaluation, rendering and plotting commands. The networks of a run
-are always trees (``architecture.json``): for ``--arch conal`` the derived, pruned trees.
+"""Runs: a command's config and run directory checked before envs are built, the
+evaluations a run writes, and reading a run back (its config, trees and agent) for the
+evaluation, rendering and plotting commands. The networks of a run are always trees (its
+architecture file): for ``--arch conal`` the derived, pruned trees. Where its files are:
+:class:`~conal_rl.training.rundir.RunDir`.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import tempfile
@@ -26,6 +27,7 @@ from conal_rl.training import checkpoint
 from conal_rl.training.checkpoint import CheckpointError
 from conal_rl.training.config import TrainConfig
 from conal_rl.training.nets import check_fits, load_specs, tree_factory, tree_specs
+from conal_rl.training.rundir import RunDir
 from envs import (
     Benchmark,
     EvalResult,
@@ -36,32 +38,34 @@ from envs import (
 )
 
 
-def config_for_run(given: dict, resume: str | None, saved: str = "config.json",
+def config_for_run(given: dict, resume: str | None,
+                   saved: Callable[[RunDir], Path] = lambda run: run.config,
                    load: Callable[[Path], TrainConfig] = TrainConfig.load,
                    name: str = "") -> tuple[TrainConfig, Path]:
     """A command's config and run directory: a new run from the flags ``given``, or with
-    ``resume`` the run there, its ``saved`` config (read by ``load``) with the flags a resume
-    may change. ``name``: the run directory's default name part (default: the arch).
-    UserError for anything wrong, before any env is built."""
+    ``resume`` the run there, its ``saved`` config (the file ``saved(run)``, read by
+    ``load``) with the flags a resume may change. ``name``: the run directory's default
+    name part (default: the arch). UserError for anything wrong, before any env is built."""
     try:
         check_benchmark_name(given.get("benchmark", TrainConfig.benchmark))
         if resume:
             run_dir = Path(resume)
-            if not (run_dir / saved).is_file():
-                raise UserError(f"--resume {run_dir}: no {saved} there (not a run directory "
-                                "of this command)")
+            saved_file = saved(RunDir(run_dir))
+            if not saved_file.is_file():
+                raise UserError(f"--resume {run_dir}: no {saved_file.name} there (not a run "
+                                "directory of this command)")
             try:
-                previous = load(run_dir / saved)
+                previous = load(saved_file)
             except (ValueError, TypeError, KeyError, AttributeError, OSError) as e:
-                raise UserError(f"--resume {run_dir}: its {saved} is not a readable config "
-                                f"({type(e).__name__}: {one_line(e)})") from None
+                raise UserError(f"--resume {run_dir}: its {saved_file.name} is not a readable "
+                                f"config ({type(e).__name__}: {one_line(e)})") from None
             config = previous.resumed_with(given)
         else:
             config = TrainConfig(**given)
             stamp = time.strftime("%Y%m%d-%H%M%S")
             run_dir = Path(config.run_dir or f"runs/{config.benchmark.replace(':', '-')}-"
                            f"{name or config.arch}-s{config.seed}-{stamp}")
-            if (run_dir / saved).exists():
+            if saved(RunDir(run_dir)).exists():
                 raise UserError(f"{run_dir} already holds a run; use --resume {run_dir} or "
                                 "another --run-dir")
     except (UnknownBenchmark, ValueError, TypeError) as e:
@@ -84,16 +88,16 @@ def check_run_files(config: TrainConfig, run_dir: Path) -> None:
         tasks = task_names(config.benchmark)
     except UnknownBenchmark as e:
         raise UserError(str(e)) from None
-    arch_file = run_dir / "architecture.json"
-    if arch_file.exists():  # a run's own trees: what a resume trains
-        check_fits(load_specs(arch_file), tasks, arch_file)
+    run = RunDir(run_dir)
+    if run.architecture.exists():  # a run's own trees: what a resume trains
+        check_fits(load_specs(run.architecture), tasks, run.architecture)
     elif config.arch == "tree":
         tree_specs(config.arch, config.hidden, tasks, config.architecture)
-    for sub, arch in (("", config.arch), ("search", "conal")):
-        path = run_dir / sub / "checkpoints" / "latest.pt"
-        if path.exists():
-            state = checkpoint.load(path, mmap=True)
-            checkpoint.check_trained_on(state, config.benchmark, arch, path.parent.parent)
+    searches = [(d, config.arch) for d in run.search_dirs()]  # CoNAL's, CoNAL-Pro's stages
+    for d, arch in [(run, config.arch), *searches]:
+        if d.checkpoint.exists():
+            state = checkpoint.load(d.checkpoint, mmap=True)
+            checkpoint.check_trained_on(state, config.benchmark, arch, d.path)
     _check_replay_memory(config)
     _check_writable(run_dir)
 
@@ -176,14 +180,14 @@ class LoadedRun:
 
 
 def load_config(run_dir: Path) -> TrainConfig:
-    """A run's config.json; CheckpointError (one line) for a folder that is not a run."""
-    if not (run_dir / "config.json").is_file():
-        raise CheckpointError(f"{run_dir} is not a conal-rl run (no config.json)")
+    """A run's config; CheckpointError (one line) for a folder that is not a run."""
+    path = RunDir(run_dir).config
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir} is not a conal-rl run (no {path.name})")
     try:
-        return TrainConfig.load(run_dir / "config.json")
+        return TrainConfig.load(path)
     except (ValueError, TypeError) as e:
-        raise CheckpointError(
-            f"{run_dir}/config.json is not a conal-rl config ({e})") from None
+        raise CheckpointError(f"{path} is not a conal-rl config ({e})") from None
 
 
 def check_run(run_dir: Path) -> TrainConfig:
@@ -191,20 +195,18 @@ def check_run(run_dir: Path) -> TrainConfig:
     trees fit its benchmark's tasks, its checkpoint is a readable, safe one of that
     benchmark and architecture (tensors mapped, not read). CheckpointError or UserError,
     one line, otherwise; the config if all is well."""
-    config = load_config(run_dir)
-    if not (run_dir / "architecture.json").is_file():
-        raise CheckpointError(f"{run_dir} is not a conal-rl run (no architecture.json)")
+    config, run = load_config(run_dir), RunDir(run_dir)
+    specs = _run_specs(run)
     try:
         tasks = task_names(config.benchmark)
     except (UnknownBenchmark, AttributeError) as e:
-        raise CheckpointError(f"{run_dir}/config.json: {e}") from None
-    specs = load_specs(run_dir / "architecture.json")
+        raise CheckpointError(f"{run.config}: {e}") from None
     trained_on = list(specs["actor"].task_names)
     if trained_on and trained_on != tasks:
         raise CheckpointError(f"{run_dir} was trained on tasks {trained_on}, not on the "
                               f"{config.benchmark} tasks {tasks}")
-    check_fits(specs, tasks, run_dir / "architecture.json")
-    state = checkpoint.load(run_dir / "checkpoints" / "latest.pt", mmap=True)
+    check_fits(specs, tasks, run.architecture)
+    state = checkpoint.load(run.checkpoint, mmap=True)
     checkpoint.check_trained_on(state, config.benchmark, config.arch, run_dir)
     return config
 
@@ -213,13 +215,10 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedR
     """Rebuild a run's agent from its last checkpoint. Raises CheckpointError with a
     one-line reason for a folder that is not a conal-rl run."""
     run_dir = Path(run_dir)
-    config = load_config(run_dir)
-    if not (run_dir / "architecture.json").is_file():
-        raise CheckpointError(f"{run_dir} is not a conal-rl run (no architecture.json)")
-    specs = load_specs(run_dir / "architecture.json")
+    config, run = load_config(run_dir), RunDir(run_dir)
+    specs = _run_specs(run)
     # mmap: a replay saved with the run is mapped, never read
-    state = checkpoint.load(run_dir / "checkpoints" / "latest.pt", map_location=device,
-                            mmap=True)
+    state = checkpoint.load(run.checkpoint, map_location=device, mmap=True)
     checkpoint.check_trained_on(state, config.benchmark, config.arch, run_dir)
     agent_state = state["agent"]
     T = specs["actor"].num_tasks
@@ -228,6 +227,12 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedR
     agent.load_state_dict(agent_state)
     agent.eval()
     return LoadedRun(run_dir, config, specs, agent, state["counters"]["env_steps"])
+
+
+def _run_specs(run: RunDir) -> dict[str, TreeSpec]:
+    if not run.architecture.is_file():
+        raise CheckpointError(f"{run} is not a conal-rl run (no {run.architecture.name})")
+    return load_specs(run.architecture)
 
 
 def _dims(agent_state: dict, specs: dict[str, TreeSpec]) -> tuple[int, int]:
@@ -248,9 +253,9 @@ def _dims(agent_state: dict, specs: dict[str, TreeSpec]) -> tuple[int, int]:
 
 def record_evaluation(run_dir: Path, result: EvalResult, env_steps: int,
                       train_minutes: float, writer=None) -> None:
-    """Append an evaluation to ``run_dir/evaluations.csv`` (one row per task, with the env
+    """Append an evaluation to the run's evaluations table (one row per task, with the env
     steps and training minutes it was taken at: success against steps or wall clock),
-    replace ``eval_latest.json`` and, given a TensorBoard ``writer``, log it there
+    replace its latest evaluation and, given a TensorBoard ``writer``, log it there
     (success only where there is one: not for gym: sanity benchmarks)."""
     if writer is not None:
         has_success = not math.isnan(result.mean_success)
@@ -261,7 +266,8 @@ def record_evaluation(run_dir: Path, result: EvalResult, env_steps: int,
         if has_success:
             writer.add_scalar("eval/mean_success", result.mean_success, env_steps)
         writer.add_scalar("eval/mean_return", result.mean_return, env_steps)
-    path = run_dir / "evaluations.csv"
+    run = RunDir(run_dir)
+    path = run.evaluations
     columns = EVALUATION_COLUMNS
     if path.exists():  # keep the columns of a run started by an older version
         with open(path, newline="") as f:
@@ -276,24 +282,25 @@ def record_evaluation(run_dir: Path, result: EvalResult, env_steps: int,
     latest = {"env_steps": env_steps, "train_minutes": round(train_minutes, 3),
               "mean_success": result.mean_success, "mean_return": result.mean_return,
               "tasks": result.rows()}
-    (run_dir / "eval_latest.json").write_text(json.dumps(latest, indent=2))
+    run.write_json(run.eval_latest, latest)
 
 
 # ---- finding runs ------------------------------------------------------------------------
 def run_dir_of(path: str | Path) -> Path:
-    """The run directory of a RUN_DIR or of its checkpoint file (checkpoints/latest.pt)."""
+    """The run directory of a RUN_DIR or of its checkpoint file."""
     path = Path(path)
     if path.is_dir():
         return path
     if not path.exists():
         raise UserError(f"{path}: no such run directory or checkpoint")
-    for run_dir in (path.parent, path.parent.parent):
-        if (run_dir / "config.json").is_file():
-            if path.resolve() != (run_dir / "checkpoints" / "latest.pt").resolve():
-                raise UserError(f"{path}: only a run's checkpoints/latest.pt can be evaluated")
-            return run_dir
-    raise CheckpointError(f"{path} is not in a conal-rl run directory (no config.json beside "
-                          "it or its folder)")
+    for run in (RunDir(path.parent), RunDir(path.parent.parent)):
+        if run.config.is_file():
+            if path.resolve() != run.checkpoint.resolve():
+                checkpoint_name = run.checkpoint.relative_to(run.path)
+                raise UserError(f"{path}: only a run's {checkpoint_name} can be evaluated")
+            return run.path
+    raise CheckpointError(f"{path} is not in a conal-rl run directory (no "
+                          f"{run.config.name} beside it or its folder)")
 
 
 def load_checked(path: str | Path, device: torch.device) -> LoadedRun:
@@ -302,8 +309,9 @@ def load_checked(path: str | Path, device: torch.device) -> LoadedRun:
     try:
         return load_run(run_dir, device)
     except (RuntimeError, KeyError) as e:  # weights of another shape or network
-        raise CheckpointError(f"{run_dir}: its checkpoint does not fit its architecture.json "
-                              f"({type(e).__name__})") from None
+        raise CheckpointError(f"{run_dir}: its checkpoint does not fit its "
+                              f"{RunDir(run_dir).architecture.name} ({type(e).__name__})"
+                              ) from None
 
 
 def eval_envs(run: LoadedRun, seed: int | None = None, device: torch.device | str = "cpu"

@@ -8,7 +8,6 @@ the way SB3 keeps its algorithm, loop and callbacks apart.
 from __future__ import annotations
 
 import contextlib
-import json
 import random
 import sys
 import time
@@ -26,6 +25,7 @@ from agents import FilterFactory, MultiTaskReplay, MultiTaskSAC, NetFactory, SAC
 from conal_rl.common import StopSignal, keep_freed_memory, resolve_device
 from conal_rl.training import checkpoint, guard
 from conal_rl.training.config import TrainConfig
+from conal_rl.training.rundir import RunDir
 from conal_rl.training.runs import Policy, format_eval, record_evaluation
 from envs import Benchmark, EvalResult, make_eval_benchmark
 from envs import evaluate as run_evaluation
@@ -73,7 +73,8 @@ class Trainer:
                  make_net: NetFactory, make_filter: FilterFactory | None = None,
                  hook: Hook | None = None, sac: SACConfig | None = None,
                  holdout_every: int = 0):
-        self.config, self.run_dir, self.bench, self.hook = config, run_dir, bench, hook
+        self.config, self.run_dir, self.bench, self.hook = config, Path(run_dir), bench, hook
+        self.files = RunDir(run_dir)
         self.device = resolve_device(config.device)
         torch.set_num_threads(config.torch_threads)
         keep_freed_memory()
@@ -96,19 +97,19 @@ class Trainer:
         self.stopped_by = "steps"  # or "minutes": what ended the last run()
         self.spent_s = 0.0  # training seconds charged to the budget before this trainer
         self.speed: dict[str, str] = {}  # latest env-steps/s and updates/s, for the console
-        run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.resumed = self.checkpoint_path.exists()
         self.saved_step: int | None = None  # env step of the last checkpoint written or read
         self._window: _Window | None = None  # the loop's, while run() runs
         if self.resumed:
             self._load_checkpoint()
             self.saved_step = self.env_steps
-        config.save(run_dir / "config.json")
-        self.writer = SummaryWriter(str(run_dir))
+        config.save(self.files.config)
+        self.writer = SummaryWriter(str(self.run_dir))
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.run_dir / "checkpoints" / "latest.pt"
+        return self.files.checkpoint
 
     # ---- the loop -------------------------------------------------------------------------
     def run(self, final_eval: bool = True, spent_s: float = 0.0) -> EvalResult | None:
@@ -273,7 +274,7 @@ class Trainer:
         t0 = time.perf_counter()
         if self.video_bench is None:
             self.video_bench = make_eval_benchmark(self.config.benchmark, self.config.seed + 1)
-        out = self.run_dir / "videos" / f"step_{self.env_steps}"
+        out = self.files.videos(self.env_steps)
         try:
             grid = record_videos(self.policy, self.video_bench, out, progress=False)[-1]
             self.writer.add_image("video/last_frames", last_frame(grid), self.env_steps,
@@ -341,7 +342,7 @@ class Trainer:
     def _write_timing(self) -> None:
         timing = dict(self.timers) | {"env_steps": self.env_steps, "updates": self.updates,
                                       "stopped_by": self.stopped_by}
-        (self.run_dir / "timing.json").write_text(json.dumps(timing, indent=2))
+        self.files.write_timing(timing)
 
     # ---- faults ---------------------------------------------------------------------------
     def check_finite(self, means: dict[str, torch.Tensor] | None = None) -> None:
