@@ -1,14 +1,20 @@
-"""Multi-task SAC and its replay buffer; networks come from a factory (see sac.NetFactory)."""
+"""Multi-task SAC and its replay buffer; networks come from a factory (see sac.NetFactory).
 
-from agents.replay import Batch, MultiTaskReplay, random_batch
-from agents.sac import (
-    FilterFactory,
-    GradientFilter,
-    MultiTaskSAC,
-    NetFactory,
-    SACConfig,
-    weight_parameters,
-)
+Its names are loaded when first used (PEP 562), so ``agents.options`` can be read without
+importing torch.
+"""
 
-__all__ = ["Batch", "FilterFactory", "GradientFilter", "MultiTaskReplay", "MultiTaskSAC",
-           "NetFactory", "SACConfig", "random_batch", "weight_parameters"]
+from importlib import import_module
+
+_SOURCES = {"Batch": "agents.replay", "MultiTaskReplay": "agents.replay",
+            "random_batch": "agents.replay", "FilterFactory": "agents.sac",
+            "GradientFilter": "agents.sac", "MultiTaskSAC": "agents.sac",
+            "NetFactory": "agents.sac", "SACConfig": "agents.sac",
+            "weight_parameters": "agents.sac"}
+__all__ = sorted(_SOURCES)
+
+
+def __getattr__(name: str):
+    if name not in _SOURCES:
+        raise AttributeError(f"module 'agents' has no attribute {name!r}")
+    return getattr(import_module(_SOURCES[name]), name)

@@ -36,6 +36,13 @@ def random_batch(num_tasks: int, batch_per_task: int, obs_dim: int, act_dim: int
 class MultiTaskReplay:
     FIELDS = Batch._fields
 
+    @staticmethod
+    def storage_bytes(transitions: int, obs_dim: int, act_dim: int) -> int:
+        """The memory ``transitions`` (over all tasks) take in the storage (float32 obs,
+        actions, reward, next obs, done), held-out buffer included: known before a run
+        allocates it."""
+        return transitions * (2 * obs_dim + act_dim + 2) * 4
+
     def __init__(self, capacity: int, num_tasks: int, obs_dim: int, act_dim: int,
                  device: torch.device | str = "cpu", seed: int = 0, holdout_every: int = 0):
         """``capacity``: transitions kept per task (a ring buffer). ``holdout_every`` = k > 0:

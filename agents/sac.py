@@ -24,6 +24,7 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
+from agents.options import LOSS_WEIGHTINGS
 from agents.replay import Batch
 
 NetFactory = Callable[[str, int, int], nn.Module]
@@ -52,9 +53,6 @@ NO_FILTER = _NoFilter()
 # Log-std range of the Gaussian policy, squashed smoothly with tanh (CleanRL's
 # sac_continuous_action.py).
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
-
-LOSS_WEIGHTINGS = ("mean", "rlw")
-
 
 @dataclass(frozen=True)
 class SACConfig:

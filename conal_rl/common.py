@@ -28,6 +28,10 @@ class UserError(Exception):
     """A mistake a user can make (a flag, a path, a file): one line, exit status 2."""
 
 
+class CheckpointError(UserError):
+    """A file or folder that is not (or does not fit) a conal-rl checkpoint or run."""
+
+
 class RunFault(Exception):
     """A fault a run cannot go on through (non-finite values, an env process that died, a
     checkpoint that cannot be written): one line, exit status ``exit_status`` (each kind
@@ -80,6 +84,10 @@ class StopSignal:
     def restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+DEVICES = ("auto", "cpu", "cuda")
+"""``--device``: auto picks cuda when there is one."""
 
 
 def resolve_device(name: str) -> torch.device:

@@ -13,18 +13,19 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from conal_rl.analysis.grouping import arch_label, group_runs
 from conal_rl.analysis.stats import Summary, summarize
 from conal_rl.common import (
+    DEVICES,
+    CheckpointError,
     CommandParser,
     UserError,
     as_float,
@@ -32,19 +33,15 @@ from conal_rl.common import (
     resolve_device,
     run_cli,
 )
-from conal_rl.method import num_parameters
-from conal_rl.training.checkpoint import CheckpointError
 from conal_rl.training.config import TrainConfig
-from conal_rl.training.runs import (
-    LoadedRun,
-    Policy,
-    check_run,
-    eval_envs,
-    load_checked,
-    load_config,
-    run_dir_of,
-)
+from conal_rl.training.preflight import load_config, run_dir_of
+from conal_rl.training.rundir import RunDir, read_json
 from envs import Benchmark, EvalResult, UnknownBenchmark, evaluate
+
+if TYPE_CHECKING:  # torch and the runs load after the flags and files are checked
+    import torch
+
+    from conal_rl.training.runs import LoadedRun
 
 PROG = "python -m conal_rl.evaluate"
 DEFAULT_EPISODES = 50  # per task, as in the Meta-World multi-task literature
@@ -63,8 +60,11 @@ class RunEvaluation:
 
 
 def evaluate_run(run: LoadedRun, bench: Benchmark, seed: int, episodes: int,
-                 device: torch.device, progress: bool = True) -> RunEvaluation:
+                 device: torch.device | str, progress: bool = True) -> RunEvaluation:
     """Evaluate ``run`` on ``bench`` (its evaluation envs, made with ``seed``)."""
+    from conal_rl.method import num_parameters
+    from conal_rl.training.runs import Policy
+
     policy = Policy(run.agent, bench.action_space, device)
     # Episodes end on success, so the bar's total (every episode running to its time
     # limit) is an upper bound; each policy call is one step of every task.
@@ -81,7 +81,8 @@ def evaluate_run(run: LoadedRun, bench: Benchmark, seed: int, episodes: int,
 
 
 def write_evaluation(ev: RunEvaluation) -> None:
-    """``eval.json`` (everything, for tools) and ``eval.csv`` (per task) in the run dir."""
+    """The evaluation's summary (everything, for tools) and its table (per task) in the run
+    directory."""
     rows = [{k: finite_or_none(v) for k, v in row.items()} for row in ev.result.rows()]
     summary = {
         "evaluated_by": PROG, "env_steps": ev.env_steps, "benchmark": ev.config.benchmark,
@@ -90,20 +91,19 @@ def write_evaluation(ev: RunEvaluation) -> None:
         "mean_success": finite_or_none(ev.result.mean_success),
         "mean_return": ev.result.mean_return, "tasks": rows,
     }
-    (ev.run_dir / "eval.json").write_text(json.dumps(summary, indent=2) + "\n")
-    with open(ev.run_dir / "eval.csv", "w", newline="") as f:
+    files = RunDir(ev.run_dir)
+    files.write_json(files.evaluation_summary, summary)
+    with open(files.evaluation_table, "w", newline="") as f:
         writer = csv.DictWriter(f, ["task", "success", "return", "episodes"])
         writer.writeheader()
         writer.writerows(rows)
 
 
 def earlier_evaluation(run: LoadedRun, episodes: int, seed: int) -> RunEvaluation | None:
-    """The run's eval.json as a RunEvaluation, if this CLI wrote it for the same
+    """The run's evaluation summary as a RunEvaluation, if this CLI wrote it for the same
     checkpoint, episodes and seed."""
-    path = run.run_dir / "eval.json"
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, ValueError):
+    saved = read_json(RunDir(run.run_dir).evaluation_summary)
+    if not isinstance(saved, dict):
         return None
     same = (saved.get("evaluated_by") == PROG and saved.get("env_steps") == run.env_steps
             and saved.get("episodes") == episodes and saved.get("seed") == seed)
@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=None,
                         help="seed of the evaluation envs (default: each run's own seed, i.e. "
                         "the task set and evaluation stream of its training)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+    parser.add_argument("--device", default="auto", choices=DEVICES,
                         help="torch device (default: %(default)s, cuda when available)")
     parser.add_argument("--compare", action="store_true",
                         help="runs of different configurations (architectures, presets, "
@@ -234,12 +234,10 @@ def main(argv: list[str] | None = None) -> dict[str, list[RunEvaluation]]:
 
 
 def _main(args: argparse.Namespace) -> dict[str, list[RunEvaluation]]:
-    torch.set_num_threads(1)  # small nets, serial env loop; see the README's performance notes
     if args.episodes < 1:
         raise UserError(f"--episodes must be positive, got {args.episodes}")
     if args.seed is not None and args.seed < 0:
         raise UserError(f"--seed must not be negative, got {args.seed}")
-    device = resolve_device(args.device)
     run_dirs = [run_dir_of(p) for p in args.runs]
     configs = [load_config(d) for d in run_dirs]
     for run_dir, config in zip(run_dirs, configs):
@@ -249,6 +247,12 @@ def _main(args: argparse.Namespace) -> dict[str, list[RunEvaluation]]:
     # Group and check every run before evaluating: a run that does not belong or whose
     # files are broken fails in seconds, not after the others' evaluations.
     groups = group_runs(configs, compare=args.compare)
+    import torch
+
+    from conal_rl.training.runs import check_run, eval_envs, load_checked
+
+    torch.set_num_threads(1)  # small nets, serial env loop; see the README's performance notes
+    device = resolve_device(args.device)
     for run_dir in run_dirs:
         check_run(run_dir)
     evals: list[RunEvaluation] = []

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from conal_rl.analysis.curves import AXES, MEAN, Band, Curves, band, draw, read_curves
 from conal_rl.analysis.grouping import group_runs
 from conal_rl.common import CommandParser, UserError, run_cli
-from conal_rl.training.runs import load_config, run_dir_of
+from conal_rl.training.preflight import load_config, run_dir_of
 
 PROG = "python -m conal_rl.plot"
 

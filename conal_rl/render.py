@@ -11,10 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
-from conal_rl.common import CommandParser, UserError, resolve_device, run_cli
-from conal_rl.training.runs import Policy, eval_envs, load_checked
+from conal_rl.common import DEVICES, CommandParser, UserError, resolve_device, run_cli
+from conal_rl.training.rundir import RunDir
 from envs import UnknownBenchmark, task_names
 from envs.video import (
     DEFAULT_CAMERA,
@@ -65,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=None,
                         help="seed of the envs (default: the run's seed, the task set of its "
                         "training and evaluation)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+    parser.add_argument("--device", default="auto", choices=DEVICES,
                         help="torch device of the policy (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default: RUN_DIR/videos)")
@@ -79,7 +77,6 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
 def _main(args: argparse.Namespace) -> list[Path]:
     use_headless_gl()  # before metaworld imports mujoco
-    torch.set_num_threads(1)
     for flag in ("episodes", "size", "frame_skip", "max_steps", "fps"):
         value = getattr(args, flag)
         if value is not None and not value > 0:  # NaN too
@@ -90,13 +87,18 @@ def _main(args: argparse.Namespace) -> list[Path]:
         raise UserError(f"--size must be even (H.264 video), got {args.size}")
     if args.seed is not None and args.seed < 0:
         raise UserError(f"--seed must not be negative, got {args.seed}")
+    import torch  # after the flags are checked
+
+    from conal_rl.training.runs import Policy, eval_envs, load_checked
+
+    torch.set_num_threads(1)
     device = resolve_device(args.device)
     run = load_checked(args.run, device)
     # Everything checkable is checked before the envs are built.
     tasks = parse_tasks(args.tasks, task_names(run.config.benchmark))
     check_gl()  # before recording: a clear line instead of an OpenGL traceback
     bench = eval_envs(run, args.seed, device)
-    out_dir = args.out or run.run_dir / "videos"
+    out_dir = args.out or RunDir(run.run_dir).videos_folder
     paths = record_videos(Policy(run.agent, bench.action_space, device), bench, out_dir, tasks,
                           args.episodes, args.size, args.camera, args.frame_skip,
                           args.max_steps, args.fps)

@@ -13,13 +13,35 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import asdict, replace
+from pathlib import Path
 
 from conal_rl.common import CommandParser, run_cli
-from conal_rl.training.config import RESUMABLE, add_config_arguments, given_arguments
-from conal_rl.training.runs import config_for_run
-from conal_rl.training.stl_run import FLAGS, STLRun, check_stl_files, given_of_run, load_stl_config
+from conal_rl.training.config import (
+    RESUMABLE,
+    TrainConfig,
+    add_config_arguments,
+    given_arguments,
+)
+from conal_rl.training.preflight import config_for_run
 
 PROG = "python -m conal_rl.stl"
+
+# The TrainConfig fields that mean something for single-task SB3 SAC (others, e.g. the
+# architecture and the search, do not apply). "minutes" only where training has it.
+FLAGS = ("benchmark", "preset", "total_steps", "minutes", "seed", "device", "run_dir",
+         "eval_every", "eval_episodes", "checkpoint_every", "save_replay", "hidden",
+         "batch_per_task", "replay_size", "warmup_steps", "lr", "gamma", "tau",
+         "torch_threads")
+
+
+def load_stl_config(path: Path) -> TrainConfig:
+    """The config an STL run was made with (in its description); ValueError for a file
+    that is not an STL run's description."""
+    data = json.loads(path.read_text())
+    if not (isinstance(data, dict) and isinstance(data.get("config"), dict)
+            and isinstance(data.get("given"), dict)):
+        raise ValueError(f"{path}: not an STL run's {path.name} (no config and given)")
+    return TrainConfig(**data["config"])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,10 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
 
-    def prepare() -> STLRun:
+    def prepare():
         given = given_arguments(args)
         config, run_dir = config_for_run(given, args.resume, lambda run: run.stl_config,
                                          load_stl_config, "stl")
+        from conal_rl.training.stl_run import STLRun, check_stl_files, given_of_run
+
         check_stl_files(run_dir)
         if args.resume:  # the run's description keeps the flags given when it was made
             previous = given_of_run(run_dir)

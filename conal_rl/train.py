@@ -12,22 +12,13 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from conal_rl.analysis.draw import heatmap_figure, save_tree_pictures
 from conal_rl.common import CommandParser, UserError, run_cli
-from conal_rl.method import TreeSpec, num_parameters
-from conal_rl.training import checkpoint
-from conal_rl.training.conal_search import (
-    search_architecture,
-    search_progressive,
-    search_seconds,
-)
 from conal_rl.training.config import TrainConfig, add_config_arguments, given_arguments
-from conal_rl.training.nets import load_specs, save_specs, surgery_filter, tree_factory, tree_specs
+from conal_rl.training.preflight import config_for_run
 from conal_rl.training.rundir import RunDir
-from conal_rl.training.runs import config_for_run
-from conal_rl.training.trainer import Trainer
-from envs import Benchmark, EvalResult, make_benchmark
-from envs.video import use_headless_gl
+
+# Torch, the envs and the search are imported once the flags and files are checked (below):
+# a wrong flag answers before they load.
 
 PROG = "python -m conal_rl.train"
 EXIT_STATUSES = ("exit status: 0 done; 2 a bad flag or file (one line, before any env is "
@@ -48,11 +39,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def architecture(config: TrainConfig, run_dir: Path, bench: Benchmark
-                 ) -> tuple[dict[str, TreeSpec], dict | None]:
+def architecture(config: TrainConfig, run_dir: Path, bench
+                 ) -> tuple[dict, dict | None]:
     """The trees to train, from the run's architecture file once it exists (written last
     by a search: its presence means the search is done), else fixed by ``--arch`` or
     searched by CoNAL. Also returns the searched weights with ``--inherit-weights``."""
+    from conal_rl.analysis.draw import heatmap_figure, save_tree_pictures
+    from conal_rl.training import checkpoint
+    from conal_rl.training.conal_search import search_architecture, search_progressive
+    from conal_rl.training.nets import load_specs, save_specs, tree_specs
+
     run = RunDir(run_dir)
     arch_file = run.architecture
     if not arch_file.exists():
@@ -73,9 +69,14 @@ def architecture(config: TrainConfig, run_dir: Path, bench: Benchmark
     return load_specs(arch_file), inherited
 
 
-def prepare(config: TrainConfig, run_dir: Path) -> Trainer:
+def prepare(config: TrainConfig, run_dir: Path):
     """Envs, trees (searched first for --arch conal) and the trainer, resumed if a
     checkpoint is there."""
+    from conal_rl.method import num_parameters
+    from conal_rl.training.nets import surgery_filter, tree_factory
+    from conal_rl.training.trainer import Trainer
+    from envs import make_benchmark
+
     print("config:", json.dumps(asdict(config)))
     bench = make_benchmark(config.benchmark, config.seed, config.vector_strategy)
     specs, inherited = architecture(config, run_dir, bench)
@@ -91,11 +92,15 @@ def prepare(config: TrainConfig, run_dir: Path) -> Trainer:
     return trainer
 
 
-def main(argv: list[str] | None = None) -> EvalResult:
+def main(argv: list[str] | None = None):
     args = build_parser().parse_args(argv)
+    from envs.video import use_headless_gl
+
     use_headless_gl()  # for videos: before anything imports mujoco (metaworld does)
     config, run_dir = run_cli(PROG, lambda: config_for_run(given_arguments(args), args.resume))
     trainer = run_cli(PROG, lambda: prepare(config, run_dir), (UserError, ValueError))
+    from conal_rl.training.conal_search import search_seconds
+
     return run_cli(PROG, lambda: trainer.run(spent_s=search_seconds(run_dir)))
 
 

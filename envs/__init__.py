@@ -6,12 +6,13 @@ from envs.benchmarks import (
     check_benchmark_name,
     make_benchmark,
     num_tasks,
+    observation_action_sizes,
     task_names,
 )
 from envs.evaluation import EvalResult, evaluate, make_eval_benchmark
 
 __all__ = [
     "Benchmark", "UnknownBenchmark", "check_benchmark_name", "make_benchmark", "num_tasks",
-    "task_names",
+    "observation_action_sizes", "task_names",
     "EvalResult", "evaluate", "make_eval_benchmark",
 ]

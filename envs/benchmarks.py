@@ -77,6 +77,16 @@ def num_tasks(name: str) -> int:
     return {"MT10": 10, "MT50": 50}.get(name, 1)
 
 
+METAWORLD_SIZES = (39, 4)  # observation and action sizes of every Meta-World v3 task
+
+
+def observation_action_sizes(name: str) -> tuple[int, int] | None:
+    """A benchmark's observation and action sizes from its name alone (no env is built);
+    None where only an env can tell (gym:)."""
+    check_benchmark_name(name)
+    return None if name.startswith("gym:") else METAWORLD_SIZES
+
+
 def task_names(name: str) -> list[str]:
     """A benchmark's task names in sub-env order, from its name alone (no env is built:
     Meta-World's MT10/MT50 task lists, the order ``make_benchmark`` gives); raises

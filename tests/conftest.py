@@ -38,7 +38,7 @@ def two_tasks(monkeypatch):
     building MT10's envs takes ~10 s on 2 cores. Returns the task names."""
     import gymnasium as gym
 
-    from conal_rl import train
+    import envs
     from conal_rl.training import trainer
     from envs import Benchmark
     from envs.evaluation import EVAL_SEED_OFFSET
@@ -58,6 +58,6 @@ def two_tasks(monkeypatch):
         bench.envs.reset(seed=seed + EVAL_SEED_OFFSET)
         return bench
 
-    monkeypatch.setattr(train, "make_benchmark", make)
+    monkeypatch.setattr(envs, "make_benchmark", make)  # what conal_rl.train builds
     monkeypatch.setattr(trainer, "make_eval_benchmark", make_eval)
     return list(TWO_TASKS)

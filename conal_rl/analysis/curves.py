@@ -1,7 +1,8 @@
-"""Evaluation curves of runs, read from their ``evaluations.csv``, and bands of mean ± s.e.
+"""Evaluation curves of runs, read from their evaluations table, and bands of mean ± s.e.
 over seeds drawn on a matplotlib axis (the plot command and the benchmarks' reports).
 
-``evaluations.csv`` (conal_rl.training.runs.record_evaluation) holds a row per task and
+The evaluations table (``RunDir.evaluations``, written by
+conal_rl.training.runs.record_evaluation) holds a row per task and
 evaluation: the env steps and training minutes it was taken at, the success rate (an
 empty cell for gymnasium sanity runs, which have returns only) and the mean return.
 """
@@ -16,6 +17,7 @@ import numpy as np
 
 from conal_rl.analysis.stats import mean_se
 from conal_rl.common import UserError, as_float
+from conal_rl.training.rundir import RunDir
 
 METRICS = ("success", "return")
 # What a curve can be drawn against, and its axis label.
@@ -34,7 +36,7 @@ def read_curves(run_dir: Path, metric: str = "success", x: str = "env_steps") ->
     if metric not in METRICS or x not in AXES:
         raise ValueError(f"metric must be one of {METRICS} and x one of {tuple(AXES)}, got "
                          f"{metric!r} and {x!r}")
-    path = Path(run_dir) / "evaluations.csv"
+    path = RunDir(run_dir).evaluations
     if not path.exists():
         return {}
     at: dict[int, tuple[float, dict[str, float]]] = {}  # env step -> (x, task -> value)
@@ -45,7 +47,7 @@ def read_curves(run_dir: Path, metric: str = "success", x: str = "env_steps") ->
             missing = [c for c in ("env_steps", "task", metric, x) if c not in columns]
             if columns and missing:
                 raise UserError(f"{path} has no {', '.join(missing)} column (not an "
-                                "evaluations.csv, or written by an older version?)")
+                                f"{path.name}, or written by an older version?)")
             for row in reader:
                 try:
                     if None in row.values() or None in row:  # cut short, or cells too many
@@ -58,7 +60,7 @@ def read_curves(run_dir: Path, metric: str = "success", x: str = "env_steps") ->
                     raise UserError(f"{path}, line {reader.line_num}: not an evaluation row "
                                     "(truncated or another file?)") from None
     except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise UserError(f"{path} is not a readable evaluations.csv ({type(e).__name__})"
+        raise UserError(f"{path} is not a readable {path.name} ({type(e).__name__})"
                         ) from None
     if not at:
         return {}

@@ -21,8 +21,8 @@ NOT_CONFIGURATION = {"seed", "run_dir", "device", "torch_threads", "vector_strat
                      "log_every", "checkpoint_every", "save_replay", "eval_every",
                      "eval_episodes"}
 
-ARCH_NAMES = {"mtsac": "MT-SAC", "mhsac": "MH-SAC", "conal": "CoNAL", "conal-pro": "CoNAL-Pro",
-              "tree": "tree"}
+ARCH_NAMES = {"mtsac": "MT-SAC", "mhsac": "MH-SAC", "independent": "STL (batched)",
+              "conal": "CoNAL", "conal-pro": "CoNAL-Pro", "tree": "tree"}
 ABLATIONS = {"gumbel": "gumbel", "no_conflict_noticing": "w/o conflict-noticing",
              "no_private": "w/o private modules", "inherit_weights": "inherited weights"}
 # Methods added to an architecture, named "<arch> + <method>" (e.g. "MT-SAC + PCGrad"):

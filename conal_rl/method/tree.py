@@ -68,6 +68,12 @@ class TreeSpec:
         """Multi-head SAC: one shared trunk, one output head per task."""
         return cls(tuple(hidden), (len(hidden),) * num_tasks, task_names)
 
+    @classmethod
+    def independent(cls, hidden, num_tasks: int, task_names=()) -> TreeSpec:
+        """Single-task learning in one net: every task its own modules from the input on
+        (branch point 0), computed for all tasks in one batched product per layer."""
+        return cls(tuple(hidden), (0,) * num_tasks, task_names)
+
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -17,13 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from conal_rl.common import RunFault, UserError, write_atomic
+from conal_rl.common import CheckpointError, RunFault, write_atomic
 
 FORMAT = "conal-rl-checkpoint/1"
-
-
-class CheckpointError(UserError):
-    """A file or folder that is not (or does not fit) a conal-rl checkpoint or run."""
 
 
 class CheckpointWriteError(RunFault):

@@ -239,44 +239,9 @@ def search_architecture(config: TrainConfig, run_dir: Path, bench: Benchmark,
 
 
 def search_conflict_logs(run_dir: Path) -> dict[str, dict[str, float]]:
-    """What a run's search logged about conflict-noticing (``ConalSearch.log``), per shared
-    module (``actor/shared.1``, ``critic/q1/shared.1``...; CoNAL-Pro's prefixed
-    ``stage<s>/``):
-
-    * ``"frozen_fraction"``: the fraction of the search's conflict-checked updates on which
-      the module was frozen, the last value logged (the counts run from the search's start,
-      resumes included where the checkpoint holds the rule's state); 0 with
-      conflict-noticing off;
-    * ``"negative_cosines"``: the share of the logged pairwise cosines of task gradients
-      that were negative, over all logged updates (read from the histograms' buckets, whose
-      edges are fine around 0): near 0.5, the signs are coin flips and the paper's rule,
-      which freezes on any negative pair of T(T-1)/2, freezes on nearly every update.
-
-    Both ``{}`` without a search."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    frozen, negative = {}, {}
-    run = RunDir(run_dir)
-    for search_dir in run.search_dirs():
-        if not search_dir.event_files():
-            continue
-        events = EventAccumulator(str(search_dir), size_guidance={
-            "scalars": 0, "histograms": 0, "images": 1, "tensors": 1, "audio": 1})
-        events.Reload()
-        stage = run.label_in_search(search_dir)
-        for tag in events.Tags()["scalars"]:
-            if tag.startswith("conflict/") and tag.endswith("/frozen_fraction"):
-                module = tag[len("conflict/"):-len("/frozen_fraction")]
-                frozen[stage + module] = float(events.Scalars(tag)[-1].value)
-        for tag in events.Tags()["histograms"]:
-            if tag.startswith("conflict_cosines/"):
-                values = [h.histogram_value for h in events.Histograms(tag)]
-                below = sum(count for v in values
-                            for limit, count in zip(v.bucket_limit, v.bucket) if limit <= 0)
-                total = sum(v.num for v in values)
-                if total:
-                    negative[stage + tag[len("conflict_cosines/"):]] = float(below / total)
-    return {"frozen_fraction": frozen, "negative_cosines": negative}
+    """What a run's search logged about conflict-noticing: ``RunDir.search_conflict_logs``
+    (kept for the tests that read it through the search)."""
+    return RunDir(run_dir).search_conflict_logs()
 
 
 def search_seconds(run_dir: Path) -> float:

@@ -21,10 +21,23 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Literal
 
-from agents import SACConfig
-from conal_rl.common import write_json_atomic
-from conal_rl.method import SearchSettings
+from agents.options import LOSS_WEIGHTINGS
+from conal_rl.common import DEVICES, write_json_atomic
 from envs import num_tasks
+
+if typing.TYPE_CHECKING:  # imported where used: flags are parsed before torch is loaded
+    from agents import SACConfig
+    from conal_rl.method import SearchSettings
+
+
+ARCHS = ("mtsac", "mhsac", "independent", "conal", "conal-pro", "tree")
+"""``--arch``: the networks' trees. Fixed: mtsac, mhsac, independent (every task its own
+networks, in one batched update: single-task learning) and tree (from a file); searched:
+conal and conal-pro."""
+SEARCHED_ARCHS = ("conal", "conal-pro")
+GRAD_SURGERIES = ("none", "pcgrad")
+"""``--grad-surgery``: gradient surgery on the trained networks' shared modules."""
+MAX_WIDTH = 65_536  # a wider layer is a typo (and would not fit in memory with its twin)
 
 
 class _Preset:
@@ -83,11 +96,12 @@ class TrainConfig:
     benchmark: str = "MT10"
     """MT10, MT50, MT1:<task> (e.g. MT1:reach-v3) or gym:<env-id> (e.g. gym:Pendulum-v1, a
     one-task sanity check)"""
-    arch: Literal["mtsac", "mhsac", "conal", "conal-pro", "tree"] = "mtsac"
+    arch: Literal[ARCHS] = "mtsac"
     """network architecture: mtsac (shared MLP + one-hot task id), mhsac (shared trunk, one
-    head per task), conal (search the trees with CoNAL, derive, prune, then train them),
-    conal-pro (grow grouped trees stage by stage with CoNAL-Pro, then train them), tree (a
-    given tree, see --architecture)"""
+    head per task), independent (single-task learning: every task its own networks, all
+    trained in one batched update), conal (search the trees with CoNAL, derive, prune, then
+    train them), conal-pro (grow grouped trees stage by stage with CoNAL-Pro, then train
+    them), tree (a given tree, see --architecture)"""
     architecture: str | None = None
     """architecture JSON (actor and critic trees) for --arch tree"""
     preset: Literal["paper", "quick", "laptop"] = "paper"
@@ -104,7 +118,7 @@ class TrainConfig:
     60)"""
     seed: int = 0
     """random seed (networks, replay sampling, envs)"""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal[DEVICES] = "auto"
     """torch device: auto (cuda when available), cpu or cuda"""
     run_dir: str | None = None
     """output directory (default: runs/<benchmark>-<arch>-s<seed>-<time>)"""
@@ -174,12 +188,12 @@ class TrainConfig:
     inherit_weights: bool = False
     """--arch conal: train the pruned trees from the searched weights instead of from scratch
     (the paper retrains from scratch)"""
-    loss_weighting: Literal["mean", "rlw"] = "mean"
+    loss_weighting: Literal[LOSS_WEIGHTINGS] = "mean"
     """how the per-task critic and actor losses combine: mean, or rlw (Random Loss Weighting,
     Lin et al., TMLR 2022: weights softmax(z), z ~ N(0, I), drawn afresh for each loss at
     every update; the temperature losses stay unweighted). Trained networks only: CoNAL's
     search keeps the mean"""
-    grad_surgery: Literal["none", "pcgrad"] = "none"
+    grad_surgery: Literal[GRAD_SURGERIES] = "none"
     """gradient surgery on the shared modules of the trained actor and critics: none, or
     pcgrad (PCGrad, Yu et al., NeurIPS 2020: per shared module, each task's gradient loses
     its component along every other task's gradient it conflicts with; task-specific modules
@@ -224,8 +238,6 @@ class TrainConfig:
         self._validate()
 
     def _validate(self) -> None:
-        from conal_rl.training.nets import MAX_WIDTH
-
         hints = typing.get_type_hints(type(self))
         for f in fields(self):  # a config.json's choices (the flags' are argparse's)
             allowed = typing.get_args(hints[f.name])
@@ -277,12 +289,16 @@ class TrainConfig:
     def sac(self, searching: bool = False) -> SACConfig:
         """The agent's settings. --loss-weighting acts on the trained networks only: CoNAL's
         search (supernets, conflict-noticing) keeps the mean."""
+        from agents import SACConfig
+
         return SACConfig(gamma=self.gamma, tau=self.tau, actor_lr=self.lr, critic_lr=self.lr,
                          temperature_lr=self.lr,
                          loss_weighting="mean" if searching else self.loss_weighting)
 
     def search(self) -> SearchSettings:
         """CoNAL's search settings."""
+        from conal_rl.method import SearchSettings
+
         return SearchSettings(
             hidden=self.hidden, arch_lr=self.arch_lr, gumbel=self.gumbel,
             conflict_noticing=not self.no_conflict_noticing,

@@ -11,9 +11,7 @@ from torch import nn
 from agents import GradientFilter, NetFactory
 from conal_rl.common import UserError, write_atomic
 from conal_rl.method import GroupTreeNet, GroupTreeSpec, PCGrad, TreeNet, TreeSpec
-
-ARCHS = ("mtsac", "mhsac", "tree")
-GRAD_SURGERY = ("none", "pcgrad")
+from conal_rl.training.config import ARCHS, GRAD_SURGERIES, MAX_WIDTH, SEARCHED_ARCHS
 
 
 def tree_specs(arch: str, hidden: tuple[int, ...], task_names: list[str],
@@ -26,13 +24,15 @@ def tree_specs(arch: str, hidden: tuple[int, ...], task_names: list[str],
     if arch == "mhsac":
         spec = TreeSpec.mhsac(hidden, T, task_names)
         return {"actor": spec, "critic": spec}
-    if arch == "tree":
-        if architecture_file is None:
-            raise ValueError("--arch tree needs --architecture FILE.json")
+    if arch == "independent":
+        spec = TreeSpec.independent(hidden, T, task_names)
+        return {"actor": spec, "critic": spec}
+    if arch == "tree":  # the config checked that the file is given
         specs = load_specs(architecture_file)
         check_fits(specs, task_names, architecture_file)
         return specs
-    raise ValueError(f"unknown architecture {arch!r}; valid: {', '.join(ARCHS)}")
+    fixed = [a for a in ARCHS if a not in SEARCHED_ARCHS]
+    raise ValueError(f"{arch!r} is not a fixed architecture; fixed: {', '.join(fixed)}")
 
 
 def tree_factory(specs: dict[str, TreeSpec | GroupTreeSpec]) -> NetFactory:
@@ -55,7 +55,7 @@ def surgery_filter(method: str):
         def make_filter(role: str, nets: nn.Module | dict[str, nn.Module]) -> GradientFilter:
             return PCGrad(nets)
         return make_filter
-    raise ValueError(f"unknown gradient surgery {method!r}; valid: {', '.join(GRAD_SURGERY)}")
+    raise ValueError(f"unknown gradient surgery {method!r}; valid: {', '.join(GRAD_SURGERIES)}")
 
 
 # ---- architecture.json -------------------------------------------------------------------
@@ -78,7 +78,6 @@ class ArchitectureError(UserError, ValueError):
     for this benchmark: one line, exit status 2."""
 
 
-MAX_WIDTH = 65_536  # a wider layer is a typo (and would not fit in memory with its twin)
 
 
 def load_specs(path: str | Path, names=("actor", "critic")) -> dict[str, TreeSpec]:

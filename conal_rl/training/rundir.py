@@ -7,7 +7,9 @@
       checkpoints/latest.pt  (an STL run: one SB3 model per task and progress.json)
       evaluations.csv        a row per task and evaluation; eval_latest.json the last one
       timing.json            written when training ends normally: the run is finished
-      videos/step_<n>/       videos recorded at an evaluation (``--video-every``)
+      eval.json, eval.csv    what ``conal_rl.evaluate`` found (its --episodes, --seed)
+      videos/                what ``conal_rl.render`` recorded; videos/step_<n>/ those
+                             recorded during training (``--video-every``)
       atlas/                 the conflict atlas (``python -m conal_rl.atlas``)
       train.log              the console of a run that benchmarks.success started
       search/                CoNAL's search: a run directory itself, plus inherited.pt
@@ -89,9 +91,24 @@ class RunDir:
     def timing_file(self) -> Path:
         return self.path / "timing.json"
 
+    @property
+    def videos_folder(self) -> Path:
+        """Where ``conal_rl.render`` writes by default."""
+        return self.path / "videos"
+
     def videos(self, env_steps: int) -> Path:
-        """The folder of the videos recorded at an evaluation."""
-        return self.path / "videos" / f"step_{env_steps}"
+        """The folder of the videos recorded at an evaluation during training."""
+        return self.videos_folder / f"step_{env_steps}"
+
+    @property
+    def evaluation_summary(self) -> Path:
+        """``conal_rl.evaluate``'s result (everything, for tools)."""
+        return self.path / "eval.json"
+
+    @property
+    def evaluation_table(self) -> Path:
+        """``conal_rl.evaluate``'s result per task."""
+        return self.path / "eval.csv"
 
     @property
     def atlas(self) -> Path:
@@ -169,12 +186,56 @@ class RunDir:
     def read_architecture(self) -> dict | None:
         return read_json(self.architecture)
 
+    def read_stl_config(self) -> dict | None:
+        """An STL run's stl.json (its config, the flags given, its parameter counts)."""
+        return read_json(self.stl_config)
+
     def search_timing(self) -> dict:
         """Env steps and training seconds of the search: CoNAL's one phase or the sum of
         CoNAL-Pro's stages; zeros without a search."""
         timings = [t for d in (self.search, *self.stages()) if (t := d.timing()) is not None]
         return {"env_steps": sum(t["env_steps"] for t in timings),
                 "train_wall": sum(t["train_wall"] for t in timings)}
+
+    def search_conflict_logs(self) -> dict[str, dict[str, float]]:
+        """What the search logged about conflict-noticing (``ConalSearch.log``), per shared
+        module (``actor/shared.1``, ``critic/q1/shared.1``...; CoNAL-Pro's prefixed
+        ``stage<s>/``):
+
+        * ``"frozen_fraction"``: the fraction of the search's conflict-checked updates on
+          which the module was frozen, the last value logged (the counts run from the
+          search's start, resumes included where the checkpoint holds the rule's state); 0
+          with conflict-noticing off;
+        * ``"negative_cosines"``: the share of the logged pairwise cosines of task gradients
+          that were negative, over all logged updates (read from the histograms' buckets,
+          whose edges are fine around 0): near 0.5, the signs are coin flips and the paper's
+          rule, which freezes on any negative pair of T(T-1)/2, freezes on nearly every
+          update.
+
+        Both ``{}`` without a search. TensorBoard is imported here, only when needed."""
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        frozen, negative = {}, {}
+        for search_dir in self.search_dirs():
+            if not search_dir.event_files():
+                continue
+            events = EventAccumulator(str(search_dir), size_guidance={
+                "scalars": 0, "histograms": 0, "images": 1, "tensors": 1, "audio": 1})
+            events.Reload()
+            stage = self.label_in_search(search_dir)
+            for tag in events.Tags()["scalars"]:
+                if tag.startswith("conflict/") and tag.endswith("/frozen_fraction"):
+                    module = tag[len("conflict/"):-len("/frozen_fraction")]
+                    frozen[stage + module] = float(events.Scalars(tag)[-1].value)
+            for tag in events.Tags()["histograms"]:
+                if tag.startswith("conflict_cosines/"):
+                    values = [h.histogram_value for h in events.Histograms(tag)]
+                    below = sum(count for v in values
+                                for limit, count in zip(v.bucket_limit, v.bucket) if limit <= 0)
+                    total = sum(v.num for v in values)
+                    if total:
+                        negative[stage + tag[len("conflict_cosines/"):]] = float(below / total)
+        return {"frozen_fraction": frozen, "negative_cosines": negative}
 
     def checkpoints_written(self) -> list[Path]:
         """Every checkpoint of the run: its own, its search's, its CoNAL-Pro stages', an

@@ -44,12 +44,6 @@ from conal_rl.training.rundir import RunDir, read_json
 from conal_rl.training.runs import format_eval, record_evaluation
 from envs import evaluate, make_benchmark, make_eval_benchmark
 
-# The TrainConfig fields that mean something for single-task SB3 SAC (others, e.g. the
-# architecture and the search, do not apply). "minutes" only where training has it.
-FLAGS = ("benchmark", "preset", "total_steps", "minutes", "seed", "device", "run_dir",
-         "eval_every", "eval_episodes", "checkpoint_every", "save_replay", "hidden",
-         "batch_per_task", "replay_size", "warmup_steps", "lr", "gamma", "tau",
-         "torch_threads")
 
 def minutes_of(config: TrainConfig) -> float | None:
     """The wall-clock budget in minutes, None without one (also where training lacks it)."""
@@ -278,16 +272,6 @@ class STLRun:
 
 def _jsonable(values: dict) -> dict:
     return json.loads(json.dumps(values))
-
-
-def load_stl_config(path: Path) -> TrainConfig:
-    """The config an STL run was made with (in its description); ValueError for a file
-    that is not an STL run's description."""
-    data = json.loads(path.read_text())
-    if not (isinstance(data, dict) and isinstance(data.get("config"), dict)
-            and isinstance(data.get("given"), dict)):
-        raise ValueError(f"{path}: not an STL run's {path.name} (no config and given)")
-    return TrainConfig(**data["config"])
 
 
 SB3_MEMBERS = {"data", "policy.pth"}  # what every SB3 model .zip holds
