@@ -81,12 +81,13 @@ class MultiTaskReplay:
         self.pos = (self.pos + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
 
-    def sample(self, batch_per_task: int) -> Batch:
-        """``batch_per_task`` transitions of every task, drawn independently per task."""
+    def sample(self, batch_per_task: int, generator: torch.Generator | None = None) -> Batch:
+        """``batch_per_task`` transitions of every task, drawn independently per task (with
+        ``generator``, say for a measurement, the training's draws stay as they were)."""
         if self.size == 0:
             raise RuntimeError("cannot sample from an empty replay buffer")
         rows = torch.randint(0, self.size, (self.num_tasks, batch_per_task),
-                             device=self.device, generator=self.generator)
+                             device=self.device, generator=generator or self.generator)
         tasks = self._task_axis[:, None].expand_as(rows)
         return Batch(*(self.storage[k][rows, tasks] for k in self.FIELDS))
 

@@ -34,8 +34,9 @@ from pathlib import Path
 
 import torch
 
-from conal_rl.common import CommandParser, machine, write_atomic, write_json_atomic
-from conal_rl.training.checkpoint import FORMAT
+from benchmarks.report_files import command, header, now, save
+from conal_rl.common import CommandParser, machine
+from conal_rl.training.rundir import RunDir
 
 PROG = "python -m benchmarks.bad_inputs"
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,11 +99,11 @@ def _cases() -> list[Case]:
         Case(T, "--architecture missing.json", (*tree, "{scratch}/missing.json", *new)),
         Case(T, "--architecture: an empty file", (*tree, "{arch_empty}", *new)),
         Case(T, "--architecture: truncated JSON", (*tree, "{arch_truncated}", *new)),
-        Case(T, "--architecture: a PNG (foreign file)", (*tree, "{run}/architecture.png", *new)),
+        Case(T, "--architecture: a PNG (foreign file)", (*tree, "{run_picture}", *new)),
         Case(T, "--architecture: a JSON list", (*tree, "{arch_list}", *new)),
         Case(T, "--architecture: no critic tree", (*tree, "{arch_no_critic}", *new)),
         Case(T, "--architecture: tasks of another benchmark (Pendulum's for MT10)",
-             (*tree, "{run}/architecture.json", *new)),
+             (*tree, "{run_architecture}", *new)),
         Case(T, "--architecture: 3 tasks for MT10's 10", (*tree, "{arch_three_tasks}", *new)),
         Case(T, "--architecture: branch point 5 of 2 modules", (*tree, "{arch_branch}", *new)),
         Case(T, "--architecture: negative width", (*tree, "{arch_negative}", *new)),
@@ -142,7 +143,7 @@ def _cases() -> list[Case]:
         Case(E, "checkpoint of another run", ("{run_ckpt_other}",)),
         Case(E, "architecture.json without critic", ("{run_arch_no_critic}",)),
         Case(E, "architecture.json truncated", ("{run_arch_truncated}",)),
-        Case(E, "a run's config.json given as its checkpoint", ("{run}/config.json",)),
+        Case(E, "a run's config.json given as its checkpoint", ("{run_config}",)),
         # ---- render ----
         Case(R, "a missing run", ("{scratch}/no-such-run",)),
         Case(R, "--size 7 (odd)", ("{run}", "--size", "7")),
@@ -222,11 +223,11 @@ class _RunsCode:
         return (exec, (self.code,))
 
 
-def booby_trapped_checkpoint(path: Path, marker: Path) -> Path:
-    """A file that looks like a checkpoint (right format tag) and, opened with
-    ``torch.load(weights_only=False)``, writes ``marker``: code run on load."""
+def booby_trapped_checkpoint(path: Path, marker: Path, tag: str) -> Path:
+    """A file that looks like a checkpoint (its format ``tag``, a real checkpoint's) and,
+    opened with ``torch.load(weights_only=False)``, writes ``marker``: code run on load."""
     code = f"open({str(marker)!r}, 'w').write('code ran on load')"
-    torch.save({"format": FORMAT, "config": {"benchmark": "gym:Pendulum-v1", "arch": "mhsac"},
+    torch.save({"format": tag, "config": {"benchmark": "gym:Pendulum-v1", "arch": "mhsac"},
                 "agent": _RunsCode(code)}, path)
     return path
 
@@ -249,11 +250,14 @@ def make_workspace(root: Path, base_run: Path | None = None) -> dict[str, str]:
             cwd=ROOT, capture_output=True, text=True, timeout=600)
         if proc.returncode:
             raise RuntimeError(f"the base run did not train:\n{proc.stderr[-2000:]}")
-    w = {"scratch": str(root), "run": str(run), "marker": str(root / "CODE-RAN")}
+    files = RunDir(run)
+    w = {"scratch": str(root), "run": str(run), "marker": str(root / "CODE-RAN"),
+         "run_config": str(files.config), "run_architecture": str(files.architecture),
+         "run_picture": str(files.architecture_picture)}
     (root / "a-file.txt").write_text("a file, not a folder\n")
     w["a_file"] = str(root / "a-file.txt")
-    arch = json.loads((run / "architecture.json").read_text())
-    arch_text = (run / "architecture.json").read_text()
+    arch_text = files.architecture.read_text()
+    arch = json.loads(arch_text)
 
     def file(name: str, content: str | bytes) -> None:
         path = root / name
@@ -275,59 +279,59 @@ def make_workspace(root: Path, base_run: Path | None = None) -> dict[str, str]:
     file("arch-text-width.json", json.dumps({"actor": {**mt10, "hidden": ["wide", 8]},
                                              "critic": mt10}))
 
-    def broken(name: str, rel: str, content: str | bytes | None) -> None:
-        """A copy of the run with ``rel`` replaced by ``content`` (None: removed)."""
+    def broken(name: str, path: Path, content: str | bytes | None) -> Path:
+        """A copy of the run with its file ``path`` replaced by ``content`` (None: removed);
+        returns that file of the copy."""
         d = _copy(run, root / name)
-        target = d / rel
+        target = d / path.relative_to(run)
         if content is None:
             target.unlink()
         else:
             target.write_bytes(content if isinstance(content, bytes) else content.encode())
         w[name.replace("-", "_")] = str(d)
+        return target
 
-    ckpt = (run / "checkpoints" / "latest.pt").read_bytes()
-    config_text = (run / "config.json").read_text()
-    broken("run-config-empty-object", "config.json", "{}")
-    broken("run-config-truncated", "config.json", config_text[: len(config_text) // 2])
-    broken("run-config-empty", "config.json", "")
-    broken("run-config-bad-arch", "config.json",
+    ckpt = files.checkpoint.read_bytes()
+    tag = torch.load(files.checkpoint, weights_only=True)["format"]  # the real one's
+    config_text = files.config.read_text()
+    broken("run-config-empty-object", files.config, "{}")
+    broken("run-config-truncated", files.config, config_text[: len(config_text) // 2])
+    broken("run-config-empty", files.config, "")
+    broken("run-config-bad-arch", files.config,
            json.dumps(json.loads(config_text) | {"arch": "nope"}))
-    broken("run-ckpt-missing", "checkpoints/latest.pt", None)
-    broken("run-ckpt-empty", "checkpoints/latest.pt", b"")
-    broken("run-ckpt-truncated", "checkpoints/latest.pt", ckpt[: len(ckpt) // 2])
-    broken("run-ckpt-text", "checkpoints/latest.pt", "not a checkpoint\n")
-    broken("run-ckpt-evil", "checkpoints/latest.pt", b"")
-    booby_trapped_checkpoint(Path(w["run_ckpt_evil"]) / "checkpoints" / "latest.pt",
-                             Path(w["marker"]))
-    broken("run-ckpt-tensor", "checkpoints/latest.pt", b"")
-    torch.save(torch.zeros(3), Path(w["run_ckpt_tensor"]) / "checkpoints" / "latest.pt")
-    broken("run-ckpt-other", "checkpoints/latest.pt", b"")
-    torch.save({"format": FORMAT, "config": {"benchmark": "MT10", "arch": "conal"},
+    broken("run-ckpt-missing", files.checkpoint, None)
+    broken("run-ckpt-empty", files.checkpoint, b"")
+    broken("run-ckpt-truncated", files.checkpoint, ckpt[: len(ckpt) // 2])
+    broken("run-ckpt-text", files.checkpoint, "not a checkpoint\n")
+    booby_trapped_checkpoint(broken("run-ckpt-evil", files.checkpoint, b""),
+                             Path(w["marker"]), tag)
+    torch.save(torch.zeros(3), broken("run-ckpt-tensor", files.checkpoint, b""))
+    torch.save({"format": tag, "config": {"benchmark": "MT10", "arch": "conal"},
                 "agent": {}, "optimizers": {}, "counters": {}, "rng": {}},
-               Path(w["run_ckpt_other"]) / "checkpoints" / "latest.pt")
-    broken("run-arch-empty", "architecture.json", "")
-    broken("run-arch-no-critic", "architecture.json", json.dumps({"actor": arch["actor"]}))
-    broken("run-arch-truncated", "architecture.json", arch_text[: len(arch_text) // 3])
-    evals = (run / "evaluations.csv").read_text()
-    broken("run-evals-missing", "evaluations.csv", None)
-    broken("run-evals-empty", "evaluations.csv", "")
-    broken("run-evals-truncated", "evaluations.csv", evals.rstrip("\n")[: evals.index(",",
-                                                                    len(evals) // 2 + 1)])
-    broken("run-evals-binary", "evaluations.csv", bytes(range(256)) * 4)
-    broken("run-evals-other", "evaluations.csv", "name,age\nada,36\n")
+               broken("run-ckpt-other", files.checkpoint, b""))
+    broken("run-arch-empty", files.architecture, "")
+    broken("run-arch-no-critic", files.architecture, json.dumps({"actor": arch["actor"]}))
+    broken("run-arch-truncated", files.architecture, arch_text[: len(arch_text) // 3])
+    evals = files.evaluations.read_text()
+    broken("run-evals-missing", files.evaluations, None)
+    broken("run-evals-empty", files.evaluations, "")
+    broken("run-evals-truncated", files.evaluations, evals.rstrip("\n")[: evals.index(",",
+                                                                   len(evals) // 2 + 1)])
+    broken("run-evals-binary", files.evaluations, bytes(range(256)) * 4)
+    broken("run-evals-other", files.evaluations, "name,age\nada,36\n")
 
-    def stl(name: str, stl_json: str) -> None:
-        d = root / name
-        (d / "checkpoints").mkdir(parents=True)
-        (d / "stl.json").write_text(stl_json)
+    def stl(name: str, stl_json: str) -> RunDir:
+        d = RunDir(root / name)
+        d.checkpoints.mkdir(parents=True)
+        d.stl_config.write_text(stl_json)
         w[name.replace("-", "_")] = str(d)
+        return d
 
     stl_config = json.loads(config_text) | {"arch": "stl", "run_dir": None}
     good_stl = json.dumps({"config": stl_config, "given": {"benchmark": "gym:Pendulum-v1"}})
     stl("stl-json-empty-object", "{}")
     stl("stl-json-truncated", good_stl[: len(good_stl) // 2])
-    stl("stl-model-truncated", good_stl)
-    (Path(w["stl_model_truncated"]) / "checkpoints" / "task000-Pendulum-v1.zip").write_bytes(
+    stl("stl-model-truncated", good_stl).stl_model(0, "Pendulum-v1").write_bytes(
         b"PK\x03\x04" + b"\0" * 40)
     return w
 
@@ -383,11 +387,10 @@ def summary(records: list[dict]) -> dict:
 
 
 def markdown(payload: dict) -> str:
-    s, m = payload["summary"], payload["machine"]
+    s = payload["summary"]
     lines = [
-        "# Bad inputs: one clean line, exit status 2, before any env is built", "",
-        f"`{payload['command']}` on {m['platform']}, {m['cpu_count']} CPUs, Python "
-        f"{m['python']}, torch {m['torch']}; {payload['date']}.", "",
+        *header("Bad inputs: one clean line, exit status 2, before any env is built",
+                payload["command"], payload["machine"], payload["date"]), "",
         f"**{s['inputs']} inputs tried over {s['commands']} commands: {s['clean']} clean "
         f"exits (status 2, one stderr line, no traceback), {s['tracebacks']} tracebacks, "
         f"{s['code_ran_on_load']} booby-trapped checkpoints ran code.** Slowest to fail: "
@@ -444,15 +447,14 @@ def main(argv: list[str] | None = None) -> dict:
             flag = "clean" if record["clean"] else "NOT CLEAN"
             print(f"[{i}/{len(cases)}] {flag:9} {record['seconds']:5.1f} s  {case.name}\n"
                   f"    exit {record['exit_status']}: {record['first_stderr_line']}", flush=True)
-    payload = {"command": " ".join([PROG, *map(shlex.quote, argv)]), "machine": machine("cpu"),
-               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "summary": summary(records),
+    payload = {"command": command(PROG, list(map(shlex.quote, argv))),
+               "machine": machine("cpu"), "date": now(), "summary": summary(records),
                "cases": records, "case_definitions": [asdict(c) for c in cases]}
     s = payload["summary"]
     print(f"\n{s['inputs']} inputs tried, {s['clean']} clean exits, {s['tracebacks']} "
           f"tracebacks; slowest {s['slowest_s']:.1f} s ({s['slowest']})")
     if out_dir is not None:
-        write_json_atomic(out_dir / "bad-inputs.json", payload)
-        write_atomic(out_dir / "bad-inputs.md", lambda f: f.write(markdown(payload).encode()))
+        save(out_dir / "bad-inputs", payload, markdown(payload))
         print(f"wrote {out_dir / 'bad-inputs.md'}, {out_dir / 'bad-inputs.json'}")
     if s["clean"] != s["inputs"]:
         raise SystemExit(1)

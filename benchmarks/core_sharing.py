@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.report_files import command, save
+from benchmarks.report_files import command, header, now, save
 from conal_rl.common import CommandParser, machine
 
 PROG = "python -m benchmarks.core_sharing"
@@ -97,11 +97,8 @@ def _rows(other: int, seconds: float) -> list[dict]:
 
 
 def markdown(payload: dict) -> str:
-    m = payload["machine"]
-    lines = ["# Do the CPUs share a core?", "",
-             f"Command: `{payload['command']}`  ",
-             f"Machine: {m['platform']} ({m.get('cpu_model', '?')}), {m['cpu_count']} CPUs, "
-             f"torch {m['torch']}.  ",
+    lines = [*header("Do the CPUs share a core?", payload["command"], payload["machine"],
+                     payload.get("date")),
              f"A single-thread fp32 product {'x'.join(map(str, payload['shape']))} on CPU "
              f"{payload['cpu']}, {payload['seconds']:g} s of its CPU time per measurement, "
              f"while CPU {payload['other']} runs what the row says; {payload['repeats']} "
@@ -127,7 +124,8 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--cpu and --other must be two different CPUs of {sorted(usable)}")
     if args.seconds <= 0 or args.repeats < 1:
         parser.error("--seconds must be positive and --repeats at least 1")
-    payload = {"command": command(PROG, argv), "machine": machine("cpu"), "shape": list(SHAPE),
+    payload = {"command": command(PROG, argv), "machine": machine("cpu"), "date": now(),
+               "shape": list(SHAPE),
                "cpu": args.cpu, "other": args.other, "seconds": args.seconds,
                "repeats": args.repeats,
                "rows": measure(args.cpu, args.other, args.seconds, args.repeats)}

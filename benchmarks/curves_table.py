@@ -8,33 +8,34 @@ table launched (a long MT50 run beside its baseline, a resumed run against a fre
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from benchmarks.report_files import command, save
+from benchmarks.report_files import command, header, save
 from conal_rl.analysis.curves import MEAN, read_curves
 from conal_rl.common import CommandParser, UserError
+from conal_rl.training.rundir import RunDir
 
 
 def run_entry(run_dir: Path) -> dict:
     """A run's configuration, its curve of mean success and where it stopped."""
-    config = json.loads((run_dir / "config.json").read_text())
+    run = RunDir(run_dir)
+    config = run.read_config()
+    if config is None:
+        raise ValueError(f"no readable {run.config.name}")
     steps, success = read_curves(run_dir).get(MEAN, ((), ()))  # none before an evaluation
     minutes, _ = read_curves(run_dir, x="train_minutes").get(MEAN, ((), ()))
-    timing = run_dir / "timing.json"
     return {"run": run_dir.name, "benchmark": config["benchmark"], "arch": config["arch"],
             "preset": config.get("preset"), "seed": config.get("seed"),
             "points": [{"env_steps": int(s), "train_minutes": float(m), "success": float(v)}
                        for s, m, v in zip(steps, minutes, success)],
-            "timing": json.loads(timing.read_text()) if timing.exists() else {}}
+            "timing": run.timing() or {}}
 
 
 def markdown(payload: dict) -> str:
     runs = payload["runs"]
     steps = sorted({p["env_steps"] for r in runs for p in r["points"]})
     at = [{p["env_steps"]: p for p in r["points"]} for r in runs]
-    lines = ["# Runs side by side at equal env steps", "",
-             f"Command: `{payload['command']}`", "",
+    lines = [*header("Runs side by side at equal env steps", payload["command"]), "",
              "Mean success over tasks at each evaluation (the run's training minutes by "
              "then, its search included); -: no evaluation at that step. Env steps of the "
              "training phase (a CoNAL search's steps are not on this axis).", "",
@@ -55,8 +56,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     runs = []
     for path in map(Path, args.runs):
-        if not (path / "config.json").is_file():
-            parser.error(f"{path}: not a run directory (no config.json)")
+        config = RunDir(path).config
+        if not config.is_file():
+            parser.error(f"{path}: not a run directory (no {config.name})")
         try:
             entry = run_entry(path)
         except (UserError, KeyError, ValueError, OSError) as e:

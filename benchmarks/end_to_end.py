@@ -15,7 +15,6 @@ nothing else of this benchmark runs meanwhile.
 
 from __future__ import annotations
 
-import json
 import shlex
 import statistics
 import subprocess
@@ -23,8 +22,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.report_files import command, save
+from benchmarks.report_files import command, header, now, save
 from conal_rl.common import CommandParser, machine
+from conal_rl.training.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,7 +45,9 @@ def train(code: Path, run_dir: Path, args, extra: list[str]) -> dict:
     with open("/proc/loadavg") as f:
         load = float(f.read().split()[0])
     subprocess.run(cmd, cwd=code, check=True, stdout=subprocess.DEVNULL)
-    timing = json.loads((run_dir / "timing.json").read_text())
+    timing = RunDir(run_dir).timing()
+    if timing is None:
+        raise RuntimeError(f"{run_dir}: training ended without its timing")
     return {"command": shlex.join(cmd[1:]), "load_at_start": load,
             "env_steps": timing["env_steps"], "updates": timing["updates"],
             "train_wall_s": timing["train_wall"], "update_s": timing["update"],
@@ -54,12 +56,11 @@ def train(code: Path, run_dir: Path, args, extra: list[str]) -> dict:
 
 
 def markdown(payload: dict) -> str:
-    m, s = payload["machine"], payload["summary"]
+    s = payload["summary"]
     lines = [
-        f"# End-to-end training speed: MT10 {payload['arch']}, preset {payload['preset']}", "",
-        f"Command: `{payload['command']}`  ",
-        f"Machine: {m['platform']} ({m.get('cpu_model') or 'CPU model not recorded'}), "
-        f"{m['cpu_count']} CPUs, torch {m['torch']}.  ",
+        *header(f"End-to-end training speed: MT10 {payload['arch']}, preset "
+                f"{payload['preset']}", payload["command"], payload["machine"],
+                payload.get("date")),
         f"Before: commit `{payload['before']}` with its defaults. After: this checkout "
         f"(`{payload['after_rev']}`) with `{payload['after_flags']}`. Each run "
         f"{payload['minutes']} training minutes, the two taking turns; env-steps/s = env "
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
     speeds = {v: statistics.median(r["env_steps_per_s"] for r in runs if r["version"] == v)
               for v in ("before", "after")}
     payload = {"command": command("python -m benchmarks.end_to_end", argv),
-               "machine": machine(), "before": args.before, "after_rev": after_rev,
+               "machine": machine(), "date": now(), "before": args.before, "after_rev": after_rev,
                "after_flags": args.after_flags, "arch": args.arch, "preset": args.preset,
                "minutes": args.minutes, "runs": runs,
                "summary": {**speeds, "ratio": speeds["after"] / speeds["before"]}}

@@ -19,7 +19,6 @@ cores do not slow each other down much; wall-clock budgets need an otherwise idl
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import warnings
@@ -30,10 +29,13 @@ from matplotlib.figure import Figure
 
 from benchmarks import success
 from benchmarks.curves import minutes_band, value_at
+from benchmarks.report_files import header, now, save
 from benchmarks.success_runs import register_rows
 from conal_rl.analysis.curves import AXES, MEAN, draw, read_curves
 from conal_rl.analysis.stats import mean_se
 from conal_rl.common import CommandParser, finite_or_none
+from conal_rl.training.config import add_config_arguments
+from conal_rl.training.rundir import RunDir, read_json
 
 PROG = "python -m benchmarks.laptop_sweep"
 BENCHMARK, BUDGET = "MT10", "laptop"
@@ -77,8 +79,7 @@ def candidate_summary(name: str, run_dirs: list[Path], budget: float) -> dict:
         # Marks the run has not trained to yet (a stopped or shorter run) stay blank.
         at_marks.append(value_at(minutes, values, np.array(marks, dtype=float)))
         finals.append(values[-1])
-        timing = json.loads((d / "timing.json").read_text()) if (d / "timing.json").exists() \
-            else {}
+        timing = RunDir(d).timing() or {}
         steps.append(timing.get("env_steps", np.nan))
         updates.append(timing.get("updates", np.nan))
         walls.append(timing.get("train_wall", np.nan))
@@ -105,12 +106,12 @@ def _mean_of_known(values, axis=None):
 
 def markdown(payload: dict) -> str:
     marks = payload["marks"]
-    lines = [f"# Laptop sweep: MT-SAC on {BENCHMARK}, success against training minutes", "",
-             f"Machine: {payload['machine']}. Budget: {payload['minutes']} training minutes "
-             "per run (evaluation excluded), preset `laptop` plus each candidate's flags; "
-             "success is Meta-World's mean over the 10 tasks of the latest evaluation at or "
-             "before each mark (mean over runs).", "",
-             "Commands: " + "; ".join(f"`{c}`" for c in payload["commands"]), "",
+    lines = [*header(f"Laptop sweep: MT-SAC on {BENCHMARK}, success against training minutes",
+                     payload["commands"], payload["machine"], payload.get("date")),
+             f"Budget: {payload['minutes']} training minutes per run (evaluation excluded), "
+             "preset `laptop` plus each candidate's flags; success is Meta-World's mean over "
+             "the 10 tasks of the latest evaluation at or before each mark (mean over runs).",
+             "",
              "| candidate | flags | runs | env steps | updates | "
              + " | ".join(f"{m} min" for m in marks) + " | final |",
              "|---|---|---|---|---|" + "---|" * len(marks) + "---|"]
@@ -145,8 +146,6 @@ def build_parser() -> argparse.ArgumentParser:
                            formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="candidates: " + "; ".join(
                                          f"{k}: {v[1]}" for k, v in CANDIDATES.items()))
-    parser.add_argument("--minutes", type=float, default=60,
-                        help="training minutes per run (default: %(default)s)")
     parser.add_argument("--seeds", type=int, default=1, help="seeds per candidate "
                         "(default: %(default)s)")
     parser.add_argument("--candidates", default=",".join(CANDIDATES),
@@ -163,13 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
                         default=Path("benchmarks/results/laptop-sweep"),
                         help="where minutes.md/.json/.png and success.py's report go "
                         "(default: %(default)s)")
-    parser.add_argument("--eval-episodes", type=int, default=None,
-                        help="evaluation episodes per task (default: the laptop preset's)")
-    parser.add_argument("--eval-every", type=int, default=None,
-                        help="env steps between evaluations (default: the laptop preset's); "
-                        "more often gives a finer curve and costs evaluation time")
     parser.add_argument("--report-only", action="store_true",
                         help="rebuild the reports from the runs there are; train nothing")
+    # Training's own flags, given to every run: the wall-clock budget (here 60 minutes by
+    # default) and the evaluations (the laptop preset's by default; more often gives a finer
+    # curve and costs evaluation time).
+    add_config_arguments(parser.add_argument_group("training flags, given to every run"),
+                         only=("minutes", "eval_every", "eval_episodes"))
+    parser.set_defaults(minutes=60)
     return parser
 
 
@@ -215,24 +215,20 @@ def main(argv: list[str] | None = None) -> dict:
     root = args.runs_dir / f"{BENCHMARK}-{BUDGET}"
     names = [n for n in CANDIDATES if n in names or list(root.glob(f"{n}-s*"))]
     run_dirs = {n: sorted(root.glob(f"{n}-s*")) for n in names}
-    out = args.out_dir / "minutes.json"
-    previous = json.loads(out.read_text()) if out.exists() else {}
+    stem = args.out_dir / "minutes"
+    previous = read_json(stem.with_suffix(".json")) or {}
     payload = {
         "minutes": args.minutes,
+        # the machine that trained (success.py's report keeps it); a text in older reports
         "machine": report.get("machine", previous.get("machine", "?")),
+        "date": now(),
         "commands": [*previous.get("commands", []), command],
         "marks": [m for m in MARKS if m <= args.minutes] or [args.minutes],
         "candidates": [candidate_summary(n, run_dirs[n], args.minutes) for n in names],
     }
-    if isinstance(payload["machine"], dict):
-        m = payload["machine"]
-        payload["machine"] = f"{m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']}"
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(payload))
+    save(stem, payload, markdown(payload))
     plot({n: [c for c in map(read_minutes_curve, run_dirs[n]) if len(c[0])] for n in names},
-         args.minutes, out.with_suffix(".png"))
-    print(markdown(payload))
+         args.minutes, stem.with_suffix(".png"))
     if failed:
         raise SystemExit(failed)
     return payload

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from benchmarks.report_files import command
 from conal_rl.common import CommandParser, machine
 from conal_rl.method import ConflictNoticing, SuperNet, TreeNet, TreeSpec
 from conal_rl.method.reference import gram_by_separate_backwards, reference_forward
@@ -201,9 +202,7 @@ def main(argv=None) -> int:
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         # The command as given and what it resolved to: the JSON alone says how it was made.
-        command = " ".join(["python -m benchmarks.method_speed",
-                            *(sys.argv[1:] if argv is None else argv)])
-        payload = {"command": command,
+        payload = {"command": command("python -m benchmarks.method_speed", argv),
                    "machine": machine(device) | {"load_average_1_5_15min": os.getloadavg(),
                                                 "load_average_at_start": load_before},
                    "repeats": args.repeats, "threads": args.threads,

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.report_files import command, save
+from benchmarks.report_files import command, header, now, save
 from conal_rl.common import UserError, machine, run_cli
 from conal_rl.method import SuperNet, num_parameters
 from conal_rl.method.progressive import StageNet
@@ -65,11 +65,9 @@ def rows(tasks: list[int], hidden: tuple[int, ...], batch: int, repeats: int) ->
 
 
 def markdown(payload: dict) -> str:
-    m = payload["machine"]
-    lines = ["# Search nets against the number of tasks: CoNAL and CoNAL-Pro", "",
-             f"Command: `{payload['command']}`  ",
-             f"Machine: {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']}, "
-             f"{m['torch_threads']} thread(s); 1-minute load average "
+    lines = [*header("Search nets against the number of tasks: CoNAL and CoNAL-Pro",
+                     payload["command"], payload["machine"], payload.get("date")),
+             f"{payload['machine']['torch_threads']} torch thread(s); 1-minute load average "
              f"{payload['load_average_start']:.1f} at the start, "
              f"{payload['load_average_end']:.1f} at the end (times above 1 are shared)", "",
              "| tasks | search | stage | parameters | saved for backward (MB) | "
@@ -105,7 +103,8 @@ def main(argv: list[str] | None = None) -> dict:
             raise UserError("--tasks, --hidden, --batch and --repeats must be positive")
         torch.set_num_threads(1)
         payload = {"command": command("python -m benchmarks.pro_scaling", argv),
-                   "machine": machine("cpu"), "load_average_start": os.getloadavg()[0],
+                   "machine": machine("cpu"), "date": now(),
+                   "load_average_start": os.getloadavg()[0],
                    "rows": rows(tasks, hidden, args.batch, args.repeats),
                    "load_average_end": os.getloadavg()[0]}
         save(args.out, payload, markdown(payload))

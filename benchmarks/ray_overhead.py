@@ -22,7 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from conal_rl.common import machine, write_atomic, write_json_atomic
+from benchmarks.report_files import command, header, now, save
+from conal_rl.common import machine
+from conal_rl.training.rundir import RunDir
 
 PROG = "python -m benchmarks.ray_overhead"
 TINY = ["--benchmark", "gym:Pendulum-v1", "--archs", "mtsac,mhsac", "--seeds", "1",
@@ -104,11 +106,11 @@ def main(argv: list[str] | None = None) -> dict:
             runs = tmp / f"runs-{name}"
             cmd = [sys.executable, "-m", "benchmarks.success", *TINY, "--runs-dir", str(runs),
                    "--out-dir", str(tmp / f"out-{name}")]
-            first = runs / "gym-Pendulum-v1-quick" / "mtsac-s0" / "train.log"
+            first = RunDir(runs / "gym-Pendulum-v1-quick" / "mtsac-s0").train_log
             results[name] = measure(cmd, cwd, first)
             print(name, results[name], flush=True)
     pool, tune = results["subprocess_pool"], results["ray_tune"]
-    payload = {"command": " ".join([PROG, *(argv if argv is not None else sys.argv[1:])]),
+    payload = {"command": command(PROG, argv), "date": now(),
                "experiment": "python -m benchmarks.success " + " ".join(TINY),
                "old_rev": subprocess.run(["git", "rev-parse", "--short", args.old_rev],
                                          cwd=repo, capture_output=True, text=True).stdout.strip(),
@@ -116,12 +118,10 @@ def main(argv: list[str] | None = None) -> dict:
                "ray_overhead": {k: round(tune[k] - pool[k], 2)
                                 for k in ("wall_s", "startup_s", "peak_pss_mib")
                                 if tune[k] is not None and pool[k] is not None}}
-    write_json_atomic(args.out.with_suffix(".json"), payload)
-    m = payload["machine"]
-    lines = ["# Ray Tune against the subprocess pool: the same tiny experiment", "",
-             f"Command: `{payload['command']}`. Experiment: `{payload['experiment']}` "
-             f"(old pool: `benchmarks/` at {payload['old_rev']}). Machine: {m['platform']}, "
-             f"{m['cpu_count']} CPUs, torch {m['torch']}.", "",
+    lines = [*header("Ray Tune against the subprocess pool: the same tiny experiment",
+                     payload["command"], payload["machine"], payload["date"]),
+             f"Experiment: `{payload['experiment']}` (old pool: `benchmarks/` at "
+             f"{payload['old_rev']}).", "",
              "| scheduler | wall s | start-up s (to the first run's command) | peak PSS MiB "
              "(whole process tree) | processes |", "|---|---|---|---|---|"]
     for name, r in results.items():
@@ -130,8 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
     o = payload["ray_overhead"]
     lines += ["", f"Ray's overhead: {o.get('wall_s')} s wall, {o.get('startup_s')} s start-up, "
               f"{o.get('peak_pss_mib')} MiB."]
-    write_atomic(args.out.with_suffix(".md"), lambda f: f.write(("\n".join(lines) + "\n").encode()))
-    print("\n".join(lines))
+    save(args.out, payload, "\n".join(lines) + "\n")
     return payload
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -40,11 +39,12 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from benchmarks.report_files import command, header, machine_text
 from conal_rl.common import CommandParser, machine
 from conal_rl.method import TreeSpec
 from conal_rl.training.conal_search import ConalSearch
-from conal_rl.training.config import PRESETS, TrainConfig
-from conal_rl.training.nets import MAX_WIDTH, tree_factory, tree_specs
+from conal_rl.training.config import TrainConfig, add_config_arguments
+from conal_rl.training.nets import tree_factory, tree_specs
 from conal_rl.training.trainer import Trainer
 from envs import Benchmark, UnknownBenchmark, check_benchmark_name, make_benchmark
 
@@ -174,10 +174,6 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in cells)
 
 
-def machine_text(m: dict) -> str:
-    return f"{m['platform']}, {m['cpu_count']} CPUs, {m.get('gpu', 'no GPU')}, torch {m['torch']}"
-
-
 def markdown(payload: dict) -> str:
     """The table; the machine line from the rows' own machines (one line when they agree,
     else a numbered list and a ``machine`` column). Rows written before rows recorded their
@@ -185,18 +181,19 @@ def markdown(payload: dict) -> str:
     last, rows = payload["machine"], payload["rows"]
     texts = [machine_text(r.get("machine", last)) for r in rows]
     machines = list(dict.fromkeys(texts)) or [machine_text(last)]
-    header, cells = HEADER, [table_cells(r) for r in rows]
+    columns, cells = HEADER, [table_cells(r) for r in rows]
     if len(machines) == 1:
         where = machines[0]
     else:
-        where = "Rows ran on " + "; ".join(f"machine {i}: {t}"
+        where = "rows ran on " + "; ".join(f"machine {i}: {t}"
                                            for i, t in enumerate(machines, 1))
-        header = (*HEADER, "machine")
+        columns = (*HEADER, "machine")
         cells = [(*c, str(machines.index(t) + 1)) for c, t in zip(cells, texts)]
-    lines = [f"# End-to-end training speed ({last['device']})", "",
-             f"{where}. Overhead = wall / (env s + update s), target <= {TARGET}. Load: "
+    lines = [*header(f"End-to-end training speed ({last['device']})", payload.get("commands"),
+                     where),
+             f"Overhead = wall / (env s + update s), target <= {TARGET}. Load: "
              "1-min load average at the row's start -> end.", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(c) + " |" for c in cells]
     return "\n".join(lines) + "\n"
 
@@ -212,7 +209,6 @@ def parse_args(argv):
     parser = CommandParser(prog="python -m benchmarks.speed",
                            description=__doc__.split("\n\n")[0])
     parser.add_argument("--benchmark", default="MT10")
-    parser.add_argument("--preset", default="quick", choices=tuple(PRESETS))
     parser.add_argument("--steps", type=int, default=None,
                         help="env steps per row, summed over tasks (default: quick "
                         f"{DEFAULT_STEPS['quick']}, laptop {DEFAULT_STEPS['laptop']}, paper "
@@ -224,8 +220,6 @@ def parse_args(argv):
                         help="the vector env of every row but sb3, as training's flag (async: "
                         "a process per task; worker: one process holding all tasks' envs; "
                         "both step while the update runs)")
-    parser.add_argument("--hidden", default=None,
-                        help="hidden widths, e.g. 8,8 (default: the preset's)")
     parser.add_argument("--sb3-task", default=None, help="the sb3 row's one-task benchmark "
                         "(default: MT1:reach-v3 for Meta-World, else the benchmark itself)")
     parser.add_argument("--torch-threads", type=int, default=1,
@@ -235,6 +229,8 @@ def parse_args(argv):
     parser.add_argument("--out", type=Path, default=None,
                         help="results JSON (default: benchmarks/results/speed-<device>.json)")
     parser.add_argument("--force", action="store_true", help="rerun rows already in --out")
+    add_config_arguments(parser, only=("preset", "hidden"))  # training's, as it takes them
+    parser.set_defaults(preset="quick")
     args = parser.parse_args(argv)
     args.archs = args.archs.split(",")
     unknown = set(args.archs) - set(ROWS)
@@ -248,19 +244,16 @@ def parse_args(argv):
         parser.error(f"--steps must be at least 1, got {args.steps}")
     if args.seed < 0:
         parser.error(f"--seed must not be negative, got {args.seed}")
-    if args.hidden is not None:
-        try:
-            widths = [int(w) for w in args.hidden.split(",")]
-        except ValueError:
-            widths = []
-        if not widths or not all(0 < w <= MAX_WIDTH for w in widths):
-            parser.error(f"--hidden needs comma-separated widths in 1..{MAX_WIDTH}, got "
-                         f"{args.hidden!r}")
     for flag in ("benchmark", "sb3_task"):  # before any env is built
         try:
             check_benchmark_name(getattr(args, flag) or "MT10")
         except UnknownBenchmark as e:
             parser.error(f"--{flag.replace('_', '-')}: {e}")
+    if args.hidden is not None:  # the widths training takes
+        try:
+            TrainConfig(benchmark=args.benchmark, preset=args.preset, hidden=args.hidden)
+        except ValueError as e:
+            parser.error(str(e))
     args.steps = args.steps or DEFAULT_STEPS[args.preset]
     args.out = args.out or Path(f"benchmarks/results/speed-{args.device}.json")
     if args.out.exists():  # rows are added to it: it must be one of ours
@@ -278,7 +271,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     bench = make_benchmark(args.benchmark, args.seed, args.vector_strategy)
     T = bench.num_tasks
-    given = {"hidden": tuple(int(w) for w in args.hidden.split(","))} if args.hidden else {}
+    given = {"hidden": args.hidden} if args.hidden else {}
     # warmup_steps: 10 vector steps of random actions, just enough to fill a first batch.
     base = TrainConfig(benchmark=args.benchmark, preset=args.preset, total_steps=args.steps,
                        device=args.device, seed=args.seed, eval_every=0,
@@ -287,17 +280,17 @@ def main(argv: list[str] | None = None) -> dict:
                        torch_threads=args.torch_threads, **given)
     torch.set_num_threads(base.torch_threads)  # as the Trainer does; recorded in machine()
     sb3_task = args.sb3_task or ("MT1:reach-v3" if bench.is_metaworld else args.benchmark)
-    sb3_config = replace(base, benchmark=sb3_task,
-                         replay_size=PRESETS[args.preset]["replay_per_task"])
+    # One task: the preset's replay per task.
+    sb3_config = replace(base, benchmark=sb3_task, replay_size=TrainConfig(
+        benchmark=sb3_task, preset=args.preset).replay_size)
 
     payload = json.loads(args.out.read_text()) if args.out.exists() else {"rows": []}
     # "machine": the last call's; every row also records its own machine and command, so a
     # table built by several calls (other threads, another host) says where each row ran.
     this_machine = machine(args.device)
     payload["machine"] = this_machine | {"load_average_start": os.getloadavg()}
-    command = " ".join(["python -m benchmarks.speed",
-                        *(sys.argv[1:] if argv is None else argv)])
-    payload.setdefault("commands", []).append(command)
+    call = command("python -m benchmarks.speed", argv)
+    payload.setdefault("commands", []).append(call)
     for name in args.archs:
         key = f"{args.benchmark}/{args.preset}/{name}"
         if args.vector_strategy != "sync" and name != "sb3":
@@ -322,7 +315,7 @@ def main(argv: list[str] | None = None) -> dict:
                "vector_strategy": "sync" if name == "sb3" else args.vector_strategy,
                "batch_per_task": base.batch_per_task, "torch_threads": base.torch_threads, **row,
                "load_average_start": load_start, "load_average_end": load_average(),
-               "time": time.strftime("%Y-%m-%d %H:%M:%S"), "command": command,
+               "time": time.strftime("%Y-%m-%d %H:%M:%S"), "command": call,
                "machine": this_machine}
         payload["rows"] = [r for r in payload["rows"] if r["key"] != key] + [row]
         payload["machine"]["load_average_end"] = os.getloadavg()

@@ -46,14 +46,15 @@ from pathlib import Path
 
 from benchmarks.success_report import build_report, fmt_wall, report_stem, runs_folder
 from benchmarks.success_runs import (
+    BUDGETS,
     DEFAULT_ROWS,
+    PASS_THROUGH,
     ROWS,
     RunSpec,
     UserError,
     is_finished,
     make_specs,
     plan,
-    read_json,
     saved_config,
 )
 from conal_rl.common import (
@@ -64,7 +65,8 @@ from conal_rl.common import (
     resolve_device,
     run_cli,
 )
-from conal_rl.training.config import PRESETS
+from conal_rl.training.config import add_config_arguments
+from conal_rl.training.rundir import read_json
 
 PROG = "python -m benchmarks.success"
 LOG_TAIL = 15  # lines of a failed run's train.log shown in the report
@@ -91,10 +93,10 @@ def start(spec: RunSpec, mode: str) -> tuple[subprocess.Popen, object]:
     if mode == "resume":
         # A stale timing.json (of a shorter earlier run) must not mark a continuation that
         # gets killed as finished; training keeps its timers in the checkpoint.
-        (d / "timing.json").unlink(missing_ok=True)
+        spec.run.forget_finished()
     d.mkdir(parents=True, exist_ok=True)
     cmd = spec.command(mode, saved_config(spec))
-    log = open(d / "train.log", "a")
+    log = open(spec.run.train_log, "a")
     fcntl.flock(log, fcntl.LOCK_EX)
     log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {PROG} ({mode}): "
               f"{shlex.join(cmd)}\n")
@@ -117,7 +119,7 @@ def _term_with_parent() -> None:
 def wait_unlocked(spec: RunSpec, timeout_s: float | None = None) -> bool:
     """Wait until no process holds the run's train.log (a run still saving); False on
     timeout."""
-    log = spec.run_dir / "train.log"
+    log = spec.run.train_log
     if not log.exists():
         return True
     deadline = None if timeout_s is None else time.time() + timeout_s
@@ -134,7 +136,7 @@ def wait_unlocked(spec: RunSpec, timeout_s: float | None = None) -> bool:
 
 # ---- a Ray Tune trial: one training run ----------------------------------------------------------
 def latest_evaluation(spec: RunSpec) -> dict:
-    latest = read_json(spec.run_dir / "eval_latest.json") or {}
+    latest = spec.run.latest_evaluation() or {}
     return {"env_steps": latest.get("env_steps"), "train_minutes": latest.get("train_minutes"),
             "mean_success": latest.get("mean_success")}
 
@@ -199,9 +201,9 @@ def run_all(args: argparse.Namespace, specs: list[RunSpec]) -> list[dict]:
         elif action == "error":
             print(f"{spec.name}: not run: {why}", flush=True)
             failed.append({"run": spec.name, "run_dir": str(spec.run_dir), "reason": why,
-                           "log": str(spec.run_dir / "train.log"), "log_tail": []})
+                           "log": str(spec.run.train_log), "log_tail": []})
         else:
-            print(f"{spec.name}: {action} -> {spec.run_dir}/train.log", flush=True)
+            print(f"{spec.name}: {action} -> {spec.run.train_log}", flush=True)
             todo.append(spec)
     build_report(args, specs, failed)
     if not todo:
@@ -234,8 +236,8 @@ def run_all(args: argparse.Namespace, specs: list[RunSpec]) -> list[dict]:
             spec = by_name[trial.config["run"]]
             failed.append({"run": spec.name, "run_dir": str(spec.run_dir),
                            "reason": f"trial error: {trial.error_file}",
-                           "log": str(spec.run_dir / "train.log"),
-                           "log_tail": log_tail(spec.run_dir / "train.log")})
+                           "log": str(spec.run.train_log),
+                           "log_tail": log_tail(spec.run.train_log)})
             build_report(args, specs, failed)
 
     name = f"success-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
@@ -296,10 +298,10 @@ def _report_end(spec: RunSpec, result: dict, failed: list[dict]) -> None:
         reason = result.get("why")
     else:
         reason = f"exit status {rc}" if rc else "ended without finishing"
-    tail = log_tail(spec.run_dir / "train.log")
+    tail = log_tail(spec.run.train_log)
     failed.append({"run": spec.name, "run_dir": str(spec.run_dir), "reason": reason,
-                   "returncode": rc, "log": str(spec.run_dir / "train.log"), "log_tail": tail})
-    print(f"{spec.name}: FAILED ({reason}); last lines of {spec.run_dir}/train.log:\n  "
+                   "returncode": rc, "log": str(spec.run.train_log), "log_tail": tail})
+    print(f"{spec.name}: FAILED ({reason}); last lines of {spec.run.train_log}:\n  "
           + "\n  ".join(tail), flush=True)
 
 
@@ -309,16 +311,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="rows: " + "; ".join(f"{k}: {v[2]}" for k, v in ROWS.items()))
-    parser.add_argument("--benchmark", default="MT10",
-                        help="MT10, MT50, MT1:<task> or gym:<env-id> (default: %(default)s)")
     parser.add_argument("--archs", default=",".join(DEFAULT_ROWS),
                         help="comma-separated rows (default: %(default)s); all: "
                         + ",".join(ROWS))
     parser.add_argument("--seeds", type=int, default=3,
                         help="seeds 0..N-1 per row (default: %(default)s)")
     parser.add_argument("--budget", default="laptop",
-                        help="the training preset of every run, one of conal_rl.training.config."
-                        f"PRESETS ({', '.join(PRESETS)}; default: %(default)s, the CPU comparison: "
+                        help=f"the training preset (--preset) of every run: {', '.join(BUDGETS)} "
+                        "(default: %(default)s, the CPU comparison: "
                         "60 training minutes per run; quick is a smoke run that learns little, "
                         "paper the GPU-box comparison)")
     parser.add_argument("--jobs", type=int, default=None,
@@ -336,34 +336,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "node of it; default: $RAY_ADDRESS, else a local Ray started for "
                         "this call); --runs-dir and --out-dir must then be on a filesystem "
                         "every node shares")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                        help="torch device of every run (default: %(default)s)")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs/success"),
                         help="where the runs go, in <benchmark>-<budget>/<row>-s<seed> "
                         "(default: %(default)s)")
     parser.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"),
                         help="where <benchmark>-<budget>.md/.json/.png go (default: "
                         "%(default)s)")
-    parser.add_argument("--total-steps", type=int, default=None,
-                        help="env steps of every run, summed over tasks (default: the "
-                        "budget's); small values make a smoke run")
-    parser.add_argument("--eval-episodes", type=int, default=None,
-                        help="evaluation episodes per task of every run (default: the "
-                        "budget's)")
-    parser.add_argument("--minutes", type=float, default=None,
-                        help="wall-clock training budget of every run (default: the "
-                        "budget's; 0: none)")
-    parser.add_argument("--eval-every", type=int, default=None,
-                        help="env steps between evaluations, for smoke runs (default: the "
-                        "budget's)")
-    parser.add_argument("--warmup-steps", type=int, default=None,
-                        help="random-action env steps before updates, for smoke runs "
-                        "(default: the budget's)")
-    parser.add_argument("--search-steps", type=int, default=None,
-                        help="CoNAL rows: env steps of the search, for smoke runs (default: "
-                        "the budget's)")
     parser.add_argument("--report-only", action="store_true",
                         help="rebuild the report from the runs there are; train nothing")
+    # Training's own flags, given to every run (--search-steps: to the CoNAL rows); left out,
+    # a run takes its budget's value (small values make smoke runs), but --benchmark and
+    # --device have this command's defaults.
+    add_config_arguments(parser.add_argument_group(
+        "training flags, given to every run (left out: the budget's value)"),
+                         only=("benchmark", "device", *PASS_THROUGH))
+    parser.set_defaults(benchmark="MT10", device="auto")
     return parser
 
 
@@ -377,8 +364,8 @@ def check_args(args: argparse.Namespace) -> None:
                         f"--archs; valid: {', '.join(ROWS)}")
     if len(set(args.archs)) != len(args.archs):
         raise UserError("--archs names a row twice")
-    if args.budget not in PRESETS:
-        raise UserError(f"unknown --budget {args.budget!r}; valid: {', '.join(PRESETS)}")
+    if args.budget not in BUDGETS:
+        raise UserError(f"unknown --budget {args.budget!r}; valid: {', '.join(BUDGETS)}")
     for name in ("seeds", "jobs", "total_steps", "eval_episodes", "search_steps"):
         value = getattr(args, name)
         if value is not None and value < 1:

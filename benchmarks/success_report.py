@@ -5,29 +5,26 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.curves import minutes_band
+from benchmarks.report_files import header, now
 from benchmarks.success_runs import (
     PASS_THROUGH,
     ROWS,
     RunSpec,
     flag_value,
     is_finished,
-    read_json,
     safe_name,
     saved_config,
 )
 from conal_rl.analysis.curves import AXES, MEAN, read_curves
 from conal_rl.common import as_float, finite_or_none, write_atomic, write_json_atomic
-from conal_rl.training.conal_search import search_conflict_logs, search_timing
-from conal_rl.training.config import PRESETS
+from conal_rl.training.config import TrainConfig
 from envs import num_tasks
 
 BASELINE = "mtsac"  # the row every other is compared with
@@ -81,10 +78,10 @@ def count_parameters(spec: RunSpec) -> dict[str, int]:
     """Actor and critic parameters of the trained networks (both Q-nets of the critic, not
     the targets), counted from the final checkpoint; STL: its stl.json (all tasks' nets)."""
     if spec.is_stl:
-        return dict(read_json(spec.run_dir / "stl.json")["parameters"])
+        return dict(spec.run.read_stl_config()["parameters"])
     from conal_rl.training import checkpoint
 
-    path = spec.run_dir / "checkpoints" / "latest.pt"
+    path = spec.run.checkpoint
 
     def count() -> dict[str, int]:
         agent = checkpoint.load(path)["agent"]
@@ -94,14 +91,14 @@ def count_parameters(spec: RunSpec) -> dict[str, int]:
 
 
 def read_result(spec: RunSpec, metric: str) -> RunResult:
-    d = spec.run_dir
-    latest = json.loads((d / "eval_latest.json").read_text())
-    timing = json.loads((d / "timing.json").read_text())
-    search = search_timing(d)
+    run = spec.run
+    latest, timing, search = run.latest_evaluation(), run.timing(), run.search_timing()
+    if latest is None or timing is None:
+        raise ValueError(f"{run}: no readable {run.eval_latest.name} or {run.timing_file.name}")
     tasks = [t["task"] for t in latest["tasks"]]
     values = {t["task"]: as_float(t[metric]) for t in latest["tasks"]}
     extra = {}
-    arch = read_json(d / "architecture.json")
+    arch = run.read_architecture()
     if arch and "parameters" in arch.get("actor", {}):  # CoNAL: the search's own counts
         extra["architecture"] = {role: {"branch_point_by_task": arch[role].get(
             "branch_point_by_task"), "parameters_one_net": arch[role]["parameters"]}
@@ -111,8 +108,8 @@ def read_result(spec: RunSpec, metric: str) -> RunResult:
                                  for role in ("actor", "critic")}
     if "architecture" in extra:
         extra["architecture"] |= _read_once(
-            f"conflict logs of {d}", sorted((d / "search").rglob("events.out.tfevents.*")),
-            lambda: search_conflict_logs(d))
+            f"conflict logs of {run}", run.search.event_files(recursive=True),
+            run.search_conflict_logs)
         extra["architecture"]["conflict_summary"] = conflict_summary(extra["architecture"])
     return RunResult(spec, tasks, values, int(timing["env_steps"]),
                      int(search.get("env_steps", 0)), float(timing["train_wall"]),
@@ -209,15 +206,11 @@ def _verdict_text(v: dict | None) -> str:
 
 
 def markdown(payload: dict) -> str:
-    m, rows, tasks = payload["machine"], payload["rows"], payload["tasks"]
+    rows, tasks = payload["rows"], payload["tasks"]
     metric, digits = payload["metric"], 2 if payload["metric"] == "success" else 1
-    lines = [f"# {payload['benchmark']}: {metric} rate comparison, budget `{payload['budget']}`"
-             if metric == "success" else
-             f"# {payload['benchmark']}: return comparison, budget `{payload['budget']}`", "",
-             f"Command: `{payload['command']}`  ",
-             f"Machine: {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']}, device "
-             f"{m['device']}{' (' + m['gpu'] + ')' if m.get('gpu') else ''}  ",
-             f"Date: {payload['date']}  ",
+    title = (f"{payload['benchmark']}: {metric} rate comparison" if metric == "success" else
+             f"{payload['benchmark']}: return comparison") + f", budget `{payload['budget']}`"
+    lines = [*header(title, payload["command"], payload["machine"], payload["date"]),
              f"Runs: `{payload['runs_dir']}`; budget `{payload['budget']}` "
              f"({payload['budget_note']}); every run one subprocess with one torch thread"
              f"{', ' + str(payload['jobs']) + ' at a time' if payload['jobs'] > 1 else ''}."
@@ -234,9 +227,9 @@ def markdown(payload: dict) -> str:
              "pruned trees; STL: all tasks' nets together). Wall: training time (evaluation "
              "and checkpoints excluded; CoNAL's search included), mean over seeds; "
              "env-steps/s = env steps (search included) / that time.", ""]
-    header = ["row", metric, "IQM [95% CI]", "seeds", "env steps", "actor params",
-              "critic params", "wall", "env-steps/s", f"vs {BASELINE}"]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    columns = ["row", metric, "IQM [95% CI]", "seeds", "env steps", "actor params",
+               "critic params", "wall", "env-steps/s", f"vs {BASELINE}"]
+    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
         if "mean" not in r:
             cells = [r["row"], "-", "-", f"0/{r['seeds_requested']}", *["-"] * 6]
@@ -370,12 +363,12 @@ def _nn(x) -> float:
 
 
 def budget_note(budget: str, benchmark: str) -> str:
-    p, T = PRESETS[budget], num_tasks(benchmark)
-    note = (f"{p['steps_per_task']:,} steps per task, nets {'x'.join(map(str, p['hidden']))}, "
-            f"batch {p['batch_per_task']} per task, evaluation every "
-            f"{p['eval_every_per_task']:,} steps per task, {T} task{'s' * (T > 1)}")
-    if p.get("minutes"):
-        note += f", at most {p['minutes']} min of training"
+    p, T = TrainConfig(benchmark=benchmark, preset=budget), num_tasks(benchmark)
+    note = (f"{p.total_steps // T:,} steps per task, nets {'x'.join(map(str, p.hidden))}, "
+            f"batch {p.batch_per_task} per task, evaluation every "
+            f"{p.eval_every // T:,} steps per task, {T} task{'s' * (T > 1)}")
+    if p.minutes:
+        note += f", at most {p.minutes} min of training"
     return note
 
 
@@ -412,7 +405,7 @@ def plot_rows(rows: list[dict], results: dict[str, list[RunResult]], metric: str
 
 def progress(spec: RunSpec) -> str:
     """Where an unfinished run stands, from its latest evaluation ("" before the first)."""
-    latest = read_json(spec.run_dir / "eval_latest.json")
+    latest = spec.run.latest_evaluation()
     if not latest:
         return ""
     value = as_float(latest.get("mean_success"))
@@ -442,7 +435,7 @@ def build_report(args: argparse.Namespace, specs: list[RunSpec], failed: list[di
     stem = report_stem(args)
     payload = {
         "command": args.history[-1], "commands": args.history, "machine": args.machine,
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "benchmark": args.benchmark,
+        "date": now(), "benchmark": args.benchmark,
         "budget": args.budget, "budget_note": budget_note(args.budget, args.benchmark),
         "overrides": overrides(args),
         "runs_dir": runs_folder(args, specs),
@@ -485,5 +478,5 @@ def _eval_episodes(results: dict[str, list[RunResult]], args) -> int | str:
             seen.add(saved.get("eval_episodes"))
     seen.discard(None)
     if not seen:
-        return args.eval_episodes or PRESETS[args.budget]["eval_episodes"]
+        return args.eval_episodes or TrainConfig(preset=args.budget).eval_episodes
     return seen.pop() if len(seen) == 1 else "/".join(map(str, sorted(seen)))

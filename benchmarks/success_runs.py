@@ -10,11 +10,16 @@ import io
 import json
 import shlex
 import sys
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
 from conal_rl.common import UserError
-from conal_rl.training.config import RESUMABLE, TrainConfig
+from conal_rl.training.config import TrainConfig, given_arguments
+from conal_rl.training.rundir import RunDir
+
+# The training presets a table's --budget names: TrainConfig's own choices.
+BUDGETS: tuple[str, ...] = typing.get_args(typing.get_type_hints(TrainConfig)["preset"])
 
 # row name -> (module that trains it, its flags, what the table calls it). Rows whose flags
 # training does not know (yet) are refused before anything runs.
@@ -81,6 +86,11 @@ class RunSpec:
     def is_stl(self) -> bool:
         return self.module == "conal_rl.stl"
 
+    @property
+    def run(self) -> RunDir:
+        """Its run directory's files."""
+        return RunDir(self.run_dir)
+
     def command(self, mode: str, saved: dict | None = None) -> list[str]:
         """``mode``: fresh (a new run), continue (the same command again: CoNAL continues
         its search) or resume (``--resume``, with this benchmark's budget and evaluation
@@ -105,8 +115,6 @@ def flag_value(x: float) -> str:
 def parse_given(module: str, flags: list[str]) -> dict:
     """The config fields ``flags`` set, parsed by the training CLI itself; UserError with
     argparse's reason where it refuses them (e.g. a flag training does not have yet)."""
-    from conal_rl.training.config import given_arguments
-
     if module == "conal_rl.stl":
         from conal_rl.stl import build_parser
     else:
@@ -164,41 +172,40 @@ def make_specs(args: argparse.Namespace) -> list[RunSpec]:
 
 
 # ---- a run's state ------------------------------------------------------------------------------
-def read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def saved_config(spec: RunSpec) -> dict | None:
     """The run's own configuration (config.json; stl.json's for STL; the search's while a
     CoNAL run is still searching)."""
-    d = spec.run_dir
+    run = spec.run
     if spec.is_stl:
-        saved = read_json(d / "stl.json")
+        saved = run.read_stl_config()
         return saved and saved.get("config")
-    return read_json(d / "config.json") or read_json(d / "search" / "config.json")
+    return run.read_config() or run.search.read_config()
 
 
 def config_clash(spec: RunSpec, saved: dict) -> list[str]:
-    """Fields the run was made with that differ from what this benchmark asks for (the
-    ones a resume may change are not compared)."""
-    wanted = json.loads(json.dumps(spec.given))
+    """Fields the run was made with that differ from what this benchmark asks for, but for
+    those a resume may change."""
+    wanted, asked = json.loads(json.dumps(spec.given)), TrainConfig(**spec.given)
     return [f"{k} {saved.get(k)!r} (asked: {v!r})" for k, v in wanted.items()
-            if k not in RESUMABLE | {"run_dir"} and saved.get(k) != v]
+            if k != "run_dir" and saved.get(k) != v
+            and not resume_may_change(asked, k, saved.get(k))]
 
 
-def has_checkpoint(run_dir: Path) -> bool:
-    return any(p.exists() for p in (run_dir / "checkpoints" / "latest.pt",
-                                    run_dir / "search" / "checkpoints" / "latest.pt",
-                                    run_dir / "checkpoints" / "progress.json"))
+def resume_may_change(config: TrainConfig, field: str, value: object) -> bool:
+    """Whether a resume of a run made with ``config`` takes ``value`` for ``field``: what
+    ``TrainConfig.resumed_with`` accepts (training's own --resume check)."""
+    try:
+        config.resumed_with({field: value})
+    except (ValueError, TypeError):
+        return False
+    return True
 
 
 def is_finished(spec: RunSpec) -> bool:
     """timing.json is written when training ends normally: finished when it reached the
     requested steps, or the --minutes budget stopped it and that budget is the one asked."""
-    timing = read_json(spec.run_dir / "timing.json")
+    run = spec.run
+    timing = run.timing() if run.state() == "finished" else None
     if timing is None:
         return False
     if timing.get("env_steps", 0) >= spec.target_steps:
@@ -210,18 +217,17 @@ def is_finished(spec: RunSpec) -> bool:
 
 def plan(spec: RunSpec) -> tuple[str, str]:
     """What to do with a run: ("skip" | "resume" | "continue" | "fresh" | "error", why)."""
-    d = spec.run_dir
-    if not has_checkpoint(d):
-        return "fresh", "no checkpoint" if d.exists() else "new"
+    run = spec.run
+    if not run.checkpoints_written():
+        return "fresh", "no checkpoint" if run.path.exists() else "new"
     saved = saved_config(spec)
     if saved is not None:
         clash = config_clash(spec, saved)
         if clash:
-            return "error", (f"{d} holds a run of another configuration ({'; '.join(clash)}); "
-                             "remove it or use another --runs-dir")
+            return "error", (f"{run} holds a run of another configuration "
+                             f"({'; '.join(clash)}); remove it or use another --runs-dir")
     if is_finished(spec):
         return "skip", "finished"
-    own_config = d / ("stl.json" if spec.is_stl else "config.json")
-    if own_config.exists():
+    if (run.stl_config if spec.is_stl else run.config).exists():
         return "resume", "unfinished, from its checkpoint"
     return "continue", "CoNAL search unfinished, from its checkpoint"

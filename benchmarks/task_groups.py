@@ -16,10 +16,11 @@ import itertools
 import statistics
 from pathlib import Path
 
-from benchmarks.report_files import command, save
+from benchmarks.report_files import command, header, save
 from conal_rl.common import CommandParser
 from conal_rl.method import GroupTreeSpec
 from conal_rl.training.nets import ArchitectureError, load_specs
+from conal_rl.training.rundir import RunDir
 
 # Meta-World task pairs (names without the version suffix) whose tasks handle the same
 # object or make the same motion: the pairs a human would expect to share features.
@@ -68,12 +69,11 @@ def net_row(run: str, net: str, spec) -> dict:
 
 
 def architecture_file(path: Path) -> Path:
-    return path / "architecture.json" if path.is_dir() else path
+    return RunDir(path).architecture if path.is_dir() else path
 
 
 def markdown(payload: dict) -> str:
-    lines = ["# Do the searched trees group sibling tasks?", "",
-             f"Command: `{payload['command']}`", "",
+    lines = [*header("Do the searched trees group sibling tasks?", payload["command"]), "",
              "Shared: how many hidden modules two tasks share, averaged over the sibling "
              "pairs present (same object the other way, or the same motion with a variant) "
              "and over all pairs of tasks; random s.e.: the standard error of a mean of that "
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"no architecture file: {', '.join(missing)}")
     rows = []
     for path in files:
-        run = path.parent.name if path.name == "architecture.json" else path.stem
+        run = path.parent.name if path == RunDir(path.parent).architecture else path.stem
         try:
             specs = load_specs(path)
         except ArchitectureError as e:

@@ -13,13 +13,13 @@ where it matters (see benchmarks/results/twin_critics-*.json).
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from benchmarks.report_files import command
 from conal_rl.common import CommandParser, machine
 
 SIZES = {"quick": dict(hidden=(128, 128, 128), batch=32),
@@ -107,9 +107,8 @@ def main(argv: list[str] | None = None) -> dict:
               f"speed-up {two / batched:.2f}x")
     out = args.out or Path(f"benchmarks/results/twin_critics-{args.device}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    command = " ".join([parser.prog, *(sys.argv[1:] if argv is None else argv)])
-    payload = {"command": command, "repeats": args.repeats, "machine": machine(args.device),
-               "rows": rows}
+    payload = {"command": command(parser.prog, argv), "repeats": args.repeats,
+               "machine": machine(args.device), "rows": rows}
     out.write_text(json.dumps(payload, indent=2))
     print(f"wrote {out}")
     return payload

@@ -42,7 +42,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from agents import MultiTaskReplay, MultiTaskSAC, random_batch
-from benchmarks.report_files import command, save
+from benchmarks.report_files import command, header, now, save
 from conal_rl.common import CommandParser, keep_freed_memory, machine
 from conal_rl.method import GroupTreeSpec, TreeSpec
 from conal_rl.training.conal_search import ConalSearch
@@ -190,14 +190,11 @@ def row(kind: str, size: str, before: list[dict], after: list[dict]) -> dict:
 
 
 def markdown(payload: dict) -> str:
-    m = payload["machine"]
     lines = [
-        "# The SAC update against its arithmetic (CPU, one thread)", "",
-        f"Command: `{payload['command']}`  ",
-        f"Machine: {m['platform']} ({m.get('cpu_model') or 'CPU model not recorded'}), "
-        f"{m['cpu_count']} CPUs, torch {m['torch']}, "
-        f"{m['torch_threads']} torch thread; {payload['repeats']} repeats, medians of the "
-        "thread's CPU time.  ",
+        *header("The SAC update against its arithmetic (CPU, one thread)", payload["command"],
+                payload["machine"], payload.get("date")),
+        f"{payload['machine']['torch_threads']} torch thread; {payload['repeats']} repeats, "
+        "medians of the thread's CPU time.  ",
         f"Load average (1 min) at start -> end: {payload['load'][0]:.2f} -> "
         f"{payload['load'][1]:.2f}.", "",
         "MT10 sizes: " + "; ".join(
@@ -267,7 +264,7 @@ def main(argv: list[str] | None = None) -> dict:
             print({k: rows[-1][k] for k in ("kind", "size", "before_ms", "after_ms")},
                   file=sys.stderr)
     payload = {"command": command("python -m benchmarks.update_speed", argv),
-               "machine": machine(), "cpu_bf16_flags": _bf16_flags(),
+               "machine": machine(), "date": now(), "cpu_bf16_flags": _bf16_flags(),
                "repeats": args.repeats, "rounds": args.rounds,
                "load": [load_start, _load()],
                "rows": rows}

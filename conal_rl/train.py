@@ -72,6 +72,7 @@ def architecture(config: TrainConfig, run_dir: Path, bench
 def prepare(config: TrainConfig, run_dir: Path):
     """Envs, trees (searched first for --arch conal) and the trainer, resumed if a
     checkpoint is there."""
+    from conal_rl.analysis.atlas_figures import atlas_figure
     from conal_rl.method import num_parameters
     from conal_rl.training.nets import surgery_filter, tree_factory
     from conal_rl.training.trainer import Trainer
@@ -81,7 +82,7 @@ def prepare(config: TrainConfig, run_dir: Path):
     bench = make_benchmark(config.benchmark, config.seed, config.vector_strategy)
     specs, inherited = architecture(config, run_dir, bench)
     trainer = Trainer(config, run_dir, bench, tree_factory(specs),
-                      surgery_filter(config.grad_surgery))
+                      surgery_filter(config.grad_surgery), atlas_figure=atlas_figure)
     if inherited is not None and not trainer.resumed:
         trainer.agent.load_networks(inherited)
         print("training the pruned trees from the searched weights (--inherit-weights)")

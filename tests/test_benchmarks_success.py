@@ -14,6 +14,7 @@ from benchmarks import success, success_report
 from benchmarks.success_runs import parse_given
 from conal_rl.common import machine
 from conal_rl.training.config import TrainConfig
+from conal_rl.training.rundir import RunDir
 
 # 200 steps with a 100-step warm-up: updates happen; one final evaluation of one episode.
 ARGS = ["--benchmark", "MT1:reach-v3", "--archs", "mtsac,stl", "--seeds", "2", "--budget",
@@ -338,9 +339,8 @@ def test_a_conal_pro_search_counts_all_its_stages(tmp_path):
         folder = tmp_path / "search" / f"stage{stage}"
         folder.mkdir(parents=True)
         (folder / "timing.json").write_text(json.dumps({"env_steps": steps, "train_wall": wall}))
-    assert success_report.search_timing(tmp_path) == {"env_steps": 300, "train_wall": 4.0}
-    assert success_report.search_timing(tmp_path / "none") == {"env_steps": 0,
-                                                                "train_wall": 0}
+    assert RunDir(tmp_path).search_timing() == {"env_steps": 300, "train_wall": 4.0}
+    assert RunDir(tmp_path / "none").search_timing() == {"env_steps": 0, "train_wall": 0}
 
 
 def test_the_report_lists_each_searched_architecture_and_its_conflict_logs():

@@ -8,7 +8,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ("conal_rl.train", "conal_rl.evaluate", "conal_rl.render", "conal_rl.plot",
-            "conal_rl.stl")
+            "conal_rl.stl", "conal_rl.atlas")
 
 # package -> the project packages its modules may import (besides their own package).
 LAYERS = {

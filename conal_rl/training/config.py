@@ -37,6 +37,7 @@ conal and conal-pro."""
 SEARCHED_ARCHS = ("conal", "conal-pro")
 GRAD_SURGERIES = ("none", "pcgrad")
 """``--grad-surgery``: gradient surgery on the trained networks' shared modules."""
+ATLAS_MIN_SAMPLES = 64  # per task: fewer leaves the jackknife's chunks a handful each
 MAX_WIDTH = 65_536  # a wider layer is a typo (and would not fit in memory with its twin)
 
 
@@ -83,12 +84,12 @@ _AS_IS = ("hidden", "batch_per_task", "eval_episodes", "arch_lr", "minutes", "ve
 # architecture step before every update (and no run was CoNAL-Pro's, whose stage length
 # follows the preset).
 ADDED_FIELDS = {"conflict_rule": "any-pair", "arch_holdout": 0, "stage_steps": PRESET,
-                "arch_every": 1}
+                "arch_every": 1, "atlas_every": 0, "atlas_samples": 1024}
 
 # Flags that may change when a run is resumed; all others must match the saved config.
 RESUMABLE = frozenset({"total_steps", "minutes", "device", "eval_every", "eval_episodes",
                        "checkpoint_every", "save_replay", "log_every", "video_every",
-                       "vector_strategy"})
+                       "vector_strategy", "atlas_every", "atlas_samples"})
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,13 @@ class TrainConfig:
     """env steps (in all) between rollout videos: one deterministic episode of every task,
     mp4s in RUN_DIR/videos/step_<N>/ and the grid's last frame in TensorBoard; 0: none. Slow
     on a CPU (~0.1 s a frame, ~1 min per Meta-World task)"""
+    atlas_every: int = 0
+    """env steps (in all) between live measurements of the conflict atlas: per net and
+    shared layer the cosines of the tasks' gradients with their standard errors, measured on
+    --atlas-samples transitions per task from the replay, into RUN_DIR/atlas/ and
+    TensorBoard (draw them with python -m conal_rl.atlas); 0: none"""
+    atlas_samples: int = 1024
+    """transitions per task of each atlas measurement"""
     checkpoint_every: int = PRESET
     """env steps (in all) between checkpoints (default: as eval)"""
     save_replay: bool = False
@@ -258,8 +266,11 @@ class TrainConfig:
             v = getattr(self, k)
             if v <= 0:
                 raise ValueError(f"--{k.replace('_', '-')} must be positive, got {v}")
+        if self.atlas_samples < ATLAS_MIN_SAMPLES:
+            raise ValueError(f"--atlas-samples must be at least {ATLAS_MIN_SAMPLES}, got "
+                             f"{self.atlas_samples}")
         for k in ("eval_every", "warmup_steps", "search_warmup_steps", "video_every", "minutes",
-                  "arch_holdout"):
+                  "atlas_every", "arch_holdout"):
             v = getattr(self, k)
             if v is not None and v < 0:
                 raise ValueError(f"--{k.replace('_', '-')} must not be negative, got {v}")

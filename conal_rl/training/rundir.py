@@ -10,7 +10,9 @@
       eval.json, eval.csv    what ``conal_rl.evaluate`` found (its --episodes, --seed)
       videos/                what ``conal_rl.render`` recorded; videos/step_<n>/ those
                              recorded during training (``--video-every``)
-      atlas/                 the conflict atlas (``python -m conal_rl.atlas``)
+      atlas/                 the conflict atlas: step_<n>.json measured live during training
+                             (``--atlas-every``), atlas.json and pictures by
+                             ``python -m conal_rl.atlas``
       train.log              the console of a run that benchmarks.success started
       search/                CoNAL's search: a run directory itself, plus inherited.pt
       search/stage<s>/       CoNAL-Pro's stages: run directories, plus decided.json
@@ -113,6 +115,18 @@ class RunDir:
     @property
     def atlas(self) -> Path:
         return self.path / "atlas"
+
+    def atlas_measurement(self, env_steps: int) -> Path:
+        """A live measurement of the atlas (``--atlas-every``)."""
+        return self.atlas / f"step_{env_steps}.json"
+
+    def atlas_measurements(self) -> list[Path]:
+        return sorted(self.atlas.glob("step_*.json"))
+
+    @property
+    def atlas_summary(self) -> Path:
+        """What ``conal_rl.atlas`` measured (its pictures lie beside it)."""
+        return self.atlas / "atlas.json"
 
     @property
     def train_log(self) -> Path:

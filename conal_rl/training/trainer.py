@@ -12,6 +12,7 @@ import random
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Protocol
@@ -23,7 +24,7 @@ from tqdm import tqdm
 
 from agents import FilterFactory, MultiTaskReplay, MultiTaskSAC, NetFactory, SACConfig
 from conal_rl.common import StopSignal, keep_freed_memory, resolve_device
-from conal_rl.training import checkpoint, guard
+from conal_rl.training import atlas, checkpoint, guard
 from conal_rl.training.config import TrainConfig
 from conal_rl.training.rundir import RunDir
 from conal_rl.training.runs import Policy, format_eval, record_evaluation
@@ -40,6 +41,11 @@ class Hook(Protocol):
     def log(self, writer: SummaryWriter, env_steps: int) -> None: ...
     def state_dict(self) -> dict: ...
     def load_state_dict(self, state: dict) -> None: ...
+
+
+AtlasFigure = Callable[[atlas.Atlas, str, list], object]
+"""``(atlas, net, task names) -> matplotlib Figure``: the live atlas's picture in
+TensorBoard, drawn by the layer above (``conal_rl.analysis``)."""
 
 
 def seed_everything(seed: int) -> np.random.Generator:
@@ -72,8 +78,9 @@ class Trainer:
     def __init__(self, config: TrainConfig, run_dir: Path, bench: Benchmark,
                  make_net: NetFactory, make_filter: FilterFactory | None = None,
                  hook: Hook | None = None, sac: SACConfig | None = None,
-                 holdout_every: int = 0):
+                 holdout_every: int = 0, atlas_figure: AtlasFigure | None = None):
         self.config, self.run_dir, self.bench, self.hook = config, Path(run_dir), bench, hook
+        self.atlas_figure = atlas_figure
         self.files = RunDir(run_dir)
         self.device = resolve_device(config.device)
         torch.set_num_threads(config.torch_threads)
@@ -233,6 +240,8 @@ class Trainer:
             self._show_progress(bar)
         if cfg.video_every and self._crossed(cfg.video_every):
             self.record_video()
+        if cfg.atlas_every and self._crossed(cfg.atlas_every):
+            self.record_atlas()
         if self._crossed(cfg.checkpoint_every):
             self.save_checkpoint()
             # Fresh episodes from a seed of the step count, as a run resumed from this
@@ -285,6 +294,28 @@ class Trainer:
             self.config = replace(self.config, video_every=0)
         self.timers["video"] += time.perf_counter() - t0
 
+    def record_atlas(self) -> None:
+        """The conflict atlas of the nets as they are, on a large sample of the replay (a
+        generator of its own: the training's draws stay as they were), into the run's atlas
+        folder and TensorBoard."""
+        t0 = time.perf_counter()
+        if atlas.shared_layer_count(self.agent) and self.replay.size:
+            generator = torch.Generator(self.device).manual_seed(self.env_steps)
+            batch = self.replay.sample(self.config.atlas_samples, generator)
+            measured = atlas.measure(self.agent, batch)
+            atlas.save_live(self.files, self.env_steps, measured, self.bench.task_names)
+            for role, layers in measured.items():
+                for name, ev in layers.items():
+                    tag = f"atlas/{role}/{name}"
+                    self.writer.add_scalar(f"{tag}/reliability", ev.reliability, self.env_steps)
+                    self.writer.add_scalar(f"{tag}/conflicting", len(ev.conflicting()),
+                                           self.env_steps)
+            if self.atlas_figure is not None:
+                for role in measured:
+                    self.writer.add_figure(f"atlas/{role}", self.atlas_figure(
+                        measured, role, self.bench.task_names), self.env_steps)
+        self.timers["atlas"] += time.perf_counter() - t0
+
     # ---- logging --------------------------------------------------------------------------
     def _log_episodes(self, info: dict, done: np.ndarray, ep_success: np.ndarray) -> None:
         returns = info["final_info"]["episode"]["r"]
@@ -295,14 +326,14 @@ class Trainer:
                 self.writer.add_scalar(f"train_success/{task}", ep_success[i], self.env_steps)
 
     def train_seconds(self) -> float:
-        """Training wall time summed over resumes: wall time less evaluation, checkpoints
-        and videos (what --minutes limits)."""
+        """Training wall time summed over resumes: wall time less evaluation, checkpoints,
+        videos and atlas measurements (what --minutes limits)."""
         running = self._clock()[0] - self._run_start[0] if self._run_start else 0.0
         return self.timers["train_wall"] + running
 
     def _clock(self) -> tuple[float, int, int]:
         """Training time so far (wall time less evaluation and checkpointing) and counters."""
-        paused = self.timers["eval"] + self.timers["checkpoint"] + self.timers["video"]
+        paused = sum(self.timers[k] for k in ("eval", "checkpoint", "video", "atlas"))
         return time.perf_counter() - paused, self.env_steps, self.updates
 
     def _log_training(self, pending: list[dict], clock: tuple, bar: tqdm) -> tuple:

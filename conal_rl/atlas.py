@@ -1,0 +1,157 @@
+"""Which tasks conflict? ``python -m conal_rl.atlas RUN_DIR``: the conflict atlas of a run.
+
+For the run's last checkpoint, per net (critic, actor) and shared layer: the cosines of the
+tasks' gradients of their own losses, with jackknife standard errors and the split-half
+reliability of the whole matrix, the tasks that point significantly against the others,
+and a clustering of the tasks. Data: the run's saved replay (``--save-replay``) or, without
+one, fresh rollouts of its stochastic policy. With live measurements (``train
+--atlas-every``) also how the structure changed over training. Writes, in RUN_DIR/atlas/
+(or ``--out``): atlas.json, <net>.png, <net>-over-training.png, and the pictures to the
+run's TensorBoard.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from conal_rl.common import DEVICES, CommandParser, UserError, resolve_device, run_cli
+from conal_rl.training.config import ATLAS_MIN_SAMPLES
+from conal_rl.training.preflight import load_config, run_dir_of
+from conal_rl.training.rundir import RunDir
+
+PROG = "python -m conal_rl.atlas"
+SOURCES = ("auto", "replay", "rollouts")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = CommandParser(prog=PROG, description=__doc__.split("\n\n")[1])
+    parser.add_argument("run", metavar="RUN_DIR", help="run directory (or its checkpoint)")
+    parser.add_argument("--samples", type=int, default=1024,
+                        help="transitions per task (default: %(default)s)")
+    parser.add_argument("--source", choices=SOURCES, default="auto",
+                        help="the data: the saved replay, fresh rollouts of the policy, or "
+                        "auto (the replay where the run saved one; default)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the sample and the rollouts (default: %(default)s)")
+    parser.add_argument("--device", default="auto", choices=DEVICES,
+                        help="torch device (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=None, help="output folder "
+                        "(default: RUN_DIR/atlas)")
+    parser.add_argument("--no-tensorboard", action="store_true",
+                        help="do not add the pictures to the run's TensorBoard")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    return run_cli(PROG, lambda: _main(args))
+
+
+def _main(args: argparse.Namespace) -> dict:
+    if args.samples < ATLAS_MIN_SAMPLES:
+        raise UserError(f"--samples must be at least {ATLAS_MIN_SAMPLES}, got {args.samples}")
+    if args.seed < 0:
+        raise UserError(f"--seed must not be negative, got {args.seed}")
+    run_dir = run_dir_of(args.run)
+    config = load_config(run_dir)
+    from envs.video import use_headless_gl
+
+    use_headless_gl()  # before metaworld imports mujoco
+    import torch
+
+    from conal_rl.training import atlas, checkpoint
+    from conal_rl.training.runs import load_checked
+
+    torch.set_num_threads(1)
+    device = resolve_device(args.device)
+    run = load_checked(run_dir, device)
+    if run.agent.num_tasks < 2:
+        raise UserError(f"{run_dir}: a run of one task ({config.benchmark}) has no conflicts "
+                        "between tasks to measure")
+    if not atlas.shared_layer_count(run.agent):
+        raise UserError(f"{run_dir}: its networks have no shared layers the atlas can "
+                        f"measure ({config.arch})")
+    replay = _data(args, run, atlas, checkpoint, device)
+    torch.manual_seed(args.seed)
+    generator = torch.Generator(device).manual_seed(args.seed)
+    measured = atlas.measure(run.agent, replay.sample(args.samples, generator))
+    tasks = list(run.specs["actor"].task_names) or [config.benchmark]
+    payload = atlas.to_json(measured, tasks, env_steps=run.env_steps, source=args.source,
+                            samples=args.samples, seed=args.seed)
+    _write(args, RunDir(run_dir), payload, measured, tasks, atlas)
+    return payload
+
+
+def _data(args, run, atlas, checkpoint, device):
+    """The transitions to measure on: the saved replay, else fresh rollouts."""
+    from envs import make_benchmark
+
+    bench = make_benchmark(run.config.benchmark, run.config.seed)
+    state = checkpoint.load(RunDir(run.run_dir).checkpoint, mmap=True)
+    obs_dim, act_dim = bench.obs_dim, bench.action_space.shape[0]
+    replay = None
+    if args.source != "rollouts":
+        replay = atlas.saved_replay(state, bench.num_tasks, obs_dim, act_dim, device)
+        if replay is None and args.source == "replay":
+            raise UserError(f"{run.run_dir}: its checkpoint holds no replay (trained without "
+                            "--save-replay); use --source rollouts")
+    if replay is None:
+        from conal_rl.training.runs import Policy
+
+        args.source = "rollouts"
+        policy = Policy(run.agent, bench.action_space, device, deterministic=False)
+        replay = atlas.rollout_replay(policy, bench, args.samples, args.seed)
+    else:
+        args.source = "replay"
+    bench.envs.close()
+    return replay
+
+
+def _write(args, run: RunDir, payload: dict, measured, tasks: list[str], atlas) -> None:
+    from conal_rl.analysis.atlas_figures import atlas_figure, over_training_figure
+
+    out = args.out or run.atlas
+    out.mkdir(parents=True, exist_ok=True)
+    summary = out / run.atlas_summary.name
+    run.write_json(summary, payload)
+    live = [(m["env_steps"], atlas.from_json(m)) for m in atlas.live_measurements(run)]
+    figures = {}
+    for role in measured:
+        figures[role] = atlas_figure(measured, role, tasks)
+        first = next(iter(measured[role]), None)
+        if live and first is not None:
+            figures[f"{role}-over-training"] = over_training_figure(
+                [*live, (payload["env_steps"], measured)], role, first, tasks)
+    for name, fig in figures.items():
+        fig.savefig(out / f"{name}.png", dpi=130)
+    if not args.no_tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(run.path))
+        for name, fig in figures.items():
+            writer.add_figure(f"atlas/{name}", fig, payload["env_steps"])
+        writer.close()
+    print(summary_text(payload))
+    print(f"wrote {summary} and {', '.join(f'{n}.png' for n in figures)} in {out}")
+
+
+def summary_text(payload: dict) -> str:
+    """Per net and layer: reliability, mean cosine, the tasks against the others."""
+    lines = [f"conflict atlas at env step {payload['env_steps']:,} ({payload['samples']} "
+             f"samples per task from {payload['source']}):"]
+    for role, layers in payload["nets"].items():
+        for name, d in layers.items():
+            k = len(d["tasks"])
+            cos = [d["cosine"][i][j] for i in range(k) for j in range(k) if i < j]
+            mean = sum(cos) / max(len(cos), 1)
+            negative = sum(c < 0 for c in cos) / max(len(cos), 1)
+            reliability = "n/a" if d["reliability"] is None else f"{d['reliability']:.2f}"
+            lines.append(f"  {role} {name:<12} r_split-half {reliability:>5}  mean cosine "
+                         f"{mean:+.2f}  negative {negative:.0%}  against the others: "
+                         f"{', '.join(d['conflicting']) or 'none'}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

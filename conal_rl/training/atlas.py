@@ -1,0 +1,145 @@
+"""The conflict atlas of a run: per net and shared layer, how the tasks' gradients agree,
+measured with power on a large sample (:class:`~conal_rl.method.evidence.LayerEvidence`).
+
+The gradients are those of the run's own losses on its own data: the critic's TD loss and
+the actor's loss of each task, per task summed over ``samples`` transitions, captured in
+one backward (no backward per task). The measurement leaves the run as it was: no
+parameter moves, no gradient stays, the RNG streams of torch and of the replay are the
+ones it found. Used by ``conal_rl.atlas`` (after the fact) and by training
+(``--atlas-every``: the same measurement live, on the replay, into the run's atlas folder).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from agents import Batch, MultiTaskReplay, MultiTaskSAC
+from conal_rl.method import TaskGradientCapture
+from conal_rl.method.evidence import LayerEvidence, capture_evidence
+from conal_rl.training.config import ATLAS_MIN_SAMPLES
+from conal_rl.training.rundir import RunDir, read_json
+from conal_rl.training.runs import Policy
+from envs import Benchmark
+
+Atlas = dict[str, dict[str, LayerEvidence]]  # net ("critic", "actor") -> layer -> evidence
+
+
+def shared_layer_count(agent: MultiTaskSAC) -> int:
+    """How many shared layers the atlas can measure in the agent's nets (0: nothing
+    shared, e.g. independent networks, or a kind of net it cannot read)."""
+    try:
+        return (len(TaskGradientCapture(agent.actor.net).layers)
+                + len(TaskGradientCapture({"q1": agent.critic.q1}).layers))
+    except AttributeError:  # grouped trees (CoNAL-Pro) have no TreeSpec branch points
+        return 0
+
+
+@torch.no_grad()
+def _restore(params: list[torch.nn.Parameter], grads: list) -> None:
+    for p, g in zip(params, grads):
+        p.grad = g
+
+
+def measure(agent: MultiTaskSAC, batch: Batch, chunks: int = 8) -> Atlas:
+    """Per net, per shared layer, the evidence of ``batch`` (task-major ``[T, N, ...]``)."""
+    if batch.obs.shape[1] < max(ATLAS_MIN_SAMPLES, 2 * chunks):
+        raise ValueError(f"the atlas needs at least {max(ATLAS_MIN_SAMPLES, 2 * chunks)} samples "
+                         f"per task, got {batch.obs.shape[1]}")
+    out: Atlas = {}
+    cuda = [batch.obs.device.index or 0] if batch.obs.is_cuda else []
+    with torch.random.fork_rng(devices=cuda):
+        critic = TaskGradientCapture({"q1": agent.critic.q1, "q2": agent.critic.q2})
+        out["critic"] = _evidence(critic, lambda: agent.critic_losses(batch),
+                                  list(agent.critic.parameters()), chunks)
+        actor = TaskGradientCapture(agent.actor.net)
+        agent.critic.requires_grad_(False)  # the actor's loss only reads the critic
+        try:
+            out["actor"] = _evidence(actor, lambda: agent.actor_losses(batch.obs)[0],
+                                     list(agent.actor.parameters()), chunks)
+        finally:
+            agent.critic.requires_grad_(True)
+    return out
+
+
+def _evidence(capture: TaskGradientCapture, task_losses, params, chunks: int
+              ) -> dict[str, LayerEvidence]:
+    """One backward of the summed task losses (the Gram of the ∇L_t themselves) with the
+    shared layers captured; the parameters' ``.grad`` as they were before."""
+    grads = [p.grad for p in params]
+    try:
+        with capture.record():
+            losses = task_losses()
+        losses.sum().backward(inputs=params)
+        return capture_evidence(capture, chunks)
+    finally:
+        capture.clear()
+        _restore(params, grads)
+
+
+# ---- files ------------------------------------------------------------------------------
+def to_json(atlas: Atlas, task_names: list[str], **about) -> dict:
+    """The atlas as JSON: per net and layer the evidence, and by task name what it decides
+    (conflicting: pointing significantly against the others; leaving: outside the layer's
+    main significant cluster, or conflicting where the net's head is shared)."""
+    nets = {}
+    for role, layers in atlas.items():
+        nets[role] = {}
+        for name, ev in layers.items():
+            named = [task_names[t] for t in ev.tasks]
+            nets[role][name] = ev.to_dict() | {
+                "task_names": named,
+                "conflicting": [task_names[t] for t in ev.conflicting()],
+                "main_cluster": [task_names[t] for t in ev.main_cluster()],
+            }
+    return about | {"task_names": list(task_names), "nets": nets}
+
+
+def from_json(payload: dict) -> Atlas:
+    return {role: {name: LayerEvidence.from_dict(d) for name, d in layers.items()}
+            for role, layers in payload["nets"].items()}
+
+
+def save_live(run: RunDir, env_steps: int, atlas: Atlas, task_names: list[str]) -> None:
+    """One live measurement (``--atlas-every``) into the run's atlas folder."""
+    run.write_json(run.atlas_measurement(env_steps),
+                   to_json(atlas, task_names, env_steps=env_steps, source="replay"))
+
+
+def live_measurements(run: RunDir) -> list[dict]:
+    """The run's live measurements, in the order of env steps."""
+    found = [read_json(p) for p in run.atlas_measurements()]
+    return sorted((m for m in found if m), key=lambda m: m["env_steps"])
+
+
+# ---- data -------------------------------------------------------------------------------
+def saved_replay(checkpoint_state: dict, num_tasks: int, obs_dim: int, act_dim: int,
+                 device) -> MultiTaskReplay | None:
+    """The replay a run saved in its checkpoint (``--save-replay``), None without one."""
+    state = checkpoint_state.get("replay")
+    if not state or not state.get("size"):
+        return None
+    replay = MultiTaskReplay(state["size"], num_tasks, obs_dim, act_dim, device)
+    replay.load_state_dict(state | {"holdout": None})
+    return replay
+
+
+def rollout_replay(policy: Policy, bench: Benchmark, steps_per_task: int, seed: int,
+                   progress: bool = True) -> MultiTaskReplay:
+    """Fresh transitions of the run's stochastic policy (as training collects them: the
+    true last observation where an episode ended), ``steps_per_task`` of every task."""
+    T = bench.num_tasks
+    replay = MultiTaskReplay(steps_per_task, T, bench.obs_dim, bench.action_space.shape[0],
+                             policy.device)
+    obs = bench.reset(seed)
+    for _ in tqdm(range(steps_per_task), desc="rollouts", unit="step", disable=not progress,
+                  unit_scale=T):
+        actions = policy.normalized(obs, deterministic=False)
+        next_obs, rewards, term, trunc, info = bench.envs.step(policy.to_env(actions))
+        real_next = next_obs.copy()
+        for i in np.flatnonzero(term | trunc):
+            real_next[i] = info["final_obs"][i]
+        replay.add(obs, actions, rewards, real_next, term)
+        obs = next_obs
+    return replay

@@ -1,0 +1,85 @@
+"""The conflict atlas's measurement (conal_rl/training/atlas.py): the task gradients it
+reads are the ones autograd gives task by task, and measuring leaves the run as it was."""
+
+import pytest
+import torch
+
+from agents import MultiTaskReplay, MultiTaskSAC, random_batch
+from conal_rl.method import TreeSpec
+from conal_rl.method.conflict import cosines
+from conal_rl.training import atlas
+from conal_rl.training.nets import tree_factory
+
+T, OBS, ACT = 4, 6, 2
+
+
+def agent(arch: str = "mtsac") -> MultiTaskSAC:
+    torch.manual_seed(0)
+    spec = {"mtsac": TreeSpec.mtsac, "mhsac": TreeSpec.mhsac,
+            "independent": TreeSpec.independent}[arch]((16, 16), T)
+    return MultiTaskSAC(tree_factory({"actor": spec, "critic": spec}), T, OBS, ACT)
+
+
+def per_task_gradients(net_agent: MultiTaskSAC, batch, layer) -> torch.Tensor:
+    """``[T, params]``: each task's critic-loss gradient on ``layer``, one backward each."""
+    grads = []
+    for t in range(T):
+        net_agent.zero_grad(set_to_none=True)
+        torch.manual_seed(1)  # the same sampled next actions for every task
+        net_agent.critic_losses(batch)[t].backward()
+        grads.append(torch.cat([layer.weight.grad.flatten(), layer.bias.grad]))
+    net_agent.zero_grad(set_to_none=True)
+    return torch.stack(grads)
+
+
+def test_the_cosines_are_those_of_each_tasks_own_gradient():
+    a, batch = agent(), random_batch(T, 64, OBS, ACT)
+    torch.manual_seed(1)
+    measured = atlas.measure(a, batch)
+    ev = measured["critic"]["q1/shared.1"]
+    grads = per_task_gradients(a, batch, a.critic.q1.shared["1"])
+    expected = cosines(grads @ grads.T)
+    assert torch.allclose(ev.cosine.float(), expected, atol=1e-4)
+    assert set(measured) == {"critic", "actor"}
+    assert "head" in measured["actor"]  # MT-SAC's output layer is shared too
+
+
+def test_measuring_leaves_the_agent_its_gradients_and_the_rng_as_they_were():
+    a, batch = agent(), random_batch(T, 64, OBS, ACT)
+    before = {k: v.clone() for k, v in a.state_dict().items()}
+    a.critic.q1.shared["1"].weight.grad = marker = torch.ones_like(a.critic.q1.shared["1"].weight)
+    rng = torch.get_rng_state()
+    atlas.measure(a, batch)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert a.critic.q1.shared["1"].weight.grad is marker
+    assert a.actor.net.shared["1"].weight.grad is None
+    assert all(torch.equal(v, a.state_dict()[k]) for k, v in before.items())
+    assert all(p.requires_grad for p in a.critic.parameters())
+
+
+def test_a_generator_of_its_own_keeps_the_replays_draws():
+    replay = MultiTaskReplay(100, T, OBS, ACT)
+    for _ in range(100):
+        replay.add(*(torch.randn(T, d) for d in (OBS, ACT, 1, OBS, 1)))
+    twin = MultiTaskReplay(100, T, OBS, ACT)
+    twin.load_state_dict(replay.state_dict())
+    replay.sample(64, torch.Generator().manual_seed(5))  # a measurement's sample
+    assert torch.equal(replay.sample(8).obs, twin.sample(8).obs)
+
+
+def test_nets_without_shared_layers_and_small_samples_are_refused():
+    assert atlas.shared_layer_count(agent("independent")) == 0
+    assert atlas.shared_layer_count(agent("mhsac")) > 0
+    with pytest.raises(ValueError, match="at least"):
+        atlas.measure(agent(), random_batch(T, 16, OBS, ACT))
+
+
+def test_the_json_names_the_tasks_and_reads_back():
+    a, batch = agent(), random_batch(T, 64, OBS, ACT)
+    measured = atlas.measure(a, batch)
+    names = ["a", "b", "c", "d"]
+    payload = atlas.to_json(measured, names, env_steps=7)
+    layer = payload["nets"]["critic"]["q1/shared.1"]
+    assert layer["task_names"] == names and payload["env_steps"] == 7
+    back = atlas.from_json(payload)["critic"]["q1/shared.1"]
+    assert torch.allclose(back.cosine, measured["critic"]["q1/shared.1"].cosine.double())
