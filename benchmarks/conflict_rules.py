@@ -6,7 +6,7 @@ The problem: T = 10 regression tasks in two families of five. Family k's tasks r
 features of the input, phi_k(x) = tanh(W_k x) (three features, the two families' W_k in
 orthogonal subspaces), each task its own linear read-out of them plus noise; every task has a
 small training set (scarce data) and a held-out test set. The networks are trees of three
-hidden modules of width 4: a trunk that narrow holds one family's features, not both.
+hidden modules of width 8: a trunk that narrow serves one family better than both.
 
 First the right tree is established by training the candidate fixed trees from scratch and
 comparing their held-out losses: all tasks on the shared trunk (MT-SAC-like), all private
@@ -19,6 +19,14 @@ purely-specific modules, and the derived trees are scored by how well they recov
 families: the mean number of modules two tasks of one family share minus that of two tasks
 of different families. A second problem, where all ten tasks read the same features, checks
 that the rules keep the trunk shared there (the frozen fraction stays low).
+
+The ``evidence`` kinds decide from large-sample statistics instead of minibatch signs: every
+``REFRESH`` weight steps (warm-up included) one backward over a large sample from the same
+distribution (``EVIDENCE`` per task, never trained on, as a replay's held-out buffer) gives
+per shared module the statistics of ``conal_rl.method.evidence``; conflict-noticing takes
+the tasks in significant conflict off a module and the gate (``SuperNet.gate``,
+``StageNet.gate`` for ``pro-evidence``) makes them leave it; without evidence every task
+stays on the trunk.
 
 Writes ``<out>.json`` and ``<out>.md`` (per rule and seed: branch points, recovery score,
 frozen fraction) with the command and the machine.
@@ -45,11 +53,15 @@ from conal_rl.method import (
     search_optimizers,
     search_step,
 )
+from conal_rl.method.conflict import TaskGradientCapture
+from conal_rl.method.evidence import capture_evidence
 from conal_rl.method.progressive import progressive_search
 
 T, FAMILY_SIZE, IN, FEATURES = 10, 5, 20, 3
 HIDDEN = (8, 8, 8)
 TRAIN, TEST, NOISE = 128, 512, 0.1
+EVIDENCE = 1024  # samples per task of the evidence rule's held-out sample (never trained on)
+REFRESH = 100  # weight steps between two measurements of the evidence
 FAMILIES = (tuple(range(FAMILY_SIZE)), tuple(range(FAMILY_SIZE, T)))
 WITHIN = [pair for family in FAMILIES for pair in itertools.combinations(family, 2)]
 ACROSS = list(itertools.product(*FAMILIES))  # the pairs of tasks within a family, across
@@ -57,12 +69,14 @@ PRO_KINDS = {  # CoNAL-Pro: name -> conflict-noticing settings
     "pro-any-pair": {"rule": "any-pair"},
     "pro-consensus": {"rule": "consensus"},
     "pro-no-noticing": {"enabled": False},
+    "pro-evidence": {"rule": "evidence"},
 }
 SEARCH_KINDS = {  # name -> (rule, conflict-noticing on, purely-specific modules)
     "any-pair": ("any-pair", True, True),
     "ema-pair": ("ema-pair", True, True),
     "consensus": ("consensus", True, True),
     "affinity": ("affinity", True, True),
+    "evidence": ("evidence", True, True),
     "no-noticing": ("any-pair", False, True),
     "no-private": ("any-pair", False, False),
 }
@@ -74,6 +88,8 @@ class Problem:
     y_train: torch.Tensor  # [T, TRAIN, 1]
     x_test: torch.Tensor
     y_test: torch.Tensor
+    x_evidence: torch.Tensor  # [T, EVIDENCE, IN]: the evidence rule's large sample
+    y_evidence: torch.Tensor
 
 
 def make_problem(seed: int, agreeing: bool = False) -> Problem:
@@ -89,7 +105,8 @@ def make_problem(seed: int, agreeing: bool = False) -> Problem:
         y = torch.stack([torch.tanh(x[t] @ w[family[t]].T) @ readout[t] for t in range(T)])
         return x, (y + NOISE * torch.randn(T, n, generator=g))[..., None]
 
-    return Problem(*data(TRAIN), *data(TEST))
+    return Problem(*data(TRAIN), *data(TEST), *data(EVIDENCE))  # in this order: the same
+    # training and test sets as before the evidence set was added
 
 
 def mse(net, x, y) -> torch.Tensor:
@@ -124,12 +141,26 @@ def pro_search(problem: Problem, kind: str, seed: int, warmup: int = 200,
     spec = progressive_search(
         T, IN, 1, HIDDEN, lambda net: mse(net, x_w, y_w), lambda net: mse(net, x_a, y_a),
         warmup, steps, arch_lr=3e-2, weight_lr=3e-3, noticing=PRO_KINDS[kind],
-        on_stage=lambda s, net, notice: stats.extend(notice.stats().values()))
+        on_stage=lambda s, net, notice: stats.extend(notice.stats().values()),
+        refresh=(lambda net, notice: refresh_evidence(net, notice, problem))
+        if PRO_KINDS[kind].get("rule") == "evidence" else None, refresh_every=REFRESH)
     return {"groups": [list(g) for g in spec.groups],
             "frozen_fraction": statistics.mean(v["frozen_fraction"] for v in stats),
             "left_out_fraction": statistics.mean(v.get("left_out_fraction", 0.0)
                                                  for v in stats),
             "shared": spec.shared_modules()}
+
+
+def refresh_evidence(net, noticing: ConflictNoticing, problem: Problem) -> None:
+    """The evidence rule's measurement: one backward over the large held-out sample (its
+    weight gradients thrown away), its statistics given to conflict-noticing and its
+    leaving sets to the architecture's gate."""
+    capture = TaskGradientCapture(noticing.layers)
+    with capture.record():
+        loss = (net(problem.x_evidence) - problem.y_evidence).square().mean(dim=(1, 2)).sum()
+    torch.autograd.grad(loss, net.weight_parameters(), allow_unused=True)
+    noticing.set_evidence(capture_evidence(capture))
+    net.gate(noticing.leaving())
 
 
 def split(problem: Problem):
@@ -150,11 +181,17 @@ def search(problem: Problem, kind: str, seed: int, warmup: int = 300, steps: int
     arch_opt, weight_opt = search_optimizers(net, arch_lr=3e-2, weight_lr=3e-3)
     noticing = ConflictNoticing(net, enabled=noticing_on, rule=rule, ema=rule_ema)
     (x_w, y_w), (x_a, y_a) = split(problem)  # alpha learns on the held-out 20%
-    for _ in range(warmup):
-        search_step(net, None, lambda: mse(net, x_w, y_w), None, weight_opt)
-    for _ in range(steps):
-        search_step(net, lambda: mse(net, x_a, y_a), lambda: mse(net, x_w, y_w), arch_opt,
-                    weight_opt, noticing)
+    evidence = rule == "evidence"
+    if evidence:
+        net.gate({})  # no evidence yet: every task on the trunk
+    for step in range(warmup + steps):
+        if evidence and step % REFRESH == 0:
+            refresh_evidence(net, noticing, problem)
+        if step < warmup:
+            search_step(net, None, lambda: mse(net, x_w, y_w), None, weight_opt)
+        else:
+            search_step(net, lambda: mse(net, x_a, y_a), lambda: mse(net, x_w, y_w), arch_opt,
+                        weight_opt, noticing)
     stats = noticing.stats()
     points = list(net.branch_points())
     return {"branch_points": points,
@@ -245,7 +282,10 @@ def markdown(payload: dict) -> str:
               "space and 3 as CoNAL-Pro's grouped tree); the fraction "
               "of updates a shared module was frozen and (per-task rules) of task-updates "
               "left out of it; the same on the agreeing problem, and the modules two of its "
-              "tasks share in the derived tree (3 = all shared). `pro-*`: CoNAL-Pro.", "",
+              "tasks share in the derived tree (3 = all shared). `pro-*`: CoNAL-Pro. "
+              "`evidence`: decisions from large-sample statistics with their errors "
+              f"({EVIDENCE} held-out samples per task, refreshed every {REFRESH} steps), "
+              "the others from each minibatch.", "",
               "| search | recovery | frozen | left out | agreeing: frozen | agreeing: left out "
               "| agreeing: shared modules |", "|---|---|---|---|---|---|---|"]
     for kind, v in s["search"].items():

@@ -64,3 +64,51 @@ def test_progressive_search_grows_a_refining_tree():
     spec = progressive_search(T, IN, 1, (4, 4), loss, loss, warmup=5, steps=5,
                               noticing={"rule": "any-pair"})
     assert spec.depth == 2 and spec.num_tasks == T  # the constructor checked refinement
+
+
+def _two_pairs(seed=0):
+    """Tasks 0, 1 read input feature 0, tasks 2, 3 feature 1; a first module of width 1
+    holds one of them, so one pair does better on a module of its own."""
+    torch.manual_seed(seed)
+    x = torch.randn(T, 64, IN)
+    y = torch.stack([torch.tanh(x[t, :, 0 if t < 2 else 1]) * (1 + t) for t in range(T)])
+
+    def loss(net):
+        return (net(x) - y[..., None]).square().mean()
+    return loss
+
+
+def test_the_architecture_step_splits_a_group_whose_tasks_need_different_features():
+    """alpha starts uniform, where every task stays: only the architecture step moves one
+    pair to the leave module."""
+    loss = _two_pairs()
+    spec = progressive_search(T, IN, 1, (1, 4), loss, loss, warmup=50, steps=200,
+                              arch_lr=3e-2, weight_lr=1e-2, noticing={"enabled": False})
+    assert spec.groups[0] == (0, 0, 1, 1)
+
+
+def test_conflict_noticing_acts_on_every_stage_candidate_modules():
+    """Under the paper's rule the stage's shared candidates are frozen on conflicting
+    batches, and a frozen module does not move."""
+    loss, seen = _two_pairs(), []
+
+    def on_stage(stage, net, notice):
+        seen.append((stage, notice.stats()))
+    progressive_search(T, IN, 1, (4, 4), loss, loss, warmup=5, steps=20,
+                       noticing={"rule": "any-pair"}, on_stage=on_stage)
+    assert [s for s, _ in seen] == [1, 2]
+    for _, stats in seen:
+        assert stats and all(v["steps"] == 20 and v["frozen_steps"] > 0 for v in stats.values())
+
+
+def test_pro_evidence_groups_follow_the_significant_clusters():
+    """benchmarks/conflict_rules.py's families: under the evidence rule the first module
+    splits the tasks into the two families, which then share every module (recovery 3,
+    the most a grouped tree can score); tasks that all read the same features stay one
+    group."""
+    from benchmarks import conflict_rules as study
+
+    families = study.search(study.make_problem(0), "pro-evidence", seed=0)
+    assert study.recovery(families["shared"]) == 3.0, families["groups"]
+    agreeing = study.search(study.make_problem(0, agreeing=True), "pro-evidence", seed=0)
+    assert agreeing["groups"] == [[0] * study.T] * len(study.HIDDEN), agreeing["groups"]

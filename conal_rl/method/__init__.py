@@ -6,6 +6,8 @@
 * :mod:`~conal_rl.method.supernet`: the search space, every task mixing its branch points.
 * :mod:`~conal_rl.method.conflict`: per-task gradients from one backward, and
   conflict-noticing on the shared modules.
+* :mod:`~conal_rl.method.evidence`: conflict statistics with standard errors from one
+  backward over a large batch (:class:`LayerEvidence`), the ``evidence`` rule's input.
 * :mod:`~conal_rl.method.search`: the architecture step and the alternating search step.
 * :mod:`~conal_rl.method.groups`: trees whose branches groups of tasks share
   (:class:`GroupTreeSpec`, :class:`GroupTreeNet`), CoNAL-Pro's format.
@@ -20,6 +22,7 @@ from conal_rl.method.conflict import (
     SharedLayer,
     TaskGradientCapture,
 )
+from conal_rl.method.evidence import LayerEvidence, capture_evidence, layer_evidence
 from conal_rl.method.groups import GroupTreeNet, GroupTreeSpec
 from conal_rl.method.layers import TaskLinear
 from conal_rl.method.pcgrad import PCGrad
@@ -34,7 +37,8 @@ from conal_rl.method.search import (
 from conal_rl.method.supernet import SuperNet
 from conal_rl.method.tree import TreeNet, TreeSpec, num_parameters
 
-__all__ = ["CONFLICT_RULES", "ConflictNoticing", "GroupTreeNet", "GroupTreeSpec", "PCGrad",
-           "SearchSettings", "SharedLayer", "SuperNet", "TaskGradientCapture", "TaskLinear",
-           "TreeNet", "TreeSpec", "architecture_optimizer", "architecture_step",
-           "num_parameters", "progressive_search", "search_optimizers", "search_step"]
+__all__ = ["CONFLICT_RULES", "ConflictNoticing", "GroupTreeNet", "GroupTreeSpec", "LayerEvidence",
+           "PCGrad", "SearchSettings", "SharedLayer", "SuperNet", "TaskGradientCapture",
+           "TaskLinear", "TreeNet", "TreeSpec", "architecture_optimizer", "architecture_step",
+           "capture_evidence", "layer_evidence", "num_parameters", "progressive_search",
+           "search_optimizers", "search_step"]

@@ -26,12 +26,17 @@ the trained trees' shared modules) builds on it too.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:  # evidence.py builds on this module
+    from conal_rl.method.evidence import LayerEvidence
 
 
 @dataclass
@@ -207,21 +212,23 @@ class TaskGradientCapture:
         raise NotImplementedError
 
 
-CONFLICT_RULES = ("any-pair", "ema-pair", "consensus", "affinity")
+CONFLICT_RULES = ("any-pair", "ema-pair", "consensus", "affinity", "evidence")
 """How conflict-noticing decides, per shared module and update (see :class:`ConflictNoticing`)."""
 
 
 def cosines(gram: Tensor) -> Tensor:
-    """``[k, k]`` Gram matrix of task gradients -> their pairwise cosines (0 where a
+    """``[..., k, k]`` Gram matrices of task gradients -> their pairwise cosines (0 where a
     gradient is zero)."""
-    norms = gram.diagonal().clamp(min=0).sqrt()
-    return gram / (norms[:, None] * norms[None]).clamp(min=torch.finfo(gram.dtype).tiny)
+    norms = gram.diagonal(dim1=-2, dim2=-1).clamp(min=0).sqrt()
+    return gram / (norms[..., :, None] * norms[..., None, :]).clamp(
+        min=torch.finfo(gram.dtype).tiny)
 
 
 def consensus_cosines(gram: Tensor) -> Tensor:
-    """``[k]``: for each task t, the cosine between its gradient and the sum of the other
-    tasks' gradients (the module's consensus without t), from the Gram matrix alone."""
-    row, own, total = gram.sum(dim=1), gram.diagonal(), gram.sum()
+    """``[..., k]``: for each task t, the cosine between its gradient and the sum of the
+    other tasks' gradients (the module's consensus without t), from the Gram matrix alone."""
+    row, own = gram.sum(dim=-1), gram.diagonal(dim1=-2, dim2=-1)
+    total = gram.sum(dim=(-2, -1))[..., None]
     others = (total - 2 * row + own).clamp(min=0)  # |sum_{s != t} g_s|^2
     tiny = torch.finfo(gram.dtype).tiny
     return (row - own) / (own.clamp(min=0).sqrt() * others.sqrt()).clamp(min=tiny)
@@ -268,6 +275,15 @@ class ConflictNoticing(TaskGradientCapture):
       when they need the same directions, whatever the signs); the module keeps the tasks
       of its main group (:func:`main_group`, the leading eigenvector of the affinities)
       and leaves the others out, as ``consensus`` does.
+    * ``"evidence"``: decides from large-sample statistics with their errors
+      (:mod:`~conal_rl.method.evidence`), given by :meth:`set_evidence` and refreshed by
+      the caller every few hundred or thousand updates, not from the batch: the tasks the
+      evidence shows in significant conflict on a module (``LayerEvidence.leaving``: outside
+      its main significant cluster by the sign-blind affinity; with ``signed``, for nets
+      whose tasks share a head, also those pointing significantly against the others) are
+      left out of its update. Without evidence every task trains every module. The same
+      :meth:`leaving` sets gate the architecture (``SuperNet.gate``): a task leaves a
+      module only where its conflict there is significant, and there it leaves.
 
     A frozen module does not move: its ``.grad`` is set to None, so the optimizer skips it
     and its moments and step count are not advanced (zeroing the gradient is not enough
@@ -281,11 +297,13 @@ class ConflictNoticing(TaskGradientCapture):
 
     def __init__(self, nets: nn.Module | Mapping[str, nn.Module | SharedLayer],
                  enabled: bool = True, rule: str = "any-pair", ema: float = 0.9,
-                 threshold: float = 0.0):
+                 threshold: float = 0.0, signed: bool = False):
         super().__init__(nets, enabled)
         if rule not in CONFLICT_RULES:
             raise ValueError(f"unknown conflict rule {rule!r}; valid: {', '.join(CONFLICT_RULES)}")
-        self.rule, self.ema, self.threshold = rule, ema, threshold
+        self.rule, self.ema, self.threshold, self.signed = rule, ema, threshold, signed
+        self._leaving: dict[str, tuple[int, ...]] = {}  # evidence rule: per layer, task ids
+        self._refreshes = 0  # evidence rule: set_evidence calls so far
         self._average: dict[str, Tensor] = {}  # per layer, the averaged cosines
         self._frozen_steps: dict[str, int] = {}
         self._left_out: dict[str, int] = {}  # (task, step) pairs left out
@@ -293,9 +311,36 @@ class ConflictNoticing(TaskGradientCapture):
         self.last_gram: dict[str, Tensor] = {}
         """Per layer, the last ``[k, k]`` Gram matrix over ``layers[name].tasks``."""
 
+    def set_evidence(self, evidence: Mapping[str, LayerEvidence]) -> None:
+        """The ``evidence`` rule's statistics, per layer name (``capture_evidence`` of a
+        backward over a large held-out batch through these nets), refreshed by the caller.
+
+        Decisions only accumulate: a task shown in significant conflict on a module at one
+        refresh leaves it for the rest of the search. The structure that tells tasks apart
+        shows while the nets fit their data and fades once they have, so re-deciding from
+        late evidence would undo the early decisions. So that one module's decisions over
+        the whole search still hold at a family-wise 5% level, refresh r tests at
+        ``5% · 6 / (π² r²)`` (the sum over r is 5%), Bonferroni over the tasks."""
+        if not self.enabled:  # conflict-noticing off: no decisions
+            return
+        self._refreshes += 1
+        level = 0.05 * 6 / (math.pi ** 2 * self._refreshes ** 2)
+        for name, ev in evidence.items():
+            if name in self.layers:
+                new = ev.leaving(self.signed, z=ev.z(level))
+                self._leaving[name] = tuple(sorted({*self._leaving.get(name, ()), *new}))
+
+    def leaving(self) -> dict[str, tuple[int, ...]]:
+        """Per layer, the task ids the evidence so far takes off it (the gate's input)."""
+        return dict(self._leaving)
+
     def _kept(self, name: str, gram: Tensor) -> Tensor:
         """``[k]`` bool: the tasks whose gradients this module's update keeps."""
         k = gram.shape[0]
+        if self.rule == "evidence":
+            leaving = set(self._leaving.get(name, ()))
+            return torch.tensor([t not in leaving for t in self.layers[name].tasks],
+                                device=gram.device)
         off_diagonal = ~torch.eye(k, dtype=torch.bool, device=gram.device)
         if self.rule == "any-pair":
             conflict = ((gram < 0) & off_diagonal).any()
@@ -355,9 +400,14 @@ class ConflictNoticing(TaskGradientCapture):
         averaging rules) and the counts behind :meth:`stats`: a resumed search decides and
         counts as the uninterrupted one."""
         return {"average": dict(self._average), "frozen_steps": dict(self._frozen_steps),
-                "left_out": dict(self._left_out), "steps": dict(self._steps)}
+                "left_out": dict(self._left_out), "steps": dict(self._steps),
+                "leaving": {k: list(v) for k, v in self._leaving.items()},
+                "refreshes": self._refreshes}
 
     def load_state_dict(self, state: dict) -> None:
+        # States from before the evidence rule have neither: no evidence yet.
+        self._leaving = {k: tuple(v) for k, v in state.get("leaving", {}).items()}
+        self._refreshes = int(state.get("refreshes", 0))
         self._average = dict(state["average"])
         self._frozen_steps = dict(state["frozen_steps"])
         self._left_out = dict(state["left_out"])
@@ -385,7 +435,7 @@ class ConflictNoticing(TaskGradientCapture):
             frozen, steps = self._frozen_steps.get(name, 0), self._steps.get(name, 0)
             out[name] = {"frozen_steps": frozen, "steps": steps,
                          "frozen_fraction": frozen / max(steps, 1)}
-            if self.rule in ("consensus", "affinity"):
+            if self.rule in ("consensus", "affinity", "evidence"):
                 out[name]["left_out_fraction"] = (self._left_out.get(name, 0)
                                                   / max(steps * len(layer.tasks), 1))
         return out

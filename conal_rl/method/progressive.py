@@ -25,7 +25,7 @@ factor (2 candidates instead of P+1 paths).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -34,6 +34,7 @@ from conal_rl.method.conflict import ConflictNoticing, SharedLayer
 from conal_rl.method.groups import GroupLinear, GroupTreeSpec, canonical
 from conal_rl.method.layers import TaskLinear
 from conal_rl.method.search import search_optimizers, search_step
+from conal_rl.method.supernet import _tasks_of
 
 
 class StageNet(nn.Module):
@@ -60,6 +61,8 @@ class StageNet(nn.Module):
                                    for j in range(s + 1, P + 1))
         self.head = TaskLinear(T, widths[-1], out_features)
         self.alpha = nn.Parameter(torch.ones(T, 2))  # (stay, leave), uniform at the start
+        # Which of (stay, leave) each task may take (both: the paper's; see gate()).
+        self.register_buffer("allowed", torch.ones(T, 2, dtype=torch.bool), persistent=False)
         self.act = nn.ReLU()
 
     def arch_parameters(self) -> list[nn.Parameter]:
@@ -77,11 +80,27 @@ class StageNet(nn.Module):
                        for g, (m, tasks) in enumerate(zip(self.leave, self.group_tasks))}
         return layers
 
+    def gate(self, leaving: Mapping[str, Collection[int]] | None = None) -> None:
+        """As ``SuperNet.gate``: a task leaves its group's module only where its conflict
+        there is significant (``leaving["stay.{g}"]`` holds it), and there it leaves, so
+        the groups split along the significant clusters; ``{}``: every task stays;
+        ``None``: alpha chooses (the paper's)."""
+        self.allowed.fill_(leaving is None)
+        if leaving is None:
+            return
+        self.allowed[:, 0] = True
+        for g, tasks in enumerate(self.group_tasks):
+            for t in _tasks_of(leaving, f"stay.{g}") & set(tasks):
+                self.allowed[t, 0], self.allowed[t, 1] = False, True
+
+    def _logits(self) -> Tensor:
+        return self.alpha.masked_fill(~self.allowed, float("-inf"))
+
     def forward(self, x: Tensor) -> Tensor:
         h = x
         for layer in self.decided:
             h = self.act(layer(h))
-        w = torch.softmax(self.alpha, dim=-1)
+        w = torch.softmax(self._logits(), dim=-1)
         stay = torch.cat([m(h[list(t)]) for m, t in zip(self.stay, self.group_tasks)])
         if self.last:
             leave = self.leave(h)
@@ -96,7 +115,7 @@ class StageNet(nn.Module):
     def decide(self) -> tuple[int, ...]:
         """The partition at depth s: each group split into stayers and leavers (at the last
         stage, each leaver alone)."""
-        leaves = self.alpha.detach().argmax(dim=-1).tolist()
+        leaves = self._logits().detach().argmax(dim=-1).tolist()
         parents = self.parents
         return canonical((parents[t], t if self.last and leaves[t] else -1 if leaves[t] else -2)
                          for t in range(self.num_tasks))
@@ -107,13 +126,16 @@ def progressive_search(num_tasks: int, in_features: int, out_features: int,
                        arch_loss: Callable[[nn.Module], Tensor], warmup: int, steps: int,
                        arch_lr: float = 5e-5, weight_lr: float = 1e-4,
                        noticing: dict | None = None,
-                       on_stage: Callable[[int, StageNet, ConflictNoticing], None] | None = None
-                       ) -> GroupTreeSpec:
+                       on_stage: Callable[[int, StageNet, ConflictNoticing], None] | None = None,
+                       refresh: Callable[[StageNet, ConflictNoticing], None] | None = None,
+                       refresh_every: int = 100) -> GroupTreeSpec:
     """All P stages, each a fresh :class:`StageNet` trained ``warmup`` weight-only steps,
     then ``steps`` alternating search steps (an architecture step on ``arch_loss``, a weight
     step on ``weight_loss`` with conflict-noticing configured by ``noticing``: keyword
-    arguments of :class:`ConflictNoticing`, ``{"enabled": False}`` for none). Returns the
-    grown tree."""
+    arguments of :class:`ConflictNoticing`, ``{"enabled": False}`` for none). With
+    ``refresh`` (the ``evidence`` rule's measurement: it gives the noticing its evidence
+    and the stage its gate), each stage starts gated with every task staying and calls it
+    before its first step and every ``refresh_every`` steps. Returns the grown tree."""
     decided: tuple[tuple[int, ...], ...] = ()
     for _ in hidden:
         net = StageNet(decided, num_tasks, in_features, out_features, hidden)
@@ -125,10 +147,15 @@ def progressive_search(num_tasks: int, in_features: int, out_features: int,
         def held_out(net=net):
             return arch_loss(net)
 
-        for _ in range(warmup):
-            search_step(net, None, train, None, weight_opt)
-        for _ in range(steps):
-            search_step(net, held_out, train, arch_opt, weight_opt, notice)
+        if refresh is not None:
+            net.gate({})
+        for step in range(warmup + steps):
+            if refresh is not None and step % refresh_every == 0:
+                refresh(net, notice)
+            if step < warmup:
+                search_step(net, None, train, None, weight_opt)
+            else:
+                search_step(net, held_out, train, arch_opt, weight_opt, notice)
         if on_stage is not None:
             on_stage(net.stage, net, notice)
         decided = (*decided, net.decide())

@@ -17,12 +17,21 @@ inputs of all j paths that reach it, concatenated along the batch axis (``[T, j*
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from conal_rl.method.layers import TaskLinear
 from conal_rl.method.tree import TreeNet, TreeSpec
+
+
+def _tasks_of(leaving: Mapping[str, Collection[int]], layer: str) -> set[int]:
+    """The task ids ``leaving`` gives for ``layer``, under its name alone or any net's
+    prefix (``"q1/shared.1"``)."""
+    return {t for name, tasks in leaving.items()
+            if name == layer or name.endswith("/" + layer) for t in tasks}
 
 
 class SuperNet(nn.Module):
@@ -71,6 +80,10 @@ class SuperNet(nn.Module):
         self.head = TaskLinear(num_tasks, widths[-1], out_features)
         # Ones, as the official code: a uniform mix at the start.
         self.alpha = nn.Parameter(torch.ones(num_tasks, P + 1))
+        # The branch points each task may take (all: the paper's search; see gate()). Not
+        # in the state dict: the gate is rebuilt from the evidence (the search's state).
+        self.register_buffer("allowed", torch.ones(num_tasks, P + 1, dtype=torch.bool),
+                             persistent=False)
         self.act = nn.ReLU()
 
     @property
@@ -90,21 +103,52 @@ class SuperNet(nn.Module):
             layers |= {f"branch.{k}": m for k, m in self.branch.items()}
         return layers
 
+    def gate(self, leaving: Mapping[str, Collection[int]] | None = None) -> None:
+        """The architecture read from the evidence: a task leaves the trunk only where its
+        conflict is significant, and there it leaves. ``leaving["shared.{j}"]``: the task
+        ids in significant conflict on module j (``ConflictNoticing.leaving()`` under the
+        ``evidence`` rule; names with a net's prefix, ``"q1/shared.1"``, count for every
+        net that shares this alpha, as the twin critics do); a task in it takes branch
+        point j - 1 for its first such j, any other task the trunk (branch point P).
+        ``{}``, no evidence: every task on the trunk, a private path must earn its
+        parameters. ``None``: every branch point open, alpha chooses (the paper's
+        search). Closed branch points weigh 0 in the mix, so their private modules get no
+        gradient and alpha there neither moves nor wins the argmax.
+
+        Why the evidence and not alpha decides: alpha descends each task's own held-out
+        loss, and a task whose features crowd a narrow trunk may still do better on it
+        than alone while the others pay for it; and without conflict, alpha's small
+        held-out gradients on a fitted supernet wander off the trunk."""
+        self.allowed.fill_(leaving is None)
+        if leaving is None:
+            return
+        first = torch.full((self.num_tasks,), self.depth)  # branch point: the trunk
+        for j in range(self.depth, 0, -1):  # the first conflicting module wins
+            for t in _tasks_of(leaving, f"shared.{j}"):
+                first[t] = j - 1
+        self.allowed[torch.arange(self.num_tasks), first.to(self.allowed.device)] = True
+
+    def _logits(self) -> Tensor:
+        """alpha with the branch points the gate closes at -inf."""
+        return self.alpha.masked_fill(~self.allowed, float("-inf"))
+
     def draw_sample(self) -> tuple[Tensor, Tensor]:
         """A Gumbel sample of every task's path: ``(noise [T, P+1], choice [T])``; give it
         to the nets that should share it by assigning their ``sample``."""
         noise = -torch.empty_like(self.alpha).exponential_().log()
-        return noise, (self.alpha.detach() + noise).argmax(dim=-1)
+        return noise, (self._logits().detach() + noise).argmax(dim=-1)
 
     def path_weights(self) -> Tensor:
         """``[T, P+1]``: softmax(alpha), or with ``gumbel`` a hard Gumbel-softmax sample
-        (one-hot values, straight-through gradients): ``sample``'s, else a fresh one."""
+        (one-hot values, straight-through gradients): ``sample``'s, else a fresh one;
+        branch points the gate closes weigh 0."""
+        logits = self._logits()
         if not self.gumbel:
-            return torch.softmax(self.alpha, dim=-1)
+            return torch.softmax(logits, dim=-1)
         if self.sample is None:
-            return F.gumbel_softmax(self.alpha, tau=self.tau, hard=True, dim=-1)
+            return F.gumbel_softmax(logits, tau=self.tau, hard=True, dim=-1)
         noise, choice = self.sample
-        soft = torch.softmax((self.alpha + noise) / self.tau, dim=-1)
+        soft = torch.softmax((logits + noise) / self.tau, dim=-1)
         hard = F.one_hot(choice, soft.shape[-1]).to(soft.dtype)
         return hard - soft.detach() + soft
 
@@ -165,8 +209,9 @@ class SuperNet(nn.Module):
     # ---- derivation -------------------------------------------------------------------
 
     def branch_points(self) -> tuple[int, ...]:
-        """Per task, the argmax of alpha: the branch point it keeps (ties: the lowest)."""
-        return tuple(int(b) for b in self.alpha.detach().argmax(dim=-1).tolist())
+        """Per task, the argmax of alpha over the branch points the gate leaves open: the
+        branch point it keeps (ties: the lowest)."""
+        return tuple(int(b) for b in self._logits().detach().argmax(dim=-1).tolist())
 
     def derive(self, task_names=()) -> TreeSpec:
         return TreeSpec(self.hidden, self.branch_points(), tuple(task_names))
