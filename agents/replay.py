@@ -91,6 +91,17 @@ class MultiTaskReplay:
         tasks = self._task_axis[:, None].expand_as(rows)
         return Batch(*(self.storage[k][rows, tasks] for k in self.FIELDS))
 
+    def sample_distinct(self, batch_per_task: int, generator: torch.Generator | None = None
+                        ) -> Batch:
+        """Up to ``batch_per_task`` transitions of every task without repeats (all there
+        are, where fewer): a measurement's sample, whose statistics would take a repeated
+        transition for independent evidence."""
+        if self.size == 0:
+            raise RuntimeError("cannot sample from an empty replay buffer")
+        rows = torch.randperm(self.size, device=self.device,
+                              generator=generator or self.generator)[:batch_per_task]
+        return Batch(*(self.storage[k][rows].transpose(0, 1) for k in self.FIELDS))
+
     def sample_holdout(self, batch_per_task: int) -> Batch:
         """A batch from the held-out steps (``holdout_every``); from the training data
         when there is no held-out buffer."""

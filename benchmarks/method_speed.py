@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from benchmarks.report_files import command
-from conal_rl.common import CommandParser, machine
+from conal_rl.common import DEVICES, CommandParser, machine
 from conal_rl.method import ConflictNoticing, SuperNet, TreeNet, TreeSpec
 from conal_rl.method.reference import gram_by_separate_backwards, reference_forward
 
@@ -175,7 +175,8 @@ def row(case: str, ours: float, baseline: float, target: str) -> dict:
 def main(argv=None) -> int:
     parser = CommandParser(prog="python -m benchmarks.method_speed",
                            description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    # no "auto": a measurement names its device
+    parser.add_argument("--device", default="cpu", choices=DEVICES[1:])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     parser.add_argument("--threads", type=int, default=None,

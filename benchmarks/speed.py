@@ -40,13 +40,19 @@ import numpy as np
 import torch
 
 from benchmarks.report_files import command, header, machine_text
-from conal_rl.common import CommandParser, machine
+from conal_rl.common import DEVICES, CommandParser, machine
 from conal_rl.method import TreeSpec
 from conal_rl.training.conal_search import ConalSearch
 from conal_rl.training.config import TrainConfig, add_config_arguments
 from conal_rl.training.nets import tree_factory, tree_specs
 from conal_rl.training.trainer import Trainer
-from envs import Benchmark, UnknownBenchmark, check_benchmark_name, make_benchmark
+from envs import (
+    VECTOR_STRATEGIES,
+    Benchmark,
+    UnknownBenchmark,
+    check_benchmark_name,
+    make_benchmark,
+)
 
 ROWS = ("env", "mtsac", "mhsac", "conal-search", "conal-tree", "sb3")
 PHASES = {"env": "floor", "mtsac": "train", "mhsac": "train", "conal-search": "search",
@@ -215,8 +221,9 @@ def parse_args(argv):
                         f"{DEFAULT_STEPS['paper']})")
     parser.add_argument("--archs", default=",".join(ROWS),
                         help=f"comma-separated rows to run, of {','.join(ROWS)}")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--vector-strategy", default="sync", choices=("sync", "async", "worker"),
+    # no "auto": a measurement names its device
+    parser.add_argument("--device", default="cpu", choices=DEVICES[1:])
+    parser.add_argument("--vector-strategy", default="sync", choices=VECTOR_STRATEGIES,
                         help="the vector env of every row but sb3, as training's flag (async: "
                         "a process per task; worker: one process holding all tasks' envs; "
                         "both step while the update runs)")

@@ -42,6 +42,8 @@ ROWS: dict[str, tuple[str, tuple[str, ...], str]] = {
                      "CoNAL + PCGrad"),
     "mtsac-pcgrad": ("conal_rl.train", ("--arch", "mtsac", "--grad-surgery", "pcgrad"),
                      "MT-SAC + PCGrad"),
+    "stl-batched": ("conal_rl.train", ("--arch", "independent"),
+                    "STL, batched: every task its own networks, one batched update"),
     "stl": ("conal_rl.stl", (), "STL: one SB3 SAC per task"),
 }
 DEFAULT_ROWS = ("mtsac", "mhsac", "conal", "conal-nocn", "stl")
@@ -57,7 +59,8 @@ def register_rows(rows: dict[str, tuple[str, tuple[str, ...], str]]) -> None:
 
 
 PASS_THROUGH = ("total_steps", "eval_episodes", "eval_every", "warmup_steps", "minutes",
-                "search_steps")
+                "search_steps", "atlas_every")
+ROW_FLAGS = ("search_steps", "atlas_every")  # given to the rows they apply to only
 
 
 # ---- the runs ---------------------------------------------------------------------------------
@@ -139,7 +142,7 @@ def make_specs(args: argparse.Namespace) -> list[RunSpec]:
     # replay buffer, as if never stopped, instead of refilling an empty one.
     common = ["--benchmark", args.benchmark, "--preset", args.budget, "--device", args.device,
               "--torch-threads", "1", "--save-replay"]
-    for flag in PASS_THROUGH[:-1]:  # --search-steps: CoNAL rows only
+    for flag in (f for f in PASS_THROUGH if f not in ROW_FLAGS):
         value = getattr(args, flag)
         if value is not None:
             common += ["--" + flag.replace("_", "-"), flag_value(value)]
@@ -152,6 +155,8 @@ def make_specs(args: argparse.Namespace) -> list[RunSpec]:
             extra = list(row_flags)
             if args.search_steps is not None and {"conal", "conal-pro"} & set(row_flags):
                 extra += ["--search-steps", str(args.search_steps)]
+            if args.atlas_every is not None and module == "conal_rl.train":
+                extra += ["--atlas-every", str(args.atlas_every)]  # nets with shared layers
             if module == "conal_rl.train":
                 # A run given two CPUs steps its envs in a worker process beside the update;
                 # with one, in its own process (two processes per CPU would only contend).

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from benchmarks.report_files import command
-from conal_rl.common import CommandParser, machine
+from conal_rl.common import DEVICES, CommandParser, machine
 
 SIZES = {"quick": dict(hidden=(128, 128, 128), batch=32),
          "paper": dict(hidden=(400, 400, 400), batch=128)}
@@ -83,7 +83,8 @@ def time_step(net: nn.Module, x: torch.Tensor, repeats: int) -> float:
 def main(argv: list[str] | None = None) -> dict:
     parser = CommandParser(prog="python -m benchmarks.twin_critics",
                            description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    # no "auto": a measurement names its device
+    parser.add_argument("--device", default="cpu", choices=DEVICES[1:])
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--out", type=Path, default=None,
                         help="default: benchmarks/results/twin_critics-<device>.json")

@@ -3,8 +3,9 @@
 For the run's last checkpoint, per net (critic, actor) and shared layer: the cosines of the
 tasks' gradients of their own losses, with jackknife standard errors and the split-half
 reliability of the whole matrix, the tasks that point significantly against the others,
-and a clustering of the tasks. Data: the run's saved replay (``--save-replay``) or, without
-one, fresh rollouts of its stochastic policy. With live measurements (``train
+and a clustering of the tasks. Data: the run's saved replay (``--save-replay``), the live
+measurement training made on its replay at the checkpoint (``--atlas-every``), or fresh
+rollouts of its stochastic policy. With live measurements (``train
 --atlas-every``) also how the structure changed over training. Writes, in RUN_DIR/atlas/
 (or ``--out``): atlas.json, <net>.png, <net>-over-training.png, and the pictures to the
 run's TensorBoard.
@@ -13,15 +14,26 @@ run's TensorBoard.
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
+import time
 from pathlib import Path
 
-from conal_rl.common import DEVICES, CommandParser, UserError, resolve_device, run_cli
+from conal_rl.common import (
+    DEVICES,
+    CommandParser,
+    UserError,
+    machine,
+    resolve_device,
+    run_cli,
+)
 from conal_rl.training.config import ATLAS_MIN_SAMPLES
 from conal_rl.training.preflight import load_config, run_dir_of
 from conal_rl.training.rundir import RunDir
 
 PROG = "python -m conal_rl.atlas"
 SOURCES = ("auto", "replay", "rollouts")
+PANELS = 6  # measurements shown over training, evenly spaced from the first to the last
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,8 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--samples", type=int, default=1024,
                         help="transitions per task (default: %(default)s)")
     parser.add_argument("--source", choices=SOURCES, default="auto",
-                        help="the data: the saved replay, fresh rollouts of the policy, or "
-                        "auto (the replay where the run saved one; default)")
+                        help="the data: the saved replay, or fresh rollouts of the policy "
+                        "(--samples steps of every task: a few episodes, consecutive "
+                        "transitions), or auto (default): the saved replay, else the live "
+                        "measurement on the replay at the checkpoint (train --atlas-every), "
+                        "else rollouts")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the sample and the rollouts (default: %(default)s)")
     parser.add_argument("--device", default="auto", choices=DEVICES,
@@ -45,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
     return run_cli(PROG, lambda: _main(args))
 
 
@@ -72,15 +88,28 @@ def _main(args: argparse.Namespace) -> dict:
     if not atlas.shared_layer_count(run.agent):
         raise UserError(f"{run_dir}: its networks have no shared layers the atlas can "
                         f"measure ({config.arch})")
-    replay = _data(args, run, atlas, checkpoint, device)
-    torch.manual_seed(args.seed)
-    generator = torch.Generator(device).manual_seed(args.seed)
-    measured = atlas.measure(run.agent, replay.sample(args.samples, generator))
     tasks = list(run.specs["actor"].task_names) or [config.benchmark]
-    payload = atlas.to_json(measured, tasks, env_steps=run.env_steps, source=args.source,
-                            samples=args.samples, seed=args.seed)
+    live = {m["env_steps"]: m for m in atlas.live_measurements(RunDir(run_dir))}
+    if args.source == "auto" and run.env_steps in live and not _has_replay(run, checkpoint):
+        measured = atlas.from_json(live[run.env_steps])
+        payload = atlas.to_json(measured, tasks, env_steps=run.env_steps,
+                                source="replay (measured live)", samples=config.atlas_samples)
+    else:
+        replay = _data(args, run, atlas, checkpoint, device)
+        torch.manual_seed(args.seed)
+        generator = torch.Generator(device).manual_seed(args.seed)
+        measured = atlas.measure(run.agent, replay.sample_distinct(args.samples, generator))
+        payload = atlas.to_json(measured, tasks, env_steps=run.env_steps, source=args.source,
+                                samples=args.samples, seed=args.seed)
+    payload |= {"command": shlex.join([*PROG.split(), *(args.argv or [])]),
+                "machine": machine(device), "date": time.strftime("%Y-%m-%d"),
+                "run": {k: getattr(config, k) for k in ("benchmark", "arch", "preset", "seed")}}
     _write(args, RunDir(run_dir), payload, measured, tasks, atlas)
     return payload
+
+
+def _has_replay(run, checkpoint) -> bool:
+    return bool(checkpoint.load(RunDir(run.run_dir).checkpoint, mmap=True).get("replay"))
 
 
 def _data(args, run, atlas, checkpoint, device):
@@ -113,18 +142,23 @@ def _write(args, run: RunDir, payload: dict, measured, tasks: list[str], atlas) 
 
     out = args.out or run.atlas
     out.mkdir(parents=True, exist_ok=True)
+    history = {m["env_steps"]: atlas.from_json(m) for m in atlas.live_measurements(run)}
+    history[payload["env_steps"]] = measured
+    steps = sorted(history)
+    payload["over_training"] = atlas.history([(s, history[s]) for s in steps], tasks)
     summary = out / run.atlas_summary.name
     run.write_json(summary, payload)
-    live = [(m["env_steps"], atlas.from_json(m)) for m in atlas.live_measurements(run)]
+    shown = [steps[round(i * (len(steps) - 1) / (PANELS - 1))] for i in range(PANELS)]
+    shown = sorted(set(shown)) if len(steps) > PANELS else steps
     figures = {}
     for role in measured:
         figures[role] = atlas_figure(measured, role, tasks)
         first = next(iter(measured[role]), None)
-        if live and first is not None:
+        if len(steps) > 1 and first is not None:
             figures[f"{role}-over-training"] = over_training_figure(
-                [*live, (payload["env_steps"], measured)], role, first, tasks)
+                [(step, history[step]) for step in shown], role, first, tasks)
     for name, fig in figures.items():
-        fig.savefig(out / f"{name}.png", dpi=130)
+        fig.savefig(out / f"{name}.png", dpi=90)
     if not args.no_tensorboard:
         from torch.utils.tensorboard import SummaryWriter
 
@@ -137,19 +171,23 @@ def _write(args, run: RunDir, payload: dict, measured, tasks: list[str], atlas) 
 
 
 def summary_text(payload: dict) -> str:
-    """Per net and layer: reliability, mean cosine, the tasks against the others."""
+    """Per net and layer of the last measurement: reliability, mean cosine, the tasks
+    against the others."""
+    last = payload["over_training"][-1]
     lines = [f"conflict atlas at env step {payload['env_steps']:,} ({payload['samples']} "
              f"samples per task from {payload['source']}):"]
-    for role, layers in payload["nets"].items():
+    for role, layers in last["nets"].items():
+        shared_head = any(name.endswith("head") for name in layers)
+        if not shared_head:
+            lines.append(f"  ({role}: a head per task, so the signs follow the heads: read "
+                         "'outside the main cluster', by the sign-blind affinity)")
         for name, d in layers.items():
-            k = len(d["tasks"])
-            cos = [d["cosine"][i][j] for i in range(k) for j in range(k) if i < j]
-            mean = sum(cos) / max(len(cos), 1)
-            negative = sum(c < 0 for c in cos) / max(len(cos), 1)
             reliability = "n/a" if d["reliability"] is None else f"{d['reliability']:.2f}"
             lines.append(f"  {role} {name:<12} r_split-half {reliability:>5}  mean cosine "
-                         f"{mean:+.2f}  negative {negative:.0%}  against the others: "
-                         f"{', '.join(d['conflicting']) or 'none'}")
+                         f"{d['mean_cosine']:+.2f}  negative {d['negative_share']:.0%}  "
+                         f"against the others: {', '.join(d['conflicting']) or 'none'}; "
+                         "outside the main cluster: "
+                         f"{', '.join(d['outside_main_cluster']) or 'none'}")
     return "\n".join(lines)
 
 

@@ -1,6 +1,7 @@
 """Benchmarks (gymnasium vector envs, one sub-env per task) and the evaluation protocol."""
 
 from envs.benchmarks import (
+    VECTOR_STRATEGIES,
     Benchmark,
     UnknownBenchmark,
     check_benchmark_name,
@@ -13,6 +14,6 @@ from envs.evaluation import EvalResult, evaluate, make_eval_benchmark
 
 __all__ = [
     "Benchmark", "UnknownBenchmark", "check_benchmark_name", "make_benchmark", "num_tasks",
-    "observation_action_sizes", "task_names",
+    "observation_action_sizes", "task_names", "VECTOR_STRATEGIES",
     "EvalResult", "evaluate", "make_eval_benchmark",
 ]

@@ -22,6 +22,9 @@ import numpy as np
 from envs.worker import WorkerVectorEnv
 
 METAWORLD_MT = ("MT10", "MT50")
+VECTOR_STRATEGIES = ("sync", "async", "worker")
+"""How the sub-envs step: in this process, a process each, or all in one worker process
+that steps them while the caller computes."""
 VALID_NAMES = "MT10, MT50, MT1:<task> (e.g. MT1:reach-v3) or gym:<env-id> (e.g. gym:Pendulum-v1)"
 
 

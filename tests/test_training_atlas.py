@@ -82,4 +82,5 @@ def test_the_json_names_the_tasks_and_reads_back():
     layer = payload["nets"]["critic"]["q1/shared.1"]
     assert layer["task_names"] == names and payload["env_steps"] == 7
     back = atlas.from_json(payload)["critic"]["q1/shared.1"]
-    assert torch.allclose(back.cosine, measured["critic"]["q1/shared.1"].cosine.double())
+    assert torch.allclose(back.cosine, measured["critic"]["q1/shared.1"].cosine.double(),
+                          atol=1e-4)  # the file keeps 4 decimals

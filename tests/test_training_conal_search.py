@@ -264,7 +264,8 @@ def test_search_warmup_trains_weights_only():
 # ---- the search through the train command (two Pendulum tasks: see conftest.two_tasks) ------
 TINY_CONAL = ["--benchmark", "gym:Pendulum-v1", "--arch", "conal", "--search-steps", "200",
               "--hidden", "8,8", "--batch-per-task", "8", "--warmup-steps", "100",
-              "--eval-every", "0", "--eval-episodes", "1", "--log-every", "50"]
+              "--eval-every", "0", "--eval-episodes", "1", "--log-every", "50",
+              "--conflict-rule", "any-pair"]  # the paper's search: alpha decides
 
 
 def test_inherit_weights_trains_the_pruned_trees_from_the_searched_weights(tmp_path, two_tasks,

@@ -16,29 +16,23 @@
 * :mod:`~conal_rl.method.reference`: slow loop versions, the oracles of the tests.
 """
 
-from conal_rl.method.conflict import (
-    CONFLICT_RULES,
-    ConflictNoticing,
-    SharedLayer,
-    TaskGradientCapture,
-)
-from conal_rl.method.evidence import LayerEvidence, capture_evidence, layer_evidence
-from conal_rl.method.groups import GroupTreeNet, GroupTreeSpec
-from conal_rl.method.layers import TaskLinear
-from conal_rl.method.pcgrad import PCGrad
-from conal_rl.method.progressive import progressive_search
-from conal_rl.method.search import (
-    SearchSettings,
-    architecture_optimizer,
-    architecture_step,
-    search_optimizers,
-    search_step,
-)
-from conal_rl.method.supernet import SuperNet
-from conal_rl.method.tree import TreeNet, TreeSpec, num_parameters
+from importlib import import_module
 
-__all__ = ["CONFLICT_RULES", "ConflictNoticing", "GroupTreeNet", "GroupTreeSpec", "LayerEvidence",
-           "PCGrad", "SearchSettings", "SharedLayer", "SuperNet", "TaskGradientCapture",
-           "TaskLinear", "TreeNet", "TreeSpec", "architecture_optimizer", "architecture_step",
-           "capture_evidence", "layer_evidence", "num_parameters", "progressive_search",
-           "search_optimizers", "search_step"]
+_SOURCES = {
+    "ConflictNoticing": "conflict", "SharedLayer": "conflict", "TaskGradientCapture": "conflict",
+    "CONFLICT_RULES": "options", "LayerEvidence": "evidence", "capture_evidence": "evidence",
+    "layer_evidence": "evidence", "GroupTreeNet": "groups", "GroupTreeSpec": "groups",
+    "TaskLinear": "layers", "PCGrad": "pcgrad", "progressive_search": "progressive",
+    "SearchSettings": "search", "architecture_optimizer": "search",
+    "architecture_step": "search", "search_optimizers": "search", "search_step": "search",
+    "SuperNet": "supernet", "TreeNet": "tree", "TreeSpec": "tree", "num_parameters": "tree",
+}
+__all__ = sorted(_SOURCES)
+
+
+def __getattr__(name: str):
+    """The names above, loaded when first used (PEP 562): ``conal_rl.method.options`` can be
+    read without importing torch."""
+    if name not in _SOURCES:
+        raise AttributeError(f"module 'conal_rl.method' has no attribute {name!r}")
+    return getattr(import_module(f"conal_rl.method.{_SOURCES[name]}"), name)

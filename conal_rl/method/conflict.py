@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from conal_rl.method.options import CONFLICT_RULES, PAPER_RULE
+
 if TYPE_CHECKING:  # evidence.py builds on this module
     from conal_rl.method.evidence import LayerEvidence
 
@@ -212,7 +214,6 @@ class TaskGradientCapture:
         raise NotImplementedError
 
 
-CONFLICT_RULES = ("any-pair", "ema-pair", "consensus", "affinity", "evidence")
 """How conflict-noticing decides, per shared module and update (see :class:`ConflictNoticing`)."""
 
 
@@ -296,7 +297,7 @@ class ConflictNoticing(TaskGradientCapture):
     """
 
     def __init__(self, nets: nn.Module | Mapping[str, nn.Module | SharedLayer],
-                 enabled: bool = True, rule: str = "any-pair", ema: float = 0.9,
+                 enabled: bool = True, rule: str = PAPER_RULE, ema: float = 0.9,
                  threshold: float = 0.0, signed: bool = False):
         super().__init__(nets, enabled)
         if rule not in CONFLICT_RULES:

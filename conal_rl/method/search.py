@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from conal_rl.method.conflict import ConflictNoticing
+from conal_rl.method.options import PAPER_RULE
 from conal_rl.method.supernet import SuperNet
 
 
@@ -31,7 +32,7 @@ class SearchSettings:
     tau_start: float = 5.0  # Gumbel temperature, annealed linearly over the search
     tau_end: float = 0.5
     conflict_noticing: bool = True
-    conflict_rule: str = "any-pair"  # see conflict.CONFLICT_RULES
+    conflict_rule: str = PAPER_RULE  # the official search's; see options.CONFLICT_RULES
     conflict_ema: float = 0.9  # averaging of the ema-pair and consensus rules
     conflict_threshold: float = 0.0  # cosine margin of the ema-pair and consensus rules
     no_private: bool = False
@@ -42,6 +43,15 @@ class SearchSettings:
     the first step."""
     total_steps: int = 1  # steps of the whole search (for the annealing schedule)
     arch_every: int = 1  # one architecture step every this many weight steps (1: official)
+    evidence_every: int = 1
+    """The ``evidence`` rule: steps between refreshes of its statistics (from the first)."""
+    evidence_samples: int = 1024
+    """The ``evidence`` rule: samples per task each refresh measures on."""
+
+    @property
+    def decides_on_evidence(self) -> bool:
+        """The architecture comes from the evidence (gated nets), not from alpha."""
+        return self.conflict_noticing and self.conflict_rule == "evidence"
 
     def temperature(self, step: int) -> float:
         """The Gumbel temperature at ``step``: annealed linearly after the warm-up."""

@@ -88,12 +88,50 @@ def to_json(atlas: Atlas, task_names: list[str], **about) -> dict:
         nets[role] = {}
         for name, ev in layers.items():
             named = [task_names[t] for t in ev.tasks]
-            nets[role][name] = ev.to_dict() | {
+            nets[role][name] = _rounded(ev.to_dict()) | {
                 "task_names": named,
                 "conflicting": [task_names[t] for t in ev.conflicting()],
                 "main_cluster": [task_names[t] for t in ev.main_cluster()],
             }
     return about | {"task_names": list(task_names), "nets": nets}
+
+
+def layer_summary(ev: LayerEvidence, task_names: list[str]) -> dict:
+    """A layer's evidence in a few numbers: the split-half reliability, the mean pairwise
+    cosine and the share of negative ones, by name the tasks against the others (signed:
+    evidence where the tasks share a head) and those outside the main cluster by the
+    sign-blind affinity (evidence also where every task has its own head)."""
+    k = len(ev.tasks)
+    rows, cols = torch.triu_indices(k, k, 1)
+    pairs = ev.cosine.double()[rows, cols]
+    cluster = set(ev.main_cluster()) if ev.affinity_replicates is not None else set(ev.tasks)
+    return _rounded({"reliability": None if ev.reliability != ev.reliability
+                     else float(ev.reliability),
+                     "mean_cosine": float(pairs.mean()),
+                     "negative_share": float((pairs < 0).double().mean()),
+                     "conflicting": [task_names[t] for t in ev.conflicting()],
+                     "outside_main_cluster": [task_names[t] for t in ev.tasks
+                                              if t not in cluster]})
+
+
+def history(measurements: list[tuple[int, Atlas]], task_names: list[str]) -> list[dict]:
+    """Per measurement (env steps), per net and layer, :func:`layer_summary`."""
+    return [{"env_steps": step, "nets": {
+                role: {name: layer_summary(ev, task_names) for name, ev in layers.items()}
+                for role, layers in measured.items()}}
+            for step, measured in measurements]
+
+
+def _rounded(value, digits: int = 4):
+    """Floats to ``digits`` decimals, in nested lists and dicts (a readable file; the
+    standard errors are far above that precision)."""
+    if isinstance(value, float):
+        return round(value, digits)
+    if isinstance(value, list):
+        return [_rounded(v, digits) for v in value]
+    if isinstance(value, dict):
+        return {k: _rounded(v, digits) for k, v in value.items()}
+    return value
 
 
 def from_json(payload: dict) -> Atlas:

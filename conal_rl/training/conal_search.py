@@ -38,8 +38,8 @@ from conal_rl.method import (
     num_parameters,
 )
 from conal_rl.method.progressive import StageNet
-from conal_rl.training import checkpoint
-from conal_rl.training.config import TrainConfig
+from conal_rl.training import atlas, checkpoint
+from conal_rl.training.config import ATLAS_MIN_SAMPLES, TrainConfig
 from conal_rl.training.rundir import RunDir, read_json
 from conal_rl.training.trainer import Trainer
 from envs import Benchmark
@@ -62,6 +62,8 @@ class ConalSearch:
         self.alpha: dict[str, nn.Parameter] = {}
         self.noticing: dict[str, ConflictNoticing] = {}
         self._optim: torch.optim.Optimizer | None = None
+        self._evidence_at: int | None = None  # env steps of the last refresh of the evidence
+        self._gated = False  # the agent's nets carry the gate of the evidence so far
         self._logs = 0
         # Updates so far that could take an architecture step (past the warm-up, held-out
         # transitions there): the 1st, (K+1)-th, (2K+1)-th... do (K: settings.arch_every).
@@ -106,17 +108,46 @@ class ConalSearch:
         ``settings.arch_every`` calls, from the first (and conflict-noticing on, as
         configured, at every call); during it, weights only. Gumbel samples: every call."""
         s = self.settings
+        if s.decides_on_evidence:  # from the first update: the statistics test significance
+            self.follow_evidence(agent, replay, env_steps)
         if s.gumbel:
             self.draw_samples(agent)
         searching = env_steps >= s.warmup_steps
         for noticing in self.noticing.values():
-            noticing.enabled = searching and s.conflict_noticing
+            noticing.enabled = s.conflict_noticing and (searching or s.decides_on_evidence)
         held_out = replay.holdout is None or replay.holdout.size > 0
-        if searching and held_out:
+        # Under the evidence rule the gate leaves every task one path: no step on alpha.
+        if searching and held_out and not s.decides_on_evidence:
             due = self._arch_calls % s.arch_every == 0
             self._arch_calls += 1
             if due:
                 self.arch_step(agent, replay.sample_holdout(self.batch_per_task), env_steps)
+
+    def follow_evidence(self, agent: MultiTaskSAC, replay: MultiTaskReplay,
+                        env_steps: int) -> None:
+        """The evidence rule: every ``evidence_every`` env steps, the conflict statistics of
+        the nets as they are, on a large sample of the replay (a generator of its own: the
+        training's draws stay as they were), to conflict-noticing, and its decisions so far
+        to the gate of every net of the role (online and target)."""
+        s = self.settings
+        due = self._evidence_at is None or env_steps - self._evidence_at >= s.evidence_every
+        if due and replay.size:
+            generator = torch.Generator(replay.device).manual_seed(env_steps)
+            batch = replay.sample_distinct(s.evidence_samples, generator)
+            if batch.obs.shape[1] < ATLAS_MIN_SAMPLES:
+                return  # too few transitions yet for statistics
+            measured = atlas.measure(agent, batch)
+            for role, noticing in self.noticing.items():
+                noticing.set_evidence(measured[role])
+            self._evidence_at, self._gated = env_steps, False
+        if not self._gated:  # also after a resume: the gate is not in the checkpoint
+            nets = {"actor": [agent.actor.net],
+                    "critic": [agent.critic.q1, agent.critic.q2, agent.critic_target.q1,
+                               agent.critic_target.q2]}
+            for role, role_nets in nets.items():
+                for net in role_nets:
+                    net.gate(self.noticing[role].leaving())
+            self._gated = True
 
     def draw_samples(self, agent: MultiTaskSAC) -> None:
         """One Gumbel sample of every task's path per role for this update, shared by the
@@ -175,7 +206,8 @@ class ConalSearch:
 
     def state_dict(self) -> dict:
         return {"optim": self.optim.state_dict(), "arch_calls": self._arch_calls,
-                "noticing": {role: n.state_dict() for role, n in self.noticing.items()}}
+                "noticing": {role: n.state_dict() for role, n in self.noticing.items()},
+                "evidence_at": self._evidence_at}
 
     def load_state_dict(self, state: dict) -> None:
         self.optim.load_state_dict(state["optim"])
@@ -185,6 +217,7 @@ class ConalSearch:
         # Checkpoints from before the rules' state was saved: averages and counts restart.
         for role, noticing_state in state.get("noticing", {}).items():
             self.noticing[role].load_state_dict(noticing_state)
+        self._evidence_at, self._gated = state.get("evidence_at"), False
 
     # ---- after the search -----------------------------------------------------------------
     def derive(self) -> dict[str, TreeSpec]:

@@ -23,7 +23,8 @@ from typing import Literal
 
 from agents.options import LOSS_WEIGHTINGS
 from conal_rl.common import DEVICES, write_json_atomic
-from envs import num_tasks
+from conal_rl.method.options import CONFLICT_RULES, DEFAULT_RULE, PAPER_RULE
+from envs import VECTOR_STRATEGIES, num_tasks
 
 if typing.TYPE_CHECKING:  # imported where used: flags are parsed before torch is loaded
     from agents import SACConfig
@@ -83,8 +84,9 @@ _AS_IS = ("hidden", "batch_per_task", "eval_episodes", "arch_lr", "minutes", "ve
 # written before them did: CoNAL's search had the paper's rule, no held-out replay and an
 # architecture step before every update (and no run was CoNAL-Pro's, whose stage length
 # follows the preset).
-ADDED_FIELDS = {"conflict_rule": "any-pair", "arch_holdout": 0, "stage_steps": PRESET,
-                "arch_every": 1, "atlas_every": 0, "atlas_samples": 1024}
+ADDED_FIELDS = {"conflict_rule": PAPER_RULE, "arch_holdout": 0, "stage_steps": PRESET,
+                "arch_every": 1, "atlas_every": 0, "atlas_samples": 1024,
+                "evidence_every": PRESET, "evidence_samples": 1024}
 
 # Flags that may change when a run is resumed; all others must match the saved config.
 RESUMABLE = frozenset({"total_steps", "minutes", "device", "eval_every", "eval_episodes",
@@ -172,16 +174,23 @@ class TrainConfig:
     annealed 5 -> 0.5) instead of softmax(alpha)"""
     no_conflict_noticing: bool = False
     """--arch conal: ablation, search without conflict-noticing"""
-    conflict_rule: Literal["any-pair", "ema-pair", "consensus", "affinity"] = "any-pair"
-    """--arch conal: how conflict-noticing decides, per shared module and update. any-pair
-    (the paper's): freeze the module when some pair of tasks' gradients has a negative inner
-    product on this batch (with many tasks, nearly always). ema-pair: the same on a moving
-    average of the pairwise cosines (a pair must conflict persistently). consensus: leave
-    out of the module's update each task whose gradient points against the sum of the
-    others' (averaged over updates); the others keep training it. affinity: the same, blind
-    to signs: leave out the tasks outside the module's main group of averaged squared cosines.
-    A frozen module does not move (nor do its Adam moments). benchmarks/results/
-    conflict-rules.md: none of them decided at 10 tasks on a synthetic problem"""
+    conflict_rule: Literal[CONFLICT_RULES] = DEFAULT_RULE
+    """--arch conal/conal-pro: how conflict-noticing decides, per shared module. evidence
+    (default): from large-sample statistics of the task gradients with their errors,
+    refreshed every --evidence-every env steps: a task leaves a module (off its update, and
+    its branch forced below it) only where its conflict there is significant; without
+    significant conflict every task stays on the trunk. any-pair (the paper's): freeze the
+    module when some pair of tasks' gradients has a negative inner product on this batch
+    (with many tasks, nearly always). ema-pair: the same on a moving average of the
+    pairwise cosines. consensus: leave out of the module's update each task whose gradient
+    points against the sum of the others' (averaged over updates). affinity: the same,
+    blind to signs. A frozen module does not move (nor do its Adam moments)"""
+    evidence_every: int = PRESET
+    """--conflict-rule evidence: env steps (in all) between refreshes of the evidence during
+    the search (default: a tenth of --search-steps; conal-pro: of --stage-steps)"""
+    evidence_samples: int = 1024
+    """--conflict-rule evidence: transitions per task each refresh measures on (from the
+    replay, with a generator of its own)"""
     arch_holdout: int = 5
     """--arch conal: every k-th vector step of the search goes to a held-out buffer that the
     weights never train on, and the architecture step draws from it (5: the official
@@ -221,7 +230,7 @@ class TrainConfig:
     torch_threads: int = 1
     """CPU threads for torch. 1 by default: the env loop is serial, the matrices are small,
     and several runs sharing a few cores slow down ~100x when each spins a thread pool"""
-    vector_strategy: Literal["sync", "async", "worker"] = PRESET
+    vector_strategy: Literal[VECTOR_STRATEGIES] = PRESET
     """gymnasium vector env: sync (one process), async (a process per task) or worker (one
     process holding all envs, stepped while the update runs: both cores for one run, see
     benchmarks/results/end-to-end.md). The results are the same either way. Default: worker
@@ -240,6 +249,9 @@ class TrainConfig:
                 object.__setattr__(self, name, p[name])
         if self.stage_steps is PRESET:
             object.__setattr__(self, "stage_steps", max(1, self.search_steps // len(self.hidden)))
+        if self.evidence_every is PRESET:
+            search = self.stage_steps if self.arch == "conal-pro" else self.search_steps
+            object.__setattr__(self, "evidence_every", max(1, search // 10))
         if self.search_warmup_steps is PRESET:
             object.__setattr__(self, "search_warmup_steps", self.search_steps // 4)
         object.__setattr__(self, "hidden", tuple(self.hidden))
@@ -261,11 +273,14 @@ class TrainConfig:
                 raise ValueError(f"--{k.replace('_', '-')} must be a finite number, got {v}")
         positive = ("total_steps", "eval_episodes", "checkpoint_every", "batch_per_task",
                     "replay_size", "updates_per_step", "log_every", "torch_threads",
-                    "search_steps", "stage_steps", "arch_lr", "arch_every")
+                    "search_steps", "stage_steps", "arch_lr", "arch_every", "evidence_every")
         for k in positive:
             v = getattr(self, k)
             if v <= 0:
                 raise ValueError(f"--{k.replace('_', '-')} must be positive, got {v}")
+        if self.evidence_samples < ATLAS_MIN_SAMPLES:
+            raise ValueError(f"--evidence-samples must be at least {ATLAS_MIN_SAMPLES}, got "
+                             f"{self.evidence_samples}")
         if self.atlas_samples < ATLAS_MIN_SAMPLES:
             raise ValueError(f"--atlas-samples must be at least {ATLAS_MIN_SAMPLES}, got "
                              f"{self.atlas_samples}")
@@ -315,7 +330,8 @@ class TrainConfig:
             conflict_noticing=not self.no_conflict_noticing,
             conflict_rule=self.conflict_rule, no_private=self.no_private,
             warmup_steps=self.search_warmup_steps, total_steps=self.search_steps,
-            arch_every=self.arch_every)
+            arch_every=self.arch_every, evidence_every=self.evidence_every,
+            evidence_samples=self.evidence_samples)
 
     # ---- files ------------------------------------------------------------------------------
     def save(self, path: Path) -> None:
