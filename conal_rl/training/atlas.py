@@ -43,7 +43,8 @@ def _restore(params: list[torch.nn.Parameter], grads: list) -> None:
 
 
 def measure(agent: MultiTaskSAC, batch: Batch, chunks: int = 8) -> Atlas:
-    """Per net, per shared layer, the evidence of ``batch`` (task-major ``[T, N, ...]``)."""
+    """Per net with shared layers, per shared layer, the evidence of ``batch`` (task-major
+    ``[T, N, ...]``)."""
     if batch.obs.shape[1] < max(ATLAS_MIN_SAMPLES, 2 * chunks):
         raise ValueError(f"the atlas needs at least {max(ATLAS_MIN_SAMPLES, 2 * chunks)} samples "
                          f"per task, got {batch.obs.shape[1]}")
@@ -60,7 +61,7 @@ def measure(agent: MultiTaskSAC, batch: Batch, chunks: int = 8) -> Atlas:
                                      list(agent.actor.parameters()), chunks)
         finally:
             agent.critic.requires_grad_(True)
-    return out
+    return {role: layers for role, layers in out.items() if layers}  # nets sharing nothing: out
 
 
 def _evidence(capture: TaskGradientCapture, task_losses, params, chunks: int

@@ -137,8 +137,8 @@ class ConalSearch:
             if batch.obs.shape[1] < ATLAS_MIN_SAMPLES:
                 return  # too few transitions yet for statistics
             measured = atlas.measure(agent, batch)
-            for role, noticing in self.noticing.items():
-                noticing.set_evidence(measured[role])
+            for role, layers in measured.items():
+                self.noticing[role].set_evidence(layers)
             self._evidence_at, self._gated = env_steps, False
         if not self._gated:  # also after a resume: the gate is not in the checkpoint
             nets = {"actor": [agent.actor.net],
