@@ -7,8 +7,8 @@
 
 Rows (each a real run of ``--steps`` env steps, summed over tasks):
   mtsac, mhsac      the Trainer with the fixed trees (phase "train");
-  conal-search      the Trainer with supernets, the alpha step and conflict-noticing on from
-                    the first update (phase "search");
+  conal-search      the Trainer with supernets, the paper's search: the alpha step and
+                    conflict-noticing (any-pair) on from the first update (phase "search");
   conal-tree        the Trainer with a pruned tree, branch points spread over 0..P
                     (phase "pruned");
   env               random actions on the same vector env: the floor no loop can beat;
@@ -42,6 +42,7 @@ import torch
 from benchmarks.report_files import command, header, machine_text
 from conal_rl.common import DEVICES, CommandParser, machine
 from conal_rl.method import TreeSpec
+from conal_rl.method.options import PAPER_RULE
 from conal_rl.training.conal_search import ConalSearch
 from conal_rl.training.config import TrainConfig, add_config_arguments
 from conal_rl.training.nets import tree_factory, tree_specs
@@ -71,9 +72,10 @@ def trainer_row(arch: str, config: TrainConfig, bench: Benchmark) -> dict:
     """Run a real Trainer for ``config.total_steps`` and read its timers."""
     T = bench.num_tasks
     if arch == "conal-search":
-        # search_warmup_steps=0: the arch step and conflict-noticing run in every update.
+        # The paper's search (its rule: an alpha step in every update); search_warmup_steps=0:
+        # the arch step and conflict-noticing run in every update.
         config = replace(config, arch="conal", search_steps=config.total_steps,
-                         search_warmup_steps=0)
+                         search_warmup_steps=0, conflict_rule=PAPER_RULE)
     elif arch == "conal-tree":
         P = len(config.hidden)
         spec = TreeSpec(config.hidden, [t % (P + 1) for t in range(T)], bench.task_names)

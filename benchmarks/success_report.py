@@ -111,6 +111,11 @@ def read_result(spec: RunSpec, metric: str) -> RunResult:
             f"conflict logs of {run}", run.search.event_files(recursive=True),
             run.search_conflict_logs)
         extra["architecture"]["conflict_summary"] = conflict_summary(extra["architecture"])
+    from conal_rl.training import atlas  # torch: once the runs are read, not to parse flags
+
+    live = atlas.live_measurements(run)
+    if live:  # --atlas-every: which tasks conflict at the last measurement
+        extra["atlas"] = atlas_of(live[-1])
     return RunResult(spec, tasks, values, int(timing["env_steps"]),
                      int(search.get("env_steps", 0)), float(timing["train_wall"]),
                      float(search.get("train_wall", 0.0)), timing.get("stopped_by", "steps"),
@@ -273,6 +278,7 @@ def markdown(payload: dict) -> str:
         cells = [f"{r['task_mean'][t]:.{digits}f}" if "task_mean" in r else "-" for t in tasks]
         lines.append(f"| {r['row']} | " + " | ".join(cells) + " |")
     lines += searched_architectures(rows, tasks)
+    lines += atlas_lines(rows)
     if payload.get("plot"):
         lines += ["", f"![learning curves]({payload['plot']})", "",
                   f"Learning curves: mean {metric} over tasks at every evaluation, mean over "
@@ -290,6 +296,43 @@ def markdown(payload: dict) -> str:
             lines += [f"`{f['run']}` ({f['reason']}), last lines of `{f['log']}`:", "", "```",
                       *f["log_tail"], "```", ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def atlas_of(measurement: dict) -> dict:
+    """A run's live atlas measurement in brief: per net, on its first shared layer, the tasks
+    pointing significantly against the others and those outside its main cluster."""
+    from conal_rl.training import atlas
+
+    names, nets = measurement["task_names"], atlas.from_json(measurement)
+    out = {"env_steps": measurement["env_steps"]}
+    for role, layers in nets.items():
+        name, ev = next(iter(layers.items()))
+        out[role] = {"layer": name} | atlas.layer_summary(ev, names)
+    return out
+
+
+def atlas_lines(rows: list[dict]) -> list[str]:
+    """Markdown lines: per run measured live (``--atlas-every``), which tasks conflict."""
+    runs = [(r["row"], run) for r in rows for run in r.get("runs", []) if "atlas" in run]
+    if not runs:
+        return []
+    lines = ["", "Conflict atlas, per run, at its last live measurement (`--atlas-every`), on "
+             "each net's first shared layer: the tasks whose gradient points significantly "
+             "against the others' (signed: evidence where the net's head is shared) and those "
+             "outside the layer's main cluster by the sign-blind affinity; r: split-half "
+             "reliability.", "",
+             "| run | env steps | net | layer | r | against the others | outside main cluster |",
+             "|---|---|---|---|---|---|---|"]
+    for row, run in runs:
+        found = run["atlas"]
+        for role in ("critic", "actor"):
+            if role in found:
+                d = found[role]
+                r = "-" if d["reliability"] is None else f"{d['reliability']:.2f}"
+                lines.append(f"| {row}-s{run['seed']} | {found['env_steps']:,} | {role} | "
+                             f"{d['layer']} | {r} | {', '.join(d['conflicting']) or '-'} | "
+                             f"{', '.join(d['outside_main_cluster']) or '-'} |")
+    return lines
 
 
 def searched_architectures(rows: list[dict], tasks: list[str]) -> list[str]:

@@ -112,6 +112,8 @@ README_SOURCES: dict[str | None, list[str] | str] = {
     "update-speed": UPDATE_SPEED,
     "end-to-end": ["end-to-end.json"],
     "core-sharing": ["core-sharing.json"],
+    "atlas": [f"atlas/MT10-{run}-quick/atlas.json"
+              for run in ("mtsac", "mhsac", "conal", "conal-evidence")],
     "Performance notes": [*SPEED, *UPDATE_SPEED, "twin_critics-cuda.json", "end-to-end.json"],
 }
 OTHER_SOURCES = {
@@ -155,6 +157,9 @@ LAPTOP_TIMING = ("from the 60-minute laptop run's own timing.json "
 README = "README.md"
 _allow(README, "speed", "2278.8 1183.5 3600.0", LAPTOP_TIMING)
 _allow(README, "MT10-quick", "15", "the runs: 5 rows × 3 seeds, not a measurement")
+_allow("conflict-rules.md", None, "1024 100", "settings of the study (EVIDENCE, REFRESH in "
+       "benchmarks/conflict_rules.py), not measurements")
+_allow(README, "atlas", "1,024", "a setting of the runs (--atlas-samples)")
 _allow("quick-run/README.md", None, "2", "the Intel VM's vCPUs, as the results README of "
        "d697d2c described it (the run's files record no machine)")
 _allow("MT10-quick.md", None, "15 16 9", "the note added by hand on the runs' two machines: "

@@ -301,6 +301,8 @@ def test_every_row_trains_what_its_name_says(tmp_path):
     specs = _specs(tmp_path, "--archs", ",".join(success.ROWS), "--seeds", "1")
     expected = {  # row -> fields that differ from MT-SAC's defaults
         "mtsac": {}, "mhsac": {"arch": "mhsac"}, "conal": {"arch": "conal"},
+        "conal-paper": {"arch": "conal", "conflict_rule": "any-pair"},
+        "stl-batched": {"arch": "independent"},
         "conal-nocn": {"arch": "conal", "no_conflict_noticing": True},
         "conal-noprivate": {"arch": "conal", "no_private": True},
         "conal-rlw": {"arch": "conal", "loss_weighting": "rlw"},
@@ -311,7 +313,7 @@ def test_every_row_trains_what_its_name_says(tmp_path):
         "conal-pro-nocn": {"arch": "conal-pro", "no_conflict_noticing": True},
     }
     defaults = {"arch": "mtsac", "no_conflict_noticing": False, "no_private": False,
-                "loss_weighting": "mean", "grad_surgery": "none", "conflict_rule": "any-pair"}
+                "loss_weighting": "mean", "grad_surgery": "none", "conflict_rule": "evidence"}
     assert set(expected) == {r for r, (module, _, _) in success.ROWS.items()
                              if module == "conal_rl.train"}
     for row, changes in expected.items():
@@ -366,3 +368,27 @@ def test_the_report_lists_each_searched_architecture_and_its_conflict_logs():
     assert lines[-1].endswith("frozen -; negative -")
     assert not any("mtsac" in line for line in lines)
     assert success_report.searched_architectures(rows[:1], tasks) == []
+
+
+def test_the_report_names_the_tasks_the_atlas_finds_in_conflict(tmp_path):
+    """A run measured live (--atlas-every): the report lists, per net, the tasks against the
+    others at its last measurement, read back through the run's files."""
+    import torch
+
+    from agents import MultiTaskSAC, random_batch
+    from conal_rl.method import TreeSpec
+    from conal_rl.training import atlas
+    from conal_rl.training.nets import tree_factory
+    from conal_rl.training.rundir import RunDir
+
+    torch.manual_seed(0)
+    spec = TreeSpec.mtsac((8, 8), 3)
+    agent = MultiTaskSAC(tree_factory({"actor": spec, "critic": spec}), 3, 4, 2)
+    measured = atlas.measure(agent, random_batch(3, 64, 4, 2))
+    atlas.save_live(RunDir(tmp_path), 500, measured, ["a", "b", "c"])
+    brief = success_report.atlas_of(atlas.live_measurements(RunDir(tmp_path))[-1])
+    assert brief["env_steps"] == 500 and brief["critic"]["layer"] == "q1/shared.1"
+    brief["critic"]["conflicting"] = ["b"]
+    lines = success_report.atlas_lines([{"row": "mtsac", "runs": [{"seed": 0, "atlas": brief}]}])
+    assert any("| mtsac-s0 | 500 | critic | q1/shared.1 |" in line and "| b |" in line
+               for line in lines), lines
