@@ -11,6 +11,7 @@ CPU 0, and records the median wall seconds to the exit and the exit status. Writ
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -36,8 +37,9 @@ CASES = [  # (command module, its arguments): each a user error, exit status 2
 
 def seconds_to_error(code: Path, module: str, args: list[str]) -> tuple[float, int]:
     start = time.perf_counter()
+    env = os.environ | {"PYTHONPATH": str(code.resolve())}  # that checkout's code, not ours
     proc = subprocess.run(["taskset", "-c", "0", sys.executable, "-m", module, *args],
-                          cwd=code, capture_output=True, text=True, timeout=300)
+                          cwd=code, env=env, capture_output=True, text=True, timeout=300)
     return time.perf_counter() - start, proc.returncode
 
 

@@ -15,7 +15,6 @@ import math
 import sys
 from pathlib import Path
 
-from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from conal_rl.analysis.curves import AXES, MEAN, Band, Curves, band, draw, read_curves
@@ -49,6 +48,8 @@ def plot_runs(run_dirs: list[Path], out_dir: Path, name: str | None = None,
         runs = [evaluated_curves(d, metric) for d in bar]
     tasks = sorted(set.intersection(*(set(c) for c in runs)) - {MEAN},
                    key=list(runs[0]).index)
+    from matplotlib.figure import Figure  # after the runs are read: a bad path answers first
+
     stem = name or benchmark.replace(":", "-")
     out_dir.mkdir(parents=True, exist_ok=True)
     ylabel = "success rate" if metric == "success" else "return"

@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 
 from conal_rl.common import DEVICES, CommandParser, UserError, resolve_device, run_cli
+from conal_rl.training.preflight import load_config, run_dir_of
 from conal_rl.training.rundir import RunDir
 from envs import UnknownBenchmark, task_names
 from envs.video import (
@@ -87,7 +88,8 @@ def _main(args: argparse.Namespace) -> list[Path]:
         raise UserError(f"--size must be even (H.264 video), got {args.size}")
     if args.seed is not None and args.seed < 0:
         raise UserError(f"--seed must not be negative, got {args.seed}")
-    import torch  # after the flags are checked
+    load_config(run_dir_of(args.run))  # a path that is not a run: one line, before torch
+    import torch  # after the flags and the run's files are checked
 
     from conal_rl.training.runs import Policy, eval_envs, load_checked
 

@@ -112,6 +112,7 @@ README_SOURCES: dict[str | None, list[str] | str] = {
     "update-speed": UPDATE_SPEED,
     "end-to-end": ["end-to-end.json"],
     "core-sharing": ["core-sharing.json"],
+    "error-latency": ["error-latency.json"],
     "atlas": [f"atlas/MT10-{run}-quick/atlas.json"
               for run in ("mtsac", "mhsac", "conal", "conal-evidence")],
     "Performance notes": [*SPEED, *UPDATE_SPEED, "twin_critics-cuda.json", "end-to-end.json"],

@@ -62,3 +62,55 @@ def test_an_old_run_evaluates_and_resumes(tmp_path):
                            before["agent"]["actor.net.head.weight"])
     assert (after["optimizers"]["actor"]["state"][0]["step"]
             == before["optimizers"]["actor"]["state"][0]["step"] + 60)
+
+
+# ---- runs written by main before RunDir (tests/fixtures/v2, made by commit a09bb8b) --------
+FIXTURES_V2 = Path(__file__).parent / "fixtures" / "v2"
+
+
+def _copy_v2(name: str, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(FIXTURES_V2 / name, tmp_path / name))
+
+
+def test_a_conal_run_of_before_evaluates_and_a_search_without_its_trees_goes_on(tmp_path):
+    from conal_rl.training.rundir import RunDir
+
+    run_dir = _copy_v2("pendulum-conal", tmp_path)
+    [ev] = evaluate.main([str(run_dir), "--episodes", "1", "--device", "cpu"])["CoNAL"]
+    assert ev.env_steps == 200
+    # Stopped after its search, before the trees were derived: the search's checkpoint is
+    # continued (it is at its end), the trees derived and trained.
+    files = RunDir(run_dir)
+    for path in (files.architecture, files.checkpoint, files.timing_file):
+        path.unlink()
+    assert files.state() == "stopped" and files.search.checkpoint.exists()
+    train(["--resume", str(run_dir), "--total-steps", "200"])
+    assert files.architecture.exists() and files.state() == "finished"
+    assert checkpoint.load(files.checkpoint)["counters"]["env_steps"] == 200
+
+
+def test_a_conal_pro_run_of_before_goes_on_from_its_unfinished_stage(tmp_path):
+    from conal_rl.training.rundir import RunDir
+
+    run_dir = _copy_v2("pendulum-conal-pro", tmp_path)
+    files = RunDir(run_dir)
+    decided = json.loads(files.stage(1).decided.read_text())
+    for path in (files.stage(2).decided, files.architecture, files.checkpoint,
+                 files.timing_file):
+        path.unlink()
+    assert [d.path.name for d in files.stages()] == ["stage1", "stage2"]
+    assert files.stage(2).checkpoint in files.checkpoints_written()
+    train(["--resume", str(run_dir), "--total-steps", "200"])
+    assert json.loads(files.stage(1).decided.read_text()) == decided  # not searched again
+    assert files.stage(2).decided.exists() and files.state() == "finished"
+    assert files.search_timing()["env_steps"] == 300  # the two stages of 150
+
+
+def test_an_stl_run_of_before_resumes(tmp_path):
+    from conal_rl import stl
+    from conal_rl.training.rundir import RunDir
+
+    run_dir = _copy_v2("pendulum-stl", tmp_path)
+    timing = stl.main(["--resume", str(run_dir), "--total-steps", "300"])
+    assert timing["env_steps"] == 300
+    assert RunDir(run_dir).state() == "finished"

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 IQM_RESAMPLES = 10_000
 
@@ -31,6 +30,8 @@ def mean_se(values: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def iqm(scores: np.ndarray) -> float:
     """Interquartile mean of all scores: the mean of the middle 50% (25% cut each end)."""
+    from scipy import stats  # loaded when used: a command's flags are checked first
+
     return float(stats.trim_mean(np.asarray(scores, dtype=float), 0.25, axis=None))
 
 
@@ -38,6 +39,8 @@ def iqm_interval(scores: np.ndarray, confidence: float = 0.95,
                  resamples: int = IQM_RESAMPLES, seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap interval of the IQM of ``scores [runs, tasks]``, stratified by
     task (runs are resampled within each task, as rliable does). NaN with one run."""
+    from scipy import stats
+
     scores = np.asarray(scores, dtype=float)
     if scores.shape[0] < 2:
         return float("nan"), float("nan")
