@@ -184,6 +184,10 @@ class ConalSearch:
             for layer, values in noticing.last_cosines().items():
                 if values.numel():
                     writer.add_histogram(f"conflict_cosines/{role}/{layer}", values.cpu(), step)
+        if self.settings.decides_on_evidence:  # the tasks each module's evidence takes off
+            for role, noticing in self.noticing.items():
+                for layer, tasks in noticing.leaving().items():
+                    writer.add_scalar(f"evidence/{role}/{layer}/leaving", len(tasks), step)
         self._logs += 1
         if self.heatmap is None or self._logs % 5:
             return
