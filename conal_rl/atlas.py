@@ -76,7 +76,7 @@ def _main(args: argparse.Namespace) -> dict:
     use_headless_gl()  # before metaworld imports mujoco
     import torch
 
-    from conal_rl.training import atlas, checkpoint
+    from conal_rl.training import atlas
     from conal_rl.training.runs import load_checked
 
     torch.set_num_threads(1)
@@ -90,12 +90,12 @@ def _main(args: argparse.Namespace) -> dict:
                         f"measure ({config.arch})")
     tasks = list(run.specs["actor"].task_names) or [config.benchmark]
     live = {m["env_steps"]: m for m in atlas.live_measurements(RunDir(run_dir))}
-    if args.source == "auto" and run.env_steps in live and not _has_replay(run, checkpoint):
+    if args.source == "auto" and run.env_steps in live and not _has_replay(run):
         measured = atlas.from_json(live[run.env_steps])
         payload = atlas.to_json(measured, tasks, env_steps=run.env_steps,
                                 source="replay (measured live)", samples=config.atlas_samples)
     else:
-        replay = _data(args, run, atlas, checkpoint, device)
+        replay = _data(args, run, device)
         torch.manual_seed(args.seed)
         generator = torch.Generator(device).manual_seed(args.seed)
         measured = atlas.measure(run.agent, replay.sample_distinct(args.samples, generator))
@@ -104,16 +104,19 @@ def _main(args: argparse.Namespace) -> dict:
     payload |= {"command": shlex.join([*PROG.split(), *(args.argv or [])]),
                 "machine": machine(device), "date": time.strftime("%Y-%m-%d"),
                 "run": {k: getattr(config, k) for k in ("benchmark", "arch", "preset", "seed")}}
-    _write(args, RunDir(run_dir), payload, measured, tasks, atlas)
+    _write(args, RunDir(run_dir), payload, measured, tasks)
     return payload
 
 
-def _has_replay(run, checkpoint) -> bool:
+def _has_replay(run) -> bool:
+    from conal_rl.training import checkpoint
+
     return bool(checkpoint.load(RunDir(run.run_dir).checkpoint, mmap=True).get("replay"))
 
 
-def _data(args, run, atlas, checkpoint, device):
+def _data(args, run, device):
     """The transitions to measure on: the saved replay, else fresh rollouts."""
+    from conal_rl.training import atlas, checkpoint
     from envs import make_benchmark
 
     bench = make_benchmark(run.config.benchmark, run.config.seed)
@@ -137,8 +140,9 @@ def _data(args, run, atlas, checkpoint, device):
     return replay
 
 
-def _write(args, run: RunDir, payload: dict, measured, tasks: list[str], atlas) -> None:
+def _write(args, run: RunDir, payload: dict, measured, tasks: list[str]) -> None:
     from conal_rl.analysis.atlas_figures import atlas_figure, over_training_figure
+    from conal_rl.training import atlas
 
     out = args.out or run.atlas
     out.mkdir(parents=True, exist_ok=True)
