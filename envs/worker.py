@@ -16,6 +16,7 @@ import multiprocessing as mp
 import pickle
 import signal
 import traceback
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -53,6 +54,10 @@ class WorkerVectorEnv(gym.vector.VectorEnv):
                                     name="env-worker", daemon=True)
         self._process.start()
         child_pipe.close()  # only the child holds its end now: its death reads as EOF here
+        # At interpreter exit (a run that died of an exception, the envs never closed)
+        # multiprocessing would SIGTERM the worker, which ignores it, and join it forever:
+        # end it first (finalizers registered after multiprocessing's exit hook run before it).
+        weakref.finalize(self, _end_worker, self._process, self._pipe)
         self._stepping = False
         try:
             attributes = self._receive()
@@ -148,6 +153,14 @@ class WorkerVectorEnv(gym.vector.VectorEnv):
         self._process.join(1)  # its exit code, when it has one
         return EnvWorkerDied(f"the env worker process (pid {self._process.pid}) died "
                              f"(exit code {self._process.exitcode})")
+
+
+def _end_worker(process: mp.Process, pipe) -> None:
+    """Kill the worker if it is still there (its envs hold nothing a checkpoint needs)."""
+    if process.is_alive():
+        process.kill()
+        process.join()
+    pipe.close()
 
 
 def _work(make_envs: Callable[[], gym.vector.VectorEnv], pipe) -> None:

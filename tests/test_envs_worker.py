@@ -263,3 +263,32 @@ def test_worker_mt10_is_the_sync_env():
     finally:
         worker.envs.close()
         sync.envs.close()
+
+
+CRASHING_RUN = """
+from functools import partial
+import gymnasium as gym
+from envs.worker import WorkerVectorEnv
+
+if __name__ == "__main__":
+    envs = WorkerVectorEnv(partial(gym.make_vec, "Pendulum-v1", num_envs=2,
+                                   vectorization_mode="sync"))
+    envs.reset(seed=0)
+    envs.step_async(envs.action_space.sample())  # a step in flight, as in the loop
+    raise ValueError("a bug in the loop")  # the envs never closed
+"""
+
+
+def test_a_process_that_dies_of_an_exception_exits_instead_of_waiting_for_its_worker(
+        tmp_path):
+    """The worker ignores SIGTERM (the parent decides when a run stops), which is what
+    multiprocessing sends it at interpreter exit before joining it: without our own exit
+    hook the process hung there for good."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "crash.py"
+    script.write_text(CRASHING_RUN)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=60, cwd=os.getcwd())
+    assert proc.returncode == 1 and "a bug in the loop" in proc.stderr, proc.stderr
