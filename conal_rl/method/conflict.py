@@ -20,7 +20,7 @@ contributes all its calls, concatenated along the sample axis. What the Gram mat
 is each task's contribution to the backpropagated loss: with ``loss = Σ_t L_t`` it is the
 Gram of the ∇L_t themselves.
 
-That capture machinery is :class:`TaskGradientCapture`; ``conal_rl/pcgrad.py`` (PCGrad on
+That capture machinery is :class:`TaskGradientCapture`; ``conal_rl/method/pcgrad.py`` (PCGrad on
 the trained trees' shared modules) builds on it too.
 """
 

@@ -53,8 +53,8 @@ PRESET = _Preset()  # marker default: the value comes from the preset
 # (rainx0r/metaworld-algorithms MT10: 20M steps in all = 2M per task, batch 1280 = 128 per
 # task, replay 1M = 100k per task, 4k warm-up counted in vector steps = 4k per task,
 # evaluation every 200k steps with 50 episodes per task; 3x400 nets as in Yu et al. 2019
-# and mtrl). "quick": a CPU smoke run, ~10 min on 2 cores for MT10 that ends with some
-# success (seed 0 on the Intel 2-vCPU VM: 0.16, reach-v3 0.6 and drawer-close-v3 1.0).
+# and mtrl). "quick": a CPU smoke run on MT10 that ends with some success (the README says
+# what it gives, measured).
 PRESETS = {
     "paper": dict(steps_per_task=2_000_000, hidden=(400, 400, 400), batch_per_task=128,
                   replay_per_task=100_000, warmup_per_task=4_000, eval_every_per_task=20_000,
@@ -74,6 +74,7 @@ PRESETS = {
                    eval_episodes=10, checkpoint_every_per_task=15_000,
                    search_per_task=5_000, arch_lr=1e-3, minutes=60, vector_strategy="worker"),
 }
+PRESET_NAMES = tuple(PRESETS)
 # Preset-valued fields: per task (scaled by the number of tasks), or taken as they are.
 _PER_TASK = {"total_steps": "steps_per_task", "eval_every": "eval_every_per_task",
              "checkpoint_every": "checkpoint_every_per_task", "replay_size": "replay_per_task",
@@ -107,10 +108,10 @@ class TrainConfig:
     them), tree (a given tree, see --architecture)"""
     architecture: str | None = None
     """architecture JSON (actor and critic trees) for --arch tree"""
-    preset: Literal["paper", "quick", "laptop"] = "paper"
+    preset: Literal[PRESET_NAMES] = "paper"
     """default sizes and budgets: paper (3x400 nets, 2M steps per task), quick (small nets, 20k
-    steps per task: a ~10 min CPU smoke run on MT10) or laptop (60 minutes of training on 2
-    CPU cores, 3x128 nets, 32 per task: the best of benchmarks/results/laptop-sweep/)"""
+    steps per task: a CPU smoke run on MT10) or laptop (60 minutes of training on 2 CPU
+    cores, 3x128 nets, 32 per task, as chosen by benchmarks.laptop_sweep)"""
     total_steps: int = PRESET
     """env steps in all, summed over tasks (default: the preset's steps per task x number of
     tasks)"""
@@ -133,7 +134,7 @@ class TrainConfig:
     video_every: int = 0
     """env steps (in all) between rollout videos: one deterministic episode of every task,
     mp4s in RUN_DIR/videos/step_<N>/ and the grid's last frame in TensorBoard; 0: none. Slow
-    on a CPU (~0.1 s a frame, ~1 min per Meta-World task)"""
+    on a CPU (software rendering)"""
     atlas_every: int = 0
     """env steps (in all) between live measurements of the conflict atlas: per net and
     shared layer the cosines of the tasks' gradients with their standard errors, measured on
@@ -229,7 +230,7 @@ class TrainConfig:
     """env steps (in all) between TensorBoard scalar logs"""
     torch_threads: int = 1
     """CPU threads for torch. 1 by default: the env loop is serial, the matrices are small,
-    and several runs sharing a few cores slow down ~100x when each spins a thread pool"""
+    and several runs sharing a few cores slow down badly when each spins a thread pool"""
     vector_strategy: Literal[VECTOR_STRATEGIES] = PRESET
     """gymnasium vector env: sync (one process), async (a process per task) or worker (one
     process holding all envs, stepped while the update runs: both cores for one run, see
