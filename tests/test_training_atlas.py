@@ -84,3 +84,29 @@ def test_the_json_names_the_tasks_and_reads_back():
     back = atlas.from_json(payload)["critic"]["q1/shared.1"]
     assert torch.allclose(back.cosine, measured["critic"]["q1/shared.1"].cosine.double(),
                           atol=1e-4)  # the file keeps 4 decimals
+
+
+def test_a_grouped_tree_is_read_group_by_group():
+    """CoNAL-Pro's grouped trees: a depth's groups of two tasks or more are its shared
+    layers, each read on its own tasks' rows of the depth's one batched product."""
+    from conal_rl.method import GroupTreeSpec
+
+    torch.manual_seed(0)
+    spec = GroupTreeSpec((16, 16), ((0, 0, 0, 0), (0, 0, 1, 2)))
+    a = MultiTaskSAC(tree_factory({"actor": spec, "critic": spec}), T, OBS, ACT)
+    batch = random_batch(T, 64, OBS, ACT)
+    torch.manual_seed(1)
+    measured = atlas.measure(a, batch)
+    assert set(measured["critic"]) == {f"{q}/group.{d}.0" for q in ("q1", "q2") for d in (1, 2)}
+    ev = measured["critic"]["q1/group.2.0"]
+    assert ev.tasks == (0, 1)
+    layer = a.critic.q1.layers[1]
+    grads = []
+    for t in (0, 1):
+        a.zero_grad(set_to_none=True)
+        torch.manual_seed(1)
+        a.critic_losses(batch)[t].backward()
+        grads.append(torch.cat([layer.weight.grad[0].flatten(), layer.bias.grad[0].flatten()]))
+    a.zero_grad(set_to_none=True)
+    assert torch.allclose(ev.cosine[0, 1].float(), torch.cosine_similarity(*grads, dim=0),
+                          atol=1e-4)

@@ -43,22 +43,27 @@ if TYPE_CHECKING:  # evidence.py builds on this module
 
 @dataclass
 class SharedLayer:
-    """A shared nn.Linear and the tasks on its input's leading axis, in order."""
+    """A shared nn.Linear and the tasks on its input's leading axis, in order; or (``rows``)
+    a module run on more tasks than share it, of whose leading axis these tasks' rows are
+    the shared part (a grouped tree's layer runs every task, each group's weights shared by
+    its own tasks). Such a layer is read (its per-task gradients), never filtered."""
 
-    module: nn.Linear
+    module: nn.Module
     tasks: tuple[int, ...]
+    rows: tuple[int, ...] | None = None
 
 
 def shared_layers(net: nn.Module) -> dict[str, SharedLayer]:
-    """The shared modules of a :class:`SuperNet` or a :class:`TreeNet`.
+    """The shared modules of a :class:`SuperNet`, a :class:`TreeNet`, a CoNAL-Pro stage or a
+    grouped tree.
 
     A TreeNet runs shared module j on the tasks that branch at j or later only, so its
     leading axis is that subset (increasing task order). Per-task heads are not included;
     a shared head (MT-SAC's one output layer for all tasks) is, as ``"head"``.
     """
-    if hasattr(net, "shared_layers"):  # SuperNet (every task passes every shared module)
-        all_tasks = tuple(range(net.num_tasks))  # or a CoNAL-Pro stage (its own tasks each)
-        return {k: m if isinstance(m, SharedLayer) else SharedLayer(m, all_tasks)
+    if hasattr(net, "shared_layers"):  # a SuperNet (every task passes every shared module),
+        # a CoNAL-Pro stage or a grouped tree (their layers say their tasks)
+        return {k: m if isinstance(m, SharedLayer) else SharedLayer(m, tuple(range(net.num_tasks)))
                 for k, m in net.shared_layers().items()}
     spec = net.spec
     layers = {
@@ -169,18 +174,23 @@ class TaskGradientCapture:
                 handle.remove()
 
     def _hook(self, name: str):
+        rows = self.layers[name].rows
+
         def capture(module: nn.Module, args: tuple, output: Tensor) -> None:
             if not output.requires_grad:
                 return
             tasks = len(self.layers[name].tasks)
-            if output.shape[0] != tasks:
+            if rows is None and output.shape[0] != tasks:
                 raise ValueError(f"{name}: expected its {tasks} tasks on the leading axis of "
                                  f"its input, got shape {tuple(args[0].shape)}")
             cap = self._captures.setdefault(name, _Capture())
             call = len(cap.inputs)
-            cap.inputs.append(args[0].detach())  # autograd saves it anyway for the weight grad
+            x = args[0].detach()  # autograd saves it anyway for the weight grad
+            cap.inputs.append(x if rows is None else x[list(rows)])
 
             def store(grad: Tensor) -> None:
+                if rows is not None:
+                    grad = grad[list(rows)]
                 # Summed over backward passes through this graph, like .grad (δ ↦ δᵀa is
                 # linear, so the per-task gradients stay exact).
                 previous = cap.grad_outputs.get(call)
@@ -300,6 +310,8 @@ class ConflictNoticing(TaskGradientCapture):
                  enabled: bool = True, rule: str = PAPER_RULE, ema: float = 0.9,
                  threshold: float = 0.0, signed: bool = False):
         super().__init__(nets, enabled)
+        if any(layer.rows is not None for layer in self.layers.values()):
+            raise ValueError("grouped layers are read (TaskGradientCapture), not filtered")
         if rule not in CONFLICT_RULES:
             raise ValueError(f"unknown conflict rule {rule!r}; valid: {', '.join(CONFLICT_RULES)}")
         self.rule, self.ema, self.threshold, self.signed = rule, ema, threshold, signed

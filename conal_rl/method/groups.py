@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from conal_rl.method.conflict import SharedLayer
 from conal_rl.method.layers import TaskLinear
 
 
@@ -131,3 +132,15 @@ class GroupTreeNet(nn.Module):
         for layer in self.layers:
             x = self.act(layer(x))
         return self.head(x)
+
+    def shared_layers(self) -> dict[str, SharedLayer]:
+        """Each depth's groups of two tasks or more, as ``"group.{depth}.{g}"``: the rows of
+        the depth's one batched layer that share group g's weights (for reading their
+        per-task gradients, e.g. the conflict atlas)."""
+        out = {}
+        for j, groups in enumerate(self.spec.groups, 1):
+            for g in sorted(set(groups)):
+                tasks = tuple(t for t, group in enumerate(groups) if group == g)
+                if len(tasks) > 1:
+                    out[f"group.{j}.{g}"] = SharedLayer(self.layers[j - 1], tasks, tasks)
+        return out

@@ -28,12 +28,9 @@ Atlas = dict[str, dict[str, LayerEvidence]]  # net ("critic", "actor") -> layer 
 
 def shared_layer_count(agent: MultiTaskSAC) -> int:
     """How many shared layers the atlas can measure in the agent's nets (0: nothing
-    shared, e.g. independent networks, or a kind of net it cannot read)."""
-    try:
-        return (len(TaskGradientCapture(agent.actor.net).layers)
-                + len(TaskGradientCapture({"q1": agent.critic.q1}).layers))
-    except AttributeError:  # grouped trees (CoNAL-Pro) have no TreeSpec branch points
-        return 0
+    shared, e.g. independent networks)."""
+    return (len(TaskGradientCapture(agent.actor.net).layers)
+            + len(TaskGradientCapture({"q1": agent.critic.q1}).layers))
 
 
 @torch.no_grad()
