@@ -405,8 +405,11 @@ def _nn(x) -> float:
     return float("nan") if x is None else x
 
 
-def budget_note(budget: str, benchmark: str) -> str:
-    p, T = TrainConfig(benchmark=benchmark, preset=budget), num_tasks(benchmark)
+def budget_note(budget: str, benchmark: str, overrides: dict | None = None) -> str:
+    """The runs' budget: the preset's, with the flags of this call that change it."""
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    p = TrainConfig(benchmark=benchmark, preset=budget, **given)
+    T = num_tasks(benchmark)
     note = (f"{p.total_steps // T:,} steps per task, nets {'x'.join(map(str, p.hidden))}, "
             f"batch {p.batch_per_task} per task, evaluation every "
             f"{p.eval_every // T:,} steps per task, {T} task{'s' * (T > 1)}")
@@ -479,7 +482,8 @@ def build_report(args: argparse.Namespace, specs: list[RunSpec], failed: list[di
     payload = {
         "command": args.history[-1], "commands": args.history, "machine": args.machine,
         "date": now(), "benchmark": args.benchmark,
-        "budget": args.budget, "budget_note": budget_note(args.budget, args.benchmark),
+        "budget": args.budget,
+        "budget_note": budget_note(args.budget, args.benchmark, overrides(args)),
         "overrides": overrides(args),
         "runs_dir": runs_folder(args, specs),
         "jobs": args.jobs, "metric": metric, "tasks": tasks,
