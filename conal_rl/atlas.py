@@ -76,7 +76,7 @@ def _main(args: argparse.Namespace) -> dict:
     use_headless_gl()  # before metaworld imports mujoco
     import torch
 
-    from conal_rl.training import atlas
+    from conal_rl.training import atlas, checkpoint
     from conal_rl.training.runs import load_checked
 
     torch.set_num_threads(1)
@@ -90,12 +90,14 @@ def _main(args: argparse.Namespace) -> dict:
                         f"measure ({config.arch})")
     tasks = list(run.specs["actor"].task_names) or [config.benchmark]
     live = {m["env_steps"]: m for m in atlas.live_measurements(RunDir(run_dir))}
-    if args.source == "auto" and run.env_steps in live and not _has_replay(run):
+    # mmap: the saved replay is mapped, read only if it is measured on
+    state = checkpoint.load(RunDir(run_dir).checkpoint, mmap=True)
+    if args.source == "auto" and run.env_steps in live and not state.get("replay"):
         measured = atlas.from_json(live[run.env_steps])
         payload = atlas.to_json(measured, tasks, env_steps=run.env_steps,
                                 source="replay (measured live)", samples=config.atlas_samples)
     else:
-        replay = _data(args, run, device)
+        replay = _data(args, run, state, device)
         torch.manual_seed(args.seed)
         generator = torch.Generator(device).manual_seed(args.seed)
         measured = atlas.measure(run.agent, replay.sample_distinct(args.samples, generator))
@@ -108,19 +110,13 @@ def _main(args: argparse.Namespace) -> dict:
     return payload
 
 
-def _has_replay(run) -> bool:
-    from conal_rl.training import checkpoint
-
-    return bool(checkpoint.load(RunDir(run.run_dir).checkpoint, mmap=True).get("replay"))
-
-
-def _data(args, run, device):
-    """The transitions to measure on: the saved replay, else fresh rollouts."""
-    from conal_rl.training import atlas, checkpoint
+def _data(args, run, state: dict, device):
+    """The transitions to measure on: the replay saved in the checkpoint ``state``, else
+    fresh rollouts."""
+    from conal_rl.training import atlas
     from envs import make_benchmark
 
     bench = make_benchmark(run.config.benchmark, run.config.seed)
-    state = checkpoint.load(RunDir(run.run_dir).checkpoint, mmap=True)
     obs_dim, act_dim = bench.obs_dim, bench.action_space.shape[0]
     replay = None
     if args.source != "rollouts":

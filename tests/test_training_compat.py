@@ -48,7 +48,7 @@ def test_an_old_conal_architecture_file_and_checkpoint_load(tmp_path):
                                state["agent"]["actor.net.head.weight"])
 
 
-def test_an_old_run_evaluates_and_resumes(tmp_path):
+def test_an_old_run_evaluates_and_resumes(tmp_path, monkeypatch):
     run_dir = _copy("pendulum-mhsac", tmp_path)
     before = checkpoint.load(run_dir / "checkpoints" / "latest.pt")
     [ev] = evaluate.main([str(run_dir), "--episodes", "1", "--device", "cpu"])["MH-SAC"]
@@ -62,6 +62,13 @@ def test_an_old_run_evaluates_and_resumes(tmp_path):
                            before["agent"]["actor.net.head.weight"])
     assert (after["optimizers"]["actor"]["state"][0]["step"]
             == before["optimizers"]["actor"]["state"][0]["step"] + 60)
+    # The old checkpoint had no sizes (read from the weights); the new one holds them, and
+    # loading it needs nothing else.
+    assert "sizes" not in before and after["sizes"] == {"obs_dim": 3, "act_dim": 1}
+    from conal_rl.training import runs
+
+    monkeypatch.setattr(runs, "_dims", lambda *a: (_ for _ in ()).throw(AssertionError))
+    assert load_run(run_dir).env_steps == 260
 
 
 # ---- runs written by main before RunDir (tests/fixtures/v2, made by commit a09bb8b) --------

@@ -97,7 +97,9 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedR
     checkpoint.check_trained_on(state, config.benchmark, config.arch, run_dir)
     agent_state = state["agent"]
     T = specs["actor"].num_tasks
-    obs_dim, act_dim = _dims(agent_state, specs)
+    sizes = state.get("sizes")  # checkpoints before the sizes were saved: from the weights
+    obs_dim, act_dim = ((sizes["obs_dim"], sizes["act_dim"]) if sizes
+                        else _dims(agent_state, specs))
     agent = MultiTaskSAC(tree_factory(specs), T, obs_dim, act_dim).to(device)
     agent.load_state_dict(agent_state)
     agent.eval()
@@ -111,7 +113,8 @@ def _run_specs(run: RunDir) -> dict[str, TreeSpec]:
 
 
 def _dims(agent_state: dict, specs: dict[str, TreeSpec]) -> tuple[int, int]:
-    """Observation and action sizes from the first layers' weight shapes."""
+    """Observation and action sizes from the first layers' weight shapes (for checkpoints
+    written before they held the sizes)."""
     def first_in(prefix: str, spec: TreeSpec) -> int:
         if f"{prefix}.layers.0.weight" in agent_state:  # a grouped tree: [G, in, out]
             return agent_state[f"{prefix}.layers.0.weight"].shape[1]

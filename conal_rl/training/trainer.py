@@ -418,6 +418,7 @@ class Trainer:
             "agent": self.agent.state_dict(),
             "optimizers": self.agent.optimizer_state(),
             "counters": {"env_steps": self.env_steps, "updates": self.updates},
+            "sizes": {"obs_dim": self.bench.obs_dim, "act_dim": self.act_dim},
             "timers": dict(self.timers) | {"train_wall": self.train_seconds()},
             "rng": checkpoint.rng_state(self.np_rng),
             "replay": self.replay.state_dict() if self.config.save_replay else None,
