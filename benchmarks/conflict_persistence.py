@@ -4,7 +4,7 @@ again at the next, on the same layer, against what chance gives for sets of thos
 how often the twin critics, measured on the same transitions, flag the same task; and how
 many tasks ever left a layer's main cluster by the sign-blind affinity.
 
-    python -m benchmarks.conflict_persistence RUN_DIR ... [--out STEM]
+    python -m benchmarks.conflict_persistence RUN_DIR|ATLAS_JSON ... [--out STEM]
 
 It answers a design question: should a trained tree open a branch for a task the moment
 its conflict is significant? A branch is permanent, so the conflict it follows must be a
@@ -28,7 +28,7 @@ from pathlib import Path
 from benchmarks.report_files import command, header, save
 from conal_rl.common import CommandParser
 from conal_rl.training import atlas
-from conal_rl.training.rundir import RunDir
+from conal_rl.training.rundir import RunDir, read_json
 
 
 class Overlap:
@@ -54,20 +54,45 @@ class Overlap:
                 "share": round(self.observed / self.flagged, 3) if self.flagged else None}
 
 
-def run_rows(run_dir: Path) -> list[dict]:
-    """One row per net of the run's live atlas."""
-    measurements = atlas.live_measurements(RunDir(run_dir))
-    if len(measurements) < 2:
+Series = dict[str, list[tuple[set, set, int]]]
+"""Per layer, per measurement: (flagged tasks, tasks outside the main cluster, k tasks)."""
+
+
+def measurements(path: Path) -> tuple[list[int], dict[str, Series]]:
+    """The env steps of a run's atlas measurements and, per net, their series: from the
+    run's live measurements (``RUN_DIR/atlas/step_<N>.json``), else from what the atlas
+    command wrote (``atlas.json``: its history over training; a layer's tasks from its last
+    measurement, a tree's layers keeping their tasks)."""
+    run = RunDir(path) if path.is_dir() else None
+    live = atlas.live_measurements(run) if run else []
+    nets: dict[str, Series] = defaultdict(lambda: defaultdict(list))
+    if live:
+        for m in live:
+            for net, layers in m["nets"].items():
+                for name, layer in layers.items():
+                    tasks = set(layer["task_names"])
+                    nets[net][name].append((set(layer["conflicting"]),
+                                            tasks - set(layer["main_cluster"]), len(tasks)))
+        return [m["env_steps"] for m in live], nets
+    summary = read_json(run.atlas_summary if run else path) or {}
+    history = summary.get("over_training") or []
+    for m in history:
+        for net, layers in m["nets"].items():
+            for name, layer in layers.items():
+                k = len(summary["nets"][net][name]["task_names"])
+                nets[net][name].append((set(layer["conflicting"]),
+                                        set(layer["outside_main_cluster"]), k))
+    return [m["env_steps"] for m in history], nets
+
+
+def run_rows(path: Path) -> list[dict]:
+    """One row per net of the run's atlas measurements (none below two)."""
+    steps, nets = measurements(path)
+    if len(steps) < 2:
         return []
-    steps = [m["env_steps"] for m in measurements]
+    name_of_run = path.name if path.is_dir() else path.parent.name
     rows = []
-    for net in measurements[0]["nets"]:
-        series: dict[str, list[tuple[set, set, int]]] = defaultdict(list)
-        for m in measurements:
-            for name, layer in m["nets"].get(net, {}).items():
-                tasks = set(layer["task_names"])
-                series[name].append((set(layer["conflicting"]),
-                                     tasks - set(layer["main_cluster"]), len(tasks)))
+    for net, series in nets.items():
         recurrence, twins, persistent = Overlap(), Overlap(), set()
         for name, seq in series.items():
             for (now, _, k), (later, _, _) in zip(seq, seq[1:]):
@@ -85,7 +110,7 @@ def run_rows(run_dir: Path) -> list[dict]:
         left_twice = sorted((name, steps[n + 1], t) for name, seq in series.items()
                             for n in range(len(seq) - 1) for t in seq[n][1] & seq[n + 1][1])
         rows.append({
-            "run": run_dir.name, "net": net, "measurements": len(measurements),
+            "run": name_of_run, "net": net, "measurements": len(steps),
             "first": steps[0], "last": steps[-1],
             "shared_head": any(name.endswith("head") for name in series),
             "layers": len(series),
@@ -139,20 +164,25 @@ def markdown(payload: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     parser = CommandParser(prog="python -m benchmarks.conflict_persistence",
                            description=__doc__)
-    parser.add_argument("runs", nargs="+", help="run directories with a live atlas")
+    parser.add_argument("runs", nargs="+",
+                        help="run directories with a live atlas (train --atlas-every) or "
+                             "an atlas.json that conal_rl.atlas wrote")
     parser.add_argument("--out", default="benchmarks/results/conflict-persistence",
                         help="output stem: STEM.json and STEM.md (default: %(default)s)")
     args = parser.parse_args(argv)
     rows, empty = [], []
     for path in map(Path, args.runs):
-        if not path.is_dir():
-            parser.error(f"{path}: not a run directory")
-        found = run_rows(path)
+        if not path.exists():
+            parser.error(f"{path}: no such run directory or atlas file")
+        try:
+            found = run_rows(path)
+        except (KeyError, TypeError, AttributeError) as e:
+            parser.error(f"{path}: not an atlas of conal_rl ({type(e).__name__}: {e})")
         rows += found
         if not found:
             empty.append(str(path))
     if empty:
-        parser.error(f"fewer than two live atlas measurements (train --atlas-every) in: "
+        parser.error(f"fewer than two atlas measurements (train --atlas-every) in: "
                      f"{', '.join(empty)}")
     from conal_rl.common import machine  # torch: only once the inputs are known good
 

@@ -2,9 +2,12 @@
 critics' agreement and the persistent events, from a run's live atlas; bad input is one line
 and exit status 2."""
 
+import json
+
 import pytest
 
 from benchmarks import conflict_persistence
+from conal_rl.training import atlas
 from conal_rl.training.rundir import RunDir
 
 NAMES = [f"task-{i}" for i in range(6)]
@@ -66,3 +69,25 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
         assert exit_.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1, err
+
+
+def test_the_atlas_commands_file_reads_as_the_live_measurements(tmp_path):
+    """An atlas.json of conal_rl.atlas (its history over training) gives the rows the run's
+    live measurements give."""
+    live = _run(tmp_path / "live", [["task-0"], ["task-0"], ["task-1"]],
+                [["task-0"], [], ["task-1"]], actor_outside=["task-5"])
+    measured = atlas.live_measurements(RunDir(live))
+    history = [{"env_steps": m["env_steps"], "nets": {net: {name: {
+                    "conflicting": layer["conflicting"],
+                    "outside_main_cluster": sorted(set(NAMES) - set(layer["main_cluster"]))}
+                for name, layer in layers.items()} for net, layers in m["nets"].items()}}
+               for m in measured]
+    summary = tmp_path / "out" / "atlas.json"
+    summary.parent.mkdir()
+    summary.write_text(json.dumps({"nets": measured[-1]["nets"], "over_training": history}))
+    from_live = conflict_persistence.main([str(live), "--out", str(tmp_path / "a")])["rows"]
+    from_file = conflict_persistence.main([str(summary), "--out", str(tmp_path / "b")])["rows"]
+    assert [m["env_steps"] for m in history] == [10_000, 20_000, 30_000]
+    assert [r | {"run": None} for r in from_live] == [r | {"run": None} for r in from_file]
+    assert from_file[0]["run"] == "out"
+
