@@ -28,6 +28,12 @@ from agents.options import LOSS_WEIGHTINGS
 from agents.replay import Batch
 
 NetFactory = Callable[[str, int, int], nn.Module]
+StateConversion = Callable[[str, dict[str, Tensor]], dict[str, Tensor]]
+"""``convert(role, tensors)``: one network's tensors keyed by parameter name, laid out for
+another network of that role (:meth:`MultiTaskSAC.rebuilt`)."""
+# The networks of an agent's state and their roles, by their key prefix in it.
+_NETS = {"actor.net": "actor", "critic.q1": "critic", "critic.q2": "critic",
+         "critic_target.q1": "critic", "critic_target.q2": "critic"}
 
 
 class GradientFilter(Protocol):
@@ -116,7 +122,8 @@ class MultiTaskSAC(nn.Module):
     def __init__(self, make_net: NetFactory, num_tasks: int, obs_dim: int, act_dim: int,
                  config: SACConfig = SACConfig(), make_filter: FilterFactory | None = None):
         super().__init__()
-        self.config, self.num_tasks, self.act_dim = config, num_tasks, act_dim
+        self.config, self.num_tasks, self.obs_dim, self.act_dim = (config, num_tasks, obs_dim,
+                                                                   act_dim)
         self.actor = Actor(make_net("actor", obs_dim, 2 * act_dim), act_dim)
         self.critic = TwinCritic(make_net("critic", obs_dim + act_dim, 1),
                                  make_net("critic", obs_dim + act_dim, 1))
@@ -229,6 +236,32 @@ class MultiTaskSAC(nn.Module):
             modules[key].load_state_dict(weights)
         self.critic_target.load_state_dict(self.critic.state_dict())
 
+    def rebuilt(self, make_net: NetFactory, convert: StateConversion,
+                make_filter: FilterFactory | None = None) -> MultiTaskSAC:
+        """A new agent whose networks come from ``make_net``, holding this agent's state:
+        the networks' weights (targets too) and the Adam moments of the actor's and the
+        critics' optimizers, each network's given through ``convert(role, tensors)``
+        (tensors keyed by parameter name, e.g. a tree that grew a branch), and the
+        temperatures with their optimizer as they are. A parameter new to a network
+        continues the step count of its network's others."""
+        new = MultiTaskSAC(make_net, self.num_tasks, self.obs_dim, self.act_dim, self.config,
+                           make_filter).to(self.log_temperature.device)
+        state = self.state_dict()
+        for prefix, role in _NETS.items():
+            ours = prefix + "."
+            mine = {k[len(ours):]: v for k, v in state.items() if k.startswith(ours)}
+            state = {k: v for k, v in state.items() if not k.startswith(ours)} | {
+                ours + k: v for k, v in convert(role, mine).items()}
+        new.load_state_dict(state)
+        for old_optim, new_optim, old_module, new_module, nets in (
+                (self.actor_optim, new.actor_optim, self.actor, new.actor, {"net": "actor"}),
+                (self.critic_optim, new.critic_optim, self.critic, new.critic,
+                 {"q1": "critic", "q2": "critic"})):
+            new_optim.load_state_dict(_converted_moments(old_optim, old_module, new_module,
+                                                          nets, convert))
+        new.temperature_optim.load_state_dict(self.temperature_optim.state_dict())
+        return new
+
     # ---- checkpoint state ----------------------------------------------------------------
     def optimizer_state(self) -> dict:
         return {"actor": self.actor_optim.state_dict(), "critic": self.critic_optim.state_dict(),
@@ -242,6 +275,36 @@ class MultiTaskSAC(nn.Module):
             # before the fused step have fused=None); the numbers are the same either way.
             for group in optim.param_groups:
                 group["fused"] = True
+
+
+def _converted_moments(optim: torch.optim.Optimizer, module: nn.Module, new_module: nn.Module,
+                       nets: dict[str, str], convert: StateConversion) -> dict:
+    """``optim``'s state (over ``module``'s weights) for an optimizer over ``new_module``'s:
+    the moments of each of the module's networks (``nets``: name in the module -> role)
+    through ``convert``; step counts by name, a new parameter the highest there."""
+    old, names, new_names = optim.state_dict(), _weight_names(module), _weight_names(new_module)
+    groups = [{k: v for k, v in old["param_groups"][0].items() if k != "params"}
+              | {"params": list(range(len(new_names)))}]
+    if not old["state"]:  # no step taken yet: nothing to carry
+        return {"state": {}, "param_groups": groups}
+    by_name = {names[i]: s for i, s in old["state"].items()}
+    moments: dict[str, dict[str, Tensor]] = {"exp_avg": {}, "exp_avg_sq": {}}
+    for key, laid in moments.items():
+        for net, role in nets.items():
+            mine = {n[len(net) + 1:]: s[key] for n, s in by_name.items()
+                    if n.startswith(net + ".")}
+            laid |= {f"{net}.{k}": v for k, v in convert(role, mine).items()}
+    top = max((s["step"] for s in by_name.values()), key=float)
+    state = {j: {"step": (by_name[n]["step"] if n in by_name else top).clone(),
+                 "exp_avg": moments["exp_avg"][n], "exp_avg_sq": moments["exp_avg_sq"][n]}
+             for j, n in enumerate(new_names)}
+    return {"state": state, "param_groups": groups}
+
+
+def _weight_names(module: nn.Module) -> list[str]:
+    """Names of ``weight_parameters(module)``, in its order (an optimizer's indices)."""
+    weights = {id(p) for p in weight_parameters(module)}
+    return [n for n, p in module.named_parameters() if id(p) in weights]
 
 
 def adam(params: list[nn.Parameter], lr: float) -> torch.optim.Adam:

@@ -81,8 +81,12 @@ def prepare(config: TrainConfig, run_dir: Path):
     print("config:", json.dumps(asdict(config)))
     bench = make_benchmark(config.benchmark, config.seed, config.vector_strategy)
     specs, inherited = architecture(config, run_dir, bench)
-    trainer = Trainer(config, run_dir, bench, tree_factory(specs),
-                      surgery_filter(config.grad_surgery), atlas_figure=atlas_figure)
+    make_filter, make_net, hook = surgery_filter(config.grad_surgery), tree_factory(specs), None
+    if config.branch_every:
+        hook = branching_hook(config, run_dir, specs, bench.task_names, make_filter)
+        make_net = hook.make_net
+    trainer = Trainer(config, run_dir, bench, make_net, make_filter, hook=hook,
+                      atlas_figure=atlas_figure)
     if inherited is not None and not trainer.resumed:
         trainer.agent.load_networks(inherited)
         print("training the pruned trees from the searched weights (--inherit-weights)")
@@ -91,6 +95,37 @@ def prepare(config: TrainConfig, run_dir: Path):
         net = getattr(trainer.agent, role)
         print(f"{role}: {num_parameters(net):,} parameters ({config.arch})")
     return trainer
+
+
+def branching_hook(config: TrainConfig, run_dir: Path, specs: dict, task_names: list[str],
+                   make_filter):
+    """``--branch-every``: the hook growing the trees, from the trees the run's checkpoint
+    holds when it resumes (they may have grown since the architecture file)."""
+    from conal_rl.training import checkpoint
+    from conal_rl.training.branching import Branching, trees_in
+
+    run = RunDir(run_dir)
+    if run.checkpoint.exists():
+        specs = trees_in(checkpoint.load(run.checkpoint, mmap=True).get("search")) or specs
+    return Branching(specs, config.branch_every, config.evidence_samples, task_names,
+                     make_filter)
+
+
+def save_grown(run_dir: Path, hook) -> None:
+    """The grown trees and their branches, beside the architecture file."""
+    if hook is None or not hook.branches:
+        return
+    from conal_rl.analysis.draw import save_tree_pictures
+    from conal_rl.training.nets import save_specs
+
+    run = RunDir(run_dir)
+    save_specs(run.grown, hook.specs, {role: {"branches": [b for b in hook.branches
+                                                           if b["net"] == role]}
+                                       for role in hook.specs})
+    save_tree_pictures(run.grown_picture, hook.specs)
+    for b in hook.branches:
+        print(f"branch at env step {b['env_steps']:,}: {b['net']} {b['task']} has its own "
+              f"modules from module {b['module']} on")
 
 
 def main(argv: list[str] | None = None):
@@ -102,7 +137,10 @@ def main(argv: list[str] | None = None):
     trainer = run_cli(PROG, lambda: prepare(config, run_dir), (UserError, ValueError))
     from conal_rl.training.conal_search import search_seconds
 
-    return run_cli(PROG, lambda: trainer.run(spent_s=search_seconds(run_dir)))
+    try:
+        return run_cli(PROG, lambda: trainer.run(spent_s=search_seconds(run_dir)))
+    finally:
+        save_grown(run_dir, trainer.hook)
 
 
 if __name__ == "__main__":

@@ -120,3 +120,36 @@ def test_optimizer_state_saved_before_the_fused_step_loads_fused():
     new.load_optimizer_state(old.optimizer_state())
     assert all(g["fused"] for o in (new.actor_optim, new.critic_optim, new.temperature_optim)
                for g in o.param_groups)
+
+
+def test_a_rebuilt_agent_holds_the_state_of_the_old_one_in_its_new_nets():
+    """``rebuilt`` with a tree that grew (task 1 leaves shared module 2 of both nets): the
+    same actions and Q-values, the same temperatures, the moments carried (a new private
+    copy's moments are its shared module's), and it goes on updating."""
+    from conal_rl.method.tree import grown_state
+
+    agent, batch = _agent(), _batch()
+    for _ in range(3):
+        agent.update(batch)
+    old = TreeSpec.mhsac((32, 32), T)
+    new = old.branched({2: {1}})
+    grown = agent.rebuilt(tree_factory({"actor": new, "critic": new}),
+                          lambda role, tensors: grown_state(old, new, tensors))
+    obs = torch.randn(T, 7, OBS)
+    torch.testing.assert_close(grown.act(obs, deterministic=True),
+                               agent.act(obs, deterministic=True))
+    torch.manual_seed(3)
+    before = agent.critic_losses(batch)
+    torch.manual_seed(3)
+    torch.testing.assert_close(grown.critic_losses(batch), before)
+    torch.testing.assert_close(grown.log_temperature, agent.log_temperature)
+    names = [n for n, _ in grown.critic.named_parameters()]
+    state = grown.critic_optim.state_dict()["state"]
+    private = state[names.index("q2.private.2.weight")]["exp_avg"]
+    shared_old = agent.critic_optim.state_dict()["state"][
+        [n for n, _ in agent.critic.named_parameters()].index("q2.shared.2.weight")]
+    torch.testing.assert_close(private[0], shared_old["exp_avg"].T)
+    assert int(state[names.index("q2.private.2.weight")]["step"]) == 3
+    grown.update(batch)
+    assert not torch.equal(grown.actor.net.private["2"].weight[0],
+                           agent.actor.net.shared["2"].weight.T)

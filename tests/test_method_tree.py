@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from conal_rl.method.tree import TreeNet, TreeSpec, num_parameters
+from conal_rl.method.tree import TreeNet, TreeSpec, grown_state, num_parameters
 from conal_rl.training.nets import load_specs, save_specs
 
 
@@ -92,3 +92,30 @@ def test_specs_round_trip_through_json(tmp_path):
 def test_wrong_task_count_is_a_clear_error():
     with pytest.raises(ValueError, match="3 tasks"):
         TreeNet(TreeSpec.mhsac((8,), 3), 5, 2)(torch.zeros(2, 1, 5))
+
+
+def test_a_branched_tree_computes_what_it_did_and_carries_moments_alike():
+    """Tasks leaving shared modules get private copies that start as those modules: the
+    grown net's outputs equal the old one's, for every task; other tensors keyed like the
+    parameters (Adam's moments) are laid out the same way."""
+    torch.manual_seed(0)
+    old = TreeSpec((8, 8, 8), (3, 1, 3, 2, 3))
+    new = old.branched({2: {0}, 3: {2, 3}, 1: set()})
+    assert new.branch_points == (1, 1, 2, 2, 3)
+    net = TreeNet(old, 5, 2)
+    x = torch.randn(5, 4, 5)
+    grown = TreeNet(new, 5, 2)
+    grown.load_state_dict(grown_state(old, new, net.state_dict()))
+    torch.testing.assert_close(grown(x), net(x))
+    assert num_parameters(grown) > num_parameters(net)
+    # module 3's private rows: tasks 0-3 now (1 and 3 before); task 0's new copy is shared
+    # module 3 (as [in, out]), task 1's row is the one it had
+    torch.testing.assert_close(grown.private["3"].weight[0], net.shared["3"].weight.T)
+    torch.testing.assert_close(grown.private["3"].weight[1], net.private["3"].weight[0])
+    torch.testing.assert_close(grown.private["3"].weight[3], net.private["3"].weight[1])
+    moments = {k: torch.full_like(v, i) for i, (k, v) in enumerate(net.state_dict().items())}
+    laid = grown_state(old, new, moments)
+    assert {k: v.shape for k, v in laid.items()} == {
+        k: v.shape for k, v in grown.state_dict().items()}
+    with pytest.raises(ValueError, match="no later"):
+        grown_state(new, old, grown.state_dict())

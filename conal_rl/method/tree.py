@@ -10,7 +10,8 @@ task id appended to the input, one head) is the same tree with ``task_id_input``
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import torch
 from torch import Tensor, nn
@@ -73,6 +74,16 @@ class TreeSpec:
         """Single-task learning in one net: every task its own modules from the input on
         (branch point 0), computed for all tasks in one batched product per layer."""
         return cls(tuple(hidden), (0,) * num_tasks, task_names)
+
+    def branched(self, leaving: Mapping[int, set[int] | tuple[int, ...]]) -> TreeSpec:
+        """This tree with tasks taken off shared modules: ``leaving[layer]`` (1..P) are
+        tasks that leave shared module ``layer``; each gets its own copies from the first
+        module it leaves on (its branch point drops below it)."""
+        points = list(self.branch_points)
+        for layer, tasks in leaving.items():
+            for t in tasks:
+                points[t] = min(points[t], int(layer) - 1)
+        return replace(self, branch_points=tuple(points))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -138,6 +149,39 @@ class TreeNet(nn.Module):
                 h = both[getattr(self, f"unsort_{layer}")]
             h = self.act(h)
         return self.head(h)
+
+
+def grown_state(old: TreeSpec, new: TreeSpec, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """A :class:`TreeNet` state of tree ``old`` laid out for ``new``, where tasks branch no
+    later than in ``old`` (:meth:`TreeSpec.branched`): a task's new private copy of a module
+    starts as the shared module, so the net computes what it computed. Any tensors keyed and
+    shaped like the parameters go through alike (an optimizer's moments)."""
+    if old.depth != new.depth or old.num_tasks != new.num_tasks or any(
+            b > a for a, b in zip(old.branch_points, new.branch_points)):
+        raise ValueError("the new tree must have the old one's modules and tasks, each task "
+                         "branching no later")
+    out = {k: v for k, v in state.items() if not k.startswith(("shared.", "private."))}
+    for layer in range(1, old.depth + 1):
+        shared, private = f"shared.{layer}", f"private.{layer}"
+        was_private = [t for t, b in enumerate(old.branch_points) if b < layer]
+        now_private = [t for t, b in enumerate(new.branch_points) if b < layer]
+        if any(b >= layer for b in new.branch_points):  # some task still shares it
+            for part in ("weight", "bias"):
+                out[f"{shared}.{part}"] = state[f"{shared}.{part}"]
+        if not now_private:
+            continue
+        rows = {"weight": [], "bias": []}
+        for t in now_private:
+            if t in was_private:
+                k = was_private.index(t)
+                rows["weight"].append(state[f"{private}.weight"][k])
+                rows["bias"].append(state[f"{private}.bias"][k])
+            else:  # nn.Linear's [out, in] as TaskLinear's [in, out]
+                rows["weight"].append(state[f"{shared}.weight"].T)
+                rows["bias"].append(state[f"{shared}.bias"][None])
+        for part in ("weight", "bias"):
+            out[f"{private}.{part}"] = torch.stack(rows[part]).contiguous()
+    return out
 
 
 def num_parameters(module: nn.Module) -> int:

@@ -36,6 +36,8 @@ ARCHS = ("mtsac", "mhsac", "independent", "conal", "conal-pro", "tree")
 networks, in one batched update: single-task learning) and tree (from a file); searched:
 conal and conal-pro."""
 SEARCHED_ARCHS = ("conal", "conal-pro")
+# Trees whose trunk can branch while they train (--branch-every): a head per task.
+BRANCHING_ARCHS = ("mhsac", "tree", "conal")
 GRAD_SURGERIES = ("none", "pcgrad")
 """``--grad-surgery``: gradient surgery on the trained networks' shared modules."""
 ATLAS_MIN_SAMPLES = 64  # per task: fewer leaves the jackknife's chunks a handful each
@@ -87,7 +89,7 @@ _AS_IS = ("hidden", "batch_per_task", "eval_episodes", "arch_lr", "minutes", "ve
 # follows the preset).
 ADDED_FIELDS = {"conflict_rule": PAPER_RULE, "arch_holdout": 0, "stage_steps": PRESET,
                 "arch_every": 1, "atlas_every": 0, "atlas_samples": 1024,
-                "evidence_every": PRESET, "evidence_samples": 1024}
+                "evidence_every": PRESET, "evidence_samples": 1024, "branch_every": 0}
 
 # Flags that may change when a run is resumed; all others must match the saved config.
 RESUMABLE = frozenset({"total_steps", "minutes", "device", "eval_every", "eval_episodes",
@@ -190,8 +192,15 @@ class TrainConfig:
     """--conflict-rule evidence: env steps (in all) between refreshes of the evidence during
     the search (default: a tenth of --search-steps; conal-pro: of --stage-steps)"""
     evidence_samples: int = 1024
-    """--conflict-rule evidence: transitions per task each refresh measures on (from the
-    replay, with a generator of its own)"""
+    """--conflict-rule evidence and --branch-every: transitions per task each measurement
+    of the evidence reads (from the replay, with a generator of its own)"""
+    branch_every: int = 0
+    """--arch mhsac, tree or conal (its derived trees): env steps (in all) between
+    measurements of the evidence while the trees train; a task that two measurements
+    running put outside a shared module's main cluster (sign-blind; the critic: in both
+    twins) gets its own copies from that module on, starting as the shared ones (the net
+    computes what it did; Adam's moments carried). The grown trees are saved with the
+    checkpoints and in RUN_DIR/grown.json. 0: the trees stay as they were made"""
     arch_holdout: int = 5
     """--arch conal: every k-th vector step of the search goes to a held-out buffer that the
     weights never train on, and the architecture step draws from it (5: the official
@@ -286,7 +295,7 @@ class TrainConfig:
             raise ValueError(f"--atlas-samples must be at least {ATLAS_MIN_SAMPLES}, got "
                              f"{self.atlas_samples}")
         for k in ("eval_every", "warmup_steps", "search_warmup_steps", "video_every", "minutes",
-                  "atlas_every", "arch_holdout"):
+                  "atlas_every", "arch_holdout", "branch_every"):
             v = getattr(self, k)
             if v is not None and v < 0:
                 raise ValueError(f"--{k.replace('_', '-')} must not be negative, got {v}")
@@ -309,6 +318,9 @@ class TrainConfig:
                 raise ValueError(f"--arch conal-pro does not take {', '.join(unsupported)} "
                                  "(grouped trees have no single trunk to sample, share or "
                                  "project on)")
+        if self.branch_every and self.arch not in BRANCHING_ARCHS:
+            raise ValueError(f"--branch-every needs trees with a shared trunk and a head per "
+                             f"task: --arch {', '.join(BRANCHING_ARCHS)}, not {self.arch}")
         if self.arch == "tree" and not self.architecture:
             raise ValueError("--arch tree needs --architecture FILE.json")
 

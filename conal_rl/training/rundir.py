@@ -74,6 +74,16 @@ class RunDir:
         return self.path / "architecture.png"
 
     @property
+    def grown(self) -> Path:
+        """The trees as they grew while training (``--branch-every``), in the format of
+        ``architecture.json``, with the branches that opened; ``grown.png`` draws them."""
+        return self.path / "grown.json"
+
+    @property
+    def grown_picture(self) -> Path:
+        return self.path / "grown.png"
+
+    @property
     def checkpoints(self) -> Path:
         return self.path / "checkpoints"
 

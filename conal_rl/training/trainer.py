@@ -34,10 +34,11 @@ from envs.video import VideoError, last_frame, record_videos
 
 
 class Hook(Protocol):
-    """What the loop calls besides the agent's update (e.g. CoNAL's search)."""
+    """What the loop calls besides the agent's update (e.g. CoNAL's search). A new agent
+    that ``before_update`` returns (a tree that grew a branch) is the loop's from then on."""
 
     def before_update(self, agent: MultiTaskSAC, replay: MultiTaskReplay,
-                      env_steps: int) -> None: ...
+                      env_steps: int) -> MultiTaskSAC | None: ...
     def log(self, writer: SummaryWriter, env_steps: int) -> None: ...
     def state_dict(self) -> dict: ...
     def load_state_dict(self, state: dict) -> None: ...
@@ -208,7 +209,10 @@ class Trainer:
         batch_per_task = self.config.batch_per_task
         for _ in range(self.config.updates_per_step):
             if self.hook is not None:
-                self.hook.before_update(self.agent, self.replay, self.env_steps)
+                grown = self.hook.before_update(self.agent, self.replay, self.env_steps)
+                if grown is not None:
+                    self.agent = grown
+                    self.policy = Policy(grown, self.bench.action_space, self.device)
             window.pending.append(self.agent.update(self.replay.sample(batch_per_task)))
             self.updates += 1
 
