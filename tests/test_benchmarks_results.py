@@ -113,6 +113,7 @@ README_SOURCES: dict[str | None, list[str] | str] = {
     "end-to-end": ["end-to-end.json"],
     "core-sharing": ["core-sharing.json"],
     "error-latency": ["error-latency.json"],
+    "conflict-persistence": ["conflict-persistence.json"],
     "atlas": [f"atlas/MT10-{run}-quick/atlas.json"
               for run in ("mtsac", "mhsac", "conal", "conal-evidence")],
     "Performance notes": [*SPEED, *UPDATE_SPEED, "twin_critics-cuda.json", "end-to-end.json"],
@@ -407,6 +408,7 @@ def section_text(text: str, name: str) -> str:
 
 def _generated():
     from benchmarks import (
+        conflict_persistence,
         conflict_rules,
         core_sharing,
         curves_table,
@@ -420,6 +422,7 @@ def _generated():
     )
 
     return {"conflict-rules.md": conflict_rules.markdown,
+            "conflict-persistence.md": conflict_persistence.markdown,
             "update-speed-laptop.md": update_speed.markdown,
             "update-speed-paper.md": update_speed.markdown, "end-to-end.md": end_to_end.markdown,
             "update-speed-bf16.md": update_speed.markdown,

@@ -53,8 +53,9 @@ def test_kept_memory_stops_updates_faulting_in_fresh_pages():
     default, kept = _probe("default"), _probe("kept")
     assert kept["applied"] is True
     # glibc's defaults hand the activation buffers back and fault them in again (about a
-    # thousand faults per update on the 2-vCPU VMs, thresholds held fixed); kept, a few stray faults remain (0-4, varying from run
-    # to run with what the allocator's arenas hold), so the test compares the two rather
+    # thousand faults per update on the 2-vCPU VMs, thresholds held fixed); kept, a few
+    # stray faults remain (0-4, varying from run to run with what the allocator's arenas
+    # hold), so the test compares the two rather
     # than holding the kept figure to an absolute bound. If a future glibc stops faulting
     # by default, this test says so (and the setting can go).
     assert default["faults_per_update"] > 10 * max(kept["faults_per_update"], 1)
