@@ -61,6 +61,19 @@ def measure(agent: MultiTaskSAC, batch: Batch, chunks: int = 8) -> Atlas:
     return {role: layers for role, layers in out.items() if layers}  # nets sharing nothing: out
 
 
+def measure_replay(agent: MultiTaskSAC, replay: MultiTaskReplay, samples: int,
+                   env_steps: int) -> Atlas | None:
+    """:func:`measure` on ``samples`` distinct transitions per task of the replay (fewer
+    where it holds fewer), drawn with a generator of its own seeded by ``env_steps``: the
+    training's draws stay as they were. None while the replay holds too few for
+    statistics."""
+    generator = torch.Generator(replay.device).manual_seed(env_steps)
+    batch = replay.sample_distinct(samples, generator)
+    if batch.obs.shape[1] < ATLAS_MIN_SAMPLES:
+        return None
+    return measure(agent, batch)
+
+
 def _evidence(capture: TaskGradientCapture, task_losses, params, chunks: int
               ) -> dict[str, LayerEvidence]:
     """One backward of the summed task losses (the Gram of the ∇L_t themselves) with the

@@ -19,14 +19,12 @@ state), which is what a resume and ``load_run`` build the nets from.
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 from agents import FilterFactory, MultiTaskReplay, MultiTaskSAC
 from conal_rl.method import TreeNet, TreeSpec, grown_state
 from conal_rl.training import atlas
-from conal_rl.training.config import ATLAS_MIN_SAMPLES
 
 Outside = dict[str, dict[int, set[int]]]  # role -> shared module (1..P) -> task ids
 
@@ -55,10 +53,11 @@ class Branching:
     def before_update(self, agent: MultiTaskSAC, replay: MultiTaskReplay,
                       env_steps: int) -> MultiTaskSAC | None:
         due = self._measured_at is None or env_steps - self._measured_at >= self.every
-        if not due or replay.size < ATLAS_MIN_SAMPLES or not atlas.shared_layer_count(agent):
+        if not due or not replay.size or not atlas.shared_layer_count(agent):
             return None
-        generator = torch.Generator(replay.device).manual_seed(env_steps)
-        measured = atlas.measure(agent, replay.sample_distinct(self.samples, generator))
+        measured = atlas.measure_replay(agent, replay, self.samples, env_steps)
+        if measured is None:
+            return None
         now = outside(measured)
         lasting = {role: {layer: tasks & self._outside.get(role, {}).get(layer, set())
                           for layer, tasks in layers.items()} for role, layers in now.items()}

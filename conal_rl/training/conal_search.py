@@ -39,7 +39,7 @@ from conal_rl.method import (
 )
 from conal_rl.method.progressive import StageNet
 from conal_rl.training import atlas, checkpoint
-from conal_rl.training.config import ATLAS_MIN_SAMPLES, TrainConfig
+from conal_rl.training.config import TrainConfig
 from conal_rl.training.rundir import RunDir, read_json
 from conal_rl.training.trainer import Trainer
 from envs import Benchmark
@@ -132,11 +132,9 @@ class ConalSearch:
         s = self.settings
         due = self._evidence_at is None or env_steps - self._evidence_at >= s.evidence_every
         if due and replay.size:
-            generator = torch.Generator(replay.device).manual_seed(env_steps)
-            batch = replay.sample_distinct(s.evidence_samples, generator)
-            if batch.obs.shape[1] < ATLAS_MIN_SAMPLES:
+            measured = atlas.measure_replay(agent, replay, s.evidence_samples, env_steps)
+            if measured is None:
                 return  # too few transitions yet for statistics
-            measured = atlas.measure(agent, batch)
             for role, layers in measured.items():
                 self.noticing[role].set_evidence(layers)
             self._evidence_at, self._gated = env_steps, False

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from agents import FilterFactory, MultiTaskReplay, MultiTaskSAC, NetFactory, SACConfig
 from conal_rl.common import StopSignal, keep_freed_memory, resolve_device
 from conal_rl.training import atlas, checkpoint, guard
-from conal_rl.training.config import ATLAS_MIN_SAMPLES, TrainConfig
+from conal_rl.training.config import TrainConfig
 from conal_rl.training.rundir import RunDir
 from conal_rl.training.runs import Policy, format_eval, record_evaluation
 from envs import Benchmark, EvalResult, make_eval_benchmark
@@ -303,10 +303,9 @@ class Trainer:
         generator of its own: the training's draws stay as they were), into the run's atlas
         folder and TensorBoard."""
         t0 = time.perf_counter()
-        if atlas.shared_layer_count(self.agent) and self.replay.size >= ATLAS_MIN_SAMPLES:
-            generator = torch.Generator(self.device).manual_seed(self.env_steps)
-            batch = self.replay.sample_distinct(self.config.atlas_samples, generator)
-            measured = atlas.measure(self.agent, batch)
+        measured = atlas.shared_layer_count(self.agent) and atlas.measure_replay(
+            self.agent, self.replay, self.config.atlas_samples, self.env_steps)
+        if measured:
             atlas.save_live(self.files, self.env_steps, measured, self.bench.task_names)
             for role, layers in measured.items():
                 for name, ev in layers.items():
