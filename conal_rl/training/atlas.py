@@ -11,6 +11,8 @@ ones it found. Used by ``conal_rl.atlas`` (after the fact) and by training
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -20,8 +22,10 @@ from conal_rl.method import TaskGradientCapture
 from conal_rl.method.evidence import LayerEvidence, capture_evidence
 from conal_rl.training.config import ATLAS_MIN_SAMPLES
 from conal_rl.training.rundir import RunDir, read_json
-from conal_rl.training.runs import Policy
 from envs import Benchmark
+
+if TYPE_CHECKING:  # runs builds on the atlas (a grown run's trees): no import back at run time
+    from conal_rl.training.runs import Policy
 
 Atlas = dict[str, dict[str, LayerEvidence]]  # net ("critic", "actor") -> layer -> evidence
 

@@ -18,6 +18,7 @@ import torch
 from agents import MultiTaskSAC
 from conal_rl.method import TreeSpec
 from conal_rl.training import checkpoint
+from conal_rl.training.branching import trees_in
 from conal_rl.training.checkpoint import CheckpointError
 from conal_rl.training.config import TrainConfig
 from conal_rl.training.nets import check_fits, load_specs, tree_factory
@@ -95,8 +96,6 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedR
     # mmap: a replay saved with the run is mapped, never read
     state = checkpoint.load(run.checkpoint, map_location=device, mmap=True)
     checkpoint.check_trained_on(state, config.benchmark, config.arch, run_dir)
-    from conal_rl.training.branching import trees_in  # (it reads the atlas, which uses Policy)
-
     specs = trees_in(state.get("search")) or specs  # trees that grew (--branch-every)
     agent_state = state["agent"]
     T = specs["actor"].num_tasks
