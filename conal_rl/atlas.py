@@ -89,9 +89,10 @@ def _main(args: argparse.Namespace) -> dict:
         raise UserError(f"{run_dir}: its networks have no shared layers the atlas can "
                         f"measure ({config.arch})")
     tasks = list(run.specs["actor"].task_names) or [config.benchmark]
-    live = {m["env_steps"]: m for m in atlas.live_measurements(RunDir(run_dir))}
+    files = RunDir(run_dir)
+    live = {m["env_steps"]: m for m in atlas.live_measurements(files)}
     # mmap: the saved replay is mapped, read only if it is measured on
-    state = checkpoint.load(RunDir(run_dir).checkpoint, mmap=True)
+    state = checkpoint.load(files.checkpoint, mmap=True)
     if args.source == "auto" and run.env_steps in live and not state.get("replay"):
         measured = atlas.from_json(live[run.env_steps])
         payload = atlas.to_json(measured, tasks, env_steps=run.env_steps,
@@ -106,7 +107,7 @@ def _main(args: argparse.Namespace) -> dict:
     payload |= {"command": shlex.join([*PROG.split(), *(args.argv or [])]),
                 "machine": machine(device), "date": time.strftime("%Y-%m-%d"),
                 "run": {k: getattr(config, k) for k in ("benchmark", "arch", "preset", "seed")}}
-    _write(args, RunDir(run_dir), payload, measured, tasks)
+    _write(args, files, payload, measured, tasks)
     return payload
 
 

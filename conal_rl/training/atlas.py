@@ -69,8 +69,10 @@ def measure_replay(agent: MultiTaskSAC, replay: MultiTaskReplay, samples: int,
                    env_steps: int) -> Atlas | None:
     """:func:`measure` on ``samples`` distinct transitions per task of the replay (fewer
     where it holds fewer), drawn with a generator of its own seeded by ``env_steps``: the
-    training's draws stay as they were. None while the replay holds too few for
-    statistics."""
+    training's draws stay as they were. None where the nets share nothing or the replay
+    holds too few for statistics."""
+    if not replay.size or not shared_layer_count(agent):
+        return None
     generator = torch.Generator(replay.device).manual_seed(env_steps)
     batch = replay.sample_distinct(samples, generator)
     if batch.obs.shape[1] < ATLAS_MIN_SAMPLES:

@@ -53,10 +53,10 @@ class Branching:
     def before_update(self, agent: MultiTaskSAC, replay: MultiTaskReplay,
                       env_steps: int) -> MultiTaskSAC | None:
         due = self._measured_at is None or env_steps - self._measured_at >= self.every
-        if not due or not replay.size or not atlas.shared_layer_count(agent):
+        if not due:
             return None
         measured = atlas.measure_replay(agent, replay, self.samples, env_steps)
-        if measured is None:
+        if not measured:  # too few transitions yet, or nothing shared
             return None
         now = outside(measured)
         lasting = {role: {layer: tasks & self._outside.get(role, {}).get(layer, set())

@@ -303,8 +303,8 @@ class Trainer:
         generator of its own: the training's draws stay as they were), into the run's atlas
         folder and TensorBoard."""
         t0 = time.perf_counter()
-        measured = atlas.shared_layer_count(self.agent) and atlas.measure_replay(
-            self.agent, self.replay, self.config.atlas_samples, self.env_steps)
+        measured = atlas.measure_replay(self.agent, self.replay, self.config.atlas_samples,
+                                        self.env_steps)
         if measured:
             atlas.save_live(self.files, self.env_steps, measured, self.bench.task_names)
             for role, layers in measured.items():
