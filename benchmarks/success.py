@@ -11,7 +11,7 @@ and one Ray Tune trial (``--cpus-per-trial``, ``--gpus-per-trial``; on a Ray sta
 call, or an existing cluster with ``--address``/``$RAY_ADDRESS``). The trial trains it in a
 subprocess (``python -m conal_rl.train`` or, for ``stl``, ``python -m conal_rl.stl``) with
 ``--preset BUDGET --torch-threads 1 --save-replay``, its output appended to ``train.log``
-there, and reports every new evaluation (``eval_latest.json``: success, env steps) to Tune.
+there, and reports every new evaluation (its ``evaluations.csv``: success, env steps) to Tune.
 The report ``OUT_DIR/<benchmark>-<budget>.md`` (+ ``.json``, ``.png``) is rewritten after
 every run that ends. SIGINT/SIGTERM stops the runs in flight at a checkpoint (replay
 included) and waits for them; calling it again skips finished runs and continues the others
@@ -44,7 +44,13 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.success_report import build_report, fmt_wall, report_stem, runs_folder
+from benchmarks.success_report import (
+    build_report,
+    fmt_wall,
+    recorded,
+    report_stem,
+    runs_folder,
+)
 from benchmarks.success_runs import (
     BUDGETS,
     DEFAULT_ROWS,
@@ -61,10 +67,12 @@ from conal_rl.common import (
     CommandParser,
     StopSignal,
     as_float,
+    finite_or_none,
     machine,
     resolve_device,
     run_cli,
 )
+from conal_rl.analysis.curves import MEAN, read_curves
 from conal_rl.training.config import add_config_arguments
 from conal_rl.training.rundir import read_json
 
@@ -141,10 +149,29 @@ def latest_evaluation(spec: RunSpec) -> dict:
             "mean_success": latest.get("mean_success")}
 
 
+def evaluations_after(spec: RunSpec, after: int | None) -> list[dict]:
+    """The run's evaluations after env step ``after`` (None: all), oldest first, read from
+    its evaluations table, so that evaluations closer together than the trial's poll are
+    all reported. Only those up to ``eval_latest.json``'s step: that file is written after
+    an evaluation's rows, so an evaluation being written waits for the next poll."""
+    latest = latest_evaluation(spec)["env_steps"]
+    if latest is None:
+        return []
+    try:
+        steps, success = read_curves(spec.run_dir, "success", "env_steps").get(MEAN, ((), ()))
+        minutes, _ = read_curves(spec.run_dir, "success", "train_minutes").get(MEAN, ((), ()))
+    except UserError:  # a row half-written by an evaluation under way: read again next time
+        return []
+    return [{"env_steps": int(step), "train_minutes": float(minute),
+             "mean_success": finite_or_none(float(rate))}
+            for step, minute, rate in zip(steps, minutes, success)
+            if (after is None or step > after) and step <= latest]
+
+
 def trial(config: dict, specs: dict[str, RunSpec], stop_file: Path, poll_s: float = 1.0) -> None:
     """The Tune trial of one (row, seed): wait for any earlier process on its folder, plan
     it again (the folder is the state), train it as a subprocess and report every new
-    evaluation (``eval_latest.json``) to Tune; the last report has ``run_ended``. When
+    evaluation (``evaluations_after``) to Tune; the last report has ``run_ended``. When
     ``stop_file`` appears (the command got SIGINT/SIGTERM) it SIGTERMs the run, which saves
     a checkpoint, and ends (Ray kills a worker's leftover processes without a grace)."""
     from ray import tune
@@ -160,14 +187,13 @@ def trial(config: dict, specs: dict[str, RunSpec], stop_file: Path, poll_s: floa
         return
     began = time.perf_counter()
     proc, log = start(spec, mode)
-    shown = None
+    shown = None  # the env step of the last evaluation reported
     try:
         while True:
             rc = proc.poll()
-            now = latest_evaluation(spec)
-            if now["env_steps"] is not None and now != shown and rc is None:
-                tune.report({"run_ended": False, **now})
-                shown = now
+            for evaluation in evaluations_after(spec, shown) if rc is None else ():
+                tune.report({"run_ended": False, **evaluation})
+                shown = evaluation["env_steps"]
             if rc is not None:
                 break
             if stop_file.exists() and mode != "stopped":  # once: the run is saving
@@ -196,6 +222,8 @@ def run_all(args: argparse.Namespace, specs: list[RunSpec]) -> list[dict]:
     todo: list[RunSpec] = []
     for spec in specs:
         action, why = plan(spec)
+        if recorded(spec, getattr(args, "previous", {})) is not None:
+            action, why = "skip", "finished, kept in the report; its folder is gone"
         if action == "skip":
             print(f"{spec.name}: skipped ({why}: {spec.run_dir})", flush=True)
         elif action == "error":
@@ -409,6 +437,7 @@ def main(argv: list[str] | None = None) -> dict:
         previous = read_json(report_stem(args).with_suffix(".json")) or {}
         if previous.get("runs_dir") != runs_folder(args, specs):
             previous = {}
+        args.previous = previous  # its records keep finished runs whose folders are gone
         args.history = [*previous.get("commands", []),
                         " ".join([PROG, *map(shlex.quote, argv)])]
         args.machine = (previous["machine"] if args.report_only and "machine" in previous

@@ -61,6 +61,42 @@ class RunResult:
     def mean(self) -> float:
         return float(np.mean([self.values[t] for t in self.tasks]))
 
+    def curve(self, metric: str, x: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """Its mean-over-tasks curve against ``x``: from the run's folder, or kept in its
+        record where the folder is gone."""
+        if "curves" in self.extra and x in self.extra["curves"]:
+            xs, ys = self.extra["curves"][x]
+            return np.asarray(xs, dtype=float), np.asarray([_nn(y) for y in ys], dtype=float)
+        curves = read_curves(self.spec.run_dir, metric, x)
+        return curves[MEAN] if curves else None
+
+    @classmethod
+    def from_record(cls, spec: RunSpec, record: dict) -> RunResult:
+        """A finished run as an earlier report recorded it (its folder is gone: a new
+        machine, a cleaned disk): the table keeps it instead of training it again."""
+        known = {"seed", "run_dir", "mean", "tasks", "env_steps", "search_env_steps",
+                 "train_wall_s", "search_wall_s", "env_steps_per_s", "stopped_by",
+                 "parameters"}
+        return cls(spec, list(record["tasks"]),
+                   {t: _nn(v) for t, v in record["tasks"].items()}, int(record["env_steps"]),
+                   int(record["search_env_steps"]), float(record["train_wall_s"]),
+                   float(record["search_wall_s"]), record["stopped_by"],
+                   dict(record["parameters"]),
+                   {k: v for k, v in record.items() if k not in known} | {"recorded": True})
+
+
+def recorded(spec: RunSpec, previous: dict) -> dict | None:
+    """The record of ``spec``'s run in the previous report of the same runs folder, when its
+    folder is gone and the record is of a run that reached the requested steps."""
+    if spec.run_dir.exists():
+        return None
+    for row in previous.get("rows", []):
+        for run in row.get("runs", []) if row.get("row") == spec.row else []:
+            if (run.get("seed") == spec.seed and run.get("run_dir") == str(spec.run_dir)
+                    and run.get("env_steps", 0) >= spec.target_steps):
+                return run
+    return None
+
 
 _CACHE: dict[tuple, dict] = {}
 
@@ -116,6 +152,13 @@ def read_result(spec: RunSpec, metric: str) -> RunResult:
     live = atlas.live_measurements(run)
     if live:  # --atlas-every: which tasks conflict at the last measurement
         extra["atlas"] = atlas_of(live[-1])
+    # The mean curves travel in the record: the table outlives the runs' folders.
+    extra["curves"] = {}
+    for x in ("env_steps", "train_minutes"):
+        curves = read_curves(run.path, metric, x)
+        if curves:
+            extra["curves"][x] = [curves[MEAN][0].tolist(),
+                                  [finite_or_none(y) for y in curves[MEAN][1].tolist()]]
     return RunResult(spec, tasks, values, int(timing["env_steps"]),
                      int(search.get("env_steps", 0)), float(timing["train_wall"]),
                      float(search.get("train_wall", 0.0)), timing.get("stopped_by", "steps"),
@@ -287,6 +330,12 @@ def markdown(payload: dict) -> str:
                   "tasks)"
                   + ("; and against training minutes, each run read at its latest evaluation "
                      "by then (CoNAL's search counts)." if any(payload["minutes"]) else ".")]
+    kept = [f"{r['row']}-s{run['seed']}" for r in payload["rows"] for run in r.get("runs", [])
+            if run.get("recorded")]
+    if kept:
+        lines += ["", "Kept from an earlier report of these runs (their folders are gone, so "
+                  "they are not trained again; a run recorded before the report kept curves "
+                  "is missing from the plot): " + ", ".join(kept) + "."]
     if payload["unfinished"]:
         lines += ["", "Unfinished runs (not in the table): "
                   + "; ".join(payload["unfinished"]) + "."]
@@ -429,8 +478,8 @@ def plot_rows(rows: list[dict], results: dict[str, list[RunResult]], metric: str
     panels = {"env_steps": []} | ({"train_minutes": []} if minutes else {})
     for r in rows:
         for x, bands in panels.items():
-            runs = [read_curves(res.spec.run_dir, metric, x) for res in results.get(r["row"], [])]
-            runs = [c[MEAN] for c in runs if c]
+            runs = [res.curve(metric, x) for res in results.get(r["row"], [])]
+            runs = [c for c in runs if c is not None]
             if runs:
                 bands.append(band(r["row"], runs) if x == "env_steps"
                              else minutes_band(r["row"], runs, minutes))
@@ -464,7 +513,12 @@ def build_report(args: argparse.Namespace, specs: list[RunSpec], failed: list[di
     metric = "return" if args.benchmark.startswith("gym:") else "success"
     results: dict[str, list[RunResult]] = {}
     unfinished = []
+    previous = getattr(args, "previous", {})
     for spec in specs:
+        record = recorded(spec, previous)
+        if record is not None:
+            results.setdefault(spec.row, []).append(RunResult.from_record(spec, record))
+            continue
         if is_finished(spec):
             try:
                 results.setdefault(spec.row, []).append(read_result(spec, metric))

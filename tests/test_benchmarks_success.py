@@ -1,6 +1,7 @@
 """benchmarks/success.py on tiny MT1 runs: the report, skipping finished runs, resuming
 unfinished ones, failed runs and bad input."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -120,6 +121,37 @@ def test_a_report_only_call_keeps_the_history_of_its_own_runs_only(bench, tmp_pa
         payload = success.main(args)
         assert (payload["machine"]["platform"] == "the trainer") == kept
         assert len(payload["commands"]) == (2 if kept else 1)
+
+
+def test_a_finished_run_whose_folder_is_gone_is_kept_from_the_report(bench, capsys):
+    """A new machine without the runs folder: the table keeps the finished runs its report
+    recorded, with their curves, instead of training them again."""
+    root, args, before = bench
+    gone, away = _runs(root) / "mtsac-s1", root / "mtsac-s1.away"
+    gone.rename(away)
+    try:
+        capsys.readouterr()
+        payload = success.main(args)
+        assert "mtsac-s1: skipped (finished, kept in the report" in capsys.readouterr().out
+        assert not gone.exists()  # not trained again
+        mtsac = payload["rows"][0]
+        was = before["rows"][0]
+        assert mtsac["seeds_finished"] == 2 and mtsac["mean"] == pytest.approx(was["mean"])
+        kept = mtsac["runs"][1]
+        assert kept["recorded"] and kept["tasks"] == was["runs"][1]["tasks"]
+        assert kept["curves"] == was["runs"][1]["curves"]  # the plot still has both seeds
+        assert kept["parameters"] == was["runs"][1]["parameters"]
+        md = (root / "out" / "MT1-reach-v3-quick.md").read_text()
+        assert "Kept from an earlier report" in md and "mtsac-s1." in md
+        # A record of a shorter run than asked is not a finished run of this table.
+        longer = success.build_parser().parse_args([*args, "--total-steps", "400"])
+        success.check_args(longer)
+        spec = next(s for s in success.make_specs(longer) if s.name == "mtsac-s1")
+        assert success_report.recorded(spec, payload) is None
+        assert success_report.recorded(dataclasses.replace(spec, target_steps=200),
+                                       payload) == kept
+    finally:
+        away.rename(gone)
 
 
 def test_an_interrupted_run_is_resumed_and_the_others_skipped(bench, capsys):
