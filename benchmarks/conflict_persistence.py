@@ -64,24 +64,23 @@ def measurements(path: Path) -> tuple[list[int], dict[str, Series]]:
     command wrote (``atlas.json``: its history over training; a layer's tasks from its last
     measurement, a tree's layers keeping their tasks)."""
     run = RunDir(path) if path.is_dir() else None
-    live = atlas.live_measurements(run) if run else []
+    history = atlas.live_measurements(run) if run else []
+    if history:
+        def entry(net: str, name: str, layer: dict) -> tuple[set, set, int]:
+            tasks = set(layer["task_names"])
+            return set(layer["conflicting"]), tasks - set(layer["main_cluster"]), len(tasks)
+    else:
+        summary = read_json(run.atlas_summary if run else path) or {}
+        history = summary.get("over_training") or []
+
+        def entry(net: str, name: str, layer: dict) -> tuple[set, set, int]:
+            k = len(summary["nets"][net][name]["task_names"])
+            return set(layer["conflicting"]), set(layer["outside_main_cluster"]), k
     nets: dict[str, Series] = defaultdict(lambda: defaultdict(list))
-    if live:
-        for m in live:
-            for net, layers in m["nets"].items():
-                for name, layer in layers.items():
-                    tasks = set(layer["task_names"])
-                    nets[net][name].append((set(layer["conflicting"]),
-                                            tasks - set(layer["main_cluster"]), len(tasks)))
-        return [m["env_steps"] for m in live], nets
-    summary = read_json(run.atlas_summary if run else path) or {}
-    history = summary.get("over_training") or []
     for m in history:
         for net, layers in m["nets"].items():
             for name, layer in layers.items():
-                k = len(summary["nets"][net][name]["task_names"])
-                nets[net][name].append((set(layer["conflicting"]),
-                                        set(layer["outside_main_cluster"]), k))
+                nets[net][name].append(entry(net, name, layer))
     return [m["env_steps"] for m in history], nets
 
 
