@@ -63,6 +63,7 @@ from benchmarks.success_runs import (
     plan,
     saved_config,
 )
+from conal_rl.analysis.curves import MEAN, read_curves
 from conal_rl.common import (
     CommandParser,
     StopSignal,
@@ -72,7 +73,6 @@ from conal_rl.common import (
     resolve_device,
     run_cli,
 )
-from conal_rl.analysis.curves import MEAN, read_curves
 from conal_rl.training.config import add_config_arguments
 from conal_rl.training.rundir import read_json
 

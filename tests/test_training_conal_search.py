@@ -162,6 +162,27 @@ def test_the_hooks_state_carries_the_rules_averages_and_counts():
     assert all(s["steps"] == 0 for n in old.noticing.values() for s in n.stats().values())
 
 
+def test_event_files_are_read_in_the_order_they_were_written(tmp_path):
+    """Two files of one process in one second: its 9th writer's, then its 10th's (the
+    writer's count ends the name, not zero-padded, so their names sort the other way)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from conal_rl.training.conal_search import search_conflict_logs
+
+    search = tmp_path / "search"
+    search.mkdir()
+    for n, (step, value) in ((9, (1, 0.25)), (10, (2, 0.75))):
+        with SummaryWriter(tmp_path / "writing") as writer:
+            writer.add_scalar("conflict/actor/shared.1/frozen_fraction", value, step)
+            writer.add_histogram("conflict_cosines/actor/shared.1",
+                                 torch.tensor([-0.5, 0.5, 0.5, 0.5]) * (n - 8), step)
+        [written] = (tmp_path / "writing").glob("events.out.tfevents.*")
+        written.rename(search / f"events.out.tfevents.1796227675.host.123.{n}")
+    read = search_conflict_logs(tmp_path)
+    assert read["frozen_fraction"] == {"actor/shared.1": 0.75}
+    assert read["negative_cosines"] == {"actor/shared.1": pytest.approx(0.25)}
+
+
 def test_the_conflict_logs_of_a_search_are_read_back(tmp_path):
     """search_conflict_logs reads what ConalSearch.log wrote: the last frozen fraction per
     shared module (a resumed search's later event file included) and the share of negative

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from pathlib import Path
 
 from conal_rl.common import write_json_atomic
@@ -155,7 +156,8 @@ class RunDir:
     def event_files(self, recursive: bool = False) -> list[Path]:
         """The TensorBoard event files here (``recursive``: also in the search's folders)."""
         pattern = "events.out.tfevents.*"
-        return sorted(self.path.rglob(pattern) if recursive else self.path.glob(pattern))
+        found = self.path.rglob(pattern) if recursive else self.path.glob(pattern)
+        return sorted(found, key=_written_order)
 
     # ---- the STL run's files --------------------------------------------------------------
     @property
@@ -239,26 +241,28 @@ class RunDir:
         Both ``{}`` without a search. TensorBoard is imported here, only when needed."""
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-        frozen, negative = {}, {}
+        frozen, below, total = {}, Counter(), Counter()
         for search_dir in self.search_dirs():
-            if not search_dir.event_files():
-                continue
-            events = EventAccumulator(str(search_dir), size_guidance={
-                "scalars": 0, "histograms": 0, "images": 1, "tensors": 1, "audio": 1})
-            events.Reload()
             stage = self.label_in_search(search_dir)
-            for tag in events.Tags()["scalars"]:
-                if tag.startswith("conflict/") and tag.endswith("/frozen_fraction"):
-                    module = tag[len("conflict/"):-len("/frozen_fraction")]
-                    frozen[stage + module] = float(events.Scalars(tag)[-1].value)
-            for tag in events.Tags()["histograms"]:
-                if tag.startswith("conflict_cosines/"):
-                    values = [h.histogram_value for h in events.Histograms(tag)]
-                    below = sum(count for v in values
-                                for limit, count in zip(v.bucket_limit, v.bucket) if limit <= 0)
-                    total = sum(v.num for v in values)
-                    if total:
-                        negative[stage + tag[len("conflict_cosines/"):]] = float(below / total)
+            # File by file in the order written: TensorBoard's reader of a folder takes its
+            # files in the order of their names, which is not always the order written.
+            for file in search_dir.event_files():
+                events = EventAccumulator(str(file), size_guidance={
+                    "scalars": 0, "histograms": 0, "images": 1, "tensors": 1, "audio": 1})
+                events.Reload()
+                for tag in events.Tags()["scalars"]:
+                    if tag.startswith("conflict/") and tag.endswith("/frozen_fraction"):
+                        module = tag[len("conflict/"):-len("/frozen_fraction")]
+                        frozen[stage + module] = float(events.Scalars(tag)[-1].value)
+                for tag in events.Tags()["histograms"]:
+                    if tag.startswith("conflict_cosines/"):
+                        module = stage + tag[len("conflict_cosines/"):]
+                        for h in events.Histograms(tag):
+                            v = h.histogram_value
+                            below[module] += sum(count for limit, count
+                                                 in zip(v.bucket_limit, v.bucket) if limit <= 0)
+                            total[module] += v.num
+        negative = {m: float(below[m] / n) for m, n in total.items() if n}
         return {"frozen_fraction": frozen, "negative_cosines": negative}
 
     def checkpoints_written(self) -> list[Path]:
@@ -286,3 +290,12 @@ class RunDir:
     def forget_finished(self) -> None:
         """Drop timing.json: a continued run must not look finished until it ends."""
         self.timing_file.unlink(missing_ok=True)
+
+
+def _written_order(path: Path) -> tuple:
+    """An event file's place in the order they were written: per folder, by the fields of
+    its name (``events.out.tfevents.<time>.<host>.<pid>.<n>``) with the numbers compared as
+    numbers, since ``<n>``, the writer's count in its process, is not zero-padded (a
+    process's 10th writer sorts after its 9th)."""
+    fields = [(0, int(f), "") if f.isdigit() else (1, 0, f) for f in path.name.split(".")]
+    return path.parent, fields
