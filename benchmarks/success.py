@@ -155,8 +155,8 @@ def evaluations_after(spec: RunSpec, after: int | None) -> list[dict]:
     all reported. Only those up to ``eval_latest.json``'s step: that file is written after
     an evaluation's rows, so an evaluation being written waits for the next poll."""
     latest = latest_evaluation(spec)["env_steps"]
-    if latest is None:
-        return []
+    if latest is None or (after is not None and latest <= after):
+        return []  # nothing new: the table is not read
     try:
         steps, success = read_curves(spec.run_dir, "success", "env_steps").get(MEAN, ((), ()))
         minutes, _ = read_curves(spec.run_dir, "success", "train_minutes").get(MEAN, ((), ()))

@@ -234,9 +234,10 @@ class RunDir:
           with conflict-noticing off;
         * ``"negative_cosines"``: the share of the logged pairwise cosines of task gradients
           that were negative, over all logged updates (read from the histograms' buckets,
-          whose edges are fine around 0): near 0.5, the signs are coin flips and the paper's
-          rule, which freezes on any negative pair of T(T-1)/2, freezes on nearly every
-          update.
+          whose edges are fine around 0; a stopped search's updates after its last
+          checkpoint count too, though its resume does them again): near 0.5, the signs
+          are coin flips and the paper's rule, which freezes on any negative pair of
+          T(T-1)/2, freezes on nearly every update.
 
         Both ``{}`` without a search. TensorBoard is imported here, only when needed."""
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
