@@ -70,19 +70,30 @@ class RunResult:
         curves = read_curves(self.spec.run_dir, metric, x)
         return curves[MEAN] if curves else None
 
+    def record(self) -> dict:
+        """What the report keeps of this run: enough for ``from_record`` to rebuild it."""
+        return self._fields() | self.extra
+
+    def _fields(self) -> dict:
+        return {"seed": self.spec.seed, "run_dir": str(self.spec.run_dir), "mean": self.mean,
+                "tasks": {t: finite_or_none(v) for t, v in self.values.items()},
+                "env_steps": self.env_steps, "search_env_steps": self.search_env_steps,
+                "train_wall_s": self.train_wall, "search_wall_s": self.search_wall,
+                "env_steps_per_s": self.steps_per_s, "stopped_by": self.stopped_by,
+                "parameters": self.parameters}
+
     @classmethod
     def from_record(cls, spec: RunSpec, record: dict) -> RunResult:
         """A finished run as an earlier report recorded it (its folder is gone: a new
         machine, a cleaned disk): the table keeps it instead of training it again."""
-        known = {"seed", "run_dir", "mean", "tasks", "env_steps", "search_env_steps",
-                 "train_wall_s", "search_wall_s", "env_steps_per_s", "stopped_by",
-                 "parameters"}
-        return cls(spec, list(record["tasks"]),
-                   {t: _nn(v) for t, v in record["tasks"].items()}, int(record["env_steps"]),
-                   int(record["search_env_steps"]), float(record["train_wall_s"]),
-                   float(record["search_wall_s"]), record["stopped_by"],
-                   dict(record["parameters"]),
-                   {k: v for k, v in record.items() if k not in known} | {"recorded": True})
+        run = cls(spec, list(record["tasks"]),
+                  {t: _nn(v) for t, v in record["tasks"].items()}, int(record["env_steps"]),
+                  int(record["search_env_steps"]), float(record["train_wall_s"]),
+                  float(record["search_wall_s"]), record["stopped_by"],
+                  dict(record["parameters"]))
+        fields = run._fields()
+        run.extra = {k: v for k, v in record.items() if k not in fields} | {"recorded": True}
+        return run
 
 
 def recorded(spec: RunSpec, previous: dict) -> dict | None:
@@ -194,7 +205,7 @@ def summarize_row(row: str, results: list[RunResult], tasks: list[str], seeds: i
     entry = {"row": row, "label": ROWS[row][2],
              "command": " ".join(["python -m", ROWS[row][0], *ROWS[row][1]]),
              "seeds_requested": seeds, "seeds_finished": len(results),
-             "runs": [_run_json(r) for r in results]}
+             "runs": [r.record() for r in results]}
     if not results:
         return entry
     scores = np.array([[r.values[t] for t in tasks] for r in results])
@@ -216,15 +227,6 @@ def summarize_row(row: str, results: list[RunResult], tasks: list[str], seeds: i
         "stopped_by": sorted({r.stopped_by for r in results}),
     })
     return entry
-
-
-def _run_json(r: RunResult) -> dict:
-    return {"seed": r.spec.seed, "run_dir": str(r.spec.run_dir), "mean": r.mean,
-            "tasks": {t: finite_or_none(v) for t, v in r.values.items()},
-            "env_steps": r.env_steps, "search_env_steps": r.search_env_steps,
-            "train_wall_s": r.train_wall, "search_wall_s": r.search_wall,
-            "env_steps_per_s": r.steps_per_s, "stopped_by": r.stopped_by,
-            "parameters": r.parameters, **r.extra}
 
 
 def noise_verdicts(rows: list[dict]) -> dict[str, dict]:
