@@ -413,17 +413,25 @@ def searched_architectures(rows: list[dict], tasks: list[str]) -> list[str]:
                              + " | ".join(str(points.get(t, "-")) for t in tasks)
                              + f" | {_per_stage(run['architecture'], 'frozen_fraction', role)}"
                              f" | {_per_stage(run['architecture'], 'negative_cosines', role)} |")
-    for row, run in runs:
-        if "groups_by_task_name" not in run["architecture"]["actor"]:
-            continue
+    grouped = [(row, run) for row, run in runs if "groups_by_task_name" in run["architecture"]
+               ["actor"]]
+    if branching and grouped:
+        lines.append("")  # the list after the table, not in it
+    for row, run in grouped:
         for role in ("actor", "critic"):
             depths = run["architecture"][role]["groups_by_task_name"]
-            text = "; ".join(f"depth {i}: " + " ".join("{" + ", ".join(g) + "}" for g in groups)
+            text = "; ".join(f"depth {i}: " + " ".join(_group_text(g, tasks) for g in groups)
                              for i, groups in enumerate(depths, 1))
             lines.append(f"- `{row}-s{run['seed']}` {role}: {text}; frozen "
                          f"{_per_stage(run['architecture'], 'frozen_fraction', role)}; negative "
                          f"{_per_stage(run['architecture'], 'negative_cosines', role)}")
     return lines
+
+
+def _group_text(group: list[str], tasks: list[str]) -> str:
+    """``{a, b}``; a group of every task (nothing split off) as ``{all N tasks}``."""
+    return (f"{{all {len(tasks)} tasks}}" if sorted(group) == sorted(tasks)
+            else "{" + ", ".join(group) + "}")
 
 
 def conflict_summary(architecture: dict) -> dict[str, list[float]]:

@@ -394,8 +394,11 @@ def test_the_report_lists_each_searched_architecture_and_its_conflict_logs():
     lines = success_report.searched_architectures(rows, tasks)
     assert "| conal-s1 | actor | 3 | 0 | 0.75 [0.50, 1.00] | 0.45 [0.40, 0.50] |" in lines
     assert "| conal-s1 | critic | 2 | 1 | 0.50 [0.25, 0.75] | - |" in lines
-    assert ("- `conal-pro-s0` actor: depth 1: {reach, push}; depth 2: {reach} {push}; frozen "
+    # A group of every task reads as such; the groups' list starts after the table.
+    assert ("- `conal-pro-s0` actor: depth 1: {all 2 tasks}; depth 2: {reach} {push}; frozen "
             "stage1 0.50 [0.50, 0.50], stage2 0.25 [0.25, 0.25]; negative -") in lines
+    first = lines.index(next(line for line in lines if line.startswith("- `conal-pro")))
+    assert lines[first - 1] == "" and lines[first - 2].startswith("| conal-s1 | critic |")
     assert lines[-1].startswith("- `conal-pro-s0` critic:")
     assert lines[-1].endswith("frozen -; negative -")
     assert not any("mtsac" in line for line in lines)
