@@ -22,7 +22,8 @@ sources (a budget note, a label, a command).
 A number can be in a file and still be misplaced (another row's, another column's), so
 tables are held tighter: a report a benchmark wrote has exactly the table lines its
 generator renders from the JSON beside it, and the README's tables quote those reports
-cell for cell (``QUOTES``); loop-breakdown.md's table is recomputed from its rows.
+cell for cell (``QUOTES``), as do the results tables of the project's README.md
+(``PROJECT_QUOTES``); loop-breakdown.md's table is recomputed from its rows.
 """
 
 from __future__ import annotations
@@ -400,8 +401,10 @@ def table_rows(text: str) -> list[dict[str, str]]:
     return rows
 
 
-def section_text(text: str, name: str) -> str:
-    parts = re.split(r"^## ", text, flags=re.M)
+def section_text(text: str, name: str, level: int = 2) -> str:
+    """The section headed ``name`` at ``level`` (## is 2), up to the next heading of that
+    level or above."""
+    parts = re.split(rf"^#{{2,{level}}} ", text, flags=re.M)
     [part] = [p for p in parts if p.split("\n", 1)[0].strip() == name]
     return part
 
@@ -476,11 +479,32 @@ QUOTES = [
 ]
 
 
-def readme_quotes(readme: str) -> list[str]:
-    """Cells of README.md's tables that differ from the report cells they quote."""
+# The project's README.md: its results tables, section by section (### headings).
+PROJECT_README = RESULTS.parents[1] / "README.md"
+_REPORT_COLUMNS = ("success", "IQM [95% CI]", "seeds", "actor params", "critic params", "wall",
+                   "env-steps/s")
+PROJECT_QUOTES = [
+    ("MT10 at equal env steps",
+     {"MT-SAC": "mtsac", "MH-SAC": "mhsac", "STL batched": "stl-batched",
+      "CoNAL, paper's rule": "conal-paper", "CoNAL, evidence (default)": "conal",
+      "CoNAL-Pro, evidence": "conal-pro"},
+     {c: ("mt10-1m/MT10-laptop.md", "row", c, {}) for c in _REPORT_COLUMNS}
+     | {"vs MT-SAC": ("mt10-1m/MT10-laptop.md", "row", "vs mtsac", {})}),
+    ("MT10 at equal training time",
+     {"MT-SAC": "mtsac", "MH-SAC": "mhsac", "CoNAL (paper's rule)": "conal",
+      "CoNAL-Pro (paper's rule)": "conal-pro"},
+     {c: ("MT10-laptop.md", "row", c, {}) for c in _REPORT_COLUMNS}
+     | {"env steps per run": ("MT10-laptop.md", "row", "env steps", {}),
+        "vs MT-SAC": ("MT10-laptop.md", "row", "vs mtsac", {})}),
+]
+
+
+def readme_quotes(readme: str, quotes: list = QUOTES, level: int = 2,
+                  at_least: int = 40) -> list[str]:
+    """Cells of a README's tables that differ from the report cells they quote."""
     problems, checked = [], 0
-    for section, row_map, col_map in QUOTES:
-        for row in table_rows(section_text(readme, section)):
+    for section, row_map, col_map in quotes:
+        for row in table_rows(section_text(readme, section, level)):
             label = next(iter(row.values()))
             for column, (md, key, source_column, where) in col_map.items():
                 cell = row.get(column, "")
@@ -495,12 +519,20 @@ def readme_quotes(readme: str) -> list[str]:
                 if source[0][source_column] != cell:
                     problems.append(f"{section}: {label} / {column}: {cell!r}, but {md} "
                                     f"says {source[0][source_column]!r}")
-    assert checked >= 40, checked  # every quoted table was found
+    assert checked >= at_least, checked  # every quoted table was found
     return problems
 
 
 def test_the_readme_tables_quote_their_reports():
     assert readme_quotes((RESULTS / "README.md").read_text()) == []
+
+
+def project_quotes(readme: str) -> list[str]:
+    return readme_quotes(readme, PROJECT_QUOTES, level=3, at_least=60)
+
+
+def test_the_project_readme_results_tables_quote_their_reports():
+    assert project_quotes(PROJECT_README.read_text()) == []
 
 
 # ---- the checker itself catches a changed figure ------------------------------------------------
@@ -536,3 +568,15 @@ def test_a_changed_readme_table_cell_is_caught(old, new):
     readme = (RESULTS / "README.md").read_text()
     assert readme.count(old) == 1, old
     assert readme_quotes(readme.replace(old, new)) != []
+
+
+@pytest.mark.parametrize("old, new", [
+    ("| STL batched | 0.34 ± 0.04 |", "| STL batched | 0.36 ± 0.04 |"),
+    ("| MT-SAC | 0.28 ± 0.01 | 0.12 [0.06, 0.21] | 80,130 | 40,456 |",
+     "| MT-SAC | 0.28 ± 0.01 | 0.12 [0.06, 0.21] | 40,456 | 80,130 |"),  # columns swapped
+    ("| MH-SAC | 0.23 ± 0.04 | 3/3 |", "| MH-SAC | 0.28 ± 0.01 | 3/3 |"),  # the 1M table's
+])
+def test_a_changed_project_readme_table_cell_is_caught(old, new):
+    readme = PROJECT_README.read_text()
+    assert readme.count(old) == 1, old
+    assert project_quotes(readme.replace(old, new)) != []
