@@ -96,6 +96,7 @@ EVERY_FILE = "every file"
 README_SOURCES: dict[str | None, list[str] | str] = {
     None: EVERY_FILE, "Index": EVERY_FILE,
     "MT10-laptop": ["MT10-laptop.json"],
+    "mt10-1m": ["mt10-1m/MT10-laptop.json"],
     "MT10-quick": ["MT10-quick.json"],
     "laptop-sweep": ["laptop-sweep/minutes.json", "laptop-sweep/MT10-laptop.json"],
     "quick-run": QUICK_RUN,
