@@ -14,6 +14,7 @@ import numpy as np
 from benchmarks.curves import minutes_band
 from benchmarks.report_files import header, now
 from benchmarks.success_runs import (
+    ARCHITECTURES,
     PASS_THROUGH,
     ROWS,
     RunSpec,
@@ -27,6 +28,7 @@ from conal_rl.common import as_float, finite_or_none, write_atomic, write_json_a
 from conal_rl.training.config import TrainConfig
 from envs import num_tasks
 
+REPO = ARCHITECTURES.parents[1]  # flags' paths are shown from here
 BASELINE = "mtsac"  # the row every other is compared with
 MIN_IQM_RUNS = 3  # the IQM and its bootstrap interval are shown from this many runs on
 NOISE_RULE = ("a row's mean differs from MT-SAC's within noise when |Δmean| < "
@@ -203,7 +205,7 @@ def summarize_row(row: str, results: list[RunResult], tasks: list[str], seeds: i
     from conal_rl.analysis.stats import summarize
 
     entry = {"row": row, "label": ROWS[row][2],
-             "command": " ".join(["python -m", ROWS[row][0], *ROWS[row][1]]),
+             "command": " ".join(["python -m", ROWS[row][0], *map(_from_repo, ROWS[row][1])]),
              "seeds_requested": seeds, "seeds_finished": len(results),
              "runs": [r.record() for r in results]}
     if not results:
@@ -227,6 +229,13 @@ def summarize_row(row: str, results: list[RunResult], tasks: list[str], seeds: i
         "stopped_by": sorted({r.stopped_by for r in results}),
     })
     return entry
+
+
+def _from_repo(flag: str) -> str:
+    """A flag as a reader types it: a path inside the repository relative to its root."""
+    path = Path(flag)
+    return str(path.relative_to(REPO)) if path.is_absolute() and path.is_relative_to(REPO) \
+        else flag
 
 
 def noise_verdicts(rows: list[dict]) -> dict[str, dict]:

@@ -21,6 +21,8 @@ from conal_rl.training.rundir import RunDir
 # The training presets a table's --budget names: TrainConfig's own choices.
 BUDGETS: tuple[str, ...] = typing.get_args(typing.get_type_hints(TrainConfig)["preset"])
 
+# Fixed trees a row trains (--arch tree), by absolute path: Ray runs trials in their own folders.
+ARCHITECTURES = Path(__file__).resolve().parent / "architectures"
 # row name -> (module that trains it, its flags, what the table calls it). Rows whose flags
 # training does not know (yet) are refused before anything runs.
 ROWS: dict[str, tuple[str, tuple[str, ...], str]] = {
@@ -48,6 +50,10 @@ ROWS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "stl-batched": ("conal_rl.train", ("--arch", "independent"),
                     "STL, batched: every task its own networks, one batched update"),
     "stl": ("conal_rl.stl", (), "STL: one SB3 SAC per task"),
+    # Capacity without a search: the critics of STL, the actor of MH-SAC (MT10's tasks).
+    "private-critic": ("conal_rl.train", ("--arch", "tree", "--architecture",
+                                          str(ARCHITECTURES / "MT10-private-critic.json")),
+                       "MH-SAC's actor, a private critic per task (a fixed MT10 tree, no search)"),
 }
 DEFAULT_ROWS = ("mtsac", "mhsac", "conal", "conal-nocn", "stl")
 

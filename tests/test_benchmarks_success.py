@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +16,9 @@ from benchmarks import success, success_report
 from benchmarks.success_runs import parse_given
 from conal_rl.common import machine
 from conal_rl.training.config import TrainConfig
+from conal_rl.training.nets import load_specs
 from conal_rl.training.rundir import RunDir
+from envs import task_names
 
 # 200 steps with a 100-step warm-up: updates happen; one final evaluation of one episode.
 ARGS = ["--benchmark", "MT1:reach-v3", "--archs", "mtsac,stl", "--seeds", "2", "--budget",
@@ -343,6 +346,7 @@ def test_every_row_trains_what_its_name_says(tmp_path):
         "conal-consensus": {"arch": "conal", "conflict_rule": "consensus"},
         "conal-pro": {"arch": "conal-pro"},
         "conal-pro-nocn": {"arch": "conal-pro", "no_conflict_noticing": True},
+        "private-critic": {"arch": "tree"},
     }
     defaults = {"arch": "mtsac", "no_conflict_noticing": False, "no_private": False,
                 "loss_weighting": "mean", "grad_surgery": "none", "conflict_rule": "evidence"}
@@ -365,6 +369,22 @@ def test_every_row_trains_what_its_name_says(tmp_path):
         assert config.sac(searching=True).loss_weighting == "mean"  # the search: the mean
     stl = specs["stl-s0"].command("fresh")
     assert stl[1:3] == ["-m", "conal_rl.stl"]
+
+
+def test_the_private_critic_row_trains_the_critics_of_stl_and_the_actor_of_mhsac():
+    """The capacity control: a fixed MT10 tree, found wherever the trial runs (an absolute
+    path), shown from the repository's root in the report."""
+    flags = success.ROWS["private-critic"][1]
+    path = Path(flags[flags.index("--architecture") + 1])
+    assert path.is_absolute()
+    specs = load_specs(path)
+    actor, critic = specs["actor"], specs["critic"]
+    assert actor.task_names == critic.task_names == tuple(task_names("MT10"))
+    assert set(actor.branch_points) == {len(actor.hidden)}  # shared trunk, a head per task
+    assert set(critic.branch_points) == {0}  # private from the input
+    entry = success_report.summarize_row("private-critic", [], [], 3, "success")
+    assert entry["command"] == ("python -m conal_rl.train --arch tree --architecture "
+                                "benchmarks/architectures/MT10-private-critic.json")
 
 
 def test_a_conal_pro_search_counts_all_its_stages(tmp_path):
