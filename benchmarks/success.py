@@ -73,7 +73,7 @@ from conal_rl.common import (
     resolve_device,
     run_cli,
 )
-from conal_rl.training.config import add_config_arguments
+from conal_rl.training.config import TrainConfig, add_config_arguments
 from conal_rl.training.rundir import read_json
 
 PROG = "python -m benchmarks.success"
@@ -423,6 +423,31 @@ def check_args(args: argparse.Namespace) -> None:
         check_benchmark_name(args.benchmark)
     except UnknownBenchmark as e:
         raise UserError(str(e)) from None
+    check_fixed_trees(args)
+
+
+def check_fixed_trees(args: argparse.Namespace) -> None:
+    """A row that trains a fixed tree (``--architecture``) must fit the table's tasks and nets:
+    refused here, in one line, rather than failing (or training other sizes) in every run."""
+    from envs import task_names
+
+    for row in args.archs:
+        flags = ROWS[row][1]
+        if "--architecture" not in flags:
+            continue
+        from conal_rl.training.nets import load_specs  # torch: only for such a row
+
+        path = Path(flags[flags.index("--architecture") + 1])
+        specs = load_specs(path)
+        tasks, hidden = task_names(args.benchmark), TrainConfig(preset=args.budget).hidden
+        for role, spec in specs.items():
+            if list(spec.task_names) != tasks or spec.hidden != hidden:
+                raise UserError(
+                    f"row {row!r} trains the fixed {role} tree of {path.name}, made for "
+                    f"{len(spec.task_names)} tasks ({', '.join(spec.task_names[:2])}, ...) and "
+                    f"nets {'x'.join(map(str, spec.hidden))}; --benchmark {args.benchmark} "
+                    f"--budget {args.budget} has {len(tasks)} tasks and nets "
+                    f"{'x'.join(map(str, hidden))}")
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -300,6 +300,10 @@ def test_within_noise_rule():
     (["--budget", "huge"], "unknown --budget 'huge'"),
     (["--seeds", "0"], "--seeds must be at least 1"),
     (["--benchmark", "MT11"], "unknown benchmark 'MT11'"),
+    (["--benchmark", "MT50", "--archs", "private-critic"],
+     "--benchmark MT50 --budget laptop has 50 tasks"),
+    (["--benchmark", "MT10", "--archs", "private-critic", "--budget", "paper"],
+     "nets 400x400x400"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message, capsys, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
