@@ -488,7 +488,8 @@ PROJECT_QUOTES = [
     ("MT10 at equal env steps",
      {"MT-SAC": "mtsac", "MH-SAC": "mhsac", "STL batched": "stl-batched",
       "CoNAL, paper's rule": "conal-paper", "CoNAL, evidence (default)": "conal",
-      "CoNAL-Pro, evidence": "conal-pro"},
+      "CoNAL-Pro, evidence": "conal-pro",
+      "private critics, MH-SAC's actor (no search)": "private-critic"},
      {c: ("mt10-1m/MT10-laptop.md", "row", c, {}) for c in _REPORT_COLUMNS}
      | {"vs MT-SAC": ("mt10-1m/MT10-laptop.md", "row", "vs mtsac", {})}),
     ("MT10 at equal training time",
@@ -573,8 +574,8 @@ def test_a_changed_readme_table_cell_is_caught(old, new):
 
 @pytest.mark.parametrize("old, new", [
     ("| STL batched | 0.34 ± 0.04 |", "| STL batched | 0.36 ± 0.04 |"),
-    ("| MT-SAC | 0.28 ± 0.01 | 0.12 [0.06, 0.21] | 80,130 | 40,456 |",
-     "| MT-SAC | 0.28 ± 0.01 | 0.12 [0.06, 0.21] | 40,456 | 80,130 |"),  # columns swapped
+    ("| MT-SAC | 0.28 ± 0.01 | 0.12 [0.06, 0.21] | 3/3 | 80,130 | 40,456 |",
+     "| MT-SAC | 0.28 ± 0.01 | 0.12 [0.06, 0.21] | 3/3 | 40,456 | 80,130 |"),  # columns swapped
     ("| MH-SAC | 0.23 ± 0.04 | 3/3 |", "| MH-SAC | 0.28 ± 0.01 | 3/3 |"),  # the 1M table's
 ])
 def test_a_changed_project_readme_table_cell_is_caught(old, new):
