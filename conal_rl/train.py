@@ -81,7 +81,8 @@ def prepare(config: TrainConfig, run_dir: Path):
     print("config:", json.dumps(asdict(config)))
     bench = make_benchmark(config.benchmark, config.seed, config.vector_strategy)
     specs, inherited = architecture(config, run_dir, bench)
-    make_filter, make_net, hook = surgery_filter(config.grad_surgery), tree_factory(specs), None
+    make_filter, hook = surgery_filter(config.grad_surgery), None
+    make_net = tree_factory(specs, config.net_options())
     if config.branch_every:
         hook = branching_hook(config, run_dir, specs, bench.task_names, make_filter)
         make_net = hook.make_net
@@ -108,7 +109,7 @@ def branching_hook(config: TrainConfig, run_dir: Path, specs: dict, task_names: 
     if run.checkpoint.exists():
         specs = trees_in(checkpoint.load(run.checkpoint, mmap=True).get("search")) or specs
     return Branching(specs, config.branch_every, config.evidence_samples, task_names,
-                     make_filter)
+                     make_filter, config.net_options())
 
 
 def save_grown(run_dir: Path, hook) -> None:

@@ -1,6 +1,7 @@
 """CoNAL, the method on its own (torch only, no RL, no files, no plots).
 
-* :mod:`~conal_rl.method.layers`: per-task linear layers in one batched product.
+* :mod:`~conal_rl.method.layers`: per-task linear layers in one batched product, and how
+  every net is built (:class:`NetOptions`: LayerNorm, residual connections, weight init).
 * :mod:`~conal_rl.method.tree`: tree architectures (:class:`TreeSpec`) and the pruned
   networks they describe (:class:`TreeNet`); MT-SAC, MH-SAC and independent nets are trees.
 * :mod:`~conal_rl.method.supernet`: the search space, every task mixing its branch points.
@@ -22,7 +23,7 @@ _SOURCES = {
     "ConflictNoticing": "conflict", "SharedLayer": "conflict", "TaskGradientCapture": "conflict",
     "CONFLICT_RULES": "options", "LayerEvidence": "evidence", "capture_evidence": "evidence",
     "layer_evidence": "evidence", "GroupTreeNet": "groups", "GroupTreeSpec": "groups",
-    "TaskLinear": "layers", "PCGrad": "pcgrad", "progressive_search": "progressive",
+    "TaskLinear": "layers", "NetOptions": "layers", "WEIGHT_INITS": "options", "PCGrad": "pcgrad", "progressive_search": "progressive",
     "SearchSettings": "search", "architecture_optimizer": "search",
     "architecture_step": "search", "search_optimizers": "search", "search_step": "search",
     "SuperNet": "supernet", "TreeNet": "tree", "TreeSpec": "tree", "num_parameters": "tree",

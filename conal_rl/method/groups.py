@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from conal_rl.method.conflict import SharedLayer
-from conal_rl.method.layers import TaskLinear
+from conal_rl.method.layers import NetOptions, TaskLinear
 
 
 def canonical(groups) -> tuple[int, ...]:
@@ -118,19 +118,21 @@ class GroupTreeNet(nn.Module):
     """The network of a :class:`GroupTreeSpec`: ``[T, B, in] -> [T, B, out]``, one head per
     task."""
 
-    def __init__(self, spec: GroupTreeSpec, in_features: int, out_features: int):
+    def __init__(self, spec: GroupTreeSpec, in_features: int, out_features: int,
+                 options: NetOptions = NetOptions()):
         super().__init__()
-        self.spec = spec
+        self.spec, self.options = spec, options
         widths = [in_features, *spec.hidden]
         self.layers = nn.ModuleList(
             GroupLinear(torch.tensor(spec.groups[j]), widths[j], widths[j + 1])
             for j in range(spec.depth))
         self.head = TaskLinear(spec.num_tasks, widths[-1], out_features)
-        self.act = nn.ReLU()
+        self.act = options.activation()
+        options.initialise(self)
 
     def forward(self, x: Tensor) -> Tensor:
         for layer in self.layers:
-            x = self.act(layer(x))
+            x = self.act(layer(x), x)
         return self.head(x)
 
     def shared_layers(self) -> dict[str, SharedLayer]:

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from conal_rl.method.conflict import ConflictNoticing, SharedLayer
 from conal_rl.method.groups import GroupLinear, GroupTreeSpec, canonical
-from conal_rl.method.layers import TaskLinear
+from conal_rl.method.layers import NetOptions, TaskLinear
 from conal_rl.method.search import search_optimizers, search_step
 from conal_rl.method.supernet import _tasks_of
 
@@ -42,7 +42,7 @@ class StageNet(nn.Module):
     partitions of depths 1..s-1 (s = len(decided) + 1)."""
 
     def __init__(self, decided: tuple[tuple[int, ...], ...], num_tasks: int, in_features: int,
-                 out_features: int, hidden: tuple[int, ...]):
+                 out_features: int, hidden: tuple[int, ...], options: NetOptions = NetOptions()):
         super().__init__()
         T, s, P = num_tasks, len(decided) + 1, len(hidden)
         widths = [in_features, *hidden]
@@ -63,7 +63,8 @@ class StageNet(nn.Module):
         self.alpha = nn.Parameter(torch.ones(T, 2))  # (stay, leave), uniform at the start
         # Which of (stay, leave) each task may take (both: the paper's; see gate()).
         self.register_buffer("allowed", torch.ones(T, 2, dtype=torch.bool), persistent=False)
-        self.act = nn.ReLU()
+        self.act = options.activation()
+        options.initialise(self)
 
     def arch_parameters(self) -> list[nn.Parameter]:
         return [self.alpha]
@@ -99,7 +100,7 @@ class StageNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         h = x
         for layer in self.decided:
-            h = self.act(layer(h))
+            h = self.act(layer(h), h)
         w = torch.softmax(self._logits(), dim=-1)
         stay = torch.cat([m(h[list(t)]) for m, t in zip(self.stay, self.group_tasks)])
         if self.last:
@@ -107,9 +108,10 @@ class StageNet(nn.Module):
         else:
             leave = torch.cat([m(h[list(t)]) for m, t in zip(self.leave, self.group_tasks)])
             leave = leave[self.unsort]
-        h = w[:, :1, None] * self.act(stay[self.unsort]) + w[:, 1:, None] * self.act(leave)
+        h = (w[:, :1, None] * self.act(stay[self.unsort], h)
+             + w[:, 1:, None] * self.act(leave, h))
         for layer in self.below:
-            h = self.act(layer(h))
+            h = self.act(layer(h), h)
         return self.head(h)
 
     def decide(self) -> tuple[int, ...]:
@@ -128,17 +130,19 @@ def progressive_search(num_tasks: int, in_features: int, out_features: int,
                        noticing: dict | None = None,
                        on_stage: Callable[[int, StageNet, ConflictNoticing], None] | None = None,
                        refresh: Callable[[StageNet, ConflictNoticing], None] | None = None,
-                       refresh_every: int = 100) -> GroupTreeSpec:
+                       refresh_every: int = 100,
+                       options: NetOptions = NetOptions()) -> GroupTreeSpec:
     """All P stages, each a fresh :class:`StageNet` trained ``warmup`` weight-only steps,
     then ``steps`` alternating search steps (an architecture step on ``arch_loss``, a weight
     step on ``weight_loss`` with conflict-noticing configured by ``noticing``: keyword
     arguments of :class:`ConflictNoticing`, ``{"enabled": False}`` for none). With
     ``refresh`` (the ``evidence`` rule's measurement: it gives the noticing its evidence
     and the stage its gate), each stage starts gated with every task staying and calls it
-    before its first step and every ``refresh_every`` steps. Returns the grown tree."""
+    before its first step and every ``refresh_every`` steps; ``options`` build the nets.
+    Returns the grown tree."""
     decided: tuple[tuple[int, ...], ...] = ()
     for _ in hidden:
-        net = StageNet(decided, num_tasks, in_features, out_features, hidden)
+        net = StageNet(decided, num_tasks, in_features, out_features, hidden, options)
         arch_opt, weight_opt = search_optimizers(net, arch_lr=arch_lr, weight_lr=weight_lr)
         notice = ConflictNoticing(net.shared_layers(), **(noticing or {}))
         def train(net=net):

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from conal_rl.method.conflict import ConflictNoticing
+from conal_rl.method.layers import NetOptions
 from conal_rl.method.options import PAPER_RULE
 from conal_rl.method.supernet import SuperNet
 
@@ -47,6 +48,8 @@ class SearchSettings:
     """The ``evidence`` rule: steps between refreshes of its statistics (from the first)."""
     evidence_samples: int = 1024
     """The ``evidence`` rule: samples per task each refresh measures on."""
+    options: NetOptions = NetOptions()
+    """How the searched nets are built (LayerNorm, residual connections, init)."""
 
     @property
     def decides_on_evidence(self) -> bool:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from conal_rl.method.layers import TaskLinear
+from conal_rl.method.layers import NetOptions, TaskLinear
 from conal_rl.method.tree import TreeNet, TreeSpec
 
 
@@ -51,13 +51,13 @@ class SuperNet(nn.Module):
 
     def __init__(self, num_tasks: int, in_features: int, out_features: int,
                  hidden: tuple[int, ...], gumbel: bool = False, tau: float = 1.0,
-                 no_private: bool = False):
+                 no_private: bool = False, options: NetOptions = NetOptions()):
         super().__init__()
         if not hidden:
             raise ValueError("a supernet needs at least one hidden module")
         self.num_tasks, self.in_features, self.out_features = num_tasks, in_features, out_features
         self.hidden = tuple(int(h) for h in hidden)
-        self.gumbel, self.no_private = gumbel, no_private
+        self.gumbel, self.no_private, self.options = gumbel, no_private, options
         self.tau = tau  # Gumbel-softmax temperature: anneal it by assigning to it
         self.sample: tuple[Tensor, Tensor] | None = None
         """With ``gumbel``: the Gumbel noise ``[T, P+1]`` and the path it picks per task
@@ -84,7 +84,8 @@ class SuperNet(nn.Module):
         # in the state dict: the gate is rebuilt from the evidence (the search's state).
         self.register_buffer("allowed", torch.ones(num_tasks, P + 1, dtype=torch.bool),
                              persistent=False)
-        self.act = nn.ReLU()
+        self.act = options.activation()
+        options.initialise(self)
 
     @property
     def depth(self) -> int:
@@ -180,8 +181,8 @@ class SuperNet(nn.Module):
         for j in range(1, self.depth + 1):
             on_trunk = (choice >= j)[:, None, None]
             key = str(j)
-            h = torch.where(on_trunk, self.act(self.shared[key](h)),
-                            self.act(self.private[key](h)))
+            h = torch.where(on_trunk, self.act(self.shared[key](h), h),
+                            self.act(self.private[key](h), h))
         picked = self.path_weights().gather(1, choice[:, None])[:, :, None]  # [T, 1, 1]
         return self.head(h * picked.to(h.dtype))
 
@@ -192,8 +193,8 @@ class SuperNet(nn.Module):
             key = str(j)
             # Path j-1 leaves the trunk here: it joins the paths already in private modules.
             inputs = trunk if stacked is None else torch.cat([stacked, trunk], dim=1)
-            stacked = self.act(self.private[key](inputs))
-            trunk = self.act(self.shared[key](trunk))
+            stacked = self.act(self.private[key](inputs), inputs)
+            trunk = self.act(self.shared[key](trunk), trunk)
         return torch.cat([stacked, trunk], dim=1)
 
     def _branch_paths(self, x: Tensor) -> Tensor:
@@ -202,8 +203,8 @@ class SuperNet(nn.Module):
         trunk, branches = x, []
         for j in range(1, self.depth + 1):
             inputs = [*branches, trunk]  # branch j-1 starts from the trunk
-            branches = [self.act(self.branch[f"{i}_{j}"](h)) for i, h in enumerate(inputs)]
-            trunk = self.act(self.shared[str(j)](trunk))
+            branches = [self.act(self.branch[f"{i}_{j}"](h), h) for i, h in enumerate(inputs)]
+            trunk = self.act(self.shared[str(j)](trunk), trunk)
         return torch.cat([*branches, trunk], dim=1)
 
     # ---- derivation -------------------------------------------------------------------
@@ -226,7 +227,8 @@ class SuperNet(nn.Module):
         """
         spec = self.derive(task_names)
         ref = self.alpha
-        tree = TreeNet(spec, self.in_features, self.out_features).to(ref.device, ref.dtype)
+        tree = TreeNet(spec, self.in_features, self.out_features, self.options).to(
+            ref.device, ref.dtype)
         if inherit_weights:
             self._copy_weights_into(tree)
         return tree

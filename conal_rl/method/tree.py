@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 import torch
 from torch import Tensor, nn
 
-from conal_rl.method.layers import TaskLinear
+from conal_rl.method.layers import NetOptions, TaskLinear
 
 
 @dataclass(frozen=True)
@@ -100,9 +100,10 @@ class TreeNet(nn.Module):
     """A pruned tree: holds only the shared modules some task uses and the private copies
     each task needs. Input ``[T, B, in]`` (task-major), output ``[T, B, out]``."""
 
-    def __init__(self, spec: TreeSpec, in_features: int, out_features: int):
+    def __init__(self, spec: TreeSpec, in_features: int, out_features: int,
+                 options: NetOptions = NetOptions()):
         super().__init__()
-        self.spec = spec
+        self.spec, self.options = spec, options
         T, P = spec.num_tasks, spec.depth
         b = torch.tensor(spec.branch_points)
         widths = [in_features + (T if spec.task_id_input else 0), *spec.hidden]
@@ -126,7 +127,8 @@ class TreeNet(nn.Module):
         self.head = (nn.Linear if spec.shared_head else lambda i, o: TaskLinear(T, i, o))(
             widths[-1], out_features
         )
-        self.act = nn.ReLU()
+        self.act = options.activation()
+        options.initialise(self)
 
     def forward(self, x: Tensor) -> Tensor:
         T = self.spec.num_tasks
@@ -137,7 +139,7 @@ class TreeNet(nn.Module):
             x = torch.cat([x, one_hot.expand(T, x.shape[1], T)], dim=-1)
         h = x
         for layer in range(1, self.spec.depth + 1):
-            key = str(layer)
+            key, skip = str(layer), h
             if key not in self.private:
                 h = self.shared[key](h)
             elif key not in self.shared:
@@ -147,7 +149,7 @@ class TreeNet(nn.Module):
                 p = getattr(self, f"private_idx_{layer}")
                 both = torch.cat([self.shared[key](h[s]), self.private[key](h[p])])
                 h = both[getattr(self, f"unsort_{layer}")]
-            h = self.act(h)
+            h = self.act(h, skip)
         return self.head(h)
 
 

@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 from agents import FilterFactory, MultiTaskReplay, MultiTaskSAC
-from conal_rl.method import TreeNet, TreeSpec, grown_state
+from conal_rl.method import NetOptions, TreeNet, TreeSpec, grown_state
 from conal_rl.training import atlas
 
 Outside = dict[str, dict[int, set[int]]]  # role -> shared module (1..P) -> task ids
@@ -35,19 +35,21 @@ class Branching:
     a branch opened."""
 
     def __init__(self, specs: dict[str, TreeSpec], every: int, samples: int,
-                 task_names: list[str], make_filter: FilterFactory | None = None):
+                 task_names: list[str], make_filter: FilterFactory | None = None,
+                 options: NetOptions = NetOptions()):
         shared_heads = [role for role, spec in specs.items() if spec.shared_head]
         if shared_heads or not all(isinstance(s, TreeSpec) for s in specs.values()):
             raise ValueError("branching needs trees with a head per task (not MT-SAC's shared "
                              "head, not CoNAL-Pro's grouped trees)")
         self.specs, self.every, self.samples = dict(specs), every, samples
         self.task_names, self.make_filter = list(task_names), make_filter
+        self.options = options
         self.branches: list[dict] = []  # what opened: env steps, net, task, module
         self._outside: Outside = {}  # what the last measurement put outside
         self._measured_at: int | None = None
 
     def make_net(self, role: str, in_dim: int, out_dim: int) -> nn.Module:
-        return TreeNet(self.specs[role], in_dim, out_dim)
+        return TreeNet(self.specs[role], in_dim, out_dim, self.options)
 
     # ---- the hook -------------------------------------------------------------------------
     def before_update(self, agent: MultiTaskSAC, replay: MultiTaskReplay,

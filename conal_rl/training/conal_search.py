@@ -85,7 +85,7 @@ class ConalSearch:
     def build_net(self, role: str, in_dim: int, out_dim: int) -> SuperNet:
         s = self.settings
         return SuperNet(len(self.task_names), in_dim, out_dim, s.hidden, gumbel=s.gumbel,
-                        tau=s.tau_start, no_private=s.no_private)
+                        tau=s.tau_start, no_private=s.no_private, options=s.options)
 
     def make_filter(self, role: str, nets) -> ConflictNoticing:
         """The agent's filter factory: conflict-noticing on the shared modules."""
@@ -299,7 +299,7 @@ class ProStage(ConalSearch):
 
     def build_net(self, role: str, in_dim: int, out_dim: int) -> StageNet:
         return StageNet(self.decided[role], len(self.task_names), in_dim, out_dim,
-                        self.settings.hidden)
+                        self.settings.hidden, self.settings.options)
 
     def choices(self) -> list[str]:
         return ["stay", "leave"]

@@ -23,12 +23,12 @@ from typing import Literal
 
 from agents.options import LOSS_WEIGHTINGS
 from conal_rl.common import DEVICES, write_json_atomic
-from conal_rl.method.options import CONFLICT_RULES, DEFAULT_RULE, PAPER_RULE
+from conal_rl.method.options import CONFLICT_RULES, DEFAULT_RULE, PAPER_RULE, WEIGHT_INITS
 from envs import VECTOR_STRATEGIES, num_tasks
 
 if typing.TYPE_CHECKING:  # imported where used: flags are parsed before torch is loaded
     from agents import SACConfig
-    from conal_rl.method import SearchSettings
+    from conal_rl.method import NetOptions, SearchSettings
 
 
 ARCHS = ("mtsac", "mhsac", "independent", "conal", "conal-pro", "tree")
@@ -89,7 +89,9 @@ _AS_IS = ("hidden", "batch_per_task", "eval_episodes", "arch_lr", "minutes", "ve
 # follows the preset).
 ADDED_FIELDS = {"conflict_rule": PAPER_RULE, "arch_holdout": 0, "stage_steps": PRESET,
                 "arch_every": 1, "atlas_every": 0, "atlas_samples": 1024,
-                "evidence_every": PRESET, "evidence_samples": 1024, "branch_every": 0}
+                "evidence_every": PRESET, "evidence_samples": 1024, "branch_every": 0,
+                "layer_norm": False, "residual": False, "weight_init": "torch",
+                "max_grad_norm": 0.0}
 
 # Flags that may change when a run is resumed; all others must match the saved config.
 RESUMABLE = frozenset({"total_steps", "minutes", "device", "eval_every", "eval_episodes",
@@ -229,6 +231,18 @@ class TrainConfig:
     search's architecture trained with PCGrad on its shared modules"""
     updates_per_step: int = 1
     """gradient updates per vector-env step (one step of every task)"""
+    layer_norm: bool = False
+    """LayerNorm (without affine parameters) on every hidden module's output, before the
+    ReLU, in the actor and the critics of every architecture (the search's nets too)"""
+    residual: bool = False
+    """residual connections: each hidden module's input added to its output where the two
+    widths agree"""
+    weight_init: Literal[WEIGHT_INITS] = "torch"
+    """how the linear maps start: torch (uniform in +-1/sqrt(fan_in), biases too) or
+    he-uniform (uniform in +-sqrt(6/fan_in), zero biases: the Meta-World+ reference's)"""
+    max_grad_norm: float = 0.0
+    """clip the actor's and the critics' gradient norm at this value before each step (the
+    Meta-World+ reference: 1.0); 0: no clipping"""
     lr: float = 3e-4
     """Adam learning rate of actor, critics and temperatures"""
     gamma: float = 0.99
@@ -277,7 +291,7 @@ class TrainConfig:
                     and getattr(self, f.name) not in allowed):
                 raise ValueError(f"--{f.name.replace('_', '-')} must be one of "
                                  f"{', '.join(allowed)}, got {getattr(self, f.name)!r}")
-        for k in ("minutes", "arch_lr", "lr", "gamma", "tau"):  # NaN passes every comparison
+        for k in ("minutes", "arch_lr", "lr", "gamma", "tau", "max_grad_norm"):  # NaN passes every comparison
             v = getattr(self, k)
             if v is not None and not math.isfinite(v):
                 raise ValueError(f"--{k.replace('_', '-')} must be a finite number, got {v}")
@@ -295,7 +309,7 @@ class TrainConfig:
             raise ValueError(f"--atlas-samples must be at least {ATLAS_MIN_SAMPLES}, got "
                              f"{self.atlas_samples}")
         for k in ("eval_every", "warmup_steps", "search_warmup_steps", "video_every", "minutes",
-                  "atlas_every", "arch_holdout", "branch_every"):
+                  "atlas_every", "arch_holdout", "branch_every", "max_grad_norm"):
             v = getattr(self, k)
             if v is not None and v < 0:
                 raise ValueError(f"--{k.replace('_', '-')} must not be negative, got {v}")
@@ -331,7 +345,7 @@ class TrainConfig:
         from agents import SACConfig
 
         return SACConfig(gamma=self.gamma, tau=self.tau, actor_lr=self.lr, critic_lr=self.lr,
-                         temperature_lr=self.lr,
+                         temperature_lr=self.lr, max_grad_norm=self.max_grad_norm or None,
                          loss_weighting="mean" if searching else self.loss_weighting)
 
     def search(self) -> SearchSettings:
@@ -344,7 +358,14 @@ class TrainConfig:
             conflict_rule=self.conflict_rule, no_private=self.no_private,
             warmup_steps=self.search_warmup_steps, total_steps=self.search_steps,
             arch_every=self.arch_every, evidence_every=self.evidence_every,
-            evidence_samples=self.evidence_samples)
+            evidence_samples=self.evidence_samples, options=self.net_options())
+
+    def net_options(self) -> NetOptions:
+        """How every net of the run is built, whatever its architecture."""
+        from conal_rl.method import NetOptions
+
+        return NetOptions(layer_norm=self.layer_norm, residual=self.residual,
+                          init=self.weight_init)
 
     # ---- files ------------------------------------------------------------------------------
     def save(self, path: Path) -> None:

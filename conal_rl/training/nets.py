@@ -10,7 +10,7 @@ from torch import nn
 
 from agents import GradientFilter, NetFactory
 from conal_rl.common import UserError, write_atomic
-from conal_rl.method import GroupTreeNet, GroupTreeSpec, PCGrad, TreeNet, TreeSpec
+from conal_rl.method import GroupTreeNet, GroupTreeSpec, NetOptions, PCGrad, TreeNet, TreeSpec
 from conal_rl.training.config import ARCHS, GRAD_SURGERIES, MAX_WIDTH, SEARCHED_ARCHS
 
 
@@ -35,13 +35,14 @@ def tree_specs(arch: str, hidden: tuple[int, ...], task_names: list[str],
     raise ValueError(f"{arch!r} is not a fixed architecture; fixed: {', '.join(fixed)}")
 
 
-def tree_factory(specs: dict[str, TreeSpec | GroupTreeSpec]) -> NetFactory:
-    """A NetFactory building TreeNets (GroupTreeNets for grouped trees): role
-    ("actor"/"critic") selects the spec."""
+def tree_factory(specs: dict[str, TreeSpec | GroupTreeSpec],
+                 options: NetOptions = NetOptions()) -> NetFactory:
+    """A NetFactory building TreeNets (GroupTreeNets for grouped trees) as ``options`` say:
+    role ("actor"/"critic") selects the spec."""
     def make_net(role: str, in_dim: int, out_dim: int) -> nn.Module:
         spec = specs[role]
         net = GroupTreeNet if isinstance(spec, GroupTreeSpec) else TreeNet
-        return net(spec, in_dim, out_dim)
+        return net(spec, in_dim, out_dim, options)
     return make_net
 
 

@@ -1,0 +1,97 @@
+"""The learner's flags reach every architecture's nets and the update: LayerNorm, residual
+connections, weight init, gradient clipping."""
+
+import pytest
+import torch
+
+from agents import MultiTaskSAC, SACConfig, random_batch
+from conal_rl.method import TreeSpec
+from conal_rl.train import main
+from conal_rl.training.conal_search import ConalSearch, ProStage
+from conal_rl.training.config import TrainConfig
+from conal_rl.training.nets import tree_factory
+from conal_rl.training.runs import load_run
+
+LEVERS = dict(layer_norm=True, residual=True, weight_init="he-uniform")
+TASKS = ["a", "b", "c"]
+
+
+def _acts(net) -> tuple[bool, bool]:
+    return net.act.layer_norm, net.act.residual
+
+
+@pytest.mark.parametrize("arch", ["mtsac", "mhsac", "independent"])
+def test_fixed_trees_are_built_with_the_flags(arch):
+    config = TrainConfig(benchmark="MT10", arch=arch, hidden=(8, 8), **LEVERS)
+    spec = {"mtsac": TreeSpec.mtsac, "mhsac": TreeSpec.mhsac,
+            "independent": TreeSpec.independent}[arch]((8, 8), 3)
+    net = tree_factory({"actor": spec, "critic": spec}, config.net_options())("actor", 5, 2)
+    assert _acts(net) == (True, True) and not net.head.bias.any()
+
+
+def test_the_searches_nets_are_built_with_the_flags():
+    config = TrainConfig(benchmark="MT10", arch="conal", hidden=(8, 8), **LEVERS)
+    search = ConalSearch(config.search(), TASKS, 4)
+    stage = ProStage(config.search(), TASKS, 4, {"actor": (), "critic": ()})
+    for net in (search.make_net("actor", 5, 2), stage.make_net("critic", 5, 1)):
+        assert _acts(net) == (True, True) and not net.head.bias.any()
+    assert search.make_net("critic", 5, 1).to_tree().options == config.net_options()
+
+
+def test_a_run_with_the_flags_is_loaded_back_with_them(tmp_path):
+    run = tmp_path / "run"
+    main(["--benchmark", "gym:Pendulum-v1", "--total-steps", "120", "--eval-every", "0",
+          "--hidden", "16,16", "--batch-per-task", "8", "--warmup-steps", "100",
+          "--eval-episodes", "1", "--layer-norm", "--run-dir", str(run)])
+    loaded = load_run(run)
+    assert _acts(loaded.agent.actor.net) == (True, False)
+    assert _acts(loaded.agent.critic.q1) == (True, False)
+
+
+def test_an_old_config_without_the_flags_loads_as_it_ran(tmp_path):
+    path = tmp_path / "config.json"
+    TrainConfig(benchmark="MT10").save(path)
+    import json
+
+    values = json.loads(path.read_text())
+    for key in ("layer_norm", "residual", "weight_init", "max_grad_norm"):
+        del values[key]
+    path.write_text(json.dumps(values))
+    options = TrainConfig.load(path).net_options()
+    assert (options.layer_norm, options.residual, options.init) == (False, False, "torch")
+    assert TrainConfig.load(path).sac().max_grad_norm is None
+
+
+@pytest.mark.parametrize("flags, message", [
+    (dict(max_grad_norm=-1.0), "--max-grad-norm must not be negative"),
+    (dict(max_grad_norm=float("nan")), "--max-grad-norm must be a finite number"),
+    (dict(weight_init="xavier"), "--weight-init must be one of torch, he-uniform"),
+])
+def test_bad_learner_values_are_refused(flags, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(benchmark="MT10", **flags)
+
+
+@pytest.mark.parametrize("clip", [None, 0.05])
+def test_max_grad_norm_clips_the_actors_and_the_critics_gradients(clip):
+    torch.manual_seed(0)
+    spec = TreeSpec.mhsac((32, 32), 3)
+    agent = MultiTaskSAC(tree_factory({"actor": spec, "critic": spec}), 3, 5, 2,
+                         SACConfig(max_grad_norm=clip))
+    norms = {}
+    for role, optim in (("critic", agent.critic_optim), ("actor", agent.actor_optim)):
+        step = optim.step
+
+        def recorded(*args, role=role, optim=optim, step=step, **kwargs):
+            grads = [p.grad for g in optim.param_groups for p in g["params"]
+                     if p.grad is not None]
+            norms[role] = torch.linalg.vector_norm(torch.stack(
+                [torch.linalg.vector_norm(g) for g in grads])).item()
+            return step(*args, **kwargs)
+        optim.step = recorded
+    agent.update(random_batch(3, 64, 5, 2, seed=1))
+    for role, norm in norms.items():
+        if clip is None:
+            assert norm > 0.05, role  # the unclipped norms are larger than the clip
+        else:
+            assert norm == pytest.approx(clip, rel=1e-4), role
