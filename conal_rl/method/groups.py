@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from conal_rl.method.conflict import SharedLayer
-from conal_rl.method.layers import NetOptions, TaskLinear
+from conal_rl.method.layers import PLAIN, NetOptions, TaskLinear
 
 
 def canonical(groups) -> tuple[int, ...]:
@@ -119,7 +119,7 @@ class GroupTreeNet(nn.Module):
     task."""
 
     def __init__(self, spec: GroupTreeSpec, in_features: int, out_features: int,
-                 options: NetOptions = NetOptions()):
+                 options: NetOptions = PLAIN):
         super().__init__()
         self.spec, self.options = spec, options
         widths = [in_features, *spec.hidden]

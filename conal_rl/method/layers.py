@@ -77,6 +77,10 @@ class NetOptions:
             nn.init.zeros_(module.bias)
 
 
+PLAIN = NetOptions()
+"""The plain ReLU MLP's options: every net's default."""
+
+
 class HiddenActivation(nn.Module):
     """What follows every hidden module's linear map: ReLU, after a LayerNorm without affine
     parameters with ``layer_norm``, plus the module's input with ``residual`` (where the

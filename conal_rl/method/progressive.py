@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from conal_rl.method.conflict import ConflictNoticing, SharedLayer
 from conal_rl.method.groups import GroupLinear, GroupTreeSpec, canonical
-from conal_rl.method.layers import NetOptions, TaskLinear
+from conal_rl.method.layers import PLAIN, NetOptions, TaskLinear
 from conal_rl.method.search import search_optimizers, search_step
 from conal_rl.method.supernet import _tasks_of
 
@@ -42,7 +42,7 @@ class StageNet(nn.Module):
     partitions of depths 1..s-1 (s = len(decided) + 1)."""
 
     def __init__(self, decided: tuple[tuple[int, ...], ...], num_tasks: int, in_features: int,
-                 out_features: int, hidden: tuple[int, ...], options: NetOptions = NetOptions()):
+                 out_features: int, hidden: tuple[int, ...], options: NetOptions = PLAIN):
         super().__init__()
         T, s, P = num_tasks, len(decided) + 1, len(hidden)
         widths = [in_features, *hidden]
@@ -131,7 +131,7 @@ def progressive_search(num_tasks: int, in_features: int, out_features: int,
                        on_stage: Callable[[int, StageNet, ConflictNoticing], None] | None = None,
                        refresh: Callable[[StageNet, ConflictNoticing], None] | None = None,
                        refresh_every: int = 100,
-                       options: NetOptions = NetOptions()) -> GroupTreeSpec:
+                       options: NetOptions = PLAIN) -> GroupTreeSpec:
     """All P stages, each a fresh :class:`StageNet` trained ``warmup`` weight-only steps,
     then ``steps`` alternating search steps (an architecture step on ``arch_loss``, a weight
     step on ``weight_loss`` with conflict-noticing configured by ``noticing``: keyword

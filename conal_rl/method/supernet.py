@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from conal_rl.method.layers import NetOptions, TaskLinear
+from conal_rl.method.layers import PLAIN, NetOptions, TaskLinear
 from conal_rl.method.tree import TreeNet, TreeSpec
 
 
@@ -51,7 +51,7 @@ class SuperNet(nn.Module):
 
     def __init__(self, num_tasks: int, in_features: int, out_features: int,
                  hidden: tuple[int, ...], gumbel: bool = False, tau: float = 1.0,
-                 no_private: bool = False, options: NetOptions = NetOptions()):
+                 no_private: bool = False, options: NetOptions = PLAIN):
         super().__init__()
         if not hidden:
             raise ValueError("a supernet needs at least one hidden module")

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 import torch
 from torch import Tensor, nn
 
-from conal_rl.method.layers import NetOptions, TaskLinear
+from conal_rl.method.layers import PLAIN, NetOptions, TaskLinear
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ class TreeNet(nn.Module):
     each task needs. Input ``[T, B, in]`` (task-major), output ``[T, B, out]``."""
 
     def __init__(self, spec: TreeSpec, in_features: int, out_features: int,
-                 options: NetOptions = NetOptions()):
+                 options: NetOptions = PLAIN):
         super().__init__()
         self.spec, self.options = spec, options
         T, P = spec.num_tasks, spec.depth

@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 from agents import FilterFactory, MultiTaskReplay, MultiTaskSAC
-from conal_rl.method import NetOptions, TreeNet, TreeSpec, grown_state
+from conal_rl.method import PLAIN, NetOptions, TreeNet, TreeSpec, grown_state
 from conal_rl.training import atlas
 
 Outside = dict[str, dict[int, set[int]]]  # role -> shared module (1..P) -> task ids
@@ -36,7 +36,7 @@ class Branching:
 
     def __init__(self, specs: dict[str, TreeSpec], every: int, samples: int,
                  task_names: list[str], make_filter: FilterFactory | None = None,
-                 options: NetOptions = NetOptions()):
+                 options: NetOptions = PLAIN):
         shared_heads = [role for role, spec in specs.items() if spec.shared_head]
         if shared_heads or not all(isinstance(s, TreeSpec) for s in specs.values()):
             raise ValueError("branching needs trees with a head per task (not MT-SAC's shared "

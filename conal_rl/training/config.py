@@ -291,7 +291,8 @@ class TrainConfig:
                     and getattr(self, f.name) not in allowed):
                 raise ValueError(f"--{f.name.replace('_', '-')} must be one of "
                                  f"{', '.join(allowed)}, got {getattr(self, f.name)!r}")
-        for k in ("minutes", "arch_lr", "lr", "gamma", "tau", "max_grad_norm"):  # NaN passes every comparison
+        # NaN passes every comparison
+        for k in ("minutes", "arch_lr", "lr", "gamma", "tau", "max_grad_norm"):
             v = getattr(self, k)
             if v is not None and not math.isfinite(v):
                 raise ValueError(f"--{k.replace('_', '-')} must be a finite number, got {v}")

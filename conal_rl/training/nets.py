@@ -10,7 +10,15 @@ from torch import nn
 
 from agents import GradientFilter, NetFactory
 from conal_rl.common import UserError, write_atomic
-from conal_rl.method import GroupTreeNet, GroupTreeSpec, NetOptions, PCGrad, TreeNet, TreeSpec
+from conal_rl.method import (
+    PLAIN,
+    GroupTreeNet,
+    GroupTreeSpec,
+    NetOptions,
+    PCGrad,
+    TreeNet,
+    TreeSpec,
+)
 from conal_rl.training.config import ARCHS, GRAD_SURGERIES, MAX_WIDTH, SEARCHED_ARCHS
 
 
@@ -36,7 +44,7 @@ def tree_specs(arch: str, hidden: tuple[int, ...], task_names: list[str],
 
 
 def tree_factory(specs: dict[str, TreeSpec | GroupTreeSpec],
-                 options: NetOptions = NetOptions()) -> NetFactory:
+                 options: NetOptions = PLAIN) -> NetFactory:
     """A NetFactory building TreeNets (GroupTreeNets for grouped trees) as ``options`` say:
     role ("actor"/"critic") selects the spec."""
     def make_net(role: str, in_dim: int, out_dim: int) -> nn.Module:
