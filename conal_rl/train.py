@@ -13,6 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from conal_rl.common import CommandParser, UserError, run_cli
+from conal_rl.training.architectures import architecture as architecture_of
 from conal_rl.training.config import TrainConfig, add_config_arguments, given_arguments
 from conal_rl.training.preflight import config_for_run
 from conal_rl.training.rundir import RunDir
@@ -46,25 +47,17 @@ def architecture(config: TrainConfig, run_dir: Path, bench
     searched by CoNAL. Also returns the searched weights with ``--inherit-weights``."""
     from conal_rl.analysis.draw import heatmap_figure, save_tree_pictures
     from conal_rl.training import checkpoint
-    from conal_rl.training.conal_search import search_architecture, search_progressive
-    from conal_rl.training.nets import load_specs, save_specs, tree_specs
+    from conal_rl.training.nets import load_specs, save_specs
 
     run = RunDir(run_dir)
-    arch_file = run.architecture
+    arch_file, arch = run.architecture, architecture_of(config.arch)
     if not arch_file.exists():
-        details = None
-        if config.arch == "conal":
-            specs, details = search_architecture(config, run_dir, bench, heatmap_figure)
-        elif config.arch == "conal-pro":
-            specs, details = search_progressive(config, run_dir, bench, heatmap_figure)
-        else:
-            specs = tree_specs(config.arch, config.hidden, bench.task_names,
-                               config.architecture)
+        specs, details = arch.derive(config, run_dir, bench, heatmap_figure)
         run_dir.mkdir(parents=True, exist_ok=True)
         save_tree_pictures(run.architecture_picture, specs)
         save_specs(arch_file, specs, details)
     inherited = None
-    if config.arch == "conal" and config.inherit_weights:
+    if arch.searched and config.inherit_weights:
         inherited = checkpoint.load(run.inherited)["trees"]
     return load_specs(arch_file), inherited
 

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, fields, replace
 
 from conal_rl.common import UserError
+from conal_rl.training.architectures import architecture
 from conal_rl.training.config import PRESET, TrainConfig
 
 # Config fields that may differ between runs of one configuration: they change where or
@@ -21,8 +22,6 @@ NOT_CONFIGURATION = {"seed", "run_dir", "device", "torch_threads", "vector_strat
                      "log_every", "checkpoint_every", "save_replay", "eval_every",
                      "eval_episodes"}
 
-ARCH_NAMES = {"mtsac": "MT-SAC", "mhsac": "MH-SAC", "independent": "STL (batched)",
-              "conal": "CoNAL", "conal-pro": "CoNAL-Pro", "tree": "tree"}
 ABLATIONS = {"gumbel": "gumbel", "no_conflict_noticing": "w/o conflict-noticing",
              "no_private": "w/o private modules", "inherit_weights": "inherited weights"}
 # Methods added to an architecture, named "<arch> + <method>" (e.g. "MT-SAC + PCGrad"):
@@ -40,8 +39,9 @@ class AggregateError(UserError):
 def arch_label(config: TrainConfig) -> str:
     """The architecture as tables and plots name it, ablation switches and added methods
     included (e.g. "CoNAL (gumbel) + PCGrad")."""
-    name = ARCH_NAMES.get(config.arch, config.arch)
-    if config.arch == "tree" and config.architecture:
+    arch = architecture(config.arch)
+    name = arch.label
+    if arch.needs_file and config.architecture:
         name += f" ({config.architecture.rsplit('/', 1)[-1].removesuffix('.json')})"
     switches = [text for flag, text in ABLATIONS.items() if getattr(config, flag)]
     if switches:

@@ -28,6 +28,7 @@ _SOURCES = {
     "SearchSettings": "search", "architecture_optimizer": "search",
     "architecture_step": "search", "search_optimizers": "search", "search_step": "search",
     "SuperNet": "supernet", "TreeNet": "tree", "TreeSpec": "tree", "num_parameters": "tree",
+    "tree_parameters": "tree",
     "grown_state": "tree",
 }
 __all__ = sorted(_SOURCES)

@@ -27,6 +27,8 @@ class SearchSettings:
     """A search's settings; steps count whatever the caller counts (an RL loop: env steps)."""
 
     hidden: tuple[int, ...]
+    critic_hidden: tuple[int, ...] | None = None
+    """The critics' widths (None: ``hidden``); as many as ``hidden``."""
     arch_lr: float = 5e-5  # official CoNAL search
     arch_weight_decay: float = 1e-5  # official CoNAL search
     gumbel: bool = False
@@ -50,6 +52,11 @@ class SearchSettings:
     """The ``evidence`` rule: samples per task each refresh measures on."""
     options: NetOptions = NetOptions()
     """How the searched nets are built (LayerNorm, residual connections, init)."""
+
+    def widths(self, role: str) -> tuple[int, ...]:
+        """The hidden widths of the actor's or the critics' searched nets."""
+        return tuple(self.critic_hidden) if role == "critic" and self.critic_hidden else \
+            tuple(self.hidden)
 
     @property
     def decides_on_evidence(self) -> bool:

@@ -186,6 +186,19 @@ def grown_state(old: TreeSpec, new: TreeSpec, state: Mapping[str, Tensor]) -> di
     return out
 
 
+def tree_parameters(spec: TreeSpec, in_features: int, out_features: int) -> int:
+    """The parameters of ``TreeNet(spec, in_features, out_features)``, counted from the spec
+    (no net is built: a size can be chosen by it)."""
+    T = spec.num_tasks
+    widths = [in_features + (T if spec.task_id_input else 0), *spec.hidden]
+    total = 0
+    for layer in range(1, spec.depth + 1):
+        private = sum(b < layer for b in spec.branch_points)
+        copies = private + (private < T)  # the private copies, and the shared module if used
+        total += copies * (widths[layer - 1] + 1) * widths[layer]
+    return total + (1 if spec.shared_head else T) * (widths[-1] + 1) * out_features
+
+
 def num_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 

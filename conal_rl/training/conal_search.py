@@ -84,7 +84,7 @@ class ConalSearch:
 
     def build_net(self, role: str, in_dim: int, out_dim: int) -> SuperNet:
         s = self.settings
-        return SuperNet(len(self.task_names), in_dim, out_dim, s.hidden, gumbel=s.gumbel,
+        return SuperNet(len(self.task_names), in_dim, out_dim, s.widths(role), gumbel=s.gumbel,
                         tau=s.tau_start, no_private=s.no_private, options=s.options)
 
     def make_filter(self, role: str, nets) -> ConflictNoticing:
@@ -299,7 +299,7 @@ class ProStage(ConalSearch):
 
     def build_net(self, role: str, in_dim: int, out_dim: int) -> StageNet:
         return StageNet(self.decided[role], len(self.task_names), in_dim, out_dim,
-                        self.settings.hidden, self.settings.options)
+                        self.settings.widths(role), self.settings.options)
 
     def choices(self) -> list[str]:
         return ["stay", "leave"]
@@ -336,14 +336,14 @@ def search_progressive(config: TrainConfig, run_dir: Path, bench: Benchmark,
             trainer.run(final_eval=False)
             partitions = hook.derive()
             for role, groups in partitions.items():
-                named = GroupTreeSpec(config.hidden[:stage], (*decided[role], groups),
+                named = GroupTreeSpec(config.widths(role)[:stage], (*decided[role], groups),
                                       bench.task_names).groups_by_name()[-1]
                 trainer.writer.add_text(f"conal_pro/{role}", f"stage {stage}: {named}")
             trainer.writer.close()
             stage_dir.write_json(done, {role: list(g) for role, g in partitions.items()})
         partitions = read_json(done)
         decided = {role: (*decided[role], tuple(partitions[role])) for role in decided}
-    specs = {role: GroupTreeSpec(config.hidden, groups, bench.task_names)
+    specs = {role: GroupTreeSpec(config.widths(role), groups, bench.task_names)
              for role, groups in decided.items()}
     for role, spec in specs.items():
         print(f"{role}: groups per depth {spec.groups_by_name()}")

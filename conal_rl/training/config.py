@@ -24,6 +24,8 @@ from typing import Literal
 from agents.options import LOSS_WEIGHTINGS
 from conal_rl.common import DEVICES, write_json_atomic
 from conal_rl.method.options import CONFLICT_RULES, DEFAULT_RULE, PAPER_RULE, WEIGHT_INITS
+from conal_rl.training.architectures import ARCHITECTURES, TRAINED, architecture, growing
+from conal_rl.training.architectures import help_text as arch_help
 from envs import VECTOR_STRATEGIES, num_tasks
 
 if typing.TYPE_CHECKING:  # imported where used: flags are parsed before torch is loaded
@@ -31,13 +33,6 @@ if typing.TYPE_CHECKING:  # imported where used: flags are parsed before torch i
     from conal_rl.method import NetOptions, SearchSettings
 
 
-ARCHS = ("mtsac", "mhsac", "independent", "conal", "conal-pro", "tree")
-"""``--arch``: the networks' trees. Fixed: mtsac, mhsac, independent (every task its own
-networks, in one batched update: single-task learning) and tree (from a file); searched:
-conal and conal-pro."""
-SEARCHED_ARCHS = ("conal", "conal-pro")
-# Trees whose trunk can branch while they train (--branch-every): a head per task.
-BRANCHING_ARCHS = ("mhsac", "tree", "conal")
 GRAD_SURGERIES = ("none", "pcgrad")
 """``--grad-surgery``: gradient surgery on the trained networks' shared modules."""
 ATLAS_MIN_SAMPLES = 64  # per task: fewer leaves the jackknife's chunks a handful each
@@ -91,7 +86,7 @@ ADDED_FIELDS = {"conflict_rule": PAPER_RULE, "arch_holdout": 0, "stage_steps": P
                 "arch_every": 1, "atlas_every": 0, "atlas_samples": 1024,
                 "evidence_every": PRESET, "evidence_samples": 1024, "branch_every": 0,
                 "layer_norm": False, "residual": False, "weight_init": "torch",
-                "max_grad_norm": 0.0}
+                "max_grad_norm": 0.0, "critic_hidden": None, "critic_params": 0}
 
 # Flags that may change when a run is resumed; all others must match the saved config.
 RESUMABLE = frozenset({"total_steps", "minutes", "device", "eval_every", "eval_episodes",
@@ -104,12 +99,8 @@ class TrainConfig:
     benchmark: str = "MT10"
     """MT10, MT50, MT1:<task> (e.g. MT1:reach-v3) or gym:<env-id> (e.g. gym:Pendulum-v1, a
     one-task sanity check)"""
-    arch: Literal[ARCHS] = "mtsac"
-    """network architecture: mtsac (shared MLP + one-hot task id), mhsac (shared trunk, one
-    head per task), independent (single-task learning: every task its own networks, all
-    trained in one batched update), conal (search the trees with CoNAL, derive, prune, then
-    train them), conal-pro (grow grouped trees stage by stage with CoNAL-Pro, then train
-    them), tree (a given tree, see --architecture)"""
+    arch: Literal[TRAINED] = "mtsac"
+    """network architecture (conal_rl/training/architectures.py; --help lists them)"""
     architecture: str | None = None
     """architecture JSON (actor and critic trees) for --arch tree"""
     preset: Literal[PRESET_NAMES] = "paper"
@@ -151,7 +142,14 @@ class TrainConfig:
     save_replay: bool = False
     """also store the replay buffer in checkpoints (exact resume of the data; large)"""
     hidden: tuple[int, ...] = PRESET
-    """hidden widths, comma separated, e.g. 400,400,400 (default: preset)"""
+    """hidden widths, comma separated, e.g. 400,400,400 (default: preset); the actor's, and
+    the critics' unless --critic-hidden is given"""
+    critic_hidden: tuple[int, ...] | None = None
+    """hidden widths of the critics, comma separated (default: --hidden)"""
+    critic_params: int = 0
+    """--arch mtsac-wide / mhsac-wide: the parameters of the twin critics (both Q-nets) to
+    widen the critic to, within 5%% (0: the private critics', every task its own critic
+    at --hidden)"""
     batch_per_task: int = PRESET
     """samples per task in every update batch"""
     replay_size: int = PRESET
@@ -274,11 +272,14 @@ class TrainConfig:
         if self.stage_steps is PRESET:
             object.__setattr__(self, "stage_steps", max(1, self.search_steps // len(self.hidden)))
         if self.evidence_every is PRESET:
-            search = self.stage_steps if self.arch == "conal-pro" else self.search_steps
+            search = (self.stage_steps if architecture(self.arch).stages
+                      else self.search_steps)
             object.__setattr__(self, "evidence_every", max(1, search // 10))
         if self.search_warmup_steps is PRESET:
             object.__setattr__(self, "search_warmup_steps", self.search_steps // 4)
         object.__setattr__(self, "hidden", tuple(self.hidden))
+        if self.critic_hidden is not None:
+            object.__setattr__(self, "critic_hidden", tuple(self.critic_hidden))
         self._validate()
 
     def _validate(self) -> None:
@@ -286,7 +287,7 @@ class TrainConfig:
         for f in fields(self):  # a config.json's choices (the flags' are argparse's)
             allowed = typing.get_args(hints[f.name])
             if f.name == "arch":
-                allowed += ("stl",)  # what conal_rl.stl records its runs as
+                allowed = tuple(ARCHITECTURES)  # conal_rl.stl records its runs as stl
             if (typing.get_origin(hints[f.name]) is Literal
                     and getattr(self, f.name) not in allowed):
                 raise ValueError(f"--{f.name.replace('_', '-')} must be one of "
@@ -316,28 +317,30 @@ class TrainConfig:
                 raise ValueError(f"--{k.replace('_', '-')} must not be negative, got {v}")
         if self.seed < 0:
             raise ValueError(f"--seed must not be negative, got {self.seed}")
-        if not self.hidden or min(self.hidden) <= 0 or max(self.hidden) > MAX_WIDTH:
-            raise ValueError(f"--hidden needs widths in 1..{MAX_WIDTH}, got {self.hidden}")
+        for flag, widths in (("hidden", self.hidden), ("critic-hidden", self.widths("critic"))):
+            if not widths or min(widths) <= 0 or max(widths) > MAX_WIDTH:
+                raise ValueError(f"--{flag} needs widths in 1..{MAX_WIDTH}, got {widths}")
+        if self.critic_params < 0:
+            raise ValueError(f"--critic-params must not be negative, got {self.critic_params}")
         if not (0 < self.lr < math.inf and 0 <= self.gamma <= 1 and 0 < self.tau <= 1):
             raise ValueError("need lr > 0, 0 <= gamma <= 1 and 0 < tau <= 1")
         if self.arch_holdout == 1:
             raise ValueError("--arch-holdout must be 0 (none) or at least 2")
-        if self.arch == "conal" and self.search_warmup_steps >= self.search_steps:
-            raise ValueError("--search-warmup-steps must be smaller than --search-steps")
-        if self.arch == "conal-pro":
-            unsupported = [flag for flag, on in (
-                ("--gumbel", self.gumbel), ("--no-private", self.no_private),
-                ("--inherit-weights", self.inherit_weights),
-                ("--grad-surgery pcgrad", self.grad_surgery != "none")) if on]
-            if unsupported:
-                raise ValueError(f"--arch conal-pro does not take {', '.join(unsupported)} "
-                                 "(grouped trees have no single trunk to sample, share or "
-                                 "project on)")
-        if self.branch_every and self.arch not in BRANCHING_ARCHS:
+        arch = architecture(self.arch)
+        if arch.check is not None:
+            arch.check(self)
+        if self.branch_every and not arch.can_grow:
             raise ValueError(f"--branch-every needs trees with a shared trunk and a head per "
-                             f"task: --arch {', '.join(BRANCHING_ARCHS)}, not {self.arch}")
-        if self.arch == "tree" and not self.architecture:
-            raise ValueError("--arch tree needs --architecture FILE.json")
+                             f"task: --arch {', '.join(growing())}, not {self.arch}")
+        if self.critic_params and not arch.widened:
+            raise ValueError(f"--critic-params sizes the critic of --arch "
+                             f"{', '.join(a for a in TRAINED if ARCHITECTURES[a].widened)}, "
+                             f"not {self.arch}")
+
+    def widths(self, role: str) -> tuple[int, ...]:
+        """The hidden widths of the actor's or the critics' nets."""
+        return tuple(self.critic_hidden) if role == "critic" and self.critic_hidden else \
+            self.hidden
 
     # ---- the one translation into each part's settings ------------------------------------
     def sac(self, searching: bool = False) -> SACConfig:
@@ -354,7 +357,8 @@ class TrainConfig:
         from conal_rl.method import SearchSettings
 
         return SearchSettings(
-            hidden=self.hidden, arch_lr=self.arch_lr, gumbel=self.gumbel,
+            hidden=self.hidden, critic_hidden=self.critic_hidden, arch_lr=self.arch_lr,
+            gumbel=self.gumbel,
             conflict_noticing=not self.no_conflict_noticing,
             conflict_rule=self.conflict_rule, no_private=self.no_private,
             warmup_steps=self.search_warmup_steps, total_steps=self.search_steps,
@@ -440,6 +444,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls=TrainConfig,
     every default is None so that the flags a user really gave can be told apart (needed by
     presets and --resume)."""
     docs, hints = field_docs(cls), typing.get_type_hints(cls)
+    if cls is TrainConfig:  # the registry's entries, each with what it is
+        docs["arch"] = arch_help()
     for f in fields(cls):
         if only is not None and f.name not in only:
             continue

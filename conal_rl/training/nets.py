@@ -1,4 +1,4 @@
-"""From the ``--arch`` flag to the agent's networks: tree specs, their factories and files,
+"""From tree specs to the agent's networks: their factories and files (``architecture.json``),
 and the gradient filters of the trained networks (``--grad-surgery``)."""
 
 from __future__ import annotations
@@ -19,28 +19,7 @@ from conal_rl.method import (
     TreeNet,
     TreeSpec,
 )
-from conal_rl.training.config import ARCHS, GRAD_SURGERIES, MAX_WIDTH, SEARCHED_ARCHS
-
-
-def tree_specs(arch: str, hidden: tuple[int, ...], task_names: list[str],
-               architecture_file: str | Path | None = None) -> dict[str, TreeSpec]:
-    """The actor's and the critic's tree for a fixed (non-searched) architecture."""
-    T = len(task_names)
-    if arch == "mtsac":
-        spec = TreeSpec.mtsac(hidden, T, task_names)
-        return {"actor": spec, "critic": spec}
-    if arch == "mhsac":
-        spec = TreeSpec.mhsac(hidden, T, task_names)
-        return {"actor": spec, "critic": spec}
-    if arch == "independent":
-        spec = TreeSpec.independent(hidden, T, task_names)
-        return {"actor": spec, "critic": spec}
-    if arch == "tree":  # the config checked that the file is given
-        specs = load_specs(architecture_file)
-        check_fits(specs, task_names, architecture_file)
-        return specs
-    fixed = [a for a in ARCHS if a not in SEARCHED_ARCHS]
-    raise ValueError(f"{arch!r} is not a fixed architecture; fixed: {', '.join(fixed)}")
+from conal_rl.training.config import GRAD_SURGERIES, MAX_WIDTH
 
 
 def tree_factory(specs: dict[str, TreeSpec | GroupTreeSpec],

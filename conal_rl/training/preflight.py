@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from conal_rl.common import CheckpointError, UserError, one_line, resolve_device
+from conal_rl.training.architectures import architecture
 from conal_rl.training.config import TrainConfig
 from conal_rl.training.rundir import RunDir
 from envs import UnknownBenchmark, check_benchmark_name, observation_action_sizes, task_names
@@ -72,13 +73,13 @@ def check_run_files(config: TrainConfig, run_dir: Path) -> None:
     except UnknownBenchmark as e:
         raise UserError(str(e)) from None
     run = RunDir(run_dir)
-    if run.architecture.exists() or config.arch == "tree":
-        from conal_rl.training.nets import check_fits, load_specs, tree_specs
+    arch = architecture(config.arch)
+    if run.architecture.exists():  # a run's own trees: what a resume trains
+        from conal_rl.training.nets import check_fits, load_specs
 
-        if run.architecture.exists():  # a run's own trees: what a resume trains
-            check_fits(load_specs(run.architecture), tasks, run.architecture)
-        else:
-            tree_specs(config.arch, config.hidden, tasks, config.architecture)
+        check_fits(load_specs(run.architecture), tasks, run.architecture)
+    elif arch.trees is not None:  # fixed trees: a file that fits, a size that can be had
+        arch.fixed_trees(config, tasks, observation_action_sizes(config.benchmark))
     # its own checkpoint, its search's, CoNAL-Pro's stages'
     for d in [d for d in (run, *run.search_dirs()) if d.checkpoint.exists()]:
         from conal_rl.training import checkpoint
