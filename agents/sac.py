@@ -24,8 +24,8 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
-from agents.options import LOSS_WEIGHTINGS
 from agents.replay import Batch
+from agents.weighting import LOSS_WEIGHTINGS
 
 NetFactory = Callable[[str, int, int], nn.Module]
 StateConversion = Callable[[str, dict[str, Tensor]], dict[str, Tensor]]

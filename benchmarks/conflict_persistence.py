@@ -27,7 +27,7 @@ from pathlib import Path
 
 from benchmarks.report_files import command, header, save
 from conal_rl.common import CommandParser
-from conal_rl.training import atlas
+from conal_rl.training import conflict_atlas as atlas
 from conal_rl.training.rundir import RunDir, read_json
 
 

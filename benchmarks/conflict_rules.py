@@ -53,9 +53,9 @@ from conal_rl.method import (
     search_optimizers,
     search_step,
 )
-from conal_rl.method.conflict import TaskGradientCapture
 from conal_rl.method.evidence import capture_evidence
 from conal_rl.method.progressive import progressive_search
+from conal_rl.method.task_gradients import TaskGradientCapture
 
 T, FAMILY_SIZE, IN, FEATURES = 10, 5, 20, 3
 HIDDEN = (8, 8, 8)

@@ -40,7 +40,7 @@ from benchmarks.conflict_rules import (
     split,
 )
 from conal_rl.method import SuperNet, search_optimizers, search_step
-from conal_rl.method.conflict import TaskGradientCapture, cosines, task_gradients
+from conal_rl.method.task_gradients import TaskGradientCapture, cosines, task_gradients
 
 STEPS = (0, 25, 50, 100, 200, 300, 600)  # the study's warm-up is 300, its search 600 more
 MEASURES = ("cos", "cos²", "reads")

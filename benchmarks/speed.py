@@ -42,11 +42,10 @@ import torch
 from benchmarks.report_files import command, header, machine_text
 from conal_rl.common import DEVICES, CommandParser, machine
 from conal_rl.method import TreeSpec
-from conal_rl.method.options import PAPER_RULE
-from conal_rl.training.architectures import architecture
+from conal_rl.method.rules import PAPER_RULE
 from conal_rl.training.conal_search import ConalSearch
 from conal_rl.training.config import TrainConfig, add_config_arguments
-from conal_rl.training.nets import tree_factory
+from conal_rl.training.nets import fixed_trees, tree_factory
 from conal_rl.training.trainer import Trainer
 from envs import (
     VECTOR_STRATEGIES,
@@ -82,7 +81,7 @@ def trainer_row(arch: str, config: TrainConfig, bench: Benchmark) -> dict:
         spec = TreeSpec(config.hidden, [t % (P + 1) for t in range(T)], bench.task_names)
         specs = {"actor": spec, "critic": spec}
     else:
-        specs = architecture(arch).fixed_trees(config, bench.task_names)
+        specs = fixed_trees(replace(config, arch=arch), bench.task_names)
     # An untimed short run first, so one-time costs (torch's first kernels, allocations)
     # do not land on the row.
     warmup = replace(config, total_steps=config.warmup_steps + 20 * T)

@@ -160,7 +160,9 @@ def read_result(spec: RunSpec, metric: str) -> RunResult:
             f"conflict logs of {run}", run.search.event_files(recursive=True),
             run.search_conflict_logs)
         extra["architecture"]["conflict_summary"] = conflict_summary(extra["architecture"])
-    from conal_rl.training import atlas  # torch: once the runs are read, not to parse flags
+    from conal_rl.training import (
+        conflict_atlas as atlas,  # torch: once the runs are read, not to parse flags
+    )
 
     live = atlas.live_measurements(run)
     if live:  # --atlas-every: which tasks conflict at the last measurement
@@ -361,7 +363,7 @@ def markdown(payload: dict) -> str:
 def atlas_of(measurement: dict) -> dict:
     """A run's live atlas measurement in brief: per net, on its first shared layer, the tasks
     pointing significantly against the others and those outside its main cluster."""
-    from conal_rl.training import atlas
+    from conal_rl.training import conflict_atlas as atlas
 
     names, nets = measurement["task_names"], atlas.from_json(measurement)
     out = {"env_steps": measurement["env_steps"]}

@@ -76,7 +76,8 @@ def _main(args: argparse.Namespace) -> dict:
     use_headless_gl()  # before metaworld imports mujoco
     import torch
 
-    from conal_rl.training import atlas, checkpoint
+    from conal_rl.training import checkpoint
+    from conal_rl.training import conflict_atlas as atlas
     from conal_rl.training.runs import load_checked
 
     torch.set_num_threads(1)
@@ -114,7 +115,7 @@ def _main(args: argparse.Namespace) -> dict:
 def _data(args, run, state: dict, device):
     """The transitions to measure on: the replay saved in the checkpoint ``state``, else
     fresh rollouts."""
-    from conal_rl.training import atlas
+    from conal_rl.training import conflict_atlas as atlas
     from envs import make_benchmark
 
     bench = make_benchmark(run.config.benchmark, run.config.seed)
@@ -139,7 +140,7 @@ def _data(args, run, state: dict, device):
 
 def _write(args, run: RunDir, payload: dict, measured, tasks: list[str]) -> None:
     from conal_rl.analysis.atlas_figures import atlas_figure, over_training_figure
-    from conal_rl.training import atlas
+    from conal_rl.training import conflict_atlas as atlas
 
     out = args.out or run.atlas
     out.mkdir(parents=True, exist_ok=True)

@@ -47,12 +47,19 @@ def architecture(config: TrainConfig, run_dir: Path, bench
     searched by CoNAL. Also returns the searched weights with ``--inherit-weights``."""
     from conal_rl.analysis.draw import heatmap_figure, save_tree_pictures
     from conal_rl.training import checkpoint
-    from conal_rl.training.nets import load_specs, save_specs
+    from conal_rl.training.nets import fixed_trees, load_specs, save_specs
 
     run = RunDir(run_dir)
     arch_file, arch = run.architecture, architecture_of(config.arch)
     if not arch_file.exists():
-        specs, details = arch.derive(config, run_dir, bench, heatmap_figure)
+        if arch.searched:
+            from conal_rl.training import conal_search
+
+            search = getattr(conal_search, arch.search)
+            specs, details = search(config, run_dir, bench, heatmap_figure)
+        else:
+            sizes = (bench.obs_dim, int(bench.action_space.shape[0]))
+            specs, details = fixed_trees(config, bench.task_names, sizes), None
         run_dir.mkdir(parents=True, exist_ok=True)
         save_tree_pictures(run.architecture_picture, specs)
         save_specs(arch_file, specs, details)
@@ -74,12 +81,12 @@ def prepare(config: TrainConfig, run_dir: Path):
     print("config:", json.dumps(asdict(config)))
     bench = make_benchmark(config.benchmark, config.seed, config.vector_strategy)
     specs, inherited = architecture(config, run_dir, bench)
-    make_filter, hook = surgery_filter(config.grad_surgery), None
+    make_filter, hooks = surgery_filter(config.grad_surgery), []
     make_net = tree_factory(specs, config.net_options())
     if config.branch_every:
-        hook = branching_hook(config, run_dir, specs, bench.task_names, make_filter)
-        make_net = hook.make_net
-    trainer = Trainer(config, run_dir, bench, make_net, make_filter, hook=hook,
+        hooks.append(branching_hook(config, run_dir, specs, bench.task_names, make_filter))
+        make_net = hooks[-1].make_net
+    trainer = Trainer(config, run_dir, bench, make_net, make_filter, hooks=hooks,
                       atlas_figure=atlas_figure)
     if inherited is not None and not trainer.resumed:
         trainer.agent.load_networks(inherited)
@@ -96,17 +103,20 @@ def branching_hook(config: TrainConfig, run_dir: Path, specs: dict, task_names: 
     """``--branch-every``: the hook growing the trees, from the trees the run's checkpoint
     holds when it resumes (they may have grown since the architecture file)."""
     from conal_rl.training import checkpoint
-    from conal_rl.training.branching import Branching, trees_in
+    from conal_rl.training.branching import Branching
+    from conal_rl.training.nets import trees_in
 
     run = RunDir(run_dir)
     if run.checkpoint.exists():
-        specs = trees_in(checkpoint.load(run.checkpoint, mmap=True).get("search")) or specs
+        state = checkpoint.load(run.checkpoint, mmap=True)
+        specs = trees_in(checkpoint.hook_state(state, "branching")) or specs
     return Branching(specs, config.branch_every, config.evidence_samples, task_names,
                      make_filter, config.net_options())
 
 
-def save_grown(run_dir: Path, hook) -> None:
+def save_grown(run_dir: Path, hooks: list) -> None:
     """The grown trees and their branches, beside the architecture file."""
+    hook = next((h for h in hooks if h.name == "branching"), None)
     if hook is None or not hook.branches:
         return
     from conal_rl.analysis.draw import save_tree_pictures
@@ -134,7 +144,7 @@ def main(argv: list[str] | None = None):
     try:
         return run_cli(PROG, lambda: trainer.run(spent_s=search_seconds(run_dir)))
     finally:
-        save_grown(run_dir, trainer.hook)
+        save_grown(run_dir, trainer.hooks)
 
 
 if __name__ == "__main__":

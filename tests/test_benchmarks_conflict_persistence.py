@@ -7,7 +7,7 @@ import json
 import pytest
 
 from benchmarks import conflict_persistence
-from conal_rl.training import atlas
+from conal_rl.training import conflict_atlas as atlas
 from conal_rl.training.rundir import RunDir
 
 NAMES = [f"task-{i}" for i in range(6)]

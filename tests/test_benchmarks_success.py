@@ -439,7 +439,7 @@ def test_the_report_names_the_tasks_the_atlas_finds_in_conflict(tmp_path):
 
     from agents import MultiTaskSAC, random_batch
     from conal_rl.method import TreeSpec
-    from conal_rl.training import atlas
+    from conal_rl.training import conflict_atlas as atlas
     from conal_rl.training.nets import tree_factory
     from conal_rl.training.rundir import RunDir
 

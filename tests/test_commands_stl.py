@@ -1,5 +1,5 @@
-"""One SB3 SAC per task (agents/stl.py, conal_rl/training/stl_run.py, conal_rl/stl.py), logged
-like a multi-task run."""
+"""One SB3 SAC per task (agents/single_task.py, conal_rl/training/stl_run.py,
+conal_rl/stl.py), logged like a multi-task run."""
 
 import json
 from types import SimpleNamespace
@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from agents.stl import PerTaskPolicy, chunk_targets
+from agents.single_task import PerTaskPolicy, chunk_targets
 from conal_rl import stl
 from conal_rl.analysis.curves import read_curves
 from conal_rl.training.stl_run import STLRun

@@ -190,7 +190,8 @@ def test_conal_searches_derives_and_trains_then_the_tree_trains_again(tmp_path):
         assert len(entry["alpha"]["reach-v3"]) == 3  # P + 1 branch points
         assert entry["parameters"]["tree"] < entry["parameters"]["supernet"]
     assert (run / "architecture.png").stat().st_size > 1000
-    assert checkpoint.load(run / "search" / "checkpoints" / "latest.pt")["search"] is not None
+    saved = checkpoint.load(run / "search" / "checkpoints" / "latest.pt")
+    assert saved["hooks"]["search"] is not None
     assert checkpoint.load(run / "checkpoints" / "latest.pt")["counters"]["env_steps"] == 200
     # The tree's evaluations are on the budget's clock, which started with the search.
     tree_minutes = json.loads((run / "timing.json").read_text())["train_wall"] / 60

@@ -50,9 +50,8 @@ def test_mt50_names_fifty_tasks_and_an_mt50_agent_updates():
     from metaworld.env_dict import MT10_V3, MT50_V3
 
     from agents import MultiTaskSAC, random_batch
-    from conal_rl.training.architectures import architecture
     from conal_rl.training.config import TrainConfig
-    from conal_rl.training.nets import tree_factory
+    from conal_rl.training.nets import fixed_trees, tree_factory
     from envs import num_tasks
 
     check_benchmark_name("MT50")
@@ -64,7 +63,7 @@ def test_mt50_names_fifty_tasks_and_an_mt50_agent_updates():
         50 * 20_000, 32, 50 * 20_000)  # the quick preset's per-task budget, times 50
     for arch in ("mtsac", "mhsac"):
         torch.manual_seed(0)
-        trees = architecture(arch).fixed_trees(TrainConfig(benchmark="MT50", hidden=(8,)), names)
+        trees = fixed_trees(TrainConfig(benchmark="MT50", arch=arch, hidden=(8,)), names)
         agent = MultiTaskSAC(tree_factory(trees), 50, 39, 4)
         before = agent.actor.net.head.weight.detach().clone()
         metrics = agent.update(random_batch(50, 2, 39, 4))
@@ -76,9 +75,8 @@ def test_mt50_names_fifty_tasks_and_an_mt50_agent_updates():
 def test_mt50_builds_fifty_envs_and_trains(tmp_path):
     from metaworld.env_dict import MT50_V3
 
-    from conal_rl.training.architectures import architecture
     from conal_rl.training.config import TrainConfig
-    from conal_rl.training.nets import tree_factory
+    from conal_rl.training.nets import fixed_trees, tree_factory
     from conal_rl.training.trainer import Trainer
 
     bench = make_benchmark("MT50", seed=0)
@@ -87,6 +85,6 @@ def test_mt50_builds_fifty_envs_and_trains(tmp_path):
     config = TrainConfig(benchmark="MT50", preset="quick", total_steps=200, warmup_steps=100,
                          hidden=(8,), batch_per_task=2, eval_every=0, device="cpu")
     trainer = Trainer(config, tmp_path, bench,
-                      tree_factory(architecture("mtsac").fixed_trees(config, bench.task_names)))
+                      tree_factory(fixed_trees(config, bench.task_names)))
     trainer.run(final_eval=False)
     assert (trainer.env_steps, trainer.updates) == (200, 2)  # 4 vector steps, 2 of warm-up

@@ -97,3 +97,58 @@ def test_the_scan_sees_an_import_against_the_layers(tmp_path, bad):
     path.write_text(f"def f():\n    from {bad} import x\n")
     [(line, name)] = list(project_imports(path))
     assert line == 2 and imported_package(name) not in LAYERS["conal_rl.method"]
+
+
+def module_graph() -> dict[str, set[str]]:
+    """Product module -> the product modules it imports (lazy and type-only imports too)."""
+    paths = {module_name(p): p for top in ("conal_rl", "agents", "envs")
+             for p in sorted((ROOT / top).rglob("*.py"))}
+    graph = {}
+    for module, path in paths.items():
+        targets = set()
+        for _, name in project_imports(path):
+            while name and name not in paths:  # a name inside a module: the module
+                name = name.rpartition(".")[0]
+            if name and name != module and not name.endswith("__init__"):
+                targets.add(name)
+        graph[module] = targets
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import loops of a graph, each once (a path back to its first module)."""
+    found, done = [], set()
+
+    def visit(node: str, path: list[str]) -> None:
+        for nxt in sorted(graph.get(node, ())):
+            if nxt in path:
+                loop = path[path.index(nxt):]
+                if min(loop) == loop[0]:  # each loop once, from its smallest module
+                    found.append([*loop, nxt])
+            elif nxt not in done:
+                visit(nxt, [*path, nxt])
+        done.add(node)
+
+    for node in sorted(graph):
+        visit(node, [node])
+    return found
+
+
+def test_no_import_loop_among_the_products_modules():
+    # packages import their modules lazily (PEP 562): a package is not an edge of a loop
+    graph = {m: {t for t in ts if not (ROOT / t.replace(".", "/")).is_dir()}
+             for m, ts in module_graph().items()}
+    assert not cycles(graph), cycles(graph)
+
+
+def test_the_loop_finder_finds_a_loop():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
+
+
+def test_no_two_product_modules_share_a_file_name():
+    names: dict[str, list[str]] = {}
+    for top in ("conal_rl", "agents", "envs", "benchmarks"):
+        for path in (ROOT / top).rglob("*.py"):
+            if path.name not in ("__init__.py", "__main__.py"):
+                names.setdefault(path.name, []).append(str(path.relative_to(ROOT)))
+    assert not {n: p for n, p in names.items() if len(p) > 1}

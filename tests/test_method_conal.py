@@ -8,10 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conal_rl.method.conflict import ConflictNoticing, shared_layers, task_gram
+from conal_rl.method.conflict import ConflictNoticing
 from conal_rl.method.reference import gram_by_separate_backwards, reference_forward
 from conal_rl.method.search import search_optimizers, search_step
 from conal_rl.method.supernet import SuperNet
+from conal_rl.method.task_gradients import shared_layers, task_gram
 from conal_rl.method.tree import TreeNet, TreeSpec, num_parameters
 
 T, IN, OUT, HIDDEN = 4, 5, 3, (6, 7, 8)

@@ -13,8 +13,8 @@ import torch
 from agents import MultiTaskReplay, MultiTaskSAC, SACConfig, random_batch
 from conal_rl import train
 from conal_rl.analysis.grouping import arch_label
-from conal_rl.method.conflict import gram_method
 from conal_rl.method.pcgrad import PCGrad, pcgrad_coefficients, random_orders
+from conal_rl.method.task_gradients import gram_method
 from conal_rl.method.tree import TreeNet, TreeSpec
 from conal_rl.training.conal_search import ConalSearch
 from conal_rl.training.config import TrainConfig, given_arguments

@@ -182,13 +182,14 @@ def test_a_search_stopped_midway_keeps_its_count(tmp_path, two_tasks, monkeypatc
     assert stopped.value.code == 128 + signal.SIGINT
     saved = checkpoint.load(run / "search" / "checkpoints" / "latest.pt")
     assert saved["counters"] == {"env_steps": 142, "updates": 21}
-    assert saved["search"]["arch_calls"] == 21  # all past the search's warm-up (75 env steps)
-    assert _alpha_adam_steps(saved["search"]) == 11  # calls 1, 3, ..., 21
+    # all past the search's warm-up (75 env steps)
+    assert saved["hooks"]["search"]["arch_calls"] == 21
+    assert _alpha_adam_steps(saved["hooks"]["search"]) == 11  # calls 1, 3, ..., 21
 
     monkeypatch.setattr(trainer_module, "StopSignal", real_stop_signal)
     train.main(argv)
     final = checkpoint.load(run / "search" / "checkpoints" / "latest.pt")
     assert final["counters"] == {"env_steps": 300, "updates": 21 + 29}
-    assert final["search"]["arch_calls"] == 50
-    assert _alpha_adam_steps(final["search"]) == 11 + 14  # calls 23, 25, ..., 49
+    assert final["hooks"]["search"]["arch_calls"] == 50
+    assert _alpha_adam_steps(final["hooks"]["search"]) == 11 + 14  # calls 23, 25, ..., 49
     assert (run / "architecture.json").exists()

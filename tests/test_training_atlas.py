@@ -1,4 +1,4 @@
-"""The conflict atlas's measurement (conal_rl/training/atlas.py): the task gradients it
+"""The conflict atlas's measurement (conal_rl/training/conflict_atlas.py): the task gradients it
 reads are the ones autograd gives task by task, and measuring leaves the run as it was."""
 
 import pytest
@@ -6,8 +6,8 @@ import torch
 
 from agents import MultiTaskReplay, MultiTaskSAC, random_batch
 from conal_rl.method import TreeSpec
-from conal_rl.method.conflict import cosines
-from conal_rl.training import atlas
+from conal_rl.method.task_gradients import cosines
+from conal_rl.training import conflict_atlas as atlas
 from conal_rl.training.nets import tree_factory
 
 T, OBS, ACT = 4, 6, 2

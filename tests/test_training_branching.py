@@ -70,7 +70,7 @@ def test_a_lasting_conflict_opens_a_branch_that_resumes_and_evaluates(
     # measurements at the first update and every 100 env steps on: the critic's task 1
     # outside at the 2nd and 3rd -> its branch opens at the 3rd; the actor's once -> none
     state = checkpoint.load(RunDir(run).checkpoint)
-    trees = state["search"]["trees"]
+    trees = state["hooks"]["branching"]["trees"]
     assert tuple(trees["critic"]["branch_points"]) == (2, 1)
     assert tuple(trees["actor"]["branch_points"]) == (2, 2)
     grown = json.loads(RunDir(run).grown.read_text())
@@ -86,7 +86,7 @@ def test_a_lasting_conflict_opens_a_branch_that_resumes_and_evaluates(
     train.main(["--resume", str(run), "--total-steps", "700"])
     resumed = checkpoint.load(RunDir(run).checkpoint)
     assert resumed["counters"]["env_steps"] == 700
-    assert tuple(resumed["search"]["trees"]["critic"]["branch_points"]) == (2, 1)
+    assert tuple(resumed["hooks"]["branching"]["trees"]["critic"]["branch_points"]) == (2, 1)
     # what evaluate, render and the atlas rebuild: an MH-SAC q-net (386 parameters) and task
     # 1's copy of module 2 (16x16+16)
     loaded = runs.load_run(run)
@@ -103,8 +103,8 @@ def test_without_lasting_evidence_nothing_grows(tmp_path, two_tasks, monkeypatch
     train.main([*TINY, "--arch", "mhsac", "--total-steps", "400", "--branch-every", "100",
                 "--run-dir", str(run)])
     state = checkpoint.load(RunDir(run).checkpoint)
-    assert tuple(state["search"]["trees"]["critic"]["branch_points"]) == (2, 2)
-    assert state["search"]["branches"] == [] and not RunDir(run).grown.exists()
+    assert tuple(state["hooks"]["branching"]["trees"]["critic"]["branch_points"]) == (2, 2)
+    assert state["hooks"]["branching"]["branches"] == [] and not RunDir(run).grown.exists()
 
 
 def test_trees_that_cannot_branch_are_refused(tmp_path, capsys):

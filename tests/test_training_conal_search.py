@@ -343,7 +343,7 @@ def test_a_search_stopped_midway_continues_from_its_checkpoint(tmp_path, two_tas
     saved = checkpoint.load(run / "search" / "checkpoints" / "latest.pt")
     assert saved["counters"] == {"env_steps": 140, "updates": 20}  # 70 of 100 vector steps
     assert not (run / "architecture.json").exists()  # the search has not ended
-    saved_alpha_steps = _alpha_adam_steps(saved["search"])
+    saved_alpha_steps = _alpha_adam_steps(saved["hooks"]["search"])
     assert saved_alpha_steps > 0
 
     # The same command again: the search goes on from there with its alpha, the alpha
@@ -365,7 +365,7 @@ def test_a_search_stopped_midway_continues_from_its_checkpoint(tmp_path, two_tas
     train.main(argv)
     assert f"resumed {run / 'search'} at env step 140" in capsys.readouterr().out
     [at_resume] = resumed
-    assert _same_state(at_resume["optim"], saved["search"]["optim"])
+    assert _same_state(at_resume["optim"], saved["hooks"]["search"]["optim"])
     for role in ("actor", "critic"):
         assert torch.equal(at_resume["alpha"][role], saved["agent"][f"{role}.net.alpha"
                                                                     if role == "actor" else
@@ -373,7 +373,8 @@ def test_a_search_stopped_midway_continues_from_its_checkpoint(tmp_path, two_tas
     final = checkpoint.load(run / "search" / "checkpoints" / "latest.pt")
     assert final["counters"] == {"env_steps": 300, "updates": 20 + 30}
     # The alpha optimizer counted on from where it stopped, not from zero.
-    assert arch_steps and _alpha_adam_steps(final["search"]) == saved_alpha_steps + len(arch_steps)
+    assert arch_steps
+    assert _alpha_adam_steps(final["hooks"]["search"]) == saved_alpha_steps + len(arch_steps)
     assert len(arch_steps) == 30  # one before every update of the resumed part
     assert json.loads((run / "search" / "timing.json").read_text())["env_steps"] == 300
     arch = json.loads((run / "architecture.json").read_text())

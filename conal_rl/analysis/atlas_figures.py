@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 from scipy.cluster.hierarchy import dendrogram, leaves_list, linkage
 from scipy.spatial.distance import squareform
 
-from conal_rl.training.atlas import Atlas
+from conal_rl.training.conflict_atlas import Atlas
 
 CMAP = "RdBu_r"  # red: agree, blue: conflict
 

@@ -5,8 +5,10 @@
 * :mod:`~conal_rl.method.tree`: tree architectures (:class:`TreeSpec`) and the pruned
   networks they describe (:class:`TreeNet`); MT-SAC, MH-SAC and independent nets are trees.
 * :mod:`~conal_rl.method.supernet`: the search space, every task mixing its branch points.
-* :mod:`~conal_rl.method.conflict`: per-task gradients from one backward, and
-  conflict-noticing on the shared modules.
+* :mod:`~conal_rl.method.task_gradients`: per-task gradients of shared modules from one
+  backward, and their Gram matrices.
+* :mod:`~conal_rl.method.conflict`: conflict-noticing on the shared modules, by a rule of
+  :mod:`~conal_rl.method.rules` (the table of conflict rules).
 * :mod:`~conal_rl.method.evidence`: conflict statistics with standard errors from one
   backward over a large batch (:class:`LayerEvidence`), the ``evidence`` rule's input.
 * :mod:`~conal_rl.method.search`: the architecture step and the alternating search step.
@@ -20,8 +22,9 @@
 from importlib import import_module
 
 _SOURCES = {
-    "ConflictNoticing": "conflict", "SharedLayer": "conflict", "TaskGradientCapture": "conflict",
-    "CONFLICT_RULES": "options", "LayerEvidence": "evidence", "capture_evidence": "evidence",
+    "ConflictNoticing": "conflict", "SharedLayer": "task_gradients",
+    "TaskGradientCapture": "task_gradients",
+    "CONFLICT_RULES": "rules", "LayerEvidence": "evidence", "capture_evidence": "evidence",
     "layer_evidence": "evidence", "GroupTreeNet": "groups", "GroupTreeSpec": "groups",
     "TaskLinear": "layers", "NetOptions": "layers", "PLAIN": "layers", "WEIGHT_INITS": "options",
     "PCGrad": "pcgrad", "progressive_search": "progressive",
@@ -35,7 +38,7 @@ __all__ = sorted(_SOURCES)
 
 
 def __getattr__(name: str):
-    """The names above, loaded when first used (PEP 562): ``conal_rl.method.options`` can be
+    """The names above, loaded when first used (PEP 562): ``conal_rl.method.rules`` can be
     read without importing torch."""
     if name not in _SOURCES:
         raise AttributeError(f"module 'conal_rl.method' has no attribute {name!r}")

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from conal_rl.method.conflict import TaskGradientCapture, consensus_cosines, cosines
+from conal_rl.method.task_gradients import TaskGradientCapture, consensus_cosines, cosines
 
 
 def significance_z(k: int, chunks: int, level: float = 0.05) -> float:

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from conal_rl.method.conflict import SharedLayer
 from conal_rl.method.layers import PLAIN, NetOptions, TaskLinear
+from conal_rl.method.task_gradients import SharedLayer
 
 
 def canonical(groups) -> tuple[int, ...]:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from conal_rl.method.options import WEIGHT_INITS
+from conal_rl.method.weight_inits import WEIGHT_INITS
 
 
 class TaskLinear(nn.Module):

@@ -46,7 +46,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from conal_rl.method.conflict import (
+from conal_rl.method.task_gradients import (
     SharedLayer,
     TaskGradientCapture,
     gram_method,

@@ -30,11 +30,12 @@ from collections.abc import Callable, Collection, Mapping
 import torch
 from torch import Tensor, nn
 
-from conal_rl.method.conflict import ConflictNoticing, SharedLayer
+from conal_rl.method.conflict import ConflictNoticing
 from conal_rl.method.groups import GroupLinear, GroupTreeSpec, canonical
 from conal_rl.method.layers import PLAIN, NetOptions, TaskLinear
 from conal_rl.method.search import search_optimizers, search_step
 from conal_rl.method.supernet import _tasks_of
+from conal_rl.method.task_gradients import SharedLayer
 
 
 class StageNet(nn.Module):

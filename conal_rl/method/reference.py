@@ -9,8 +9,8 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from conal_rl.method.conflict import SharedLayer
 from conal_rl.method.supernet import SuperNet
+from conal_rl.method.task_gradients import SharedLayer
 
 
 def reference_forward(net: SuperNet, x: Tensor, weights: Tensor) -> Tensor:

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from conal_rl.method.conflict import ConflictNoticing
 from conal_rl.method.layers import NetOptions
-from conal_rl.method.options import PAPER_RULE
+from conal_rl.method.rules import PAPER_RULE, rule_named
 from conal_rl.method.supernet import SuperNet
 
 
@@ -35,7 +35,7 @@ class SearchSettings:
     tau_start: float = 5.0  # Gumbel temperature, annealed linearly over the search
     tau_end: float = 0.5
     conflict_noticing: bool = True
-    conflict_rule: str = PAPER_RULE  # the official search's; see options.CONFLICT_RULES
+    conflict_rule: str = PAPER_RULE  # the official search's; see rules.RULES
     conflict_ema: float = 0.9  # averaging of the ema-pair and consensus rules
     conflict_threshold: float = 0.0  # cosine margin of the ema-pair and consensus rules
     no_private: bool = False
@@ -61,7 +61,7 @@ class SearchSettings:
     @property
     def decides_on_evidence(self) -> bool:
         """The architecture comes from the evidence (gated nets), not from alpha."""
-        return self.conflict_noticing and self.conflict_rule == "evidence"
+        return self.conflict_noticing and rule_named(self.conflict_rule).from_evidence
 
     def temperature(self, step: int) -> float:
         """The Gumbel temperature at ``step``: annealed linearly after the warm-up."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 if typing.TYPE_CHECKING:
     from conal_rl.method import GroupTreeSpec, TreeSpec
@@ -35,8 +34,9 @@ class Architecture:
     label: str
     """What tables and plots call it."""
     trees: Callable[[TrainConfig, list[str], tuple[int, int] | None], Specs] | None = None
-    """Fixed trees: ``trees(config, task_names, (obs_dim, act_dim))`` (the sizes None where
-    only an env can tell); None for a searched architecture."""
+    """Fixed trees made from the config: ``trees(config, task_names, (obs_dim, act_dim))``
+    (the sizes None where only an env can tell); None for trees from a file or a search
+    (``nets.fixed_trees`` reads the first, ``train.py`` runs the second)."""
     search: str | None = None
     """Searched: the function of ``training/conal_search.py`` that searches its trees."""
     stages: bool = False
@@ -57,24 +57,10 @@ class Architecture:
     def searched(self) -> bool:
         return self.search is not None
 
-    def fixed_trees(self, config: TrainConfig, task_names: list[str],
-                    sizes: tuple[int, int] | None = None) -> Specs:
-        """The actor's and the critic's trees of a fixed architecture."""
-        if self.trees is None:
-            raise ValueError(f"{self.name!r} is searched, not fixed; fixed: "
-                             f"{', '.join(a.name for a in trained() if a.trees)}")
-        return self.trees(config, task_names, sizes)
-
-    def derive(self, config: TrainConfig, run_dir: Path, bench, heatmap=None
-               ) -> tuple[Specs, dict | None]:
-        """The trees to train and what the architecture file records beside them: searched
-        in the run's search directory, or fixed."""
-        if self.search is None:
-            sizes = (bench.obs_dim, int(bench.action_space.shape[0]))
-            return self.fixed_trees(config, bench.task_names, sizes), None
-        from conal_rl.training import conal_search
-
-        return getattr(conal_search, self.search)(config, run_dir, bench, heatmap)
+    @property
+    def fixed(self) -> bool:
+        """Its trees are known before training: made from the config or read from a file."""
+        return self.trees is not None or self.needs_file
 
 
 # ---- the fixed trees ------------------------------------------------------------------------
@@ -86,14 +72,6 @@ def _per_role(make: str) -> Callable:
         kind = getattr(TreeSpec, make)
         return {role: kind(config.widths(role), len(task_names), task_names) for role in ROLES}
     return trees
-
-
-def _from_file(config: TrainConfig, task_names: list[str], sizes) -> Specs:
-    from conal_rl.training.nets import check_fits, load_specs
-
-    specs = load_specs(config.architecture)  # the config checked that the file is given
-    check_fits(specs, task_names, config.architecture)
-    return specs
 
 
 def _widened(make: str) -> Callable:
@@ -179,8 +157,8 @@ ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (
     Architecture("conal-pro", "grow grouped trees stage by stage with CoNAL-Pro, then train "
                  "them", "CoNAL-Pro", search="search_progressive", stages=True,
                  check=_checks(_check_searched, _check_conal_pro)),
-    Architecture("tree", "a given tree, see --architecture", "tree", trees=_from_file,
-                 can_grow=True, needs_file=True, check=_check_tree),
+    Architecture("tree", "a given tree, see --architecture", "tree", can_grow=True,
+                 needs_file=True, check=_check_tree),
     Architecture("mtsac-wide", "MT-SAC with its critic widened to --critic-params "
                  "parameters (default: the private critics'): the equal-parameter control",
                  "MT-SAC, wide critic", trees=_widened("mtsac"), widened=True,
@@ -195,10 +173,6 @@ ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (
 
 TRAINED = tuple(name for name, a in ARCHITECTURES.items() if a.command == "conal_rl.train")
 """``--arch`` of ``conal_rl.train``."""
-
-
-def trained() -> list[Architecture]:
-    return [ARCHITECTURES[name] for name in TRAINED]
 
 
 def architecture(name: str) -> Architecture:
@@ -217,4 +191,5 @@ def growing() -> tuple[str, ...]:
 
 def help_text() -> str:
     """``--arch``'s help: every architecture ``conal_rl.train`` trains, with what it is."""
-    return "network architecture: " + "; ".join(f"{a.name} ({a.help})" for a in trained())
+    return "network architecture: " + "; ".join(f"{name} ({ARCHITECTURES[name].help})"
+                                                for name in TRAINED)

@@ -24,7 +24,8 @@ from torch.utils.tensorboard import SummaryWriter
 
 from agents import FilterFactory, MultiTaskReplay, MultiTaskSAC
 from conal_rl.method import PLAIN, NetOptions, TreeNet, TreeSpec, grown_state
-from conal_rl.training import atlas
+from conal_rl.training import conflict_atlas as atlas
+from conal_rl.training.nets import trees_in
 
 Outside = dict[str, dict[int, set[int]]]  # role -> shared module (1..P) -> task ids
 
@@ -33,6 +34,8 @@ class Branching:
     """The trees of one agent as they grow. Build the agent with :meth:`make_net`, pass
     this object to the trainer as its hook; ``before_update`` returns the grown agent when
     a branch opened."""
+
+    name = "branching"
 
     def __init__(self, specs: dict[str, TreeSpec], every: int, samples: int,
                  task_names: list[str], make_filter: FilterFactory | None = None,
@@ -45,7 +48,7 @@ class Branching:
         self.task_names, self.make_filter = list(task_names), make_filter
         self.options = options
         self.branches: list[dict] = []  # what opened: env steps, net, task, module
-        self._outside: Outside = {}  # what the last measurement put outside
+        self.rule = BRANCH_RULES[DEFAULT_BRANCH_RULE]()
         self._measured_at: int | None = None
 
     def make_net(self, role: str, in_dim: int, out_dim: int) -> nn.Module:
@@ -60,11 +63,8 @@ class Branching:
         measured = atlas.measure_replay(agent, replay, self.samples, env_steps)
         if not measured:  # too few transitions yet, or nothing shared
             return None
-        now = outside(measured)
-        lasting = {role: {layer: tasks & self._outside.get(role, {}).get(layer, set())
-                          for layer, tasks in layers.items()} for role, layers in now.items()}
-        self._outside, self._measured_at = now, env_steps
-        grown = {role: self.specs[role].branched(lasting.get(role, {})) for role in self.specs}
+        leaving, self._measured_at = self.rule.decide(measured), env_steps
+        grown = {role: self.specs[role].branched(leaving.get(role, {})) for role in self.specs}
         if grown == self.specs:
             return None
         for role, spec in grown.items():
@@ -83,16 +83,45 @@ class Branching:
 
     def state_dict(self) -> dict:
         return {"trees": {role: spec.to_dict() for role, spec in self.specs.items()},
-                "branches": list(self.branches), "measured_at": self._measured_at,
-                "outside": {role: {str(k): sorted(v) for k, v in layers.items()}
-                            for role, layers in self._outside.items()}}
+                "branches": list(self.branches), "measured_at": self._measured_at
+                } | self.rule.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
         self.specs = trees_in(state) or self.specs
         self.branches = list(state.get("branches", []))
         self._measured_at = state.get("measured_at")
-        self._outside = {role: {int(k): set(v) for k, v in layers.items()}
-                         for role, layers in state.get("outside", {}).items()}
+        self.rule.load_state_dict(state)
+
+
+class LastingOutsideCluster:
+    """The branching decision: a task leaves a shared module once two measurements running
+    put it outside the module's main cluster in every net of its role. Carries the last
+    measurement's verdict (its state, saved with the hook's)."""
+
+    def __init__(self):
+        self.last: Outside = {}
+
+    def decide(self, measured: atlas.Atlas) -> Outside:
+        """Per role and shared module (1..P), the tasks that leave it now."""
+        now = outside(measured)
+        lasting = {role: {layer: tasks & self.last.get(role, {}).get(layer, set())
+                          for layer, tasks in layers.items()} for role, layers in now.items()}
+        self.last = now
+        return lasting
+
+    def state_dict(self) -> dict:
+        return {"outside": {role: {str(k): sorted(v) for k, v in layers.items()}
+                            for role, layers in self.last.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.last = {role: {int(k): set(v) for k, v in layers.items()}
+                     for role, layers in state.get("outside", {}).items()}
+
+
+BRANCH_RULES = {"lasting-cluster": LastingOutsideCluster}
+"""How a growing tree decides that a task leaves a shared module, by name (one table: a
+new decision is one class and one entry)."""
+DEFAULT_BRANCH_RULE = "lasting-cluster"
 
 
 def outside(measured: atlas.Atlas) -> Outside:
@@ -108,9 +137,3 @@ def outside(measured: atlas.Atlas) -> Outside:
             per_role = found.setdefault(role, {})
             per_role[layer] = per_role[layer] & out if layer in per_role else out
     return found
-
-
-def trees_in(hook_state: dict | None) -> dict[str, TreeSpec] | None:
-    """The grown trees a checkpoint's hook state holds (None: not a branching run's)."""
-    trees = (hook_state or {}).get("trees")
-    return {role: TreeSpec.from_dict(d) for role, d in trees.items()} if trees else None

@@ -81,6 +81,19 @@ def load(path: Path, map_location="cpu", mmap: bool = False) -> dict:
 RUN_KEYS = ("config", "agent", "optimizers", "counters", "rng")  # what a run's checkpoint holds
 
 
+def hook_state(state: dict, name: str) -> dict | None:
+    """The saved state of the training loop's hook ``name`` (None: no such hook ran).
+    Checkpoints written before the loop took several hooks held their one hook's state as
+    ``"search"`` (CoNAL's search, or a growing tree's)."""
+    if "hooks" in state:
+        return state["hooks"].get(name)
+    legacy = state.get("search")
+    if legacy is None:
+        return None
+    is_growth = "trees" in legacy
+    return legacy if (name == "branching") == is_growth else None
+
+
 def check_trained_on(state: dict, benchmark: str, arch: str, where: Path) -> None:
     """Refuse a checkpoint of another benchmark or architecture than its run's, or one
     that lacks what a run's checkpoint holds."""

@@ -38,7 +38,8 @@ from conal_rl.method import (
     num_parameters,
 )
 from conal_rl.method.progressive import StageNet
-from conal_rl.training import atlas, checkpoint
+from conal_rl.training import checkpoint
+from conal_rl.training import conflict_atlas as atlas
 from conal_rl.training.config import TrainConfig
 from conal_rl.training.rundir import RunDir, read_json
 from conal_rl.training.trainer import Trainer
@@ -53,6 +54,8 @@ class ConalSearch:
     """The search state of one agent: its supernets' alphas, conflict-noticing, the alpha
     optimizer. Build the agent with :meth:`make_net` and :meth:`make_filter`, then pass
     this object to the trainer as its hook. One instance per agent."""
+
+    name = "search"
 
     def __init__(self, settings: SearchSettings, task_names: list[str], batch_per_task: int,
                  heatmap: Heatmap | None = None):
@@ -258,7 +261,7 @@ def search_architecture(config: TrainConfig, run_dir: Path, bench: Benchmark,
     search = ConalSearch(config.search(), bench.task_names, config.batch_per_task, heatmap)
     search_config = replace(config, total_steps=config.search_steps, eval_every=0)
     trainer = Trainer(search_config, run.search.path, bench, search.make_net,
-                      search.make_filter, hook=search, sac=config.sac(searching=True),
+                      search.make_filter, hooks=[search], sac=config.sac(searching=True),
                       holdout_every=config.arch_holdout)
     print(f"search: {config.search_steps} env steps in {run.search}")
     trainer.run(final_eval=False)
@@ -329,7 +332,7 @@ def search_progressive(config: TrainConfig, run_dir: Path, bench: Benchmark,
             hook = ProStage(settings, bench.task_names, config.batch_per_task, decided,
                             heatmap)
             trainer = Trainer(stage_config, stage_dir.path, bench, hook.make_net, hook.make_filter,
-                              hook=hook, sac=config.sac(searching=True),
+                              hooks=[hook], sac=config.sac(searching=True),
                               holdout_every=config.arch_holdout)
             print(f"CoNAL-Pro stage {stage}/{len(config.hidden)}: {config.stage_steps} env "
                   f"steps in {stage_dir}")

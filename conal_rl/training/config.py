@@ -21,9 +21,10 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Literal
 
-from agents.options import LOSS_WEIGHTINGS
+from agents.weighting import LOSS_WEIGHTINGS
 from conal_rl.common import DEVICES, write_json_atomic
-from conal_rl.method.options import CONFLICT_RULES, DEFAULT_RULE, PAPER_RULE, WEIGHT_INITS
+from conal_rl.method.rules import CONFLICT_RULES, DEFAULT_RULE, PAPER_RULE, rules_help
+from conal_rl.method.weight_inits import WEIGHT_INITS
 from conal_rl.training.architectures import ARCHITECTURES, TRAINED, architecture, growing
 from conal_rl.training.architectures import help_text as arch_help
 from envs import VECTOR_STRATEGIES, num_tasks
@@ -178,16 +179,8 @@ class TrainConfig:
     no_conflict_noticing: bool = False
     """--arch conal: ablation, search without conflict-noticing"""
     conflict_rule: Literal[CONFLICT_RULES] = DEFAULT_RULE
-    """--arch conal/conal-pro: how conflict-noticing decides, per shared module. evidence
-    (default): from large-sample statistics of the task gradients with their errors,
-    refreshed every --evidence-every env steps: a task leaves a module (off its update, and
-    its branch forced below it) only where its conflict there is significant; without
-    significant conflict every task stays on the trunk. any-pair (the paper's): freeze the
-    module when some pair of tasks' gradients has a negative inner product on this batch
-    (with many tasks, nearly always). ema-pair: the same on a moving average of the
-    pairwise cosines. consensus: leave out of the module's update each task whose gradient
-    points against the sum of the others' (averaged over updates). affinity: the same,
-    blind to signs. A frozen module does not move (nor do its Adam moments)"""
+    """--arch conal/conal-pro: how conflict-noticing decides (conal_rl/method/rules.py;
+    --help lists them)"""
     evidence_every: int = PRESET
     """--conflict-rule evidence: env steps (in all) between refreshes of the evidence during
     the search (default: a tenth of --search-steps; conal-pro: of --stage-steps)"""
@@ -195,9 +188,9 @@ class TrainConfig:
     """--conflict-rule evidence and --branch-every: transitions per task each measurement
     of the evidence reads (from the replay, with a generator of its own)"""
     branch_every: int = 0
-    """--arch mhsac, tree or conal (its derived trees): env steps (in all) between
-    measurements of the evidence while the trees train; a task that two measurements
-    running put outside a shared module's main cluster (sign-blind; the critic: in both
+    """trees with a head per task (e.g. --arch mhsac, tree, conal's derived trees): env steps
+    (in all) between measurements of the evidence while the trees train; a task that two
+    measurements running put outside a shared module's main cluster (sign-blind; the critic: in both
     twins) gets its own copies from that module on, starting as the shared ones (the net
     computes what it did; Adam's moments carried). The grown trees are saved with the
     checkpoints and in RUN_DIR/grown.json. 0: the trees stay as they were made"""
@@ -444,8 +437,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls=TrainConfig,
     every default is None so that the flags a user really gave can be told apart (needed by
     presets and --resume)."""
     docs, hints = field_docs(cls), typing.get_type_hints(cls)
-    if cls is TrainConfig:  # the registry's entries, each with what it is
+    if cls is TrainConfig:  # the tables' entries, each with what it is
         docs["arch"] = arch_help()
+        docs["conflict_rule"] = "--arch conal/conal-pro: " + rules_help()
     for f in fields(cls):
         if only is not None and f.name not in only:
             continue

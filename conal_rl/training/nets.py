@@ -19,7 +19,24 @@ from conal_rl.method import (
     TreeNet,
     TreeSpec,
 )
-from conal_rl.training.config import GRAD_SURGERIES, MAX_WIDTH
+from conal_rl.training.architectures import architecture
+from conal_rl.training.config import GRAD_SURGERIES, MAX_WIDTH, TrainConfig
+
+
+def fixed_trees(config: TrainConfig, task_names: list[str],
+                sizes: tuple[int, int] | None = None) -> dict[str, TreeSpec | GroupTreeSpec]:
+    """The actor's and the critic's trees of a fixed (not searched) architecture: made from
+    the config, or read from ``--architecture`` (ArchitectureError, one line, for a file
+    that is not trees for these tasks). ``sizes``: (obs_dim, act_dim), where known."""
+    arch = architecture(config.arch)
+    if arch.needs_file:  # the config checked that the file is given
+        specs = load_specs(config.architecture)
+        check_fits(specs, task_names, config.architecture)
+        return specs
+    if not arch.fixed:
+        raise ValueError(f"--arch {config.arch} has no fixed trees (searched, or not trained "
+                         "by conal_rl.train)")
+    return arch.trees(config, task_names, sizes)
 
 
 def tree_factory(specs: dict[str, TreeSpec | GroupTreeSpec],
@@ -136,3 +153,9 @@ def check_fits(specs: dict[str, TreeSpec], task_names: list[str], where: str | P
         if spec.num_tasks != len(task_names):
             raise ArchitectureError(f"{where}: {role} tree has {spec.num_tasks} tasks, the "
                                     f"benchmark {len(task_names)}")
+
+
+def trees_in(hook_state: dict | None) -> dict[str, TreeSpec] | None:
+    """The grown trees a checkpoint's hook state holds (None: not a growing run's)."""
+    trees = (hook_state or {}).get("trees")
+    return {role: TreeSpec.from_dict(d) for role, d in trees.items()} if trees else None

@@ -78,8 +78,10 @@ def check_run_files(config: TrainConfig, run_dir: Path) -> None:
         from conal_rl.training.nets import check_fits, load_specs
 
         check_fits(load_specs(run.architecture), tasks, run.architecture)
-    elif arch.trees is not None:  # fixed trees: a file that fits, a size that can be had
-        arch.fixed_trees(config, tasks, observation_action_sizes(config.benchmark))
+    elif arch.fixed:  # fixed trees: a file that fits, a size that can be had
+        from conal_rl.training.nets import fixed_trees
+
+        fixed_trees(config, tasks, observation_action_sizes(config.benchmark))
     # its own checkpoint, its search's, CoNAL-Pro's stages'
     for d in [d for d in (run, *run.search_dirs()) if d.checkpoint.exists()]:
         from conal_rl.training import checkpoint

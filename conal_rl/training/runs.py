@@ -18,10 +18,9 @@ import torch
 from agents import MultiTaskSAC
 from conal_rl.method import TreeSpec
 from conal_rl.training import checkpoint
-from conal_rl.training.branching import trees_in
 from conal_rl.training.checkpoint import CheckpointError
 from conal_rl.training.config import TrainConfig
-from conal_rl.training.nets import check_fits, load_specs, tree_factory
+from conal_rl.training.nets import check_fits, load_specs, tree_factory, trees_in
 from conal_rl.training.preflight import load_config, run_dir_of
 from conal_rl.training.rundir import RunDir
 from envs import (
@@ -96,7 +95,8 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedR
     # mmap: a replay saved with the run is mapped, never read
     state = checkpoint.load(run.checkpoint, map_location=device, mmap=True)
     checkpoint.check_trained_on(state, config.benchmark, config.arch, run_dir)
-    specs = trees_in(state.get("search")) or specs  # trees that grew (--branch-every)
+    # trees that grew (--branch-every)
+    specs = trees_in(checkpoint.hook_state(state, "branching")) or specs
     agent_state = state["agent"]
     T = specs["actor"].num_tasks
     sizes = state.get("sizes")  # checkpoints before the sizes were saved: from the weights

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from agents.stl import PerTaskPolicy, chunk_callback, chunk_targets
+from agents.single_task import PerTaskPolicy, chunk_callback, chunk_targets
 from conal_rl.common import StopSignal, UserError, one_line, write_atomic
 from conal_rl.training.config import TrainConfig
 from conal_rl.training.rundir import RunDir, read_json

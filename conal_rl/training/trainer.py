@@ -12,7 +12,7 @@ import random
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Protocol
@@ -24,7 +24,8 @@ from tqdm import tqdm
 
 from agents import FilterFactory, MultiTaskReplay, MultiTaskSAC, NetFactory, SACConfig
 from conal_rl.common import StopSignal, keep_freed_memory, resolve_device
-from conal_rl.training import atlas, checkpoint, guard
+from conal_rl.training import checkpoint, guard
+from conal_rl.training import conflict_atlas as atlas
 from conal_rl.training.config import TrainConfig
 from conal_rl.training.rundir import RunDir
 from conal_rl.training.runs import Policy, format_eval, record_evaluation
@@ -34,8 +35,11 @@ from envs.video import VideoError, last_frame, record_videos
 
 
 class Hook(Protocol):
-    """What the loop calls besides the agent's update (e.g. CoNAL's search). A new agent
-    that ``before_update`` returns (a tree that grew a branch) is the loop's from then on."""
+    """What the loop calls besides the agent's update (e.g. CoNAL's search, a growing
+    tree), in the order given. A new agent that ``before_update`` returns (a tree that grew
+    a branch) is the loop's from then on. ``name`` keys its state in the checkpoint."""
+
+    name: str
 
     def before_update(self, agent: MultiTaskSAC, replay: MultiTaskReplay,
                       env_steps: int) -> MultiTaskSAC | None: ...
@@ -70,17 +74,20 @@ class Trainer:
 
     The agent is built here, after seeding, from ``make_net`` (its networks),
     ``make_filter`` (gradient filters of its losses) and ``sac`` (default: the config's).
-    ``hook`` (e.g. CoNAL's search) is called before every update, when logging and when
-    checkpointing; ``holdout_every`` = k > 0 keeps every k-th vector step out of the
+    ``hooks`` (e.g. CoNAL's search) are called, in order, before every update, when logging
+    and when checkpointing; ``holdout_every`` = k > 0 keeps every k-th vector step out of the
     weights' replay, for the hook (``replay.sample_holdout``). A checkpoint in ``run_dir``
     is resumed.
     """
 
     def __init__(self, config: TrainConfig, run_dir: Path, bench: Benchmark,
                  make_net: NetFactory, make_filter: FilterFactory | None = None,
-                 hook: Hook | None = None, sac: SACConfig | None = None,
+                 hooks: Sequence[Hook] = (), sac: SACConfig | None = None,
                  holdout_every: int = 0, atlas_figure: AtlasFigure | None = None):
-        self.config, self.run_dir, self.bench, self.hook = config, Path(run_dir), bench, hook
+        self.config, self.run_dir, self.bench = config, Path(run_dir), bench
+        self.hooks = list(hooks)
+        if len({h.name for h in self.hooks}) < len(self.hooks):
+            raise ValueError(f"two hooks of one name: {[h.name for h in self.hooks]}")
         self.atlas_figure = atlas_figure
         self.files = RunDir(run_dir)
         self.device = resolve_device(config.device)
@@ -208,8 +215,8 @@ class Trainer:
     def _update(self, window: _Window) -> None:
         batch_per_task = self.config.batch_per_task
         for _ in range(self.config.updates_per_step):
-            if self.hook is not None:
-                grown = self.hook.before_update(self.agent, self.replay, self.env_steps)
+            for hook in self.hooks:
+                grown = hook.before_update(self.agent, self.replay, self.env_steps)
                 if grown is not None:
                     self.agent = grown
                     self.policy = Policy(grown, self.bench.action_space, self.device)
@@ -355,8 +362,8 @@ class Trainer:
             for task, value in zip(self.bench.task_names, per_task.tolist()):
                 self.writer.add_scalar(f"{k}/{task}", value, step)
         self.check_finite(means)
-        if self.hook is not None:
-            self.hook.log(self.writer, step)
+        for hook in self.hooks:
+            hook.log(self.writer, step)
         self.speed = {"sps": f"{sps:.0f}", "ups": f"{ups:.0f}"}
         self._show_progress(bar)
         return now
@@ -425,7 +432,7 @@ class Trainer:
             "timers": dict(self.timers) | {"train_wall": self.train_seconds()},
             "rng": checkpoint.rng_state(self.np_rng),
             "replay": self.replay.state_dict() if self.config.save_replay else None,
-            "search": self.hook.state_dict() if self.hook else None,
+            "hooks": {hook.name: hook.state_dict() for hook in self.hooks},
         }, self.checkpoint_path)
         self.saved_step = self.env_steps
         self.timers["checkpoint"] += time.perf_counter() - t0
@@ -442,5 +449,5 @@ class Trainer:
         checkpoint.restore_rng(state["rng"], self.np_rng)
         if state["replay"] is not None:
             self.replay.load_state_dict(state["replay"])
-        if self.hook is not None:
-            self.hook.load_state_dict(state["search"])
+        for hook in self.hooks:
+            hook.load_state_dict(checkpoint.hook_state(state, hook.name))
