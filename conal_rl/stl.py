@@ -3,7 +3,7 @@
     python -m conal_rl.stl --benchmark MT10 --preset quick --seed 0 --run-dir DIR
     python -m conal_rl.stl --resume DIR [--total-steps N]
 
-The baseline of the success comparison (``python -m benchmarks.success``) and the
+The baseline of the success comparison (``python -m benchmarks.experiments.success``) and the
 cross-check of the batched STL (``conal_rl.train --arch stl``, every task its own networks
 in one batched update). The run: :mod:`conal_rl.training.stl_run`.
 """

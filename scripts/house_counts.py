@@ -29,7 +29,7 @@ CHOICE_LISTS = {
 INTERNAL = {"PRESETS", "RESUMABLE", "FORMAT", "search_conflict_logs", "search_timing",
             "MAX_WIDTH"}  # the non-public names issue 27 found benchmarks importing
 PARTS = {"product": ["conal_rl/**/*.py", "agents/*.py", "envs/*.py"],
-         "benchmarks": ["benchmarks/*.py"], "tests": ["tests/*.py"]}
+         "benchmarks": ["benchmarks/**/*.py"], "tests": ["tests/*.py"]}
 
 
 def files(root: Path, part: str) -> list[Path]:

@@ -1,5 +1,6 @@
 """Evaluation curves: the one reader (conal_rl/analysis/curves.py, from a run's
-evaluations.csv) against env steps and training minutes, and benchmarks/curves.py's
+evaluations.csv) against env steps and training minutes, and
+benchmarks/experiments/minute_curves.py's
 curves on a grid of minutes."""
 
 import math
@@ -7,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from benchmarks import curves
+from benchmarks.experiments import minute_curves as curves
 from conal_rl.analysis.curves import MEAN, read_curves
 from conal_rl.common import UserError
 from conal_rl.training.runs import EVALUATION_COLUMNS, record_evaluation

@@ -1,4 +1,4 @@
-"""benchmarks/conflict_persistence.py: flagged tasks recurring against chance, the twin
+"""benchmarks/studies/conflict_persistence.py: flagged tasks recurring against chance, the twin
 critics' agreement and the persistent events, from a run's live atlas; bad input is one line
 and exit status 2."""
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from benchmarks import conflict_persistence
+from benchmarks.studies import conflict_persistence
 from conal_rl.training import conflict_atlas as atlas
 from conal_rl.training.rundir import RunDir
 

@@ -1,4 +1,4 @@
-"""benchmarks/core_sharing.py on short rows: a row per neighbour, each as a share of the
+"""benchmarks/speed/core_sharing.py on short rows: a row per neighbour, each as a share of the
 idle rate, the files written; bad CPUs refused in one line."""
 
 import json
@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from benchmarks import core_sharing
+from benchmarks.speed import core_sharing
 
 CPUS = sorted(os.sched_getaffinity(0))
 

@@ -1,11 +1,11 @@
-"""benchmarks/curves_table.py: runs side by side at equal env steps, from their
+"""benchmarks/experiments/curves_table.py: runs side by side at equal env steps, from their
 evaluations.csv; bad input is one line and exit status 2."""
 
 import json
 
 import pytest
 
-from benchmarks import curves_table
+from benchmarks.experiments import curves_table
 
 
 def _run(path, arch, evaluations, benchmark="MT10"):

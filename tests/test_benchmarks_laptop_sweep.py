@@ -1,4 +1,4 @@
-"""benchmarks/laptop_sweep.py: a candidate trains for a wall-clock budget, the minutes
+"""benchmarks/experiments/laptop_sweep.py: a candidate trains for a wall-clock budget, the minutes
 report reads its evaluations at fixed training minutes, a larger budget extends the same
 run, and every call is recorded with the candidates it ran."""
 
@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from benchmarks import laptop_sweep
-from benchmarks.success_runs import ROWS
+from benchmarks.experiments import laptop_sweep
+from benchmarks.experiments.success_runs import ROWS
 from conal_rl.training import checkpoint
 from conal_rl.training.config import TrainConfig
 from conal_rl.training.runs import record_evaluation
@@ -17,7 +17,7 @@ from envs import EvalResult
 
 @pytest.fixture(autouse=True)
 def success_rows_as_they_were():
-    """laptop_sweep registers its candidates as rows of benchmarks.success (one shared
+    """laptop_sweep registers its candidates as rows of benchmarks.experiments.success (one shared
     dict): take them out again, for the tests of the success benchmark's own rows."""
     before = dict(ROWS)
     yield

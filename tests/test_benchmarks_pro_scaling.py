@@ -1,8 +1,8 @@
-"""benchmarks/pro_scaling.py: CoNAL's supernet against CoNAL-Pro's stages, on tiny nets."""
+"""benchmarks/speed/pro_scaling.py: CoNAL's supernet against CoNAL-Pro's stages, on tiny nets."""
 
 import json
 
-from benchmarks import pro_scaling
+from benchmarks.speed import pro_scaling
 
 
 def test_rows_for_every_task_count_and_stage(tmp_path):

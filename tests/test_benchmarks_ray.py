@@ -1,6 +1,6 @@
-"""benchmarks/success.py on Ray Tune: a tiny experiment (2 rows x 1 seed on a local 2-CPU
-Ray) stopped by SIGTERM (or SIGINT) after its first trial finished, then the same command again: the
-finished run is not trained again, the stopped one resumes from its checkpoint, and the
+"""benchmarks/experiments/success.py on Ray Tune: a tiny experiment (2 rows x 1 seed on a local
+2-CPU Ray) stopped by SIGTERM (or SIGINT) after its first trial finished, then the same command
+again: the finished run is not trained again, the stopped one resumes from its checkpoint, and the
 report holds both rows. Plus the run-folder lock that keeps a run still saving from being
 trained twice (no Ray)."""
 
@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from benchmarks import success
+from benchmarks.experiments import success
 
 ARGS = ["--benchmark", "gym:Pendulum-v1", "--archs", "mtsac,mhsac", "--seeds", "1", "--budget",
         "quick", "--total-steps", "1000", "--warmup-steps", "100", "--eval-every", "200",
@@ -38,7 +38,7 @@ def test_an_interrupted_experiment_resumes_without_training_finished_runs_again(
     args = [*ARGS, "--runs-dir", str(tmp_path / "runs"), "--out-dir", str(tmp_path / "out")]
     runs = tmp_path / "runs" / "gym-Pendulum-v1-quick"
     first, second = runs / "mtsac-s0", runs / "mhsac-s0"
-    cmd = [sys.executable, "-m", "benchmarks.success", *args]
+    cmd = [sys.executable, "-m", "benchmarks.experiments.success", *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         # One trial at a time: stop when the first has finished and the second evaluated.

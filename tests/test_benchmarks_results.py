@@ -146,7 +146,7 @@ ALLOWED: dict[tuple[str, str | None, str], str] = {}
 # In every file: the number as written -> why.
 ALLOWED_EVERYWHERE = {
     "95%": "the confidence level of the IQM's interval",
-    "1.15": "the loop-overhead target of benchmarks/speed.py",
+    "1.15": "the loop-overhead target of benchmarks/speed/training_loop.py",
 }
 
 
@@ -162,7 +162,7 @@ README = "README.md"
 _allow(README, "speed", "2278.8 1183.5 3600.0", LAPTOP_TIMING)
 _allow(README, "MT10-quick", "15", "the runs: 5 rows × 3 seeds, not a measurement")
 _allow("conflict-rules.md", None, "1024 100", "settings of the study (EVIDENCE, REFRESH in "
-       "benchmarks/conflict_rules.py), not measurements")
+       "benchmarks/studies/conflict_rules.py), not measurements")
 _allow(README, "atlas", "1,024", "a setting of the runs (--atlas-samples)")
 _allow("quick-run/README.md", None, "2", "the Intel VM's vCPUs, as the results README of "
        "d697d2c described it (the run's files record no machine)")
@@ -411,18 +411,14 @@ def section_text(text: str, name: str, level: int = 2) -> str:
 
 
 def _generated():
-    from benchmarks import (
+    from benchmarks.experiments import curves_table, laptop_sweep, success_report
+    from benchmarks.speed import core_sharing, end_to_end, update_speed
+    from benchmarks.speed import training_loop as speed
+    from benchmarks.studies import (
         conflict_persistence,
         conflict_rules,
-        core_sharing,
-        curves_table,
-        end_to_end,
         gradient_signal,
-        laptop_sweep,
-        speed,
-        success_report,
         task_groups,
-        update_speed,
     )
 
     return {"conflict-rules.md": conflict_rules.markdown,

@@ -1,6 +1,6 @@
-"""benchmarks/speed.py on tiny one-task runs: every kind of row, its counts against the
-warm-up rule and its timers against the loop's own calls, rows skipped or rerun, each row's
-machine; benchmarks/method_speed.py and benchmarks/twin_critics.py on small sizes."""
+"""benchmarks/speed/training_loop.py on tiny one-task runs: every kind of row, its counts against
+the warm-up rule and its timers against the loop's own calls, rows skipped or rerun, each row's
+machine; benchmarks/speed/method_speed.py and benchmarks/speed/twin_critics.py on small sizes."""
 
 import json
 import time
@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from agents import MultiTaskSAC
-from benchmarks import method_speed, speed, twin_critics
+from benchmarks.speed import method_speed, twin_critics
+from benchmarks.speed import training_loop as speed
 from conal_rl.training.conal_search import ConalSearch
 
 STEPS = 200
@@ -88,8 +89,9 @@ def test_a_trainer_row_counts_its_updates_and_times_the_loop(out, monkeypatch):
     assert row["overhead"] == pytest.approx(1.0)
     assert row["env_steps_per_s"] * row["wall_s"] == pytest.approx(STEPS)
     # The row records the machine and the command that measured it.
-    assert row["command"] == payload["commands"][-1] == "python -m benchmarks.speed " + " ".join(
-        [*TINY, "--archs", "mtsac", "--out", str(out)])
+    assert row["command"] == payload["commands"][-1] == (
+        "python -m benchmarks.speed.training_loop "
+        + " ".join([*TINY, "--archs", "mtsac", "--out", str(out)]))
     assert row["machine"]["torch_threads"] == row["torch_threads"] == 1
     assert {k: payload["machine"][k] for k in row["machine"]} == row["machine"]
     md = out.with_suffix(".md").read_text()
@@ -162,7 +164,7 @@ def test_conal_and_sb3_rows(out, monkeypatch):
         assert r["env_s"] > 0 and r["update_s"] > 0 and r["wall_s"] >= r["env_s"] + r["update_s"]
 
 
-# ---- benchmarks/method_speed.py ---------------------------------------------------------------
+# ---- benchmarks/speed/method_speed.py
 @pytest.fixture
 def small_method_sizes(monkeypatch):
     for name, value in dict(T=4, HIDDEN=(8, 8, 8), IN=5, OUT=2, B=6,
@@ -175,7 +177,7 @@ def test_method_speed_records_its_command_and_rows(tmp_path, small_method_sizes)
     argv = ["--repeats", "2", "--threads", "1", "--out", str(out)]
     assert method_speed.main(argv) == 0
     payload = json.loads(out.read_text())
-    assert payload["command"] == "python -m benchmarks.method_speed " + " ".join(argv)
+    assert payload["command"] == "python -m benchmarks.speed.method_speed " + " ".join(argv)
     assert payload["repeats"] == 2 and payload["threads"] == 1
     assert payload["machine"]["torch_threads"] == 1
     assert payload["sizes"]["hidden"] == [8, 8, 8] and payload["sizes"]["tasks"] == 4
@@ -195,7 +197,7 @@ def test_the_sorted_tree_prototype_computes_the_tree(small_method_sizes):
     torch.testing.assert_close(sorted_tree(x), tree(x))
 
 
-# ---- benchmarks/twin_critics.py ---------------------------------------------------------------
+# ---- benchmarks/speed/twin_critics.py
 def _batched_from(two: torch.nn.Module, hidden) -> twin_critics.BatchedTwins:
     """BatchedTwins holding the weights of ``two``'s q1 and q2."""
     batched = twin_critics.BatchedTwins(hidden)
@@ -228,7 +230,7 @@ def test_twin_critics_records_its_command(tmp_path, monkeypatch):
     argv = ["--repeats", "3", "--out", str(out)]
     payload = twin_critics.main(argv)
     assert json.loads(out.read_text())["command"] == payload["command"]
-    assert payload["command"] == "python -m benchmarks.twin_critics " + " ".join(argv)
+    assert payload["command"] == "python -m benchmarks.speed.twin_critics " + " ".join(argv)
     assert payload["repeats"] == 3 and payload["machine"]["device"] == "cpu"
     [row] = payload["rows"]
     assert row["size"] == "tiny" and row["speedup"] == pytest.approx(
@@ -245,10 +247,10 @@ def test_a_row_with_the_env_worker_steps_in_it(out):
 
 
 def test_update_speed_times_the_update_gemms_in_bf16_and_reports_them_apart():
-    """benchmarks/update_speed.py: the bf16 bare GEMMs are the recorded products with bf16
+    """benchmarks/speed/update_speed.py: the bf16 bare GEMMs are the recorded products with bf16
     operands; the bf16 table is added below the main one, which stays as older reports
     render it."""
-    from benchmarks import update_speed
+    from benchmarks.speed import update_speed
 
     recorder = update_speed.GemmRecorder()
     with recorder:

@@ -1,4 +1,4 @@
-"""benchmarks/success.py on tiny MT1 runs: the report, skipping finished runs, resuming
+"""benchmarks/experiments/success.py on tiny MT1 runs: the report, skipping finished runs, resuming
 unfinished ones, failed runs and bad input."""
 
 import dataclasses
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks import success, success_report
-from benchmarks.success_runs import parse_given
+from benchmarks.experiments import success, success_report
+from benchmarks.experiments.success_runs import parse_given
 from conal_rl.common import machine
 from conal_rl.training.config import TrainConfig
 from conal_rl.training.nets import load_specs
@@ -120,7 +120,7 @@ def test_a_report_only_call_keeps_the_history_of_its_own_runs_only(bench, tmp_pa
     for runs_dir, kept in (("runs/another-table", False), (own["runs_dir"], True)):
         stem.with_suffix(".json").write_text(json.dumps(
             {"runs_dir": runs_dir, "machine": machine() | {"platform": "the trainer"},
-             "commands": ["python -m benchmarks.success (the call that trained)"]}))
+             "commands": ["python -m benchmarks.experiments.success (the call that trained)"]}))
         payload = success.main(args)
         assert (payload["machine"]["platform"] == "the trainer") == kept
         assert len(payload["commands"]) == (2 if kept else 1)
@@ -315,9 +315,9 @@ def test_bad_input_is_one_line_and_exit_2(args, message, capsys, tmp_path):
 
 
 def test_bad_row_from_the_command_line(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.success", "--archs", "mtsac,nope",
-                           "--runs-dir", str(tmp_path)], capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.experiments.success", "--archs",
+                           "mtsac,nope", "--runs-dir", str(tmp_path)], capture_output=True,
+                          text=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"{success.PROG}: error: unknown row 'nope' in --archs; valid: "
@@ -391,7 +391,7 @@ def test_the_private_critic_row_trains_the_critics_of_stl_and_the_actor_of_mhsac
     assert set(critic.branch_points) == {0}  # private from the input
     entry = success_report.summarize_row("private-critic", [], [], 3, "success")
     assert entry["command"] == ("python -m conal_rl.train --arch tree --architecture "
-                                "benchmarks/architectures/MT10-private-critic.json")
+                                "benchmarks/experiments/architectures/MT10-private-critic.json")
 
 
 def test_a_conal_pro_search_counts_all_its_stages(tmp_path):

@@ -1,11 +1,11 @@
-"""benchmarks/task_groups.py: sibling tasks' shared modules against all pairs, for grouped
+"""benchmarks/studies/task_groups.py: sibling tasks' shared modules against all pairs, for grouped
 and branch-point trees; bad input is one line and exit status 2."""
 
 import json
 
 import pytest
 
-from benchmarks import task_groups
+from benchmarks.studies import task_groups
 
 NAMES = ["drawer-open-v3", "drawer-close-v3", "window-open-v3", "window-close-v3", "reach-v3"]
 

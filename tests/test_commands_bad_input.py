@@ -1,14 +1,16 @@
 """Bad inputs to every command line give one line on stderr and exit status 2, fast: a
-subset of benchmarks/bad_inputs.py's cases (the whole table: python -m benchmarks.bad_inputs,
+subset of benchmarks/studies/bad_inputs.py's cases (the whole table: python -m
+benchmarks.studies.bad_inputs,
 benchmarks/results/bad-inputs.md), run as subprocesses against its scratch files."""
 
 import pytest
 
-from benchmarks.bad_inputs import CASES, applicable, make_workspace, run_case
+from benchmarks.studies.bad_inputs import CASES, applicable, make_workspace, run_case
 
 COMMANDS = {"conal_rl.train", "conal_rl.evaluate", "conal_rl.render", "conal_rl.plot",
-            "conal_rl.stl", "benchmarks.success", "benchmarks.speed",
-            "benchmarks.laptop_sweep", "benchmarks.method_speed", "benchmarks.twin_critics"}
+            "conal_rl.stl", "benchmarks.experiments.success", "benchmarks.speed.training_loop",
+            "benchmarks.experiments.laptop_sweep", "benchmarks.speed.method_speed",
+            "benchmarks.speed.twin_critics"}
 
 # (case name, what its one line must say): those that failed late or with a traceback
 # before, and one of every kind of file.
@@ -21,7 +23,7 @@ SUBSET = {
     "conal_rl.evaluate: checkpoint truncated": "not a readable checkpoint",
     "conal_rl.plot: evaluations.csv truncated mid-row": "not an evaluation row",
     "conal_rl.stl: --resume: stl.json holds {}": "not an STL run's stl.json",
-    "benchmarks.twin_critics: --repeats 0": "--repeats must be at least 1",
+    "benchmarks.speed.twin_critics: --repeats 0": "--repeats must be at least 1",
 }
 
 

@@ -1,4 +1,4 @@
-"""The synthetic task-family problem of benchmarks/conflict_rules.py: its right tree is
+"""The synthetic task-family problem of benchmarks/studies/conflict_rules.py: its right tree is
 known (established here on held-out loss), the recovery score, what the measurement in
 benchmarks/results/conflict-rules.md found about the paper's rule, and the evidence rule
 that recovers the families."""
@@ -7,7 +7,7 @@ import statistics
 
 import pytest
 
-from benchmarks import conflict_rules as study
+from benchmarks.studies import conflict_rules as study
 
 
 def test_the_family_tree_wins_on_held_out_loss():
@@ -58,13 +58,13 @@ def test_conal_pro_groups_the_families_better_than_conal_trees():
 
 
 def test_the_reads_similarity_ignores_signs_and_hidden_units_and_cos_matches_autograd():
-    """benchmarks/gradient_signal.py's measures of two tasks' gradients on a linear layer:
+    """benchmarks/studies/gradient_signal.py's measures of two tasks' gradients on a linear layer:
     ``cos`` is the cosine of the per-task gradients autograd gives; negating one task's
     gradient and mixing its output units by a rotation changes ``cos`` and leaves ``reads``
     (which input features the gradient reads) unchanged."""
     import torch
 
-    from benchmarks.gradient_signal import similarities
+    from benchmarks.studies.gradient_signal import similarities
 
     torch.manual_seed(0)
     layer = torch.nn.Linear(5, 4)
@@ -94,7 +94,7 @@ def test_the_gradients_carry_the_families_only_before_the_supernet_fits_its_data
     the same input features (``reads`` within > across) while the loss is being fitted; by
     the end of the search's warm-up the nets have fitted the small training sets and the
     signal is gone, which is why no conflict rule recovers the families there."""
-    from benchmarks.gradient_signal import trace
+    from benchmarks.studies.gradient_signal import trace
 
     points = {p["step"]: p for p in trace(0, agreeing=False, steps=(0, 300))}
     within, across = points[0]["layers"]["shared.1"]["reads"]

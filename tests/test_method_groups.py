@@ -102,11 +102,11 @@ def test_conflict_noticing_acts_on_every_stage_candidate_modules():
 
 
 def test_pro_evidence_groups_follow_the_significant_clusters():
-    """benchmarks/conflict_rules.py's families: under the evidence rule the first module
+    """benchmarks/studies/conflict_rules.py's families: under the evidence rule the first module
     splits the tasks into the two families, which then share every module (recovery 3,
     the most a grouped tree can score); tasks that all read the same features stay one
     group."""
-    from benchmarks import conflict_rules as study
+    from benchmarks.studies import conflict_rules as study
 
     families = study.search(study.make_problem(0), "pro-evidence", seed=0)
     assert study.recovery(families["shared"]) == 3.0, families["groups"]

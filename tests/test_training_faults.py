@@ -297,8 +297,8 @@ def test_a_resumed_metaworld_run_is_the_uninterrupted_run(tmp_path):
 
 def test_a_second_sigterm_while_the_stop_checkpoint_is_written_does_not_cut_it(
         tmp_path, monkeypatch):
-    """A scheduler may repeat its SIGTERM (benchmarks.success's trials did, every second):
-    the run's own handler stays in place until the stop checkpoint is written."""
+    """A scheduler may repeat its SIGTERM (benchmarks.experiments.success's trials did, every
+    second): the run's own handler stays in place until the stop checkpoint is written."""
     outside = []  # signals that reached the handler the run found (the test's)
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: outside.append(signum))
     save = Trainer.save_checkpoint

@@ -6,7 +6,7 @@ cluster twice running.
 Why twice running: the conflicts the atlas finds late in training mostly do not last. On
 MT10 a task flagged at one measurement is flagged at the next no more often than chance
 says, and the twin critics, measured on the same transitions, mostly name different tasks
-(``python -m benchmarks.conflict_persistence``). A branch is permanent, so it follows
+(``python -m benchmarks.studies.conflict_persistence``). A branch is permanent, so it follows
 only evidence that repeats. Why every net of the role: the twin critics share one tree, and
 both must show the task apart. Sign-blind evidence only (``LayerEvidence.main_cluster``):
 these trees have a head per task, so the signs of trunk gradients follow the heads.

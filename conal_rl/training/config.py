@@ -63,7 +63,7 @@ PRESETS = {
                   eval_episodes=5, checkpoint_every_per_task=10_000,
                   search_per_task=3_000, arch_lr=1e-3, minutes=None, vector_strategy="worker"),
     # "laptop": one hour of training on 2 CPU cores (--minutes binds, the step budget is
-    # only a ceiling). Nets and batch chosen by benchmarks/laptop_sweep.py (results in
+    # only a ceiling). Nets and batch chosen by benchmarks/experiments/laptop_sweep.py (results in
     # benchmarks/results/laptop-sweep/): after 60 minutes 3x128 with 32 per task and 3x256
     # with 64 per task end within noise (0.20 and 0.22), but 3x128 takes 2.3x the env steps
     # and leads at 30 and 45 minutes.
@@ -107,7 +107,7 @@ class TrainConfig:
     preset: Literal[PRESET_NAMES] = "paper"
     """default sizes and budgets: paper (3x400 nets, 2M steps per task), quick (small nets, 20k
     steps per task: a CPU smoke run on MT10) or laptop (60 minutes of training on 2 CPU
-    cores, 3x128 nets, 32 per task, as chosen by benchmarks.laptop_sweep)"""
+    cores, 3x128 nets, 32 per task, as chosen by benchmarks.experiments.laptop_sweep)"""
     total_steps: int = PRESET
     """env steps in all, summed over tasks (default: the preset's steps per task x number of
     tasks)"""

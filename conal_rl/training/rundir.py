@@ -13,7 +13,7 @@
       atlas/                 the conflict atlas: step_<n>.json measured live during training
                              (``--atlas-every``), atlas.json and pictures by
                              ``python -m conal_rl.atlas``
-      train.log              the console of a run that benchmarks.success started
+      train.log              the console of a run that benchmarks.experiments.success started
       search/                CoNAL's search: a run directory itself, plus inherited.pt
       search/stage<s>/       CoNAL-Pro's stages: run directories, plus decided.json
 

@@ -1,6 +1,6 @@
 """Seconds from a command line to its one-line error, for bad flags and missing files.
 
-    python -m benchmarks.error_latency [--code DIR ...] [--repeats 3] [--out STEM]
+    python -m benchmarks.speed.error_latency [--code DIR ...] [--repeats 3] [--out STEM]
 
 Runs every case with ``python -m ...`` from each ``--code`` checkout (default: this one;
 give a git worktree of an older revision to compare, side by side in one run), pinned to
@@ -44,7 +44,7 @@ def seconds_to_error(code: Path, module: str, args: list[str]) -> tuple[float, i
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.error_latency",
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.speed.error_latency",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--code", type=Path, action="append", default=None,
                         help="a checkout to run the commands from (repeatable; default: .)")
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
                               "exit_status": runs[0][1]}
         rows.append(row)
         print(row, flush=True)
-    payload = {"command": command("python -m benchmarks.error_latency", argv),
+    payload = {"command": command("python -m benchmarks.speed.error_latency", argv),
                "machine": machine("cpu"), "repeats": args.repeats,
                "codes": [str(c) for c in codes], "rows": rows}
     lines = [*header("Seconds to a bad flag's or file's error", payload["command"],

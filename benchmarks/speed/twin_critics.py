@@ -1,6 +1,6 @@
 """Twin critics as two networks or as one batched module: which trains faster?
 
-    python -m benchmarks.twin_critics [--device cpu|cuda] [--out FILE.json]
+    python -m benchmarks.speed.twin_critics [--device cpu|cuda] [--out FILE.json]
 
 The SAC agent runs its two critics as two networks (``q1(x)``, ``q2(x)``). The alternative
 is one module holding both, every layer a ``baddbmm`` over a leading axis of 2. This times
@@ -81,7 +81,7 @@ def time_step(net: nn.Module, x: torch.Tensor, repeats: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = CommandParser(prog="python -m benchmarks.twin_critics",
+    parser = CommandParser(prog="python -m benchmarks.speed.twin_critics",
                            description=__doc__.split("\n\n")[0])
     # no "auto": a measurement names its device
     parser.add_argument("--device", default="cpu", choices=DEVICES[1:])

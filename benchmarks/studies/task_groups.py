@@ -5,7 +5,7 @@ of the benchmark, against the average over all pairs of its tasks. A tree that p
 together would show siblings well above all pairs; the standard error of a mean of that many
 pairs drawn at random says what "well above" means.
 
-    python -m benchmarks.task_groups RUN_DIR_OR_ARCHITECTURE_JSON ... [--out STEM]
+    python -m benchmarks.studies.task_groups RUN_DIR_OR_ARCHITECTURE_JSON ... [--out STEM]
 
 Reads CoNAL trees (branch points) and CoNAL-Pro grouped trees alike.
 """
@@ -98,7 +98,7 @@ def markdown(payload: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = CommandParser(prog="python -m benchmarks.task_groups", description=__doc__)
+    parser = CommandParser(prog="python -m benchmarks.studies.task_groups", description=__doc__)
     parser.add_argument("runs", nargs="+",
                         help="run directories (their architecture.json) or architecture files")
     parser.add_argument("--out", default="benchmarks/results/task-groups",
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
         except ArchitectureError as e:
             parser.error(str(e))
         rows += [net_row(run, net, spec) for net, spec in specs.items()]
-    payload = {"command": command("python -m benchmarks.task_groups", argv), "rows": rows}
+    payload = {"command": command("python -m benchmarks.studies.task_groups", argv), "rows": rows}
     save(Path(args.out), payload, markdown(payload))
     return payload
 

@@ -1,7 +1,7 @@
 """Do this machine's CPUs share a core? A single-thread matrix product's rate on one CPU,
 the other CPU idle or busy.
 
-    python -m benchmarks.core_sharing [--cpu 1] [--other 0] [--seconds 4]
+    python -m benchmarks.speed.core_sharing [--cpu 1] [--other 0] [--seconds 4]
         [--repeats 3] [--out benchmarks/results/core-sharing]
 
 Cloud VMs often hand out hyperthreads as "CPUs": two of them can be the two hardware
@@ -30,7 +30,7 @@ import torch
 from benchmarks.report_files import command, header, now, save
 from conal_rl.common import CommandParser, machine
 
-PROG = "python -m benchmarks.core_sharing"
+PROG = "python -m benchmarks.speed.core_sharing"
 SHAPE = (320, 128, 128)  # M, K, N
 NEIGHBOURS = {  # what runs on the other CPU, as a python -c program
     "idle": None,

@@ -2,7 +2,8 @@
 subprocess pool (``benchmarks/`` as committed at ``--old-rev``, run from a ``git archive``
 copy) and by the Ray Tune trials of the working tree.
 
-    python -m benchmarks.ray_overhead [--old-rev 45e6335] [--out benchmarks/results/ray-overhead]
+    python -m benchmarks.speed.ray_overhead [--old-rev 45e6335] [--out
+        benchmarks/results/ray-overhead]
 
 Each command runs as a subprocess with fresh run folders; every 0.2 s this samples the
 whole process tree under it (Ray's daemons and workers, the training runs) and records the
@@ -26,7 +27,7 @@ from benchmarks.report_files import command, header, now, save
 from conal_rl.common import machine
 from conal_rl.training.rundir import RunDir
 
-PROG = "python -m benchmarks.ray_overhead"
+PROG = "python -m benchmarks.speed.ray_overhead"
 TINY = ["--benchmark", "gym:Pendulum-v1", "--archs", "mtsac,mhsac", "--seeds", "1",
         "--budget", "quick", "--total-steps", "300", "--warmup-steps", "100",
         "--eval-every", "150", "--eval-episodes", "1", "--device", "cpu", "--jobs", "2"]
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
                         "%(default)s, the last before Ray)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ray-overhead"))
     args = parser.parse_args(argv)
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -102,16 +103,18 @@ def main(argv: list[str] | None = None) -> dict:
         (tmp / "old.tar").write_bytes(archive)
         with tarfile.open(tmp / "old.tar") as tar:
             tar.extractall(old, filter="data")
-        for name, cwd in (("subprocess_pool", old), ("ray_tune", repo)):
+        # the old revision's runner was benchmarks/success.py, before the benchmarks' rooms
+        for name, cwd, module in (("subprocess_pool", old, "benchmarks.success"),
+                                  ("ray_tune", repo, "benchmarks.experiments.success")):
             runs = tmp / f"runs-{name}"
-            cmd = [sys.executable, "-m", "benchmarks.success", *TINY, "--runs-dir", str(runs),
-                   "--out-dir", str(tmp / f"out-{name}")]
+            cmd = [sys.executable, "-m", module, *TINY,
+                   "--runs-dir", str(runs), "--out-dir", str(tmp / f"out-{name}")]
             first = RunDir(runs / "gym-Pendulum-v1-quick" / "mtsac-s0").train_log
             results[name] = measure(cmd, cwd, first)
             print(name, results[name], flush=True)
     pool, tune = results["subprocess_pool"], results["ray_tune"]
     payload = {"command": command(PROG, argv), "date": now(),
-               "experiment": "python -m benchmarks.success " + " ".join(TINY),
+               "experiment": "python -m benchmarks.experiments.success " + " ".join(TINY),
                "old_rev": subprocess.run(["git", "rev-parse", "--short", args.old_rev],
                                          cwd=repo, capture_output=True, text=True).stdout.strip(),
                "machine": machine("cpu"), "results": results,

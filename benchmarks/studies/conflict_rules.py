@@ -1,6 +1,7 @@
 """Which conflict rule lets CoNAL's search find known task families? A synthetic study.
 
-    python -m benchmarks.conflict_rules [--seeds 3] [--out benchmarks/results/conflict-rules]
+    python -m benchmarks.studies.conflict_rules [--seeds 3] [--out
+        benchmarks/results/conflict-rules]
 
 The problem: T = 10 regression tasks in two families of five. Family k's tasks read the same
 features of the input, phi_k(x) = tanh(W_k x) (three features, the two families' W_k in
@@ -306,7 +307,7 @@ def markdown(payload: dict) -> str:
 def seeded_main(prog: str, doc: str, default_out: str, run_study, render,
                 argv: list[str] | None) -> dict:
     """The command line of a synthetic study over ``--seeds`` (this one and
-    ``benchmarks.gradient_signal``): ``run_study(seeds)``'s payload, with the command, the
+    ``benchmarks.studies.gradient_signal``): ``run_study(seeds)``'s payload, with the command, the
     machine and the seconds, saved at ``--out`` as JSON and as ``render(payload)``."""
     parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=3, help="seeds (default: %(default)s)")
@@ -329,7 +330,7 @@ def seeded_main(prog: str, doc: str, default_out: str, run_study, render,
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return seeded_main("python -m benchmarks.conflict_rules", __doc__,
+    return seeded_main("python -m benchmarks.studies.conflict_rules", __doc__,
                        "benchmarks/results/conflict-rules", study, markdown, argv)
 
 

@@ -1,7 +1,7 @@
 """End-to-end training speed of one run, an earlier version of the code against this one,
 side by side in one benchmark run.
 
-    python -m benchmarks.end_to_end [--before REV] [--minutes M] [--rounds N]
+    python -m benchmarks.speed.end_to_end [--before REV] [--minutes M] [--rounds N]
                                     [--arch mtsac] [--preset laptop] [--out STEM]
 
 Trains ``python -m conal_rl.train --benchmark MT10 --arch ARCH --preset PRESET --minutes M``
@@ -26,7 +26,7 @@ from benchmarks.report_files import command, header, now, save
 from conal_rl.common import CommandParser, machine
 from conal_rl.training.rundir import RunDir
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def worktree(rev: str, into: Path) -> Path:
@@ -77,7 +77,7 @@ def markdown(payload: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = CommandParser(prog="python -m benchmarks.end_to_end", description=__doc__)
+    parser = CommandParser(prog="python -m benchmarks.speed.end_to_end", description=__doc__)
     parser.add_argument("--before", default="8a3f19d", help="git revision of the before code")
     parser.add_argument("--after-flags", default="--vector-strategy worker",
                         help="extra training flags of the after runs")
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
                             str(before_code)], capture_output=True)
     speeds = {v: statistics.median(r["env_steps_per_s"] for r in runs if r["version"] == v)
               for v in ("before", "after")}
-    payload = {"command": command("python -m benchmarks.end_to_end", argv),
+    payload = {"command": command("python -m benchmarks.speed.end_to_end", argv),
                "machine": machine(), "date": now(), "before": args.before, "after_rev": after_rev,
                "after_flags": args.after_flags, "arch": args.arch, "preset": args.preset,
                "minutes": args.minutes, "runs": runs,

@@ -1,7 +1,7 @@
 """How CoNAL's and CoNAL-Pro's searches grow with the number of tasks: parameters, memory
 saved for the backward pass, and the time of one forward and backward.
 
-    python -m benchmarks.pro_scaling [--tasks 10,50] [--hidden 400,400,400] [--batch 128]
+    python -m benchmarks.speed.pro_scaling [--tasks 10,50] [--hidden 400,400,400] [--batch 128]
         [--repeats 20] [--out benchmarks/results/pro-scaling]
 
 One critic-sized net ([T, B, 39 + 4] -> [T, B, 1], Meta-World's observation and action):
@@ -80,7 +80,7 @@ def markdown(payload: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.pro_scaling",
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.speed.pro_scaling",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", default="10,50", help="task counts (default: %(default)s)")
     parser.add_argument("--hidden", default="400,400,400",
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
         if min(tasks + list(hidden)) < 1 or args.batch < 1 or args.repeats < 1:
             raise UserError("--tasks, --hidden, --batch and --repeats must be positive")
         torch.set_num_threads(1)
-        payload = {"command": command("python -m benchmarks.pro_scaling", argv),
+        payload = {"command": command("python -m benchmarks.speed.pro_scaling", argv),
                    "machine": machine("cpu"), "date": now(),
                    "load_average_start": os.getloadavg()[0],
                    "rows": rows(tasks, hidden, args.batch, args.repeats),
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
         save(args.out, payload, markdown(payload))
         return payload
 
-    return run_cli("python -m benchmarks.pro_scaling", body)
+    return run_cli("python -m benchmarks.speed.pro_scaling", body)
 
 
 if __name__ == "__main__":

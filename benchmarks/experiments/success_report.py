@@ -11,9 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.curves import minutes_band
-from benchmarks.report_files import header, now
-from benchmarks.success_runs import (
+from benchmarks.experiments.minute_curves import minutes_band
+from benchmarks.experiments.success_runs import (
     ARCHITECTURES,
     PASS_THROUGH,
     ROWS,
@@ -23,12 +22,13 @@ from benchmarks.success_runs import (
     safe_name,
     saved_config,
 )
+from benchmarks.report_files import header, now
 from conal_rl.analysis.curves import AXES, MEAN, read_curves
 from conal_rl.common import as_float, finite_or_none, write_atomic, write_json_atomic
 from conal_rl.training.config import TrainConfig
 from envs import num_tasks
 
-REPO = ARCHITECTURES.parents[1]  # flags' paths are shown from here
+REPO = ARCHITECTURES.parents[2]  # flags' paths are shown from here
 BASELINE = "mtsac"  # the row every other is compared with
 MIN_IQM_RUNS = 3  # the IQM and its bootstrap interval are shown from this many runs on
 NOISE_RULE = ("a row's mean differs from MT-SAC's within noise when |Δmean| < "

@@ -4,7 +4,7 @@ again at the next, on the same layer, against what chance gives for sets of thos
 how often the twin critics, measured on the same transitions, flag the same task; and how
 many tasks ever left a layer's main cluster by the sign-blind affinity.
 
-    python -m benchmarks.conflict_persistence RUN_DIR|ATLAS_JSON ... [--out STEM]
+    python -m benchmarks.studies.conflict_persistence RUN_DIR|ATLAS_JSON ... [--out STEM]
 
 It answers a design question: should a trained tree open a branch for a task the moment
 its conflict is significant? A branch is permanent, so the conflict it follows must be a
@@ -161,7 +161,7 @@ def markdown(payload: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = CommandParser(prog="python -m benchmarks.conflict_persistence",
+    parser = CommandParser(prog="python -m benchmarks.studies.conflict_persistence",
                            description=__doc__)
     parser.add_argument("runs", nargs="+",
                         help="run directories with a live atlas (train --atlas-every) or "
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
                      f"{', '.join(empty)}")
     from conal_rl.common import machine  # torch: only once the inputs are known good
 
-    payload = {"command": command("python -m benchmarks.conflict_persistence", argv),
+    payload = {"command": command("python -m benchmarks.studies.conflict_persistence", argv),
                "machine": machine(), "rows": rows}
     save(Path(args.out), payload, markdown(payload))
     return payload

@@ -1,12 +1,13 @@
 """Bad inputs, tried: every command line given wrong flags and broken files.
 
-    python -m benchmarks.bad_inputs [--out-dir benchmarks/results] [--only TEXT]
+    python -m benchmarks.studies.bad_inputs [--out-dir benchmarks/results] [--only TEXT]
         [--timeout 120] [--keep DIR]
 
 Every case is one command (``python -m conal_rl.train``, ``conal_rl.evaluate``,
-``conal_rl.render``, ``conal_rl.plot``, ``conal_rl.stl``, ``benchmarks.success``,
-``benchmarks.speed``, ``benchmarks.laptop_sweep``, ``benchmarks.method_speed``,
-``benchmarks.twin_critics``) with one bad input: a wrong type, a number out of range (zero,
+``conal_rl.render``, ``conal_rl.plot``, ``conal_rl.stl``, ``benchmarks.experiments.success``,
+``benchmarks.speed.training_loop``, ``benchmarks.experiments.laptop_sweep``,
+``benchmarks.speed.method_speed``,
+``benchmarks.speed.twin_critics``) with one bad input: a wrong type, a number out of range (zero,
 negative, NaN), an unknown name, or a missing, empty, truncated, foreign or booby-trapped
 file (checkpoint, ``architecture.json``, ``config.json``, ``stl.json``,
 ``evaluations.csv``). The files are made first in a scratch folder: a tiny Pendulum run
@@ -38,8 +39,8 @@ from benchmarks.report_files import command, header, now, save
 from conal_rl.common import CommandParser, machine
 from conal_rl.training.rundir import RunDir
 
-PROG = "python -m benchmarks.bad_inputs"
-ROOT = Path(__file__).resolve().parents[1]
+PROG = "python -m benchmarks.studies.bad_inputs"
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--hidden", "8,8", "--batch-per-task", "8", "--warmup-steps", "50",
         "--eval-episodes", "1"]
 
@@ -175,7 +176,7 @@ def _cases() -> list[Case]:
         Case(S, "--resume a train run (no stl.json)", ("--resume", "{run}")),
         Case(S, "--resume: SB3 model file truncated", ("--resume", "{stl_model_truncated}")),
         # ---- benchmarks ----
-        *(Case(B + "success", text, (*args, "--runs-dir", "{scratch}/success",
+        *(Case(B + "experiments.success", text, (*args, "--runs-dir", "{scratch}/success",
                                      "--out-dir", "{scratch}/success-out"))
           for text, args in [("--seeds 0", ("--seeds", "0")), ("--jobs 0", ("--jobs", "0")),
                              ("--archs nope", ("--archs", "nope")),
@@ -183,27 +184,28 @@ def _cases() -> list[Case]:
                              ("--benchmark nope", ("--benchmark", "nope")),
                              ("--minutes nan", ("--minutes", "nan")),
                              ("--total-steps abc", ("--total-steps", "abc"))]),
-        *(Case(B + "speed", text, (*args, "--out", "{scratch}/speed.json"))
+        *(Case(B + "speed.training_loop", text, (*args, "--out", "{scratch}/speed.json"))
           for text, args in [("--steps 0", ("--steps", "0")),
                              ("--hidden abc", ("--hidden", "abc")),
                              ("--benchmark nope", ("--benchmark", "nope")),
                              ("--archs nope", ("--archs", "nope")),
                              ("--torch-threads 0", ("--torch-threads", "0"))]),
-        Case(B + "speed", "--out a truncated results file", ("--out", "{arch_truncated}")),
-        *(Case(B + "laptop_sweep", text, (*args, "--runs-dir", "{scratch}/sweep",
+        Case(B + "speed.training_loop", "--out a truncated results file",
+             ("--out", "{arch_truncated}")),
+        *(Case(B + "experiments.laptop_sweep", text, (*args, "--runs-dir", "{scratch}/sweep",
                                           "--out-dir", "{scratch}/sweep-out"))
           for text, args in [("--minutes 0", ("--minutes", "0")),
                              ("--minutes nan", ("--minutes", "nan")),
                              ("--seeds 0", ("--seeds", "0")),
                              ("--candidates nope", ("--candidates", "nope"))]),
-        *(Case(B + "method_speed", text, (*args, "--out", "{scratch}/method.json"))
+        *(Case(B + "speed.method_speed", text, (*args, "--out", "{scratch}/method.json"))
           for text, args in [("--repeats 0", ("--repeats", "0")),
                              ("--threads 0", ("--threads", "0")),
                              ("--repeats abc", ("--repeats", "abc"))]),
-        *(Case(B + "twin_critics", text, (*args, "--out", "{scratch}/twins.json"))
+        *(Case(B + "speed.twin_critics", text, (*args, "--out", "{scratch}/twins.json"))
           for text, args in [("--repeats 0", ("--repeats", "0")),
                              ("--repeats -1", ("--repeats", "-1"))]),
-        Case(B + "twin_critics", "--device cuda without CUDA",
+        Case(B + "speed.twin_critics", "--device cuda without CUDA",
              ("--device", "cuda", "--out", "{scratch}/twins.json"), cuda_less=True),
     ]
     return c
@@ -397,7 +399,7 @@ def markdown(payload: dict) -> str:
         f"{s['slowest_s']:.1f} s ({s['slowest']}); median {s['median_s']:.1f} s (mostly "
         "Python, torch and gymnasium imports; the machine was shared).", "",
         "Seconds: wall time of the whole subprocess. `$SCRATCH`: the scratch folder of broken "
-        "files (`python -m benchmarks.bad_inputs --keep DIR` keeps it).", "",
+        "files (`python -m benchmarks.studies.bad_inputs --keep DIR` keeps it).", "",
         "| command | input | exit | s | traceback | first stderr line |",
         "|---|---|---|---|---|---|",
     ]

@@ -1,12 +1,12 @@
 """Which learner levers pay: MT-SAC on MT10 with each lever alone and the promising
 combinations, the same seeds for every variant, at an env-step budget.
 
-    python -m benchmarks.learner_study [--variants a,b,...] [--seeds 3] [--jobs 2]
+    python -m benchmarks.experiments.learner_study [--variants a,b,...] [--seeds 3] [--jobs 2]
         [--total-steps 300000] [--eval-every 50000] [--eval-episodes 10]
         [--runs-dir runs/learner-study] [--out-dir benchmarks/results/learner-study]
         [--report-only]
 
-Every variant is a row of benchmarks.success (``--arch mtsac --preset laptop`` plus the
+Every variant is a row of benchmarks.experiments.success (``--arch mtsac --preset laptop`` plus the
 variant's flags, no wall-clock budget), so its runs resume, are skipped when finished and
 are extended when ``--total-steps`` grows; calling it with more ``--seeds`` adds seeds.
 Besides success.py's report this writes ``learner.md``/``.json``/``.png``: per variant
@@ -25,14 +25,14 @@ import numpy as np
 from matplotlib.figure import Figure
 from scipy import stats
 
-from benchmarks import success
+from benchmarks.experiments import success
+from benchmarks.experiments.success_runs import register_rows
 from benchmarks.report_files import header, now, save
-from benchmarks.success_runs import register_rows
 from conal_rl.analysis.curves import MEAN, band, draw, read_curves
 from conal_rl.common import CommandParser
 from conal_rl.training.rundir import RunDir, read_json
 
-PROG = "python -m benchmarks.learner_study"
+PROG = "python -m benchmarks.experiments.learner_study"
 BENCHMARK, BUDGET, BASE = "MT10", "laptop", "base"
 # name -> (training flags on top of the laptop preset's MT-SAC, what it tries)
 VARIANTS: dict[str, tuple[tuple[str, ...], str]] = {

@@ -1,7 +1,8 @@
 """How much do the task gradients on CoNAL's shared modules say about the task families, and
-when? A diagnostic on the synthetic problem of ``benchmarks.conflict_rules``.
+when? A diagnostic on the synthetic problem of ``benchmarks.studies.conflict_rules``.
 
-    python -m benchmarks.gradient_signal [--seeds 3] [--out benchmarks/results/gradient-signal]
+    python -m benchmarks.studies.gradient_signal [--seeds 3] [--out
+        benchmarks/results/gradient-signal]
 
 Every conflict rule decides from the per-task gradients of a shared module. This measures
 whether those gradients carry the known family structure at all: the supernet is trained
@@ -28,7 +29,7 @@ import statistics
 
 import torch
 
-from benchmarks.conflict_rules import (
+from benchmarks.studies.conflict_rules import (
     ACROSS,
     HIDDEN,
     IN,
@@ -125,9 +126,9 @@ def markdown(payload: dict) -> str:
     lines = [f"# Family signal in the task gradients ({seeds} seeds)", "",
              f"Command: `{payload['command']}`  ", f"Machine: {m['platform']}, "
              f"{m['cpu_count']} CPUs, torch {m['torch']}; {payload['seconds']:.0f} s", "",
-             "The supernet of `benchmarks.conflict_rules` trained weights-only at the uniform "
-             "mix; per shared module, each similarity of two tasks' gradients on that step's "
-             "batch as `within / across` (mean over the pairs of tasks within a family and "
+             "The supernet of `benchmarks.studies.conflict_rules` trained weights-only at the "
+             "uniform mix; per shared module, each similarity of two tasks' gradients on that "
+             "step's batch as `within / across` (mean over the pairs of tasks within a family and "
              "across the two families, then over seeds). The families carry a signal where "
              "within exceeds across; on the agreeing problem (control) the two should match. "
              "Losses: mean squared error on the weights' part of the training set (train) "
@@ -147,7 +148,7 @@ def markdown(payload: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return seeded_main("python -m benchmarks.gradient_signal", __doc__,
+    return seeded_main("python -m benchmarks.studies.gradient_signal", __doc__,
                        "benchmarks/results/gradient-signal", study, markdown, argv)
 
 

@@ -1,6 +1,6 @@
 """Speed of the CoNAL method's batched parts against the straightforward versions.
 
-    python -m benchmarks.method_speed [--device cpu|cuda] [--repeats N] [--out FILE.json]
+    python -m benchmarks.speed.method_speed [--device cpu|cuda] [--repeats N] [--out FILE.json]
 
 At the MT10 SAC sizes (T=10 tasks, P=3 hidden modules of width 400, 39 inputs, 128 samples
 per task) it times, as the median over repeats after a warm-up (the compared functions take
@@ -173,7 +173,7 @@ def row(case: str, ours: float, baseline: float, target: str) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = CommandParser(prog="python -m benchmarks.method_speed",
+    parser = CommandParser(prog="python -m benchmarks.speed.method_speed",
                            description=__doc__.splitlines()[0])
     # no "auto": a measurement names its device
     parser.add_argument("--device", default="cpu", choices=DEVICES[1:])
@@ -203,7 +203,7 @@ def main(argv=None) -> int:
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         # The command as given and what it resolved to: the JSON alone says how it was made.
-        payload = {"command": command("python -m benchmarks.method_speed", argv),
+        payload = {"command": command("python -m benchmarks.speed.method_speed", argv),
                    "machine": machine(device) | {"load_average_1_5_15min": os.getloadavg(),
                                                 "load_average_at_start": load_before},
                    "repeats": args.repeats, "threads": args.threads,

@@ -1,6 +1,7 @@
 """The success-rate comparison of the paper: every architecture, several seeds, one table.
 
-    python -m benchmarks.success --benchmark MT10 --archs mtsac,mhsac,conal,conal-nocn,stl
+    python -m benchmarks.experiments.success --benchmark MT10 --archs
+        mtsac,mhsac,conal,conal-nocn,stl
         --seeds 3 [--budget laptop|quick|paper] [--jobs N] [--device cpu|cuda|auto]
         [--cpus-per-trial C] [--gpus-per-trial G] [--address ray://HOST:10001]
         [--runs-dir runs/success] [--out-dir benchmarks/results] [--total-steps N]
@@ -44,14 +45,14 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.success_report import (
+from benchmarks.experiments.success_report import (
     build_report,
     fmt_wall,
     recorded,
     report_stem,
     runs_folder,
 )
-from benchmarks.success_runs import (
+from benchmarks.experiments.success_runs import (
     BUDGETS,
     DEFAULT_ROWS,
     PASS_THROUGH,
@@ -76,7 +77,7 @@ from conal_rl.common import (
 from conal_rl.training.config import TrainConfig, add_config_arguments
 from conal_rl.training.rundir import read_json
 
-PROG = "python -m benchmarks.success"
+PROG = "python -m benchmarks.experiments.success"
 LOG_TAIL = 15  # lines of a failed run's train.log shown in the report
 
 

@@ -1,6 +1,6 @@
 """End-to-end training speed: env-steps/s and updates/s of every architecture.
 
-    python -m benchmarks.speed [--benchmark MT10] [--preset quick|paper] [--steps N]
+    python -m benchmarks.speed.training_loop [--benchmark MT10] [--preset quick|paper] [--steps N]
         [--archs mtsac,mhsac,conal-search,conal-tree,env,sb3] [--device cpu|cuda]
         [--vector-strategy sync|async|worker]
         [--out benchmarks/results/speed-<device>.json] [--force]
@@ -90,7 +90,7 @@ def trainer_row(arch: str, config: TrainConfig, bench: Benchmark) -> dict:
             if arch == "conal-search":  # a fresh search per Trainer: it owns its nets
                 search = ConalSearch(cfg.search(), bench.task_names, cfg.batch_per_task)
                 trainer = Trainer(cfg, Path(run_dir), bench, search.make_net,
-                                  search.make_filter, search, cfg.sac(searching=True),
+                                  search.make_filter, [search], cfg.sac(searching=True),
                                   cfg.arch_holdout)
             else:
                 trainer = Trainer(cfg, Path(run_dir), bench, tree_factory(specs))
@@ -214,7 +214,7 @@ def save(out: Path, payload: dict) -> None:
 
 # ---- command line ---------------------------------------------------------------------------
 def parse_args(argv):
-    parser = CommandParser(prog="python -m benchmarks.speed",
+    parser = CommandParser(prog="python -m benchmarks.speed.training_loop",
                            description=__doc__.split("\n\n")[0])
     parser.add_argument("--benchmark", default="MT10")
     parser.add_argument("--steps", type=int, default=None,
@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> dict:
     # table built by several calls (other threads, another host) says where each row ran.
     this_machine = machine(args.device)
     payload["machine"] = this_machine | {"load_average_start": os.getloadavg()}
-    call = command("python -m benchmarks.speed", argv)
+    call = command("python -m benchmarks.speed.training_loop", argv)
     payload.setdefault("commands", []).append(call)
     for name in args.archs:
         key = f"{args.benchmark}/{args.preset}/{name}"
@@ -317,7 +317,8 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             arch = {"conal-search": "conal", "conal-tree": "tree"}.get(name, name)
             # --arch tree must name its tree; trainer_row builds it (no file is read).
-            tree = "benchmarks.speed: branch points t mod (P+1)" if arch == "tree" else None
+            tree = ("benchmarks.speed.training_loop: branch points t mod (P+1)"
+                    if arch == "tree" else None)
             row = trainer_row(name, replace(base, arch=arch, architecture=tree), bench)
         row = {"key": key, "benchmark": args.benchmark, "preset": args.preset, "arch": name,
                "phase": PHASES[name], "device": args.device, "hidden": list(base.hidden),

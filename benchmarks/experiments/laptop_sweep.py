@@ -1,11 +1,12 @@
 """Choose the laptop preset by measurement: MT-SAC candidates on MT10, each trained for a
 wall-clock budget (not a step budget), their success against training minutes.
 
-    python -m benchmarks.laptop_sweep [--minutes 60] [--seeds 1] [--candidates a,b,...]
+    python -m benchmarks.experiments.laptop_sweep [--minutes 60] [--seeds 1] [--candidates a,b,...]
         [--jobs 1] [--runs-dir runs/laptop-sweep] [--out-dir benchmarks/results/laptop-sweep]
         [--eval-episodes N] [--eval-every N] [--report-only]
 
-Every candidate is a row of benchmarks.success (``--arch mtsac --preset laptop`` plus the
+Every candidate is a row of benchmarks.experiments.success (``--arch mtsac --preset laptop`` plus
+the
 candidate's flags), so its runs resume, are skipped when finished, and are extended when
 ``--minutes`` grows: screen every candidate at ``--minutes 15``, then continue the best
 ones with ``--minutes 60``. Besides success.py's report (final success per candidate),
@@ -27,17 +28,17 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from benchmarks import success
-from benchmarks.curves import minutes_band, value_at
+from benchmarks.experiments import success
+from benchmarks.experiments.minute_curves import minutes_band, value_at
+from benchmarks.experiments.success_runs import register_rows
 from benchmarks.report_files import header, now, save
-from benchmarks.success_runs import register_rows
 from conal_rl.analysis.curves import AXES, MEAN, draw, read_curves
 from conal_rl.analysis.stats import mean_se
 from conal_rl.common import CommandParser, finite_or_none
 from conal_rl.training.config import add_config_arguments
 from conal_rl.training.rundir import RunDir, read_json
 
-PROG = "python -m benchmarks.laptop_sweep"
+PROG = "python -m benchmarks.experiments.laptop_sweep"
 BENCHMARK, BUDGET = "MT10", "laptop"
 # name -> (training flags on top of the laptop preset, what it tries)
 CANDIDATES: dict[str, tuple[tuple[str, ...], str]] = {
@@ -153,8 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs at the same time, at most one per core (default: 1)")
     parser.add_argument("--address", default=None,
-                        help="an existing Ray cluster, as benchmarks.success's --address "
-                        "(default: $RAY_ADDRESS, else a local Ray)")
+                        help="an existing Ray cluster, as benchmarks.experiments.success's "
+                        "--address (default: $RAY_ADDRESS, else a local Ray)")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs/laptop-sweep"),
                         help="where the runs go, in MT10-laptop/<candidate>-s<seed> "
                         "(default: %(default)s)")

@@ -1,9 +1,9 @@
 """Runs side by side at equal env steps: the mean success over tasks of each run at each of
 its evaluations, with the training minutes it had taken by then. For runs that no success
 table launched (a long MT50 run beside its baseline, a resumed run against a fresh one);
-``benchmarks.success`` compares seeds of configurations it runs itself.
+``benchmarks.experiments.success`` compares seeds of configurations it runs itself.
 
-    python -m benchmarks.curves_table RUN_DIR ... [--out STEM]
+    python -m benchmarks.experiments.curves_table RUN_DIR ... [--out STEM]
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from benchmarks.report_files import command, header, save
 from conal_rl.analysis.curves import MEAN, read_curves
 from conal_rl.common import CommandParser, UserError
 from conal_rl.training.rundir import RunDir
+
+PROG = "python -m benchmarks.experiments.curves_table"
 
 
 def run_entry(run_dir: Path) -> dict:
@@ -49,7 +51,7 @@ def markdown(payload: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = CommandParser(prog="python -m benchmarks.curves_table", description=__doc__)
+    parser = CommandParser(prog=PROG, description=__doc__)
     parser.add_argument("runs", nargs="+", help="run directories (with evaluations.csv)")
     parser.add_argument("--out", default="benchmarks/results/curves",
                         help="output stem: STEM.json and STEM.md (default: %(default)s)")
@@ -69,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
     if len({r["benchmark"] for r in runs}) > 1:
         parser.error("runs of different benchmarks: " + ", ".join(
             f"{r['run']} ({r['benchmark']})" for r in runs))
-    payload = {"command": command("python -m benchmarks.curves_table", argv), "runs": runs}
+    payload = {"command": command(PROG, argv), "runs": runs}
     save(Path(args.out), payload, markdown(payload))
     return payload
 

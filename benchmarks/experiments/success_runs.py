@@ -1,6 +1,6 @@
 """The runs of the success benchmark: the rows it compares, one ``RunSpec`` per (row, seed)
 with the command that trains it, and what state a run's folder is in (finished, to resume,
-to continue, to start afresh). See ``benchmarks/success.py`` for the command line."""
+to continue, to start afresh). See ``benchmarks/experiments/success.py`` for the command line."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The SAC update against its own arithmetic: ms per update before and after the fast path,
 the matrix-product FLOPs, and how close the update comes to those products run bare.
 
-    python -m benchmarks.update_speed [--sizes laptop,paper] [--repeats N] [--out STEM]
+    python -m benchmarks.speed.update_speed [--sizes laptop,paper] [--repeats N] [--out STEM]
 
 Per update kind (MT-SAC, MH-SAC, a CoNAL tree, a CoNAL-Pro grouped tree, the CoNAL search
 update) at MT10 (T=10, 39 observations, 4 actions) and the preset sizes:
@@ -231,7 +231,7 @@ def markdown(payload: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = CommandParser(prog="python -m benchmarks.update_speed", description=__doc__)
+    parser = CommandParser(prog="python -m benchmarks.speed.update_speed", description=__doc__)
     parser.add_argument("--sizes", default="laptop,paper",
                         help="comma-separated sizes among laptop, paper")
     parser.add_argument("--kinds", default=",".join(KINDS),
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> dict:
             rows.append(row(kind, size, runs["before"], runs["after"]))
             print({k: rows[-1][k] for k in ("kind", "size", "before_ms", "after_ms")},
                   file=sys.stderr)
-    payload = {"command": command("python -m benchmarks.update_speed", argv),
+    payload = {"command": command("python -m benchmarks.speed.update_speed", argv),
                "machine": machine(), "date": now(), "cpu_bf16_flags": _bf16_flags(),
                "repeats": args.repeats, "rounds": args.rounds,
                "load": [load_start, _load()],
