@@ -1,6 +1,6 @@
 """Multi-task SAC and its replay buffer; networks come from a factory (see sac.NetFactory).
 
-Its names are loaded when first used (PEP 562), so ``agents.weighting`` can be read without
+Its names are loaded when first used (PEP 562), so ``agents.choices`` can be read without
 importing torch.
 """
 

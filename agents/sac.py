@@ -24,8 +24,8 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
+from agents.choices import LOSS_WEIGHTINGS, PRECISIONS
 from agents.replay import Batch
-from agents.weighting import LOSS_WEIGHTINGS
 
 NetFactory = Callable[[str, int, int], nn.Module]
 StateConversion = Callable[[str, dict[str, Tensor]], dict[str, Tensor]]
@@ -71,11 +71,15 @@ class SACConfig:
     target_entropy: float | None = None  # None: -|A| (Haarnoja et al. 2018)
     max_grad_norm: float | None = None  # gradient-norm clip; None: no clipping
     loss_weighting: str = "mean"  # how the [T] task losses combine, see reduce_task_losses
+    precision: str = "fp32"  # the update's matrix products, see agents.choices.PRECISIONS
 
     def __post_init__(self):
         if self.loss_weighting not in LOSS_WEIGHTINGS:
             raise ValueError(f"unknown loss weighting {self.loss_weighting!r}; valid: "
                              f"{', '.join(LOSS_WEIGHTINGS)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; valid: "
+                             f"{', '.join(PRECISIONS)}")
 
 
 class Actor(nn.Module):
@@ -86,7 +90,9 @@ class Actor(nn.Module):
         self.net, self.act_dim = net, act_dim
 
     def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
-        mean, log_std = self.net(obs).split(self.act_dim, dim=-1)
+        # .float(): under a bf16 update only the net's products are bf16, never the math on
+        # its outputs (log-probabilities, TD targets)
+        mean, log_std = self.net(obs).float().split(self.act_dim, dim=-1)
         log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(log_std) + 1)
         return mean, log_std
 
@@ -113,7 +119,7 @@ class TwinCritic(nn.Module):
 
     def forward(self, obs: Tensor, action: Tensor) -> tuple[Tensor, Tensor]:
         x = torch.cat([obs, action], dim=-1)
-        return self.q1(x), self.q2(x)
+        return self.q1(x).float(), self.q2(x).float()
 
 
 class MultiTaskSAC(nn.Module):
@@ -189,7 +195,7 @@ class MultiTaskSAC(nn.Module):
     def update(self, batch: Batch) -> dict[str, Tensor]:
         """One SAC update; returns detached per-task metrics (no host sync here)."""
         critic_filter = self.gradient_filters.get("critic", NO_FILTER)
-        with critic_filter.record():
+        with critic_filter.record(), self._precision(batch.obs.device):
             critic_losses = self.critic_losses(batch)
         self._step(self.critic_optim, self.reduce_task_losses(critic_losses), self.critic,
                    critic_filter)
@@ -197,7 +203,7 @@ class MultiTaskSAC(nn.Module):
         # The critic is only a function to differentiate through in the actor step.
         self.critic.requires_grad_(False)
         actor_filter = self.gradient_filters.get("actor", NO_FILTER)
-        with actor_filter.record():
+        with actor_filter.record(), self._precision(batch.obs.device):
             actor_losses, log_prob = self.actor_losses(batch.obs)
         self.critic.requires_grad_(True)
         self._step(self.actor_optim, self.reduce_task_losses(actor_losses), self.actor,
@@ -216,6 +222,13 @@ class MultiTaskSAC(nn.Module):
             "temperature": self.temperature.detach(),
             "entropy": -log_prob.detach().mean(dim=(1, 2)),
         }
+
+    def _precision(self, device: torch.device) -> AbstractContextManager:
+        """The forward passes of a loss as ``config.precision`` says: autocast to bf16 (the
+        nets' matrix products; their outputs come back as fp32), or as they are."""
+        if self.config.precision == "fp32":
+            return nullcontext()
+        return torch.autocast(device.type, dtype=torch.bfloat16)
 
     def _step(self, optim: torch.optim.Optimizer, loss: Tensor, module: nn.Module | None,
               gradient_filter: GradientFilter | None = None):

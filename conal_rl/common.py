@@ -160,13 +160,28 @@ def machine(device: str | torch.device = "cpu") -> dict:
     name = str(device)
     resolved = ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
     info = {"platform": platform.platform(), "processor": platform.processor(),
-            "cpu_model": _cpu_model(), "cpu_count": os.cpu_count(),
+            "cpu_model": _cpu_model(), "cpu_bf16_units": list(cpu_bf16_units()),
+            "cpu_count": os.cpu_count(),
             "python": sys.version.split()[0],
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
             "device": resolved}
     if resolved.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name()
     return info
+
+
+BF16_UNITS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_bf16_units() -> tuple[str, ...]:
+    """This CPU's bf16 matrix instructions (Linux's flags): AMX tiles, AVX-512 BF16. Without
+    them a bf16 product is emulated and slower than fp32."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return tuple(f for f in BF16_UNITS if f in flags)
+    return ()
 
 
 def _cpu_model() -> str | None:

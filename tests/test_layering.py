@@ -152,3 +152,10 @@ def test_no_two_product_modules_share_a_file_name():
             if path.name not in ("__init__.py", "__main__.py"):
                 names.setdefault(path.name, []).append(str(path.relative_to(ROOT)))
     assert not {n: p for n, p in names.items() if len(p) > 1}
+
+
+def test_pyproject_names_only_files_that_exist():
+    import re
+
+    named = re.findall(r"[\w./-]+\.py\b", (ROOT / "pyproject.toml").read_text())
+    assert named and not [p for p in named if not (ROOT / p).is_file()]

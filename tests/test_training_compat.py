@@ -121,3 +121,24 @@ def test_an_stl_run_of_before_resumes(tmp_path):
     timing = stl.main(["--resume", str(run_dir), "--total-steps", "300"])
     assert timing["env_steps"] == 300
     assert RunDir(run_dir).state() == "finished"
+
+
+FIXTURES_V3 = Path(__file__).parent / "fixtures" / "v3"
+
+
+def test_a_growing_run_of_before_the_hook_list_loads_evaluates_and_resumes(tmp_path):
+    """A --branch-every run made by commit dea2cac, when the loop had one hook and its
+    checkpoint held that hook's state as "search": its trees load, it evaluates, and it
+    resumes with the hook's state, saved again under the hook's name."""
+    run_dir = Path(shutil.copytree(FIXTURES_V3 / "mt10-mhsac-branching", tmp_path / "run"))
+    before = checkpoint.load(run_dir / "checkpoints" / "latest.pt")
+    assert "hooks" not in before and "trees" in before["search"]
+    loaded = load_run(run_dir)
+    assert loaded.specs["critic"].to_dict() == before["search"]["trees"]["critic"]
+    [ev] = evaluate.main([str(run_dir), "--episodes", "1", "--device", "cpu"])["MH-SAC"]
+    assert ev.env_steps == 400
+    train(["--resume", str(run_dir), "--total-steps", "500"])
+    after = checkpoint.load(run_dir / "checkpoints" / "latest.pt")
+    assert after["counters"]["env_steps"] == 500
+    assert set(after["hooks"]) == {"branching"}
+    assert after["hooks"]["branching"]["trees"] == before["search"]["trees"]

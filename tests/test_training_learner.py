@@ -95,3 +95,35 @@ def test_max_grad_norm_clips_the_actors_and_the_critics_gradients(clip):
             assert norm > 0.05, role  # the unclipped norms are larger than the clip
         else:
             assert norm == pytest.approx(clip, rel=1e-4), role
+
+
+def test_a_bf16_update_runs_the_nets_products_in_bf16_and_the_rest_in_fp32():
+    torch.manual_seed(0)
+    spec = TreeSpec.mhsac((32, 32), 3)
+    agent = MultiTaskSAC(tree_factory({"actor": spec, "critic": spec}), 3, 5, 2,
+                         SACConfig(precision="bf16"))
+    seen = []
+    agent.critic.q1.shared["2"].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    metrics = agent.update(random_batch(3, 16, 5, 2, seed=1))
+    assert seen == [torch.bfloat16, torch.bfloat16]  # the critic step and the actor step
+    assert metrics["critic_loss"].dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in agent.parameters())
+    assert agent.act(torch.zeros(3, 1, 5)).dtype == torch.float32  # acting stays fp32
+
+
+def test_bf16_is_refused_with_gradient_surgery_and_on_a_cpu_without_bf16_units(
+        tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="does not take --grad-surgery"):
+        TrainConfig(benchmark="MT10", precision="bf16", grad_surgery="pcgrad")
+    from conal_rl.common import UserError
+    from conal_rl.training import preflight
+
+    monkeypatch.setattr(preflight, "cpu_bf16_units", lambda: ())
+    with pytest.raises(UserError, match="needs a CPU with bf16 matrix units"):
+        preflight.config_for_run({"benchmark": "MT10", "precision": "bf16", "device": "cpu",
+                                  "run_dir": str(tmp_path / "run")}, None)
+    monkeypatch.setattr(preflight, "cpu_bf16_units", lambda: ("amx_bf16",))
+    config, _ = preflight.config_for_run({"benchmark": "MT10", "precision": "bf16",
+                                          "device": "cpu", "run_dir": str(tmp_path / "r2")},
+                                         None)
+    assert config.sac().precision == "bf16" and config.sac(searching=True).precision == "fp32"

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Literal
 
-from agents.weighting import LOSS_WEIGHTINGS
+from agents.choices import LOSS_WEIGHTINGS, PRECISIONS
 from conal_rl.common import DEVICES, write_json_atomic
 from conal_rl.method.rules import CONFLICT_RULES, DEFAULT_RULE, PAPER_RULE, rules_help
 from conal_rl.method.weight_inits import WEIGHT_INITS
@@ -87,7 +87,8 @@ ADDED_FIELDS = {"conflict_rule": PAPER_RULE, "arch_holdout": 0, "stage_steps": P
                 "arch_every": 1, "atlas_every": 0, "atlas_samples": 1024,
                 "evidence_every": PRESET, "evidence_samples": 1024, "branch_every": 0,
                 "layer_norm": False, "residual": False, "weight_init": "torch",
-                "max_grad_norm": 0.0, "critic_hidden": None, "critic_params": 0}
+                "max_grad_norm": 0.0, "precision": "fp32", "critic_hidden": None,
+                "critic_params": 0}
 
 # Flags that may change when a run is resumed; all others must match the saved config.
 RESUMABLE = frozenset({"total_steps", "minutes", "device", "eval_every", "eval_episodes",
@@ -231,6 +232,11 @@ class TrainConfig:
     weight_init: Literal[WEIGHT_INITS] = "torch"
     """how the linear maps start: torch (uniform in +-1/sqrt(fan_in), biases too) or
     he-uniform (uniform in +-sqrt(6/fan_in), zero biases: the Meta-World+ reference's)"""
+    precision: Literal[PRECISIONS] = "fp32"
+    """the update's matrix products: fp32, or bf16 (autocast: the nets' products in bf16;
+    weights, Adam and every loss in fp32). Pays for wide nets on a CPU with bf16 matrix
+    units (AMX, AVX-512 BF16; refused on one without) or a GPU; the trained networks only
+    (not a search's, not with --grad-surgery)"""
     max_grad_norm: float = 0.0
     """clip the actor's and the critics' gradient norm at this value before each step (the
     Meta-World+ reference: 1.0); 0: no clipping"""
@@ -319,6 +325,9 @@ class TrainConfig:
             raise ValueError("need lr > 0, 0 <= gamma <= 1 and 0 < tau <= 1")
         if self.arch_holdout == 1:
             raise ValueError("--arch-holdout must be 0 (none) or at least 2")
+        if self.precision != "fp32" and self.grad_surgery != "none":
+            raise ValueError(f"--precision {self.precision} does not take --grad-surgery (its "
+                             "per-task gradients are read in fp32)")
         arch = architecture(self.arch)
         if arch.check is not None:
             arch.check(self)
@@ -343,7 +352,8 @@ class TrainConfig:
 
         return SACConfig(gamma=self.gamma, tau=self.tau, actor_lr=self.lr, critic_lr=self.lr,
                          temperature_lr=self.lr, max_grad_norm=self.max_grad_norm or None,
-                         loss_weighting="mean" if searching else self.loss_weighting)
+                         loss_weighting="mean" if searching else self.loss_weighting,
+                         precision="fp32" if searching else self.precision)
 
     def search(self) -> SearchSettings:
         """CoNAL's search settings."""

@@ -13,7 +13,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from conal_rl.common import CheckpointError, UserError, one_line, resolve_device
+from conal_rl.common import (
+    CheckpointError,
+    UserError,
+    cpu_bf16_units,
+    one_line,
+    resolve_device,
+)
 from conal_rl.training.architectures import architecture
 from conal_rl.training.config import TrainConfig
 from conal_rl.training.rundir import RunDir
@@ -53,7 +59,11 @@ def config_for_run(given: dict, resume: str | None,
     except (UnknownBenchmark, ValueError, TypeError) as e:
         raise UserError(str(e)) from None
     check_run_files(config, run_dir)
-    resolve_device(config.device)  # last: it loads torch
+    device = resolve_device(config.device)  # last: it loads torch
+    if config.precision == "bf16" and device.type == "cpu" and not cpu_bf16_units():
+        raise UserError("--precision bf16 needs a CPU with bf16 matrix units (AMX or AVX-512 "
+                        "BF16) or a GPU: on this CPU bf16 products are emulated, slower than "
+                        "fp32")
     return config, run_dir
 
 
