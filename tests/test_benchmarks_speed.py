@@ -280,3 +280,18 @@ def test_update_speed_times_the_update_gemms_in_bf16_and_reports_them_apart():
     assert newer.startswith(older.rstrip("\n"))
     assert "| mtsac | laptop | 0.50 | 1.00 | 0.50x |" in newer
     assert "CPU bf16 instructions: none." in newer
+
+
+# ---- benchmarks/speed/learner_options.py ----------------------------------------------------
+def test_learner_options_times_every_variant_against_plain(tmp_path, monkeypatch):
+    from benchmarks.speed import learner_options
+
+    monkeypatch.setattr(learner_options, "cpu_bf16_units", lambda: ())  # as on such a CPU
+    payload = learner_options.main(["--sizes", "laptop", "--variants", "plain,ln,bf16",
+                                    "--repeats", "1", "--rounds", "1",
+                                    "--out", str(tmp_path / "lo")])
+    rows = {r["variant"]: r for r in payload["rows"]}
+    assert set(rows) == {"plain", "ln"}  # bf16 left out where the CPU has no bf16 units
+    assert rows["plain"]["vs_plain"] == 1.0 and rows["ln"]["ms"] > 0
+    assert rows["ln"]["gflop"] == pytest.approx(rows["plain"]["gflop"])  # LN: no products
+    assert "| laptop | 128x128x128 | 32 | ln |" in (tmp_path / "lo.md").read_text()

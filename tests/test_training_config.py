@@ -43,3 +43,12 @@ def test_the_flag_offers_every_rule_of_the_method():
 
     hint = typing.get_type_hints(TrainConfig)["conflict_rule"]
     assert typing.get_args(hint) == CONFLICT_RULES
+
+
+def test_every_flag_is_in_exactly_one_part_of_the_help():
+    from dataclasses import fields
+
+    from conal_rl.training.config import PARTS, TrainConfig
+
+    listed = [name for names in PARTS.values() for name in names]
+    assert sorted(listed) == sorted(f.name for f in fields(TrainConfig))

@@ -90,6 +90,25 @@ ADDED_FIELDS = {"conflict_rule": PAPER_RULE, "arch_holdout": 0, "stage_steps": P
                 "max_grad_norm": 0.0, "precision": "fp32", "critic_hidden": None,
                 "critic_params": 0}
 
+# The config's parts, as --help groups its flags: what a run is and how it is run, the
+# learner (networks and update), the search (CoNAL, CoNAL-Pro and their rules), and the
+# measurements taken while it trains. Every field in exactly one part.
+PARTS = {
+    "the run (benchmark, budget, evaluation, checkpoints, where and how fast)": (
+        "benchmark", "arch", "architecture", "preset", "total_steps", "minutes", "seed",
+        "device", "run_dir", "eval_every", "eval_episodes", "video_every", "checkpoint_every",
+        "save_replay", "log_every", "torch_threads", "vector_strategy"),
+    "the learner (networks and update, every architecture)": (
+        "hidden", "critic_hidden", "critic_params", "batch_per_task", "replay_size",
+        "warmup_steps", "updates_per_step", "layer_norm", "residual", "weight_init",
+        "precision", "max_grad_norm", "lr", "gamma", "tau", "loss_weighting", "grad_surgery"),
+    "the search (--arch conal, conal-pro) and growing trees": (
+        "search_steps", "stage_steps", "search_warmup_steps", "arch_lr", "gumbel",
+        "no_conflict_noticing", "conflict_rule", "evidence_every", "evidence_samples",
+        "branch_every", "arch_holdout", "arch_every", "no_private", "inherit_weights"),
+    "measurements while training": ("atlas_every", "atlas_samples"),
+}
+
 # Flags that may change when a run is resumed; all others must match the saved config.
 RESUMABLE = frozenset({"total_steps", "minutes", "device", "eval_every", "eval_episodes",
                        "checkpoint_every", "save_replay", "log_every", "video_every",
@@ -447,12 +466,18 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls=TrainConfig,
     every default is None so that the flags a user really gave can be told apart (needed by
     presets and --resume)."""
     docs, hints = field_docs(cls), typing.get_type_hints(cls)
+    target = {f.name: parser for f in fields(cls)}
     if cls is TrainConfig:  # the tables' entries, each with what it is
         docs["arch"] = arch_help()
         docs["conflict_rule"] = "--arch conal/conal-pro: " + rules_help()
+        if only is None and hasattr(parser, "add_argument_group"):  # --help by part
+            for title, names in PARTS.items():
+                group = parser.add_argument_group(title)
+                target |= {name: group for name in names}
     for f in fields(cls):
         if only is not None and f.name not in only:
             continue
+        parser = target[f.name]
         flag, help = "--" + f.name.replace("_", "-"), docs[f.name].replace("%", "%%")
         if hints[f.name] is bool:
             parser.add_argument(flag, action="store_true", default=None, help=help)

@@ -91,7 +91,10 @@ def check_run_files(config: TrainConfig, run_dir: Path) -> None:
     elif arch.fixed:  # fixed trees: a file that fits, a size that can be had
         from conal_rl.training.nets import fixed_trees
 
-        fixed_trees(config, tasks, observation_action_sizes(config.benchmark))
+        try:
+            fixed_trees(config, tasks, observation_action_sizes(config.benchmark))
+        except ValueError as e:  # a file that does not fit, a size that cannot be had
+            raise UserError(str(e)) from None
     # its own checkpoint, its search's, CoNAL-Pro's stages'
     for d in [d for d in (run, *run.search_dirs()) if d.checkpoint.exists()]:
         from conal_rl.training import checkpoint

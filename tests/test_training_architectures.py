@@ -1,0 +1,101 @@
+"""The architecture registry: every --arch declared once, and what its declarations say
+holds of the trees they build; the widened critics of the equal-parameter controls."""
+
+import subprocess
+import sys
+
+import pytest
+
+from conal_rl.method import TreeSpec, tree_parameters
+from conal_rl.training.architectures import ARCHITECTURES, TRAINED, architecture, growing
+from conal_rl.training.config import TrainConfig
+from conal_rl.training.conal_search import ConalSearch
+from conal_rl.training.nets import fixed_trees
+
+TASKS = [f"task{t}" for t in range(10)]
+SIZES = (39, 4)  # Meta-World's observations and actions
+CRITIC_IN = sum(SIZES)
+
+
+def twin_parameters(spec: TreeSpec) -> int:
+    return 2 * tree_parameters(spec, CRITIC_IN, 1)
+
+
+@pytest.mark.parametrize("name", [n for n in TRAINED if ARCHITECTURES[n].fixed
+                                  and not ARCHITECTURES[n].needs_file])
+def test_every_fixed_architecture_builds_its_trees_and_growth_needs_a_head_per_task(name):
+    trees = fixed_trees(TrainConfig(benchmark="MT10", arch=name, hidden=(32, 32)), TASKS, SIZES)
+    assert set(trees) == {"actor", "critic"}
+    for spec in trees.values():
+        assert spec.num_tasks == 10
+        if name in growing():
+            assert not spec.shared_head
+
+
+def test_the_searched_architectures_name_a_search_that_exists():
+    from conal_rl.training import conal_search
+
+    for a in ARCHITECTURES.values():
+        assert a.searched == (a.search is not None)
+        if a.searched:
+            assert callable(getattr(conal_search, a.search))
+
+
+def test_an_unknown_architecture_names_the_ones_there_are():
+    with pytest.raises(ValueError, match="unknown architecture 'nope'; valid: mtsac"):
+        architecture("nope")
+
+
+@pytest.mark.parametrize("name, kind", [("mtsac-wide", TreeSpec.mtsac),
+                                        ("mhsac-wide", TreeSpec.mhsac)])
+def test_a_widened_critic_holds_the_private_critics_parameters_and_the_actor_is_kept(
+        name, kind):
+    config = TrainConfig(benchmark="MT10", arch=name, hidden=(128, 128, 128))
+    trees = fixed_trees(config, TASKS, SIZES)
+    private = twin_parameters(TreeSpec.independent((128,) * 3, 10))
+    assert trees["critic"].hidden[0] > 128 and len(set(trees["critic"].hidden)) == 1
+    assert twin_parameters(trees["critic"]) == pytest.approx(private, rel=0.05)
+    assert trees["actor"] == kind((128,) * 3, 10, TASKS)
+    assert trees["critic"].shared_head == (name == "mtsac-wide")
+
+
+def test_critic_params_sets_the_target_and_an_unreachable_one_is_refused():
+    config = TrainConfig(benchmark="MT10", arch="mtsac-wide", hidden=(64, 64),
+                         critic_params=300_000)
+    critic = fixed_trees(config, TASKS, SIZES)["critic"]
+    assert twin_parameters(critic) == pytest.approx(300_000, rel=0.05)
+    with pytest.raises(ValueError, match="no width of 2 modules"):
+        fixed_trees(TrainConfig(benchmark="MT10", arch="mtsac-wide", hidden=(64, 64),
+                                critic_params=10), TASKS, SIZES)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (dict(arch="mtsac", critic_params=1000), "--critic-params sizes the critic of --arch "
+     "mtsac-wide, mhsac-wide, not mtsac"),
+    (dict(arch="mtsac-wide", critic_hidden=(64,)), "widens the critic itself"),
+    (dict(arch="conal", hidden=(8, 8), critic_hidden=(8,)), "same depth"),
+    (dict(arch="mhsac", critic_hidden=(0,)), "--critic-hidden needs widths"),
+])
+def test_bad_critic_sizes_are_refused(flags, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(benchmark="MT10", **flags)
+
+
+def test_critic_hidden_sizes_the_critics_of_fixed_trees_and_of_the_search():
+    config = TrainConfig(benchmark="MT10", arch="mhsac", hidden=(32, 32),
+                         critic_hidden=(64, 48))
+    trees = fixed_trees(config, TASKS, SIZES)
+    assert (trees["actor"].hidden, trees["critic"].hidden) == ((32, 32), (64, 48))
+    search = ConalSearch(TrainConfig(benchmark="MT10", arch="conal", hidden=(32, 32),
+                                     critic_hidden=(64, 48)).search(), TASKS, 4)
+    assert search.make_net("actor", 5, 2).hidden == (32, 32)
+    assert search.make_net("critic", 5, 1).hidden == (64, 48)
+
+
+def test_a_widened_row_without_known_sizes_is_one_line_before_any_env():
+    proc = subprocess.run([sys.executable, "-m", "conal_rl.train", "--benchmark",
+                           "gym:Pendulum-v1", "--arch", "mtsac-wide"], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "needs a benchmark whose sizes" \
+        in proc.stderr
