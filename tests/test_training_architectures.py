@@ -8,8 +8,8 @@ import pytest
 
 from conal_rl.method import TreeSpec, tree_parameters
 from conal_rl.training.architectures import ARCHITECTURES, TRAINED, architecture, growing
-from conal_rl.training.config import TrainConfig
 from conal_rl.training.conal_search import ConalSearch
+from conal_rl.training.config import TrainConfig
 from conal_rl.training.nets import fixed_trees
 
 TASKS = [f"task{t}" for t in range(10)]
