@@ -99,3 +99,11 @@ def test_a_widened_row_without_known_sizes_is_one_line_before_any_env():
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "needs a benchmark whose sizes" \
         in proc.stderr
+
+
+def test_private_critic_is_mhsacs_actor_and_the_critics_of_single_task_learning():
+    config = TrainConfig(benchmark="MT10", arch="private-critic", hidden=(128, 128, 128))
+    trees = fixed_trees(config, TASKS, SIZES)
+    assert trees["actor"] == TreeSpec.mhsac((128,) * 3, 10, TASKS)
+    assert trees["critic"] == TreeSpec.independent((128,) * 3, 10, TASKS)
+    assert twin_parameters(trees["critic"]) == 775_700  # the 1M table's private-critic row

@@ -104,6 +104,14 @@ def _widened(make: str) -> Callable:
     return trees
 
 
+def _private_critic(config: TrainConfig, task_names: list[str], sizes) -> Specs:
+    from conal_rl.method import TreeSpec
+
+    T = len(task_names)
+    return {"actor": TreeSpec.mhsac(config.widths("actor"), T, task_names),
+            "critic": TreeSpec.independent(config.widths("critic"), T, task_names)}
+
+
 # ---- the searched ---------------------------------------------------------------------------
 def _check_conal(config: TrainConfig) -> None:
     if config.search_warmup_steps >= config.search_steps:
@@ -167,6 +175,9 @@ ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (
                  "parameters (default: the private critics'): the equal-parameter control",
                  "MH-SAC, wide critic", trees=_widened("mhsac"), can_grow=True,
                  widened=True, check=_check_widened),
+    Architecture("private-critic", "MH-SAC's actor and every task its own critic, no "
+                 "search: the capacity control of the searched trees", "private critic",
+                 trees=_private_critic, can_grow=True),
     Architecture("stl", "one stable-baselines3 SAC per task", "STL (SB3)",
                  command="conal_rl.stl"),
 )}
