@@ -72,6 +72,7 @@ class SACConfig:
     max_grad_norm: float | None = None  # gradient-norm clip; None: no clipping
     loss_weighting: str = "mean"  # how the [T] task losses combine, see reduce_task_losses
     precision: str = "fp32"  # the update's matrix products, see agents.choices.PRECISIONS
+    normalize_obs: bool = False  # observations standardized by their running statistics
 
     def __post_init__(self):
         if self.loss_weighting not in LOSS_WEIGHTINGS:
@@ -112,6 +113,35 @@ class Actor(nn.Module):
         return torch.tanh(self(obs)[0])
 
 
+class RunningNorm(nn.Module):
+    """Observations standardized by the running mean and variance of every observation the
+    updates have drawn (all tasks together, merged batch by batch as Chan et al.'s parallel
+    algorithm does), clipped to ±``clip``. SimBa's input normalization (Lee et al. 2024)
+    fed from the replay's batches, so the agent needs nothing from the loop."""
+
+    def __init__(self, dim: int, clip: float = 10.0, eps: float = 1e-8):
+        super().__init__()
+        self.clip, self.eps = clip, eps
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("var", torch.ones(dim))
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+
+    @torch.no_grad()
+    def update(self, x: Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1])
+        n = x.shape[0]
+        mean, var = x.mean(dim=0), x.var(dim=0, unbiased=False)
+        total = self.count + n
+        weight = (n / total).to(mean.dtype)  # of the new batch
+        delta = mean - self.mean
+        self.var.mul_(1 - weight).add_(var * weight + delta.square() * weight * (1 - weight))
+        self.mean.add_(delta * weight)
+        self.count.copy_(total)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return ((x - self.mean) / (self.var + self.eps).sqrt()).clamp(-self.clip, self.clip)
+
+
 class TwinCritic(nn.Module):
     def __init__(self, q1: nn.Module, q2: nn.Module):
         super().__init__()
@@ -134,6 +164,8 @@ class MultiTaskSAC(nn.Module):
         self.critic = TwinCritic(make_net("critic", obs_dim + act_dim, 1),
                                  make_net("critic", obs_dim + act_dim, 1))
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        # Only when on: the state of an agent without it (and of old checkpoints) is as it was
+        self.obs_norm = RunningNorm(obs_dim) if config.normalize_obs else None
         self.log_temperature = nn.Parameter(
             torch.full((num_tasks,), math.log(config.initial_temperature)))
         self.target_entropy = (
@@ -156,20 +188,27 @@ class MultiTaskSAC(nn.Module):
     @torch.no_grad()
     def act(self, obs: Tensor, deterministic: bool = False) -> Tensor:
         """Actions in [-1, 1] for task-major observations ``[T, B, obs_dim]``."""
+        obs = self.observed(obs)
         return self.actor.mode(obs) if deterministic else self.actor.sample(obs)[0]
+
+    def observed(self, obs: Tensor) -> Tensor:
+        """Observations as the nets see them: standardized with ``normalize_obs``."""
+        return obs if self.obs_norm is None else self.obs_norm(obs)
 
     # ---- per-task losses, each of shape [T] -------------------------------------------
     def critic_losses(self, batch: Batch) -> Tensor:
+        obs, next_obs = self.observed(batch.obs), self.observed(batch.next_obs)
         with torch.no_grad():
-            next_action, next_log_prob = self.actor.sample(batch.next_obs)
-            q1_next, q2_next = self.critic_target(batch.next_obs, next_action)
+            next_action, next_log_prob = self.actor.sample(next_obs)
+            q1_next, q2_next = self.critic_target(next_obs, next_action)
             soft_v = torch.min(q1_next, q2_next) - self.temperature[:, None, None] * next_log_prob
             target = batch.rewards + self.config.gamma * (1 - batch.dones) * soft_v
-        q1, q2 = self.critic(batch.obs, batch.actions)
+        q1, q2 = self.critic(obs, batch.actions)
         return ((q1 - target) ** 2).mean(dim=(1, 2)) + ((q2 - target) ** 2).mean(dim=(1, 2))
 
     def actor_losses(self, obs: Tensor) -> tuple[Tensor, Tensor]:
         """Actor loss and policy log-probabilities (for the temperature step)."""
+        obs = self.observed(obs)
         action, log_prob = self.actor.sample(obs)
         q1, q2 = self.critic(obs, action)
         temperature = self.temperature.detach()[:, None, None]
@@ -194,6 +233,8 @@ class MultiTaskSAC(nn.Module):
     # ---- one gradient step of everything ------------------------------------------------
     def update(self, batch: Batch) -> dict[str, Tensor]:
         """One SAC update; returns detached per-task metrics (no host sync here)."""
+        if self.obs_norm is not None:
+            self.obs_norm.update(batch.obs)
         critic_filter = self.gradient_filters.get("critic", NO_FILTER)
         with critic_filter.record(), self._precision(batch.obs.device):
             critic_losses = self.critic_losses(batch)

@@ -42,10 +42,11 @@ def test_a_run_with_the_flags_is_loaded_back_with_them(tmp_path):
     run = tmp_path / "run"
     main(["--benchmark", "gym:Pendulum-v1", "--total-steps", "120", "--eval-every", "0",
           "--hidden", "16,16", "--batch-per-task", "8", "--warmup-steps", "100",
-          "--eval-episodes", "1", "--layer-norm", "--run-dir", str(run)])
+          "--eval-episodes", "1", "--layer-norm", "--normalize-obs", "--run-dir", str(run)])
     loaded = load_run(run)
     assert _acts(loaded.agent.actor.net) == (True, False)
     assert _acts(loaded.agent.critic.q1) == (True, False)
+    assert loaded.agent.obs_norm.count == 20 * 8  # 20 updates of 8 observations, restored
 
 
 def test_an_old_config_without_the_flags_loads_as_it_ran(tmp_path):
@@ -127,3 +128,24 @@ def test_bf16_is_refused_with_gradient_surgery_and_on_a_cpu_without_bf16_units(
                                           "device": "cpu", "run_dir": str(tmp_path / "r2")},
                                          None)
     assert config.sac().precision == "bf16" and config.sac(searching=True).precision == "fp32"
+
+
+def test_normalize_obs_standardizes_what_the_nets_see_by_the_updates_running_statistics():
+    torch.manual_seed(0)
+    spec = TreeSpec.mhsac((16,), 3)
+    agent = MultiTaskSAC(tree_factory({"actor": spec, "critic": spec}), 3, 5, 2,
+                         SACConfig(normalize_obs=True))
+    batches = [random_batch(3, 32, 5, 2, seed=s) for s in range(4)]
+    for b in batches:
+        b.obs.mul_(torch.arange(1.0, 6.0)).add_(100.0)  # far from standard
+        agent.update(b)
+    seen = torch.cat([b.obs.reshape(-1, 5) for b in batches])
+    torch.testing.assert_close(agent.obs_norm.mean, seen.mean(0))
+    torch.testing.assert_close(agent.obs_norm.var, seen.var(0, unbiased=False))
+    standardized = agent.observed(seen)
+    assert standardized.mean(0).abs().max() < 1e-4
+    assert (standardized.std(0) - 1).abs().max() < 0.01
+    # the statistics are part of the agent's state; an agent without the option has none
+    assert "obs_norm.mean" in agent.state_dict()
+    plain = MultiTaskSAC(tree_factory({"actor": spec, "critic": spec}), 3, 5, 2)
+    assert plain.obs_norm is None and torch.equal(plain.observed(seen), seen)

@@ -86,9 +86,9 @@ _AS_IS = ("hidden", "batch_per_task", "eval_episodes", "arch_lr", "minutes", "ve
 ADDED_FIELDS = {"conflict_rule": PAPER_RULE, "arch_holdout": 0, "stage_steps": PRESET,
                 "arch_every": 1, "atlas_every": 0, "atlas_samples": 1024,
                 "evidence_every": PRESET, "evidence_samples": 1024, "branch_every": 0,
-                "layer_norm": False, "residual": False, "weight_init": "torch",
-                "max_grad_norm": 0.0, "precision": "fp32", "critic_hidden": None,
-                "critic_params": 0}
+                "layer_norm": False, "normalize_obs": False, "residual": False,
+                "weight_init": "torch", "max_grad_norm": 0.0, "precision": "fp32",
+                "critic_hidden": None, "critic_params": 0}
 
 # The config's parts, as --help groups its flags: what a run is and how it is run, the
 # learner (networks and update), the search (CoNAL, CoNAL-Pro and their rules), and the
@@ -100,8 +100,9 @@ PARTS = {
         "save_replay", "log_every", "torch_threads", "vector_strategy"),
     "the learner (networks and update, every architecture)": (
         "hidden", "critic_hidden", "critic_params", "batch_per_task", "replay_size",
-        "warmup_steps", "updates_per_step", "layer_norm", "residual", "weight_init",
-        "precision", "max_grad_norm", "lr", "gamma", "tau", "loss_weighting", "grad_surgery"),
+        "warmup_steps", "updates_per_step", "layer_norm", "normalize_obs", "residual",
+        "weight_init", "precision", "max_grad_norm", "lr", "gamma", "tau", "loss_weighting",
+        "grad_surgery"),
     "the search (--arch conal, conal-pro) and growing trees": (
         "search_steps", "stage_steps", "search_warmup_steps", "arch_lr", "gumbel",
         "no_conflict_noticing", "conflict_rule", "evidence_every", "evidence_samples",
@@ -245,6 +246,10 @@ class TrainConfig:
     layer_norm: bool = False
     """LayerNorm (without affine parameters) on every hidden module's output, before the
     ReLU, in the actor and the critics of every architecture (the search's nets too)"""
+    normalize_obs: bool = False
+    """observations standardized by the running mean and variance of every observation the
+    updates drew (all tasks together), clipped to +-10 (SimBa's input normalization); the
+    statistics are saved with the agent"""
     residual: bool = False
     """residual connections: each hidden module's input added to its output where the two
     widths agree"""
@@ -372,7 +377,8 @@ class TrainConfig:
         return SACConfig(gamma=self.gamma, tau=self.tau, actor_lr=self.lr, critic_lr=self.lr,
                          temperature_lr=self.lr, max_grad_norm=self.max_grad_norm or None,
                          loss_weighting="mean" if searching else self.loss_weighting,
-                         precision="fp32" if searching else self.precision)
+                         precision="fp32" if searching else self.precision,
+                         normalize_obs=self.normalize_obs)
 
     def search(self) -> SearchSettings:
         """CoNAL's search settings."""

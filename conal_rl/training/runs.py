@@ -102,8 +102,8 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedR
     sizes = state.get("sizes")  # checkpoints before the sizes were saved: from the weights
     obs_dim, act_dim = ((sizes["obs_dim"], sizes["act_dim"]) if sizes
                         else _dims(agent_state, specs))
-    agent = MultiTaskSAC(tree_factory(specs, config.net_options()), T, obs_dim, act_dim
-                         ).to(device)
+    agent = MultiTaskSAC(tree_factory(specs, config.net_options()), T, obs_dim, act_dim,
+                         config.sac()).to(device)
     agent.load_state_dict(agent_state)
     agent.eval()
     return LoadedRun(run_dir, config, specs, agent, state["counters"]["env_steps"])
