@@ -41,7 +41,7 @@ class MultiTaskReplay:
         """The memory ``transitions`` (over all tasks) take in the storage (float32 obs,
         actions, reward, next obs, done), held-out buffer included: known before a run
         allocates it."""
-        return transitions * (2 * obs_dim + act_dim + 2) * 4
+        return transitions * ((2 * obs_dim + act_dim + 2) * 4 + 8)  # + the episode's id
 
     def __init__(self, capacity: int, num_tasks: int, obs_dim: int, act_dim: int,
                  device: torch.device | str = "cpu", seed: int = 0, holdout_every: int = 0):
@@ -58,6 +58,11 @@ class MultiTaskReplay:
         self.storage = {
             k: torch.zeros(capacity, num_tasks, d, device=self.device) for k, d in dims.items()
         }
+        # Which episode of its task each transition is from (-1: not known, a replay saved
+        # before episodes were counted): splits of a measurement that share no episode.
+        self.episode = torch.full((capacity, num_tasks), -1, dtype=torch.long,
+                                  device=self.device)
+        self.episodes_started = torch.zeros(num_tasks, dtype=torch.long, device=self.device)
         self.pos = 0  # next row to write
         self.size = 0  # rows filled
         self.generator = torch.Generator(device=self.device)
@@ -67,12 +72,19 @@ class MultiTaskReplay:
         self.holdout = None if not holdout_every else MultiTaskReplay(
             max(1, capacity // holdout_every), num_tasks, obs_dim, act_dim, device, seed + 1)
 
-    def add(self, obs, actions, rewards, next_obs, dones) -> None:
-        """One vector step: every argument has a leading task axis ``[T, ...]``."""
+    def add(self, obs, actions, rewards, next_obs, dones, ended=None) -> None:
+        """One vector step: every argument has a leading task axis ``[T, ...]``. ``ended``
+        ``[T]``: where the step ended its task's episode (terminated or truncated; default:
+        ``dones``), so that the next transition counts as the next episode's."""
         self.added += 1
+        ended = torch.as_tensor(dones if ended is None else ended, device=self.device
+                                ).reshape(self.num_tasks).bool()
         if self.holdout is not None and self.added % self.holdout_every == 0:
-            self.holdout.add(obs, actions, rewards, next_obs, dones)
+            self.holdout.add(obs, actions, rewards, next_obs, dones, ended)
+            self.episodes_started += ended  # the held-out steps belong to the same episodes
             return
+        self.episode[self.pos] = self.episodes_started
+        self.episodes_started += ended
         row = {"obs": obs, "actions": actions, "rewards": rewards, "next_obs": next_obs,
                "dones": dones}
         for k, v in row.items():
@@ -92,15 +104,17 @@ class MultiTaskReplay:
         return Batch(*(self.storage[k][rows, tasks] for k in self.FIELDS))
 
     def sample_distinct(self, batch_per_task: int, generator: torch.Generator | None = None
-                        ) -> Batch:
+                        ) -> tuple[Batch, Tensor]:
         """Up to ``batch_per_task`` transitions of every task without repeats (all there
         are, where fewer): a measurement's sample, whose statistics would take a repeated
-        transition for independent evidence."""
+        transition for independent evidence. Also their episodes ``[T, N]`` (-1: not
+        known), for splits that share none."""
         if self.size == 0:
             raise RuntimeError("cannot sample from an empty replay buffer")
         rows = torch.randperm(self.size, device=self.device,
                               generator=generator or self.generator)[:batch_per_task]
-        return Batch(*(self.storage[k][rows].transpose(0, 1) for k in self.FIELDS))
+        batch = Batch(*(self.storage[k][rows].transpose(0, 1) for k in self.FIELDS))
+        return batch, self.episode[rows].T
 
     def sample_holdout(self, batch_per_task: int) -> Batch:
         """A batch from the held-out steps (``holdout_every``); from the training data
@@ -112,6 +126,7 @@ class MultiTaskReplay:
     def state_dict(self) -> dict:
         n = self.size
         return {"storage": {k: v[:n].cpu() for k, v in self.storage.items()}, "pos": self.pos,
+                "episode": self.episode[:n].cpu(), "episodes_started": self.episodes_started.cpu(),
                 "size": n, "generator": self.generator.get_state(), "added": self.added,
                 "holdout": None if self.holdout is None else self.holdout.state_dict()}
 
@@ -120,6 +135,9 @@ class MultiTaskReplay:
         for k, v in state["storage"].items():
             self.storage[k][:n] = v.to(self.device)
         self.pos, self.size = state["pos"], n
+        if "episode" in state:  # replays saved before episodes were counted: not known
+            self.episode[:n] = state["episode"].to(self.device)
+            self.episodes_started.copy_(state["episodes_started"])
         self.generator.set_state(state["generator"])
         self.added = state.get("added", n)  # checkpoints before held-out buffers: no count
         if self.holdout is not None and state.get("holdout") is not None:

@@ -27,6 +27,7 @@ from conal_rl.common import (
     resolve_device,
     run_cli,
 )
+from conal_rl.method.evidence import MIN_EPISODES
 from conal_rl.training.config import ATLAS_MIN_SAMPLES
 from conal_rl.training.preflight import load_config, run_dir_of
 from conal_rl.training.rundir import RunDir
@@ -43,10 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="transitions per task (default: %(default)s)")
     parser.add_argument("--source", choices=SOURCES, default="auto",
                         help="the data: the saved replay, or fresh rollouts of the policy "
-                        "(--samples steps of every task: a few episodes, consecutive "
-                        "transitions), or auto (default): the saved replay, else the live "
-                        "measurement on the replay at the checkpoint (train --atlas-every), "
-                        "else rollouts")
+                        "(--episodes whole episodes of every task), or auto (default): the "
+                        "saved replay, else the live measurement on the replay at the "
+                        "checkpoint (train --atlas-every), else rollouts")
+    parser.add_argument("--episodes", type=int, default=8,
+                        help="--source rollouts: episodes of every task to collect; the "
+                        "statistics' chunks and halves share no episode, so this bounds "
+                        f"their number (at least {MIN_EPISODES}; default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the sample and the rollouts (default: %(default)s)")
     parser.add_argument("--device", default="auto", choices=DEVICES,
@@ -69,6 +73,9 @@ def _main(args: argparse.Namespace) -> dict:
         raise UserError(f"--samples must be at least {ATLAS_MIN_SAMPLES}, got {args.samples}")
     if args.seed < 0:
         raise UserError(f"--seed must not be negative, got {args.seed}")
+    if args.episodes < MIN_EPISODES:
+        raise UserError(f"--episodes must be at least {MIN_EPISODES} (two per half of the "
+                        f"split-half reliability), got {args.episodes}")
     run_dir = run_dir_of(args.run)
     config = load_config(run_dir)
     from envs.video import use_headless_gl
@@ -102,7 +109,8 @@ def _main(args: argparse.Namespace) -> dict:
         replay = _data(args, run, state, device)
         torch.manual_seed(args.seed)
         generator = torch.Generator(device).manual_seed(args.seed)
-        measured = atlas.measure(run.agent, replay.sample_distinct(args.samples, generator))
+        batch, episodes = replay.sample_distinct(args.samples, generator)
+        measured = atlas.measure(run.agent, batch, episodes)
         payload = atlas.to_json(measured, tasks, env_steps=run.env_steps, source=args.source,
                                 samples=args.samples, seed=args.seed)
     payload |= {"command": shlex.join([*PROG.split(), *(args.argv or [])]),
@@ -131,7 +139,8 @@ def _data(args, run, state: dict, device):
 
         args.source = "rollouts"
         policy = Policy(run.agent, bench.action_space, device, deterministic=False)
-        replay = atlas.rollout_replay(policy, bench, args.samples, args.seed)
+        steps = max(args.samples, args.episodes * (bench.max_episode_steps or 1))
+        replay = atlas.rollout_replay(policy, bench, steps, args.seed)
     else:
         args.source = "replay"
     bench.envs.close()
@@ -178,6 +187,8 @@ def summary_text(payload: dict) -> str:
     last = payload["over_training"][-1]
     lines = [f"conflict atlas at env step {payload['env_steps']:,} ({payload['samples']} "
              f"samples per task from {payload['source']}):"]
+    lines.append("  " + episodes_note(
+        [d.get("episodes") for layers in last["nets"].values() for d in layers.values()]))
     for role, layers in last["nets"].items():
         shared_head = any(name.endswith("head") for name in layers)
         if not shared_head:
@@ -191,6 +202,23 @@ def summary_text(payload: dict) -> str:
                          "outside the main cluster: "
                          f"{', '.join(d['outside_main_cluster']) or 'none'}")
     return "\n".join(lines)
+
+
+def episodes_note(episodes: list[int | None]) -> str:
+    """What the figures rest on, in a line: how many episodes per task, and a warning where
+    the statistics' chunks may share episodes (too few, or not known)."""
+    if None in episodes:
+        return ("warning: the samples' episodes are not known (a replay saved before they "
+                "were counted, or a live measurement of before): its chunks may share "
+                "episodes, so the errors and the reliability may come out too small")
+    fewest = min(episodes, default=0)
+    if fewest < MIN_EPISODES:
+        return (f"warning: some task's samples come from {fewest} episode(s), fewer than "
+                f"{MIN_EPISODES}: the chunks share episodes, so the errors and the "
+                "reliability come out too small; measure later in training or on more "
+                "episodes")
+    return (f"every figure rests on samples of at least {fewest} episodes per task; its "
+            "chunks and halves share none")
 
 
 if __name__ == "__main__":

@@ -40,3 +40,22 @@ def test_state_dict_round_trip():
     assert restored.size == replay.size and restored.pos == replay.pos
     a, b = replay.sample(8), restored.sample(8)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_every_transition_knows_its_episode_and_a_sample_returns_them():
+    replay = MultiTaskReplay(100, 2, obs_dim=1, act_dim=1, holdout_every=4)
+    for step in range(12):  # task 0's episodes end every 3 steps, task 1's every 6
+        ended = np.array([step % 3 == 2, step % 6 == 5])
+        replay.add(np.full((2, 1), step), np.zeros((2, 1)), np.zeros(2), np.zeros((2, 1)),
+                   np.zeros(2), ended)
+    batch, episodes = replay.sample_distinct(100)
+    steps = batch.obs[:, :, 0].long()
+    assert torch.equal(episodes[0], steps[0] // 3) and torch.equal(episodes[1], steps[1] // 6)
+    assert 3 not in steps[0].tolist()  # every 4th step went to the held-out buffer
+    restored = MultiTaskReplay(100, 2, obs_dim=1, act_dim=1, holdout_every=4)
+    restored.load_state_dict(replay.state_dict())
+    assert torch.equal(restored.episode, replay.episode)
+    old = {k: v for k, v in replay.state_dict().items() if "episode" not in k}
+    before = MultiTaskReplay(100, 2, obs_dim=1, act_dim=1, holdout_every=4)
+    before.load_state_dict(old)  # a replay saved before episodes were counted
+    assert (before.sample_distinct(5)[1] == -1).all()

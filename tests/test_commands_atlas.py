@@ -69,3 +69,11 @@ def test_a_run_of_one_task_or_without_shared_layers_is_refused(tmp_path, two_tas
     with pytest.raises(SystemExit) as stop:
         atlas.main([str(one), "--samples", "64"])
     assert stop.value.code == 2 and "one task" in capsys.readouterr().err
+
+
+def test_the_summary_says_how_many_episodes_the_figures_rest_on():
+    from conal_rl.atlas import episodes_note
+
+    assert "at least 8 episodes per task" in episodes_note([8, 12])
+    assert episodes_note([2, 12]).startswith("warning: some task's samples come from 2")
+    assert episodes_note([None]).startswith("warning: the samples' episodes are not known")

@@ -215,3 +215,52 @@ def test_the_evidence_rule_takes_only_the_leaving_tasks_off_a_module():
     out.sum().backward()
     noticing.apply()
     torch.testing.assert_close(net.shared["1"].weight.grad, per_task[0] + per_task[2])
+
+
+def _episodic(k=3, episodes=8, per_episode=64, seed=0):
+    """Captures whose gradients are one direction per episode (every sample of an episode
+    alike), samples shuffled: what a replay sample of a few episodes looks like."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.arange(episodes).repeat_interleave(per_episode)
+    a = torch.randn(k, episodes, 1, 6, generator=g, dtype=torch.float64).expand(
+        k, episodes, per_episode, 6).reshape(k, -1, 6)
+    d = torch.randn(k, episodes, 1, 2, generator=g, dtype=torch.float64).expand(
+        k, episodes, per_episode, 2).reshape(k, -1, 2)
+    order = torch.randperm(ids.numel(), generator=g)
+    return a[:, order], d[:, order], ids[order].expand(k, -1)
+
+
+def test_chunks_by_episode_hold_whole_episodes_and_sum_to_the_gradient():
+    from conal_rl.method.evidence import _chunk_gradients, episode_chunks
+
+    a, d, ids = _episodic()
+    chunk_of, K = episode_chunks(ids, 8)
+    assert K == 8
+    for t in range(3):  # every episode in one chunk
+        assert all(len(set(chunk_of[t][ids[t] == e].tolist())) == 1 for e in range(8))
+    g = _chunk_gradients(a, d, K, chunk_of)
+    for c in range(K):
+        rows = chunk_of[0] == c
+        manual = d[0, rows].T @ torch.nn.functional.pad(a[0, rows], (0, 1), value=1.0)
+        torch.testing.assert_close(g[0, c], manual)
+
+
+def test_splits_that_share_episodes_overstate_the_precision():
+    """The same samples: chunks of the shuffled samples each hold parts of every episode,
+    so they agree and the jackknife sees almost no spread; chunks of whole episodes show the
+    spread between episodes, which is the real uncertainty."""
+    a, d, ids = _episodic()
+    shared = layer_evidence(a, d, (0, 1, 2), chunks=8)
+    honest = layer_evidence(a, d, (0, 1, 2), chunks=8, episodes=ids)
+    assert (shared.episodes, honest.episodes) == (None, 8)
+    torch.testing.assert_close(honest.cosine, shared.cosine)  # the estimate is the same
+    upper = torch.triu_indices(3, 3, 1)
+    assert (honest.cosine_se[upper[0], upper[1]]
+            > 3 * shared.cosine_se[upper[0], upper[1]]).all()
+
+
+def test_too_few_episodes_fall_back_to_runs_of_samples_and_say_so():
+    a, d, ids = _episodic(episodes=3)
+    ev = layer_evidence(a, d, (0, 1, 2), chunks=8, episodes=ids)
+    assert ev.episodes == 3 and ev.chunks == 8  # fewer than MIN_EPISODES: runs of samples
+    assert LayerEvidence.from_dict(json.loads(json.dumps(ev.to_dict()))).episodes == 3

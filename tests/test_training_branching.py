@@ -50,7 +50,7 @@ def measured_outside(monkeypatch):
     from the second measurement on (in both twins), the actor's only at the second."""
     calls = []
 
-    def measure(agent, batch):
+    def measure(agent, batch, episodes=None):
         calls.append(agent)
         n = len(calls)
         return _measured({1} if n >= 2 else set(), actor_out={1} if n == 2 else set())
@@ -98,7 +98,7 @@ def test_a_lasting_conflict_opens_a_branch_that_resumes_and_evaluates(
 def test_without_lasting_evidence_nothing_grows(tmp_path, two_tasks, monkeypatch):
     flips = iter([{1}, set(), {1}, set(), {1}, set()])
     monkeypatch.setattr(branching.atlas, "measure",
-                        lambda agent, batch: _measured(next(flips)))
+                        lambda agent, batch, episodes=None: _measured(next(flips)))
     run = tmp_path / "run"
     train.main([*TINY, "--arch", "mhsac", "--total-steps", "400", "--branch-every", "100",
                 "--run-dir", str(run)])

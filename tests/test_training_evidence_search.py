@@ -97,8 +97,8 @@ def test_the_default_search_decides_on_evidence_end_to_end(tmp_path, two_tasks, 
     measured = []
     real = conal_search.atlas.measure
     monkeypatch.setattr(conal_search.atlas, "measure",
-                        lambda agent, batch: measured.append(batch.obs.shape[1])
-                        or real(agent, batch))
+                        lambda agent, batch, episodes=None: measured.append(
+                            batch.obs.shape[1]) or real(agent, batch, episodes))
     monkeypatch.setattr(ConalSearch, "arch_step", lambda *a: (_ for _ in ()).throw(
         AssertionError("no architecture step under the evidence rule")))
     run = tmp_path / "run"

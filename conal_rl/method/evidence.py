@@ -84,6 +84,11 @@ class LayerEvidence:
     consensus_se: Tensor
     chunks: int = 8
     """The jackknife's K."""
+    episodes: int | None = None
+    """The fewest episodes any task's samples came from (None: not known). From
+    ``MIN_EPISODES`` on, each episode is in one chunk only; below (or not known) the chunks
+    are runs of samples, and where one episode's samples fall in several chunks the
+    errors and the reliability come out too small: reports warn."""
     affinity_replicates: Tensor | None = None
     """``[K, k, k]`` the leave-one-chunk-out affinities, for the standard error of any
     statistic of the affinity (:meth:`main_cluster`)."""
@@ -163,6 +168,7 @@ class LayerEvidence:
     def to_dict(self) -> dict:
         """JSON-able: lists of floats (NaN as None)."""
         out = {"tasks": list(self.tasks), "samples": self.samples, "chunks": self.chunks,
+               "episodes": self.episodes,
                "reliability": None if math.isnan(self.reliability) else self.reliability}
         for name in _TENSORS:
             value = getattr(self, name)
@@ -198,10 +204,37 @@ def _bisect(affinity: Tensor) -> tuple[list[int], list[int]]:
     return parts[0], parts[1]
 
 
-def _chunk_gradients(inputs: Tensor, grad_outputs: Tensor, chunks: int) -> Tensor:
+MIN_EPISODES = 4  # per task: each half of the split-half reliability two episodes at least
+
+
+def fewest_episodes(episodes: Tensor) -> int:
+    """The fewest episodes any task's samples (``[k, N]`` episode ids) come from."""
+    return min(int(row.unique().numel()) for row in episodes)
+
+
+def episode_chunks(episodes: Tensor, chunks: int) -> tuple[Tensor, int]:
+    """``[k, N]`` episode ids -> (``[k, N]`` the chunk of every sample, K): each task's
+    episodes dealt in turn to K = min(chunks, the fewest episodes of a task) chunks, so no
+    episode is in two chunks. ValueError below ``MIN_EPISODES`` episodes of a task."""
+    fewest = fewest_episodes(episodes)
+    if fewest < MIN_EPISODES:
+        raise ValueError(f"splits that share no episode need samples of at least "
+                         f"{MIN_EPISODES} episodes per task, got {fewest}")
+    K = min(chunks, fewest)
+    chunk_of = torch.stack([torch.unique(row, return_inverse=True)[1] % K for row in episodes])
+    return chunk_of, K
+
+
+def _chunk_gradients(inputs: Tensor, grad_outputs: Tensor, chunks: int,
+                     chunk_of: Tensor | None = None) -> Tensor:
     """``[k, N, in], [k, N, out]`` -> ``[k, K, out, in + 1]``: each task's gradient over each
-    of K contiguous chunks of its samples (sizes differ by at most one), the bias's as the
-    last column (its input is 1)."""
+    of K chunks of its samples, the bias's as the last column (its input is 1). The chunks:
+    ``chunk_of [k, N]`` (each sample's), else K contiguous runs (sizes differ by at most
+    one)."""
+    if chunk_of is not None:
+        a = F.pad(inputs, (0, 1), value=1.0)
+        member = F.one_hot(chunk_of, chunks).to(a.dtype).transpose(1, 2)  # [k, K, N]
+        return (member[..., None] * grad_outputs[:, None]).transpose(-1, -2) @ a[:, None]
     N = inputs.shape[1]
     size = -(-N // chunks)
     bounds = torch.arange(chunks + 1) * N // chunks
@@ -220,9 +253,11 @@ def _pearson(x: Tensor, y: Tensor) -> float:
 
 @torch.no_grad()
 def layer_evidence(inputs: Tensor, grad_outputs: Tensor, tasks: tuple[int, ...],
-                   chunks: int = 8) -> LayerEvidence:
+                   chunks: int = 8, episodes: Tensor | None = None) -> LayerEvidence:
     """The :class:`LayerEvidence` of one linear layer from its captures ``a [k, N, in]``,
-    ``δ [k, N, out]`` (task t's gradient: ``δ_tᵀa_t``, bias ``Σ_n δ_t``)."""
+    ``δ [k, N, out]`` (task t's gradient: ``δ_tᵀa_t``, bias ``Σ_n δ_t``). With
+    ``episodes [k, N]`` (each sample's episode) the chunks share no episode
+    (:func:`episode_chunks`)."""
     k, N = inputs.shape[:2]
     if k < 2:
         raise ValueError(f"conflict evidence needs at least 2 tasks on a layer, got {k}")
@@ -231,8 +266,12 @@ def layer_evidence(inputs: Tensor, grad_outputs: Tensor, tasks: tuple[int, ...],
     if chunks < 2 or N < 2 * chunks:
         raise ValueError(f"conflict evidence needs at least 2 chunks of at least 2 samples: "
                          f"{N} samples per task, {chunks} chunks (need N >= {2 * chunks})")
-    K = chunks
-    g = _chunk_gradients(inputs, grad_outputs, K)  # [k, K, out, in + 1]
+    chunk_of, K, fewest = None, chunks, None
+    if episodes is not None:
+        fewest = fewest_episodes(episodes)
+        if fewest >= MIN_EPISODES:
+            chunk_of, K = episode_chunks(episodes, chunks)
+    g = _chunk_gradients(inputs, grad_outputs, K, chunk_of)  # [k, K, out, in + 1]
     flat = g.reshape(k * K, -1)
     m = (flat @ flat.T).double().view(k, K, k, K)  # m[s, c, t, d] = <g[s, c], g[t, d]>
     full = m.sum(dim=(1, 3))
@@ -259,13 +298,17 @@ def layer_evidence(inputs: Tensor, grad_outputs: Tensor, tasks: tuple[int, ...],
         affinity=affinity[0], affinity_se=jackknife_se(affinity[1:]),
         reliability=reliability,
         consensus=consensus_cosines(full), consensus_se=jackknife_se(consensus_cosines(loo)),
-        chunks=K, affinity_replicates=affinity[1:])
+        chunks=K, episodes=fewest, affinity_replicates=affinity[1:])
 
 
-def capture_evidence(capture: TaskGradientCapture, chunks: int = 8) -> dict[str, LayerEvidence]:
+def capture_evidence(capture: TaskGradientCapture, chunks: int = 8,
+                     episodes: Tensor | None = None) -> dict[str, LayerEvidence]:
     """Per layer captured by the last backward inside ``capture.record()``, its evidence
-    (layers with fewer than 2 tasks are skipped). Clears the captures."""
-    out = {name: layer_evidence(a, d, capture.layers[name].tasks, chunks)
+    (layers with fewer than 2 tasks are skipped); ``episodes [T, N]``: the samples'
+    episodes, by task id (the chunks then share none). Clears the captures."""
+    out = {name: layer_evidence(a, d, capture.layers[name].tasks, chunks,
+                                None if episodes is None
+                                else episodes[list(capture.layers[name].tasks)])
            for name, (a, d) in capture.captured().items()
            if len(capture.layers[name].tasks) >= 2}
     capture.clear()

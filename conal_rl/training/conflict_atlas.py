@@ -43,9 +43,13 @@ def _restore(params: list[torch.nn.Parameter], grads: list) -> None:
         p.grad = g
 
 
-def measure(agent: MultiTaskSAC, batch: Batch, chunks: int = 8) -> Atlas:
+def measure(agent: MultiTaskSAC, batch: Batch, episodes: torch.Tensor | None = None,
+            chunks: int = 8) -> Atlas:
     """Per net with shared layers, per shared layer, the evidence of ``batch`` (task-major
-    ``[T, N, ...]``)."""
+    ``[T, N, ...]``); ``episodes [T, N]``: each sample's episode (-1 or None: not known),
+    so that the jackknife's chunks and the reliability's halves share no episode."""
+    if episodes is not None and bool((episodes < 0).any()):
+        episodes = None  # a replay saved before episodes were counted
     if batch.obs.shape[1] < max(ATLAS_MIN_SAMPLES, 2 * chunks):
         raise ValueError(f"the atlas needs at least {max(ATLAS_MIN_SAMPLES, 2 * chunks)} samples "
                          f"per task, got {batch.obs.shape[1]}")
@@ -54,12 +58,12 @@ def measure(agent: MultiTaskSAC, batch: Batch, chunks: int = 8) -> Atlas:
     with torch.random.fork_rng(devices=cuda):
         critic = TaskGradientCapture({"q1": agent.critic.q1, "q2": agent.critic.q2})
         out["critic"] = _evidence(critic, lambda: agent.critic_losses(batch),
-                                  list(agent.critic.parameters()), chunks)
+                                  list(agent.critic.parameters()), chunks, episodes)
         actor = TaskGradientCapture(agent.actor.net)
         agent.critic.requires_grad_(False)  # the actor's loss only reads the critic
         try:
             out["actor"] = _evidence(actor, lambda: agent.actor_losses(batch.obs)[0],
-                                     list(agent.actor.parameters()), chunks)
+                                     list(agent.actor.parameters()), chunks, episodes)
         finally:
             agent.critic.requires_grad_(True)
     return {role: layers for role, layers in out.items() if layers}  # nets sharing nothing: out
@@ -74,14 +78,14 @@ def measure_replay(agent: MultiTaskSAC, replay: MultiTaskReplay, samples: int,
     if not replay.size or not shared_layer_count(agent):
         return None
     generator = torch.Generator(replay.device).manual_seed(env_steps)
-    batch = replay.sample_distinct(samples, generator)
+    batch, episodes = replay.sample_distinct(samples, generator)
     if batch.obs.shape[1] < ATLAS_MIN_SAMPLES:
         return None
-    return measure(agent, batch)
+    return measure(agent, batch, episodes)
 
 
-def _evidence(capture: TaskGradientCapture, task_losses, params, chunks: int
-              ) -> dict[str, LayerEvidence]:
+def _evidence(capture: TaskGradientCapture, task_losses, params, chunks: int,
+              episodes: torch.Tensor | None) -> dict[str, LayerEvidence]:
     """One backward of the summed task losses (the Gram of the ∇L_t themselves) with the
     shared layers captured; the parameters' ``.grad`` as they were before."""
     grads = [p.grad for p in params]
@@ -89,7 +93,7 @@ def _evidence(capture: TaskGradientCapture, task_losses, params, chunks: int
         with capture.record():
             losses = task_losses()
         losses.sum().backward(inputs=params)
-        return capture_evidence(capture, chunks)
+        return capture_evidence(capture, chunks, episodes)
     finally:
         capture.clear()
         _restore(params, grads)
@@ -124,6 +128,7 @@ def layer_summary(ev: LayerEvidence, task_names: list[str]) -> dict:
     cluster = set(ev.main_cluster()) if ev.affinity_replicates is not None else set(ev.tasks)
     return _rounded({"reliability": None if ev.reliability != ev.reliability
                      else float(ev.reliability),
+                     "episodes": ev.episodes,
                      "mean_cosine": float(pairs.mean()),
                      "negative_share": float((pairs < 0).double().mean()),
                      "conflicting": [task_names[t] for t in ev.conflicting()],
@@ -195,6 +200,6 @@ def rollout_replay(policy: Policy, bench: Benchmark, steps_per_task: int, seed: 
         real_next = next_obs.copy()
         for i in np.flatnonzero(term | trunc):
             real_next[i] = info["final_obs"][i]
-        replay.add(obs, actions, rewards, real_next, term)
+        replay.add(obs, actions, rewards, real_next, term, term | trunc)
         obs = next_obs
     return replay

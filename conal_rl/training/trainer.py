@@ -231,7 +231,7 @@ class Trainer:
         real_next = next_obs.copy()
         for i in np.flatnonzero(done):
             real_next[i] = info["final_obs"][i]
-        self.replay.add(window.obs, actions, rewards, real_next, term)
+        self.replay.add(window.obs, actions, rewards, real_next, term, done)
         window.obs = next_obs
         self.env_steps += self.bench.num_tasks
         if "success" in info:
