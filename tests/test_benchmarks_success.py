@@ -337,10 +337,11 @@ def test_an_unfinished_run_is_listed_with_where_it_stands(tmp_path):
 def test_every_row_trains_what_its_name_says(tmp_path):
     """The run specs of the ablation rows: each row's command, parsed by the training CLI,
     gives the configuration (and the search and agent settings) the row stands for."""
-    fixed = "private-critic"  # a fixed MT10 tree: on MT10 only
-    specs = _specs(tmp_path, "--archs", ",".join(r for r in success.ROWS if r != fixed),
+    # a fixed MT10 tree, and critics sized by Meta-World's observations: on MT10 only
+    mt10 = ("private-critic", "mtsac-wide", "mhsac-wide")
+    specs = _specs(tmp_path, "--archs", ",".join(r for r in success.ROWS if r not in mt10),
                    "--seeds", "1")
-    specs |= _specs(tmp_path, "--archs", fixed, "--seeds", "1", "--benchmark", "MT10")
+    specs |= _specs(tmp_path, "--archs", ",".join(mt10), "--seeds", "1", "--benchmark", "MT10")
     expected = {  # row -> fields that differ from MT-SAC's defaults
         "mtsac": {}, "mhsac": {"arch": "mhsac"}, "conal": {"arch": "conal"},
         "conal-paper": {"arch": "conal", "conflict_rule": "any-pair"},
@@ -354,6 +355,7 @@ def test_every_row_trains_what_its_name_says(tmp_path):
         "conal-pro": {"arch": "conal-pro"},
         "conal-pro-nocn": {"arch": "conal-pro", "no_conflict_noticing": True},
         "private-critic": {"arch": "tree"},
+        "mtsac-wide": {"arch": "mtsac-wide"}, "mhsac-wide": {"arch": "mhsac-wide"},
     }
     defaults = {"arch": "mtsac", "no_conflict_noticing": False, "no_private": False,
                 "loss_weighting": "mean", "grad_surgery": "none", "conflict_rule": "evidence"}
@@ -368,7 +370,7 @@ def test_every_row_trains_what_its_name_says(tmp_path):
         want = defaults | changes
         assert {k: getattr(config, k) for k in want} == want, row
         assert (config.benchmark, config.preset, config.seed, config.torch_threads) == (
-            "MT10" if row == fixed else "MT1:reach-v3", "quick", 0, 1)
+            "MT10" if row in mt10 else "MT1:reach-v3", "quick", 0, 1)
         search, sac = config.search(), config.sac()
         assert search.conflict_noticing is not want["no_conflict_noticing"], row
         assert search.no_private is want["no_private"], row

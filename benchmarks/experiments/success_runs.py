@@ -54,6 +54,12 @@ ROWS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "private-critic": ("conal_rl.train", ("--arch", "tree", "--architecture",
                                           str(ARCHITECTURES / "MT10-private-critic.json")),
                        "MH-SAC's actor, a private critic per task (a fixed MT10 tree, no search)"),
+    # The equal-parameter controls: MT-SAC's and MH-SAC's critic widened to the private
+    # critics' parameters (--critic-params to set another count).
+    "mtsac-wide": ("conal_rl.train", ("--arch", "mtsac-wide"),
+                   "MT-SAC, its critic widened to the private critics' parameters"),
+    "mhsac-wide": ("conal_rl.train", ("--arch", "mhsac-wide"),
+                   "MH-SAC, its critic widened to the private critics' parameters"),
 }
 DEFAULT_ROWS = ("mtsac", "mhsac", "conal", "conal-nocn", "stl")
 
