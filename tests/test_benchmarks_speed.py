@@ -295,3 +295,30 @@ def test_learner_options_times_every_variant_against_plain(tmp_path, monkeypatch
     assert rows["plain"]["vs_plain"] == 1.0 and rows["ln"]["ms"] > 0
     assert rows["ln"]["gflop"] == pytest.approx(rows["plain"]["gflop"])  # LN: no products
     assert "| laptop | 128x128x128 | 32 | ln |" in (tmp_path / "lo.md").read_text()
+
+
+# ---- benchmarks/speed/row_costs.py ----------------------------------------------------------
+def test_row_costs_measure_every_finished_run_and_the_report_reads_them(tmp_path):
+    from benchmarks.experiments import success_report
+    from benchmarks.speed import row_costs
+    from conal_rl.train import main as train
+
+    folder = tmp_path / "runs"
+    for row, flags in (("mtsac", ["--hidden", "16,16"]), ("wide", ["--hidden", "64,64"])):
+        train(["--benchmark", "gym:Pendulum-v1", "--total-steps", "120", "--eval-every", "0",
+               "--batch-per-task", "8", "--warmup-steps", "100", "--eval-episodes", "1",
+               "--run-dir", str(folder / f"{row}-s0"), *flags])
+    (folder / "stray").mkdir()  # not a run: left alone
+    payload = row_costs.main([str(folder), "--repeats", "1", "--rounds", "1"])
+    runs = {r["row"]: r for r in payload["runs"]}
+    assert set(runs) == {"mtsac", "wide"} and runs["wide"]["seed"] == 0
+    assert runs["wide"]["critic_params"] > runs["mtsac"]["critic_params"]
+    assert runs["wide"]["flops_per_sample"] > 4 * runs["mtsac"]["flops_per_sample"]
+    costs = success_report.row_costs(folder, ["mtsac", "wide", "absent"], {})
+    assert set(costs["rows"]) == {"mtsac", "wide"}
+    assert costs["rows"]["wide"]["update_ms"] == runs["wide"]["update_ms"]
+    assert "| wide | " in "\n".join(success_report.costs_lines(costs))
+    rows = [{"row": "mtsac", "mean": 0.2, "runs": [{"seed": 0, "mean": 0.2}]},
+            {"row": "wide", "mean": 0.4, "runs": [{"seed": 0, "mean": 0.4}]}]
+    success_report.plot_pareto(rows, costs["rows"], "success", "gym", tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 1000

@@ -22,10 +22,11 @@ from benchmarks.experiments.success_runs import (
     safe_name,
     saved_config,
 )
-from benchmarks.report_files import header, now
+from benchmarks.report_files import header, machine_text, now
 from conal_rl.analysis.curves import AXES, MEAN, read_curves
 from conal_rl.common import as_float, finite_or_none, write_atomic, write_json_atomic
 from conal_rl.training.config import TrainConfig
+from conal_rl.training.rundir import read_json
 from envs import num_tasks
 
 REPO = ARCHITECTURES.parents[2]  # flags' paths are shown from here
@@ -328,6 +329,7 @@ def markdown(payload: dict) -> str:
         lines.append(f"Differences within noise ({NOISE_RULE}): "
                      + ("no other row has finished runs yet." if has_base else
                         f"no finished {BASELINE} runs to compare with."))
+    lines += costs_lines(payload.get("costs"))
     lines += ["", f"Per task: final {metric}, mean over finished seeds.", "",
               "| row | " + " | ".join(tasks) + " |", "|" + "---|" * (len(tasks) + 1)]
     for r in rows:
@@ -488,6 +490,69 @@ def budget_note(budget: str, benchmark: str, overrides: dict | None = None) -> s
     return note
 
 
+def row_costs(runs_dir: Path, row_names: list[str], previous: dict) -> dict | None:
+    """The update costs ``benchmarks.speed.row_costs`` measured on the runs folder (its
+    ``row-costs.json``), per row: the runs' and their means; else the previous report's."""
+    measured = read_json(runs_dir / "row-costs.json")
+    if not measured:
+        return previous.get("costs")
+    rows = {}
+    for name in row_names:
+        runs = [r for r in measured["runs"] if r["row"] == name]
+        if runs:
+            rows[name] = {"runs": runs} | {k: float(np.mean([r[k] for r in runs])) for k in (
+                "actor_params", "critic_params", "flops_per_sample", "update_ms")}
+    return {"command": measured["command"], "machine": measured["machine"],
+            "date": measured["date"], "rows": rows}
+
+
+def costs_lines(costs: dict | None) -> list[str]:
+    """The costs table: what one update of each row's trained nets costs."""
+    if not costs or not costs["rows"]:
+        return []
+    lines = ["", "Cost of one update of each row's trained networks, side by side on one "
+             f"machine (`{costs['command']}`; {machine_text(costs['machine'])}; "
+             f"{costs['date']}): matrix-product FLOPs per sample (forward and backward) and "
+             "the update's time, one thread, mean over the row's runs.", "",
+             "| row | actor params | critic params | MFLOP per sample | update ms |",
+             "|---|---|---|---|---|"]
+    for row, c in costs["rows"].items():
+        lines.append(f"| {row} | {c['actor_params']:,.0f} | {c['critic_params']:,.0f} | "
+                     f"{c['flops_per_sample'] / 1e6:.2f} | {c['update_ms']:.2f} |")
+    if costs.get("plot"):
+        lines += ["", f"Success against critic parameters and against update time: "
+                      f"`{costs['plot']}` (small: seeds; large: the row's mean)."]
+    return lines
+
+
+def plot_pareto(rows: list[dict], costs: dict[str, dict], metric: str, benchmark: str,
+                path: Path) -> None:
+    """Success against critic parameters (log) and against update time: every seed of a
+    row a small mark, the row's mean a large one with its name."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12, 4.5), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for i, r in enumerate(r for r in rows if r["row"] in costs and "mean" in r):
+        c, color = costs[r["row"]], f"C{i % 10}"
+        by_seed = {run["seed"]: run for run in c["runs"]}
+        for ax, key in zip(axes, ("critic_params", "update_ms")):
+            seeds = [(by_seed[run["seed"]][key], run["mean"]) for run in r["runs"]
+                     if run["seed"] in by_seed]
+            if seeds:
+                ax.scatter(*zip(*seeds), s=14, color=color, alpha=0.5)
+            ax.scatter([c[key]], [r["mean"]], s=70, color=color, label=r["row"])
+            ax.annotate(r["row"], (c[key], r["mean"]), fontsize=7,
+                        xytext=(4, 4), textcoords="offset points")
+    axes[0].set(xscale="log", xlabel="critic parameters (both Q-nets)",
+                ylabel=f"{metric}, mean over tasks")
+    axes[1].set(xlabel="ms per update (one thread)", ylabel=f"{metric}, mean over tasks")
+    axes[0].set_title(f"{benchmark}: {metric} against critic parameters")
+    axes[1].set_title(f"{benchmark}: {metric} against update time")
+    axes[1].legend(fontsize="small")
+    fig.savefig(path, dpi=120)
+
+
 def plot_rows(rows: list[dict], results: dict[str, list[RunResult]], metric: str,
               benchmark: str, minutes: float, path: Path) -> bool:
     """Mean over tasks vs env steps, one line per row (± s.e. over seeds); with a
@@ -568,6 +633,11 @@ def build_report(args: argparse.Namespace, specs: list[RunSpec], failed: list[di
         "noise_rule": NOISE_RULE, "rows": rows, "failed": failed, "unfinished": unfinished,
     }
     payload["vs_baseline"] = noise_verdicts(rows)
+    payload["costs"] = row_costs(Path(payload["runs_dir"]), args.archs, previous)
+    if payload["costs"]:
+        pareto = stem.with_name(stem.name + "-pareto.png")
+        plot_pareto(rows, payload["costs"]["rows"], metric, args.benchmark, pareto)
+        payload["costs"]["plot"] = pareto.name
     png = stem.with_suffix(".png")
     budget_minutes = max(s.target_minutes for s in specs) if specs else 0
     payload["plot"] = (png.name if plot_rows(rows, results, metric, args.benchmark,
