@@ -207,11 +207,7 @@ def main(argv: list[str] | None = None) -> dict:
     for flag in ("eval_episodes", "eval_every", "address"):
         if getattr(args, flag) is not None:
             success_argv += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
-    failed = None
-    try:
-        report = success.main(success_argv)
-    except SystemExit as e:  # some runs failed (success.py reported them): report the rest
-        failed, report = e.code, {}
+    report, failed = success.table(success_argv)
     # The minutes report covers every candidate with runs, also those of earlier calls.
     root = args.runs_dir / f"{BENCHMARK}-{BUDGET}"
     names = [n for n in CANDIDATES if n in names or list(root.glob(f"{n}-s*"))]

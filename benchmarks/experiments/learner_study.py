@@ -210,11 +210,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "--eval-episodes", str(args.eval_episodes),
                     "--runs-dir", str(args.runs_dir), "--out-dir", str(args.out_dir)
                     ] + (["--report-only"] * args.report_only)
-    failed = None
-    try:
-        report = success.main(success_argv)
-    except SystemExit as e:  # some runs failed (success.py reported them): report the rest
-        failed, report = e.code, {}
+    report, failed = success.table(success_argv)
     root = args.runs_dir / f"{BENCHMARK}-{BUDGET}"
     stem = args.out_dir / "learner"
     previous = read_json(stem.with_suffix(".json")) or {}

@@ -481,5 +481,15 @@ def main(argv: list[str] | None = None) -> dict:
     return run_cli(PROG, body, (UserError,))
 
 
+def table(argv: list[str]) -> tuple[dict, int | str | None]:
+    """:func:`main` for a benchmark built on this one (the laptop sweep, the learner study):
+    the report and, where some runs failed (the report says which), the exit status, so
+    that the caller can report the rest before it exits with it."""
+    try:
+        return main(argv), None
+    except SystemExit as e:
+        return {}, e.code
+
+
 if __name__ == "__main__":
     main()

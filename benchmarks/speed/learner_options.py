@@ -16,16 +16,14 @@ at that size. bf16 rows only where the CPU has bf16 matrix units (or on a GPU): 
 
 from __future__ import annotations
 
-import statistics
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from agents import MultiTaskSAC, random_batch
 from benchmarks.report_files import command, header, now, save
+from benchmarks.speed.update_clock import turns, update_flops
 from conal_rl.common import CommandParser, cpu_bf16_units, machine
 from conal_rl.training.config import TrainConfig
 from conal_rl.training.nets import fixed_trees, tree_factory
@@ -49,21 +47,6 @@ def build(size: str, variant: str) -> tuple[MultiTaskSAC, object]:
     agent = MultiTaskSAC(tree_factory(fixed_trees(config, TASKS, (OBS, ACT)),
                                       config.net_options()), T, OBS, ACT, config.sac())
     return agent, random_batch(T, config.batch_per_task, OBS, ACT, seed=1)
-
-
-def median_ms(agent: MultiTaskSAC, batch, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.thread_time()
-        agent.update(batch)
-        times.append(time.thread_time() - t0)
-    return 1e3 * statistics.median(times)
-
-
-def gflop(agent: MultiTaskSAC, batch) -> float:
-    with FlopCounterMode(display=False) as counter:
-        agent.update(batch)
-    return counter.get_total_flops() / 1e9
 
 
 def markdown(payload: dict) -> str:
@@ -107,17 +90,12 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for size in sizes:
         built = {v: build(size, v) for v in variants}
-        for agent, batch in built.values():
-            median_ms(agent, batch, 3)  # first kernels and allocations, untimed
-        rounds = {v: [] for v in variants}
-        for _ in range(args.rounds):
-            for v, (agent, batch) in built.items():
-                rounds[v].append(median_ms(agent, batch, args.repeats))
+        ms = turns(built, args.repeats, args.rounds)
         for v, (agent, batch) in built.items():
             hidden, _ = SIZES[size]
             rows.append({"size": size, "hidden": list(hidden), "variant": v,
-                         "batch": batch.obs.shape[1], "ms": statistics.median(rounds[v]),
-                         "gflop": gflop(agent, batch)})
+                         "batch": batch.obs.shape[1], "ms": ms[v],
+                         "gflop": update_flops(agent, batch) / 1e9})
         plain = next((r["ms"] for r in rows if r["size"] == size and r["variant"] == "plain"),
                      None)
         for r in rows:

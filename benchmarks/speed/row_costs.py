@@ -19,15 +19,13 @@ against update time (``*-pareto.png``).
 
 from __future__ import annotations
 
-import statistics
-import time
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from agents import MultiTaskSAC, random_batch
 from benchmarks.report_files import command, header, now, save
+from benchmarks.speed.update_clock import turns, update_flops
 from conal_rl.common import CommandParser, machine, run_cli
 from conal_rl.method import num_parameters
 from conal_rl.training.rundir import RunDir
@@ -51,18 +49,7 @@ def update_of(run_dir: Path) -> tuple[MultiTaskSAC, object]:
 
 
 def flops_per_sample(agent: MultiTaskSAC, batch) -> float:
-    with FlopCounterMode(display=False) as counter:
-        agent.update(batch)
-    return counter.get_total_flops() / (batch.obs.shape[0] * batch.obs.shape[1])
-
-
-def median_ms(agent: MultiTaskSAC, batch, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.thread_time()
-        agent.update(batch)
-        times.append(time.thread_time() - t0)
-    return 1e3 * statistics.median(times)
+    return update_flops(agent, batch) / (batch.obs.shape[0] * batch.obs.shape[1])
 
 
 def measure(folder: Path, repeats: int, rounds: int) -> list[dict]:
@@ -74,12 +61,7 @@ def measure(folder: Path, repeats: int, rounds: int) -> list[dict]:
             built[d] = update_of(d)
         except (OSError, ValueError, KeyError) as e:  # an STL run, a foreign folder
             print(f"{d.name}: skipped ({type(e).__name__}: {e})")
-    for agent, batch in built.values():
-        median_ms(agent, batch, 2)  # first kernels and allocations, untimed
-    times: dict[Path, list[float]] = {d: [] for d in built}
-    for _ in range(rounds):
-        for d, (agent, batch) in built.items():
-            times[d].append(median_ms(agent, batch, repeats))
+    ms = turns(built, repeats, rounds)
     out = []
     for d, (agent, batch) in built.items():
         row, seed = row_of(d)
@@ -88,7 +70,7 @@ def measure(folder: Path, repeats: int, rounds: int) -> list[dict]:
                     "critic_params": num_parameters(agent.critic),
                     "flops_per_sample": flops_per_sample(agent, batch),
                     "batch_per_task": batch.obs.shape[1],
-                    "update_ms": statistics.median(times[d])})
+                    "update_ms": ms[d]})
         print(f"{d.name}: {out[-1]['update_ms']:.2f} ms per update, "
               f"{out[-1]['flops_per_sample'] / 1e6:.2f} MFLOP per sample", flush=True)
     return out
