@@ -52,7 +52,8 @@ def build(size: str, variant: str) -> tuple[MultiTaskSAC, object]:
 def markdown(payload: dict) -> str:
     lines = [*header("What each learner option costs per update (CPU, one thread)",
                      payload["command"], payload["machine"], payload["date"]),
-             "", f"MT-SAC on MT10's sizes (10 tasks, 39 observations, 4 actions); medians of "
+             "", f"MT-SAC on MT10's sizes ({payload['tasks']} tasks, {payload['obs_dim']} "
+             f"observations, {payload['act_dim']} actions); medians of "
              f"the thread's CPU time over {payload['repeats']} updates, the median over "
              f"{payload['rounds']} rounds in which the variants took turns. bf16 units of "
              f"this CPU: {', '.join(payload['bf16_units']) or 'none'}.", "",
@@ -61,7 +62,7 @@ def markdown(payload: dict) -> str:
     for r in payload["rows"]:
         lines.append(f"| {r['size']} | {'x'.join(map(str, r['hidden']))} | {r['batch']} | "
                      f"{r['variant']} | {r['ms']:.2f} | {r['gflop']:.3f} | "
-                     f"{r['gflop'] / r['ms'] * 1e3:.0f} | {r['vs_plain']:.2f} |")
+                     f"{r['gflop_per_s']:.0f} | {r['vs_plain']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -96,6 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
             rows.append({"size": size, "hidden": list(hidden), "variant": v,
                          "batch": batch.obs.shape[1], "ms": ms[v],
                          "gflop": update_flops(agent, batch) / 1e9})
+            rows[-1]["gflop_per_s"] = rows[-1]["gflop"] / rows[-1]["ms"] * 1e3
         plain = next((r["ms"] for r in rows if r["size"] == size and r["variant"] == "plain"),
                      None)
         for r in rows:
@@ -105,6 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
                                       if r["size"] == size), flush=True)
     payload = {"command": command(PROG, argv), "machine": machine(), "date": now(),
                "repeats": args.repeats, "rounds": args.rounds, "bf16_units": list(units),
+               "tasks": T, "obs_dim": OBS, "act_dim": ACT,
                "rows": rows}
     save(args.out, payload, markdown(payload))
     return payload

@@ -170,7 +170,7 @@ class TrainConfig:
     """hidden widths of the critics, comma separated (default: --hidden)"""
     critic_params: int = 0
     """--arch mtsac-wide / mhsac-wide: the parameters of the twin critics (both Q-nets) to
-    widen the critic to, within 5%% (0: the private critics', every task its own critic
+    widen the critic to, within 5% (0: the private critics', every task its own critic
     at --hidden)"""
     batch_per_task: int = PRESET
     """samples per task in every update batch"""
