@@ -282,10 +282,10 @@ class MultiTaskSAC(nn.Module):
         optim.step()
 
     def load_networks(self, state: dict[str, dict]) -> None:
-        """Start from given network weights (keys "actor.net", "critic.q1", "critic.q2");
-        the target critics copy the critics."""
+        """Start from given network weights (keys "actor.net", "critic.q1", "critic.q2", and
+        "obs_norm" where observations are normalized); the target critics copy the critics."""
         modules = {"actor.net": self.actor.net, "critic.q1": self.critic.q1,
-                   "critic.q2": self.critic.q2}
+                   "critic.q2": self.critic.q2, "obs_norm": self.obs_norm}
         for key, weights in state.items():
             modules[key].load_state_dict(weights)
         self.critic_target.load_state_dict(self.critic.state_dict())

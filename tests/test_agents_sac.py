@@ -124,11 +124,12 @@ def test_optimizer_state_saved_before_the_fused_step_loads_fused():
 
 def test_a_rebuilt_agent_holds_the_state_of_the_old_one_in_its_new_nets():
     """``rebuilt`` with a tree that grew (task 1 leaves shared module 2 of both nets): the
-    same actions and Q-values, the same temperatures, the moments carried (a new private
+    same actions and Q-values, the same temperatures and observation statistics, the
+    moments carried (a new private
     copy's moments are its shared module's), and it goes on updating."""
     from conal_rl.method.tree import grown_state
 
-    agent, batch = _agent(), _batch()
+    agent, batch = _agent(normalize_obs=True), _batch()
     for _ in range(3):
         agent.update(batch)
     old = TreeSpec.mhsac((32, 32), T)
@@ -143,6 +144,7 @@ def test_a_rebuilt_agent_holds_the_state_of_the_old_one_in_its_new_nets():
     torch.manual_seed(3)
     torch.testing.assert_close(grown.critic_losses(batch), before)
     torch.testing.assert_close(grown.log_temperature, agent.log_temperature)
+    assert grown.obs_norm.count == 3 * T * 64  # the observation statistics come along
     names = [n for n, _ in grown.critic.named_parameters()]
     state = grown.critic_optim.state_dict()["state"]
     private = state[names.index("q2.private.2.weight")]["exp_avg"]

@@ -269,6 +269,21 @@ def test_inherited_trees_compute_what_the_supernet_computes_at_the_argmax():
                                agent.critic.q2(x, one_hot["critic"]))
 
 
+def test_inherited_trees_keep_the_observation_statistics_they_were_trained_on():
+    from agents import SACConfig
+
+    torch.manual_seed(0)
+    search = ConalSearch(SearchSettings(hidden=(16, 16)), NAMES, batch_per_task=32)
+    agent = MultiTaskSAC(search.make_net, T, OBS, ACT, SACConfig(normalize_obs=True),
+                         search.make_filter)
+    agent.update(_batch())
+    tree_agent = MultiTaskSAC(tree_factory(search.derive()), T, OBS, ACT,
+                              SACConfig(normalize_obs=True))
+    tree_agent.load_networks(inherited_trees(agent, NAMES))
+    torch.testing.assert_close(tree_agent.obs_norm.mean, agent.obs_norm.mean)
+    assert tree_agent.obs_norm.count == agent.obs_norm.count > 0
+
+
 def test_search_warmup_trains_weights_only():
     agent, search = _search(warmup_steps=100, total_steps=200)
     alpha = {role: a.detach().clone() for role, a in search.alpha.items()}

@@ -246,9 +246,12 @@ class ConalSearch:
 def inherited_trees(agent: MultiTaskSAC, task_names: list[str]) -> dict[str, dict]:
     """State dicts of the pruned trees with the searched weights (``--inherit-weights``),
     keyed like the agent's modules."""
-    return {key: net.to_tree(True, task_names).state_dict()
-            for key, net in (("actor.net", agent.actor.net), ("critic.q1", agent.critic.q1),
-                             ("critic.q2", agent.critic.q2))}
+    trees = {key: net.to_tree(True, task_names).state_dict()
+             for key, net in (("actor.net", agent.actor.net), ("critic.q1", agent.critic.q1),
+                              ("critic.q2", agent.critic.q2))}
+    if agent.obs_norm is not None:  # the statistics the searched weights were trained on
+        trees["obs_norm"] = agent.obs_norm.state_dict()
+    return trees
 
 
 def search_architecture(config: TrainConfig, run_dir: Path, bench: Benchmark,
