@@ -56,6 +56,7 @@ from conal_rl.method import (
 )
 from conal_rl.method.evidence import capture_evidence
 from conal_rl.method.progressive import progressive_search
+from conal_rl.method.rules import rule_named
 from conal_rl.method.task_gradients import TaskGradientCapture
 
 T, FAMILY_SIZE, IN, FEATURES = 10, 5, 20, 3
@@ -144,7 +145,8 @@ def pro_search(problem: Problem, kind: str, seed: int, warmup: int = 200,
         warmup, steps, arch_lr=3e-2, weight_lr=3e-3, noticing=PRO_KINDS[kind],
         on_stage=lambda s, net, notice: stats.extend(notice.stats().values()),
         refresh=(lambda net, notice: refresh_evidence(net, notice, problem))
-        if PRO_KINDS[kind].get("rule") == "evidence" else None, refresh_every=REFRESH)
+        if "rule" in PRO_KINDS[kind] and rule_named(PRO_KINDS[kind]["rule"]).from_evidence
+        else None, refresh_every=REFRESH)
     return {"groups": [list(g) for g in spec.groups],
             "frozen_fraction": statistics.mean(v["frozen_fraction"] for v in stats),
             "left_out_fraction": statistics.mean(v.get("left_out_fraction", 0.0)
@@ -182,7 +184,7 @@ def search(problem: Problem, kind: str, seed: int, warmup: int = 300, steps: int
     arch_opt, weight_opt = search_optimizers(net, arch_lr=3e-2, weight_lr=3e-3)
     noticing = ConflictNoticing(net, enabled=noticing_on, rule=rule, ema=rule_ema)
     (x_w, y_w), (x_a, y_a) = split(problem)  # alpha learns on the held-out 20%
-    evidence = rule == "evidence"
+    evidence = rule_named(rule).from_evidence
     if evidence:
         net.gate({})  # no evidence yet: every task on the trunk
     for step in range(warmup + steps):
