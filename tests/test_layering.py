@@ -116,21 +116,35 @@ def module_graph() -> dict[str, set[str]]:
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
-    """The import loops of a graph, each once (a path back to its first module)."""
-    found, done = [], set()
+    """The groups of modules that import each other in a loop (the strongly connected
+    components of more than one module, Tarjan's algorithm), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
 
-    def visit(node: str, path: list[str]) -> None:
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
         for nxt in sorted(graph.get(node, ())):
-            if nxt in path:
-                loop = path[path.index(nxt):]
-                if min(loop) == loop[0]:  # each loop once, from its smallest module
-                    found.append([*loop, nxt])
-            elif nxt not in done:
-                visit(nxt, [*path, nxt])
-        done.add(node)
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
 
     for node in sorted(graph):
-        visit(node, [node])
+        if node not in index:
+            visit(node)
     return found
 
 
@@ -142,7 +156,9 @@ def test_no_import_loop_among_the_products_modules():
 
 
 def test_the_loop_finder_finds_a_loop():
-    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    # a loop first entered at its larger module
+    assert cycles({"a": {"c"}, "b": {"c"}, "c": {"b"}}) == [["b", "c"]]
 
 
 def test_no_two_product_modules_share_a_file_name():

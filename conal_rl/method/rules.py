@@ -4,22 +4,32 @@ by its name; importable without torch (the flags are checked before torch loads)
 
 A rule is a :class:`ConflictRule`: its name and help, and ``kept(noticing, layer, gram)``,
 the ``[k]`` bool mask of the tasks kept, from the layer's Gram matrix of task gradients and
-what the :class:`~conal_rl.method.conflict.ConflictNoticing` carries (its averages, its
-threshold, the evidence it was given).
+what the conflict-noticing carries (:class:`Noticing`: its averages, its threshold, the
+evidence it was given).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from conal_rl.method.conflict import ConflictNoticing
 
-    Kept = Callable[[ConflictNoticing, str, Tensor], Tensor]
+class Noticing(Protocol):
+    """What a rule reads of the conflict-noticing that asks it
+    (:class:`~conal_rl.method.conflict.ConflictNoticing`)."""
+
+    threshold: float
+    layers: Mapping  # layer name -> its SharedLayer (``.tasks``)
+
+    def averaged(self, name: str, now: Tensor) -> Tensor: ...
+    def leaving(self) -> dict[str, tuple[int, ...]]: ...
+
+
+Kept = Callable[[Noticing, str, "Tensor"], "Tensor"]
 
 
 @dataclass(frozen=True)
@@ -39,12 +49,12 @@ def _off_diagonal(gram: Tensor) -> Tensor:
     return ~gram.new_ones(gram.shape[0]).diag().bool()
 
 
-def _any_pair(noticing: ConflictNoticing, layer: str, gram: Tensor) -> Tensor:
+def _any_pair(noticing: Noticing, layer: str, gram: Tensor) -> Tensor:
     conflict = ((gram < 0) & _off_diagonal(gram)).any()
     return (~conflict).expand(gram.shape[0])
 
 
-def _ema_pair(noticing: ConflictNoticing, layer: str, gram: Tensor) -> Tensor:
+def _ema_pair(noticing: Noticing, layer: str, gram: Tensor) -> Tensor:
     from conal_rl.method.task_gradients import cosines
 
     average = noticing.averaged(layer, cosines(gram))
@@ -52,19 +62,19 @@ def _ema_pair(noticing: ConflictNoticing, layer: str, gram: Tensor) -> Tensor:
     return (~conflict).expand(gram.shape[0])
 
 
-def _consensus(noticing: ConflictNoticing, layer: str, gram: Tensor) -> Tensor:
+def _consensus(noticing: Noticing, layer: str, gram: Tensor) -> Tensor:
     from conal_rl.method.task_gradients import consensus_cosines
 
     return noticing.averaged(layer, consensus_cosines(gram)) >= -noticing.threshold
 
 
-def _affinity(noticing: ConflictNoticing, layer: str, gram: Tensor) -> Tensor:
+def _affinity(noticing: Noticing, layer: str, gram: Tensor) -> Tensor:
     from conal_rl.method.task_gradients import cosines, main_group
 
     return main_group(noticing.averaged(layer, cosines(gram).square()))
 
 
-def _evidence(noticing: ConflictNoticing, layer: str, gram: Tensor) -> Tensor:
+def _evidence(noticing: Noticing, layer: str, gram: Tensor) -> Tensor:
     leaving = set(noticing.leaving().get(layer, ()))
     return gram.new_tensor([t not in leaving for t in noticing.layers[layer].tasks]).bool()
 

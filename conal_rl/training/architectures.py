@@ -16,12 +16,14 @@ from __future__ import annotations
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 if typing.TYPE_CHECKING:
     from conal_rl.method import GroupTreeSpec, TreeSpec
-    from conal_rl.training.config import TrainConfig
 
     Specs = dict[str, TreeSpec | GroupTreeSpec]
+
+TrainConfig = Any  # a training/config.py TrainConfig (which builds on this module)
 
 ROLES = ("actor", "critic")
 WIDEN_TOLERANCE = 0.05  # a widened critic's parameters: within 5% of the target
