@@ -24,6 +24,8 @@ SUBSET = {
     "conal_rl.plot: evaluations.csv truncated mid-row": "not an evaluation row",
     "conal_rl.stl: --resume: stl.json holds {}": "not an STL run's stl.json",
     "benchmarks.speed.twin_critics: --repeats 0": "--repeats must be at least 1",
+    "conal_rl.train: --critic-params too small to reach": "no width of 3 modules",
+    "conal_rl.train: --max-grad-norm -1": "--max-grad-norm must not be negative",
 }
 
 

@@ -27,6 +27,7 @@ TrainConfig = Any  # a training/config.py TrainConfig (which builds on this modu
 
 ROLES = ("actor", "critic")
 WIDEN_TOLERANCE = 0.05  # a widened critic's parameters: within 5% of the target
+MAX_WIDTH = 65_536  # a wider layer is a typo (and would not fit in memory with its twin)
 
 
 @dataclass(frozen=True)
@@ -94,10 +95,11 @@ def _widened(make: str) -> Callable:
         def twin(width: int) -> int:
             return 2 * tree_parameters(kind((width,) * depth, T), critic_in, 1)
 
-        width = min(config.hidden)
-        while twin(width + 1) <= target:
-            width += 1
-        width = min((width, width + 1), key=lambda w: abs(twin(w) - target))
+        low, high = 1, MAX_WIDTH  # the widest width whose critic is not above the target
+        while low < high:
+            mid = (low + high + 1) // 2
+            low, high = (mid, high) if twin(mid) <= target else (low, mid - 1)
+        width = min((low, min(low + 1, MAX_WIDTH)), key=lambda w: abs(twin(w) - target))
         if abs(twin(width) - target) > WIDEN_TOLERANCE * target:
             raise ValueError(f"--critic-params {target:,}: no width of {depth} modules gives "
                              f"a critic within {WIDEN_TOLERANCE:.0%} of it")

@@ -25,7 +25,13 @@ from agents.choices import LOSS_WEIGHTINGS, PRECISIONS
 from conal_rl.common import DEVICES, write_json_atomic
 from conal_rl.method.rules import CONFLICT_RULES, DEFAULT_RULE, PAPER_RULE, rules_help
 from conal_rl.method.weight_inits import WEIGHT_INITS
-from conal_rl.training.architectures import ARCHITECTURES, TRAINED, architecture, growing
+from conal_rl.training.architectures import (
+    ARCHITECTURES,
+    MAX_WIDTH,
+    TRAINED,
+    architecture,
+    growing,
+)
 from conal_rl.training.architectures import help_text as arch_help
 from envs import VECTOR_STRATEGIES, num_tasks
 
@@ -37,7 +43,6 @@ if typing.TYPE_CHECKING:  # imported where used: flags are parsed before torch i
 GRAD_SURGERIES = ("none", "pcgrad")
 """``--grad-surgery``: gradient surgery on the trained networks' shared modules."""
 ATLAS_MIN_SAMPLES = 64  # per task: fewer leaves the jackknife's chunks a handful each
-MAX_WIDTH = 65_536  # a wider layer is a typo (and would not fit in memory with its twin)
 
 
 class _Preset:

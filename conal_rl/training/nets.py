@@ -19,8 +19,8 @@ from conal_rl.method import (
     TreeNet,
     TreeSpec,
 )
-from conal_rl.training.architectures import architecture
-from conal_rl.training.config import GRAD_SURGERIES, MAX_WIDTH, TrainConfig
+from conal_rl.training.architectures import MAX_WIDTH, architecture
+from conal_rl.training.config import GRAD_SURGERIES, TrainConfig
 
 
 def fixed_trees(config: TrainConfig, task_names: list[str],
