@@ -126,7 +126,7 @@ def test_an_stl_run_of_before_resumes(tmp_path):
 FIXTURES_V3 = Path(__file__).parent / "fixtures" / "v3"
 
 
-def test_a_growing_run_of_before_the_hook_list_loads_evaluates_and_resumes(tmp_path):
+def test_a_growing_run_of_before_the_hook_list_loads_and_resumes(tmp_path):
     """A --branch-every run made by commit dea2cac, when the loop had one hook and its
     checkpoint held that hook's state as "search": its trees load (what evaluate builds)
     and it resumes with the hook's state, saved again under the hook's name."""
