@@ -107,6 +107,10 @@ def summarize(root: Path, names: list[str], total_steps: int) -> list[dict]:
             values = [f[key] for f in figs.values() if f[key] is not None]
             entry[key] = float(np.mean(values)) if values else None
         out.append(entry)
+    base_ms = next((e["ms_per_env_step"] for e in out if e["variant"] == BASE), None)
+    for e in out:  # the training time per env step relative to base's
+        e["time_vs_base"] = (e["ms_per_env_step"] / base_ms
+                             if e["ms_per_env_step"] and base_ms else None)
     return out
 
 
@@ -120,8 +124,6 @@ def _cell(x: dict | None, interval: bool = False) -> str:
 
 
 def markdown(payload: dict) -> str:
-    base = next((v for v in payload["variants"] if v["variant"] == BASE), {})
-    base_ms = base.get("ms_per_env_step")
     lines = [*header(f"Learner study: MT-SAC on {BENCHMARK}, {payload['total_steps']:,} env "
                      "steps", payload["commands"], payload["machine"], payload["date"]),
              "",
@@ -139,8 +141,8 @@ def markdown(payload: dict) -> str:
              "× base | ms/update |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for v in payload["variants"]:
-        ms, upd = v.get("ms_per_env_step"), v.get("ms_per_update")
-        ratio = f"{ms / base_ms:.2f}" if ms and base_ms else "-"
+        ms, upd, ratio = v.get("ms_per_env_step"), v.get("ms_per_update"), v.get("time_vs_base")
+        ratio = "-" if ratio is None else f"{ratio:.2f}"
         lines.append(
             f"| {v['variant']} | `{v['flags'] or '(none)'}` | {len(v['seeds'])} | "
             f"{_cell(v.get('final'))} | {_cell(v.get('final_vs_base'), True)} | "
