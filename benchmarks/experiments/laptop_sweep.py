@@ -55,6 +55,13 @@ CANDIDATES: dict[str, tuple[tuple[str, ...], str]] = {
                     "3x400, 128 per task: the paper's nets and batch"),
     "w128x3-b32-lr1e3": (("--hidden", "128,128,128", "--batch-per-task", "32", "--lr", "1e-3"),
                          "3x128, 32 per task, learning rate 1e-3"),
+    # The learner's levers (benchmarks.experiments.learner_study), under a wall-clock budget:
+    # more learning per sample against fewer env steps per minute.
+    "w128x3-b32-ln-u2": (("--hidden", "128,128,128", "--batch-per-task", "32",
+                          "--layer-norm", "--updates-per-step", "2"),
+                         "3x128, 32 per task, LayerNorm, 2 updates per env step"),
+    "w128x3-b32-ln": (("--hidden", "128,128,128", "--batch-per-task", "32", "--layer-norm"),
+                      "3x128, 32 per task, LayerNorm"),
 }
 MARKS = (5, 10, 15, 20, 30, 45, 60)  # training minutes at which the table reads success
 
