@@ -73,6 +73,7 @@ class SACConfig:
     loss_weighting: str = "mean"  # how the [T] task losses combine, see reduce_task_losses
     precision: str = "fp32"  # the update's matrix products, see agents.choices.PRECISIONS
     normalize_obs: bool = False  # observations standardized by their running statistics
+    weight_decay: float = 0.0  # decoupled (AdamW) weight decay of the actor and the critics
 
     def __post_init__(self):
         if self.loss_weighting not in LOSS_WEIGHTINGS:
@@ -170,8 +171,10 @@ class MultiTaskSAC(nn.Module):
             torch.full((num_tasks,), math.log(config.initial_temperature)))
         self.target_entropy = (
             -float(act_dim) if config.target_entropy is None else config.target_entropy)
-        self.actor_optim = adam(weight_parameters(self.actor), config.actor_lr)
-        self.critic_optim = adam(weight_parameters(self.critic), config.critic_lr)
+        self.actor_optim = adam(weight_parameters(self.actor), config.actor_lr,
+                                config.weight_decay)
+        self.critic_optim = adam(weight_parameters(self.critic), config.critic_lr,
+                                 config.weight_decay)
         self.temperature_optim = adam([self.log_temperature], config.temperature_lr)
         self.gradient_filters: dict[str, GradientFilter] = {} if make_filter is None else {
             "actor": make_filter("actor", self.actor.net),
@@ -361,11 +364,13 @@ def _weight_names(module: nn.Module) -> list[str]:
     return [n for n, p in module.named_parameters() if id(p) in weights]
 
 
-def adam(params: list[nn.Parameter], lr: float) -> torch.optim.Adam:
+def adam(params: list[nn.Parameter], lr: float, weight_decay: float = 0.0) -> torch.optim.Adam:
     """Adam as one fused kernel per parameter instead of a chain of small per-tensor ops,
-    with equal results (tests/test_agents_sac.py). Parameters without a gradient (e.g. a
-    module frozen by conflict-noticing) are skipped, moments included."""
-    return torch.optim.Adam(params, lr=lr, fused=True)
+    with equal results (tests/test_agents_sac.py); ``weight_decay`` decoupled from the
+    moments, as AdamW. Parameters without a gradient (e.g. a module frozen by
+    conflict-noticing) are skipped, moments and decay included."""
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay,
+                            decoupled_weight_decay=True, fused=True)
 
 
 def weight_parameters(module: nn.Module) -> list[nn.Parameter]:

@@ -149,3 +149,22 @@ def test_normalize_obs_standardizes_what_the_nets_see_by_the_updates_running_sta
     assert "obs_norm.mean" in agent.state_dict()
     plain = MultiTaskSAC(tree_factory({"actor": spec, "critic": spec}), 3, 5, 2)
     assert plain.obs_norm is None and torch.equal(plain.observed(seen), seen)
+
+
+def test_weight_decay_shrinks_the_weights_apart_from_the_moments():
+    """Decoupled decay: from the same start and batch, the step with decay is the step
+    without it minus lr * decay * the weight (AdamW's rule)."""
+    spec = TreeSpec.mhsac((16,), 3)
+    batch = random_batch(3, 16, 5, 2, seed=1)
+    steps = []
+    for decay in (0.0, 10.0):
+        torch.manual_seed(0)
+        agent = MultiTaskSAC(tree_factory({"actor": spec, "critic": spec}), 3, 5, 2,
+                             SACConfig(weight_decay=decay))
+        before = agent.critic.q1.shared["1"].weight.detach().clone()
+        torch.manual_seed(1)
+        agent.update(batch)
+        steps.append(agent.critic.q1.shared["1"].weight.detach())
+    torch.testing.assert_close(steps[1], steps[0] - 3e-4 * 10.0 * before)
+    with pytest.raises(ValueError, match="--weight-decay must not be negative"):
+        TrainConfig(benchmark="MT10", weight_decay=-1.0)

@@ -46,6 +46,8 @@ VARIANTS: dict[str, tuple[tuple[str, ...], str]] = {
               "the field's settings: 128 per task, gradient norms clipped at 1, He-uniform"),
     "obsnorm": (("--normalize-obs",), "observations standardized by running statistics"),
     "bf16": (("--precision", "bf16"), "the update's products in bf16 (a CPU with bf16 units)"),
+    "ln-wd": (("--layer-norm", "--weight-decay", "1e-4"),
+              "LayerNorm, AdamW weight decay 1e-4 (BRO's regularization)"),
     "ln-b128": (("--layer-norm", "--batch-per-task", "128"), "LayerNorm, 128 per task"),
     "ln-u4": (("--layer-norm", "--updates-per-step", "4"), "LayerNorm, 4 updates per env step"),
 }

@@ -92,8 +92,8 @@ ADDED_FIELDS = {"conflict_rule": PAPER_RULE, "arch_holdout": 0, "stage_steps": P
                 "arch_every": 1, "atlas_every": 0, "atlas_samples": 1024,
                 "evidence_every": PRESET, "evidence_samples": 1024, "branch_every": 0,
                 "layer_norm": False, "normalize_obs": False, "residual": False,
-                "weight_init": "torch", "max_grad_norm": 0.0, "precision": "fp32",
-                "critic_hidden": None, "critic_params": 0}
+                "weight_init": "torch", "max_grad_norm": 0.0, "weight_decay": 0.0,
+                "precision": "fp32", "critic_hidden": None, "critic_params": 0}
 
 # The config's parts, as --help groups its flags: what a run is and how it is run, the
 # learner (networks and update), the search (CoNAL, CoNAL-Pro and their rules), and the
@@ -106,8 +106,8 @@ PARTS = {
     "the learner (networks and update, every architecture)": (
         "hidden", "critic_hidden", "critic_params", "batch_per_task", "replay_size",
         "warmup_steps", "updates_per_step", "layer_norm", "normalize_obs", "residual",
-        "weight_init", "precision", "max_grad_norm", "lr", "gamma", "tau", "loss_weighting",
-        "grad_surgery"),
+        "weight_init", "precision", "max_grad_norm", "weight_decay", "lr", "gamma", "tau",
+        "loss_weighting", "grad_surgery"),
     "the search (--arch conal, conal-pro) and growing trees": (
         "search_steps", "stage_steps", "search_warmup_steps", "arch_lr", "gumbel",
         "no_conflict_noticing", "conflict_rule", "evidence_every", "evidence_samples",
@@ -266,6 +266,9 @@ class TrainConfig:
     weights, Adam and every loss in fp32). Pays for wide nets on a CPU with bf16 matrix
     units (AMX, AVX-512 BF16; refused on one without) or a GPU; the trained networks only
     (not a search's, not with --grad-surgery)"""
+    weight_decay: float = 0.0
+    """decoupled (AdamW) weight decay of the actor's and the critics' weights (BRO's
+    regularization of wide critics); 0: none"""
     max_grad_norm: float = 0.0
     """clip the actor's and the critics' gradient norm at this value before each step (the
     Meta-World+ reference: 1.0); 0: no clipping"""
@@ -321,7 +324,7 @@ class TrainConfig:
                 raise ValueError(f"--{f.name.replace('_', '-')} must be one of "
                                  f"{', '.join(allowed)}, got {getattr(self, f.name)!r}")
         # NaN passes every comparison
-        for k in ("minutes", "arch_lr", "lr", "gamma", "tau", "max_grad_norm"):
+        for k in ("minutes", "arch_lr", "lr", "gamma", "tau", "max_grad_norm", "weight_decay"):
             v = getattr(self, k)
             if v is not None and not math.isfinite(v):
                 raise ValueError(f"--{k.replace('_', '-')} must be a finite number, got {v}")
@@ -339,7 +342,8 @@ class TrainConfig:
             raise ValueError(f"--atlas-samples must be at least {ATLAS_MIN_SAMPLES}, got "
                              f"{self.atlas_samples}")
         for k in ("eval_every", "warmup_steps", "search_warmup_steps", "video_every", "minutes",
-                  "atlas_every", "arch_holdout", "branch_every", "max_grad_norm"):
+                  "atlas_every", "arch_holdout", "branch_every", "max_grad_norm",
+                  "weight_decay"):
             v = getattr(self, k)
             if v is not None and v < 0:
                 raise ValueError(f"--{k.replace('_', '-')} must not be negative, got {v}")
@@ -381,6 +385,7 @@ class TrainConfig:
 
         return SACConfig(gamma=self.gamma, tau=self.tau, actor_lr=self.lr, critic_lr=self.lr,
                          temperature_lr=self.lr, max_grad_norm=self.max_grad_norm or None,
+                         weight_decay=self.weight_decay,
                          loss_weighting="mean" if searching else self.loss_weighting,
                          precision="fp32" if searching else self.precision,
                          normalize_obs=self.normalize_obs)
