@@ -161,6 +161,7 @@ class MultiTaskSAC(nn.Module):
         super().__init__()
         self.config, self.num_tasks, self.obs_dim, self.act_dim = (config, num_tasks, obs_dim,
                                                                    act_dim)
+        self.make_net = make_net  # kept for reset_networks: fresh nets as the first were made
         self.actor = Actor(make_net("actor", obs_dim, 2 * act_dim), act_dim)
         self.critic = TwinCritic(make_net("critic", obs_dim + act_dim, 1),
                                  make_net("critic", obs_dim + act_dim, 1))
@@ -283,6 +284,22 @@ class MultiTaskSAC(nn.Module):
         if module is not None and self.config.max_grad_norm is not None:
             nn.utils.clip_grad_norm_(weight_parameters(module), self.config.max_grad_norm)
         optim.step()
+
+    @torch.no_grad()
+    def reset_networks(self) -> None:
+        """The actor's and the critics' weights drawn afresh from the net factory (the
+        targets copy the critics) and their Adam moments cleared: BRO's periodic resets
+        (Nauman et al. 2024). The temperatures, the observation statistics and the replay
+        stay. The modules stay the same objects, so gradient filters keep watching them."""
+        for net, role, (d_in, d_out) in (
+                (self.actor.net, "actor", (self.obs_dim, 2 * self.act_dim)),
+                (self.critic.q1, "critic", (self.obs_dim + self.act_dim, 1)),
+                (self.critic.q2, "critic", (self.obs_dim + self.act_dim, 1))):
+            fresh = self.make_net(role, d_in, d_out).to(self.log_temperature.device)
+            net.load_state_dict(fresh.state_dict())
+        self.critic_target.load_state_dict(self.critic.state_dict())
+        for optim in (self.actor_optim, self.critic_optim):
+            optim.state.clear()
 
     def load_networks(self, state: dict[str, dict]) -> None:
         """Start from given network weights (keys "actor.net", "critic.q1", "critic.q2", and

@@ -168,3 +168,37 @@ def test_weight_decay_shrinks_the_weights_apart_from_the_moments():
     torch.testing.assert_close(steps[1], steps[0] - 3e-4 * 10.0 * before)
     with pytest.raises(ValueError, match="--weight-decay must not be negative"):
         TrainConfig(benchmark="MT10", weight_decay=-1.0)
+
+
+def test_reset_networks_draws_fresh_weights_and_clears_their_moments():
+    torch.manual_seed(0)
+    spec = TreeSpec.mhsac((16,), 3)
+    agent = MultiTaskSAC(tree_factory({"actor": spec, "critic": spec}, ), 3, 5, 2,
+                         SACConfig(normalize_obs=True))
+    batch = random_batch(3, 16, 5, 2, seed=1)
+    for _ in range(3):
+        agent.update(batch)
+    trained = agent.critic.q1.shared["1"].weight.detach().clone()
+    temperature, count = agent.log_temperature.detach().clone(), agent.obs_norm.count.clone()
+    net = agent.critic.q1
+    agent.reset_networks()
+    assert agent.critic.q1 is net and not torch.equal(net.shared["1"].weight, trained)
+    assert not agent.critic_optim.state and not agent.actor_optim.state
+    torch.testing.assert_close(agent.critic_target.q1.shared["1"].weight, net.shared["1"].weight)
+    assert torch.equal(agent.log_temperature, temperature) and agent.obs_norm.count == count
+    agent.update(batch)  # it trains on
+
+
+def test_the_loop_resets_every_n_updates_and_not_during_a_search(tmp_path, monkeypatch):
+    resets = []
+    monkeypatch.setattr(MultiTaskSAC, "reset_networks", lambda self: resets.append(1))
+    main(["--benchmark", "gym:Pendulum-v1", "--total-steps", "130", "--eval-every", "0",
+          "--hidden", "8", "--batch-per-task", "4", "--warmup-steps", "100",
+          "--eval-episodes", "1", "--reset-every", "7", "--run-dir", str(tmp_path / "run")])
+    assert len(resets) == 30 // 7  # 30 updates (one per env step after the warm-up)
+    resets.clear()
+    main(["--benchmark", "gym:Pendulum-v1", "--arch", "conal", "--search-steps", "150",
+          "--total-steps", "130", "--eval-every", "0", "--hidden", "8", "--batch-per-task",
+          "4", "--warmup-steps", "100", "--eval-episodes", "1", "--reset-every", "7",
+          "--run-dir", str(tmp_path / "conal")])
+    assert len(resets) == 30 // 7  # the tree's updates only: none in the search's 50

@@ -48,6 +48,8 @@ VARIANTS: dict[str, tuple[tuple[str, ...], str]] = {
     "bf16": (("--precision", "bf16"), "the update's products in bf16 (a CPU with bf16 units)"),
     "ln-wd": (("--layer-norm", "--weight-decay", "1e-4"),
               "LayerNorm, AdamW weight decay 1e-4 (BRO's regularization)"),
+    "ln-u2-reset": (("--layer-norm", "--updates-per-step", "2", "--reset-every", "100000"),
+                    "LayerNorm, 2 updates per env step, resets every 100k updates (BRO)"),
     "ln-b128": (("--layer-norm", "--batch-per-task", "128"), "LayerNorm, 128 per task"),
     "ln-u4": (("--layer-norm", "--updates-per-step", "4"), "LayerNorm, 4 updates per env step"),
 }

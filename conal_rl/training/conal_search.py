@@ -262,7 +262,9 @@ def search_architecture(config: TrainConfig, run_dir: Path, bench: Benchmark,
     searched weights are kept for ``--inherit-weights``."""
     run = RunDir(run_dir)
     search = ConalSearch(config.search(), bench.task_names, config.batch_per_task, heatmap)
-    search_config = replace(config, total_steps=config.search_steps, eval_every=0)
+    # no resets in a search: its supernets keep what they learned, their alphas read it
+    search_config = replace(config, total_steps=config.search_steps, eval_every=0,
+                            reset_every=0)
     trainer = Trainer(search_config, run.search.path, bench, search.make_net,
                       search.make_filter, hooks=[search], sac=config.sac(searching=True),
                       holdout_every=config.arch_holdout)
@@ -327,7 +329,8 @@ def search_progressive(config: TrainConfig, run_dir: Path, bench: Benchmark,
     decided: dict[str, tuple[tuple[int, ...], ...]] = {"actor": (), "critic": ()}
     settings = replace(config.search(), warmup_steps=config.stage_steps // 4,
                        total_steps=config.stage_steps)
-    stage_config = replace(config, total_steps=config.stage_steps, eval_every=0)
+    stage_config = replace(config, total_steps=config.stage_steps, eval_every=0,
+                           reset_every=0)
     for stage in range(1, len(config.hidden) + 1):
         stage_dir = run.stage(stage)
         done = stage_dir.decided

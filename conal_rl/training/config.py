@@ -92,7 +92,7 @@ ADDED_FIELDS = {"conflict_rule": PAPER_RULE, "arch_holdout": 0, "stage_steps": P
                 "arch_every": 1, "atlas_every": 0, "atlas_samples": 1024,
                 "evidence_every": PRESET, "evidence_samples": 1024, "branch_every": 0,
                 "layer_norm": False, "normalize_obs": False, "residual": False,
-                "weight_init": "torch", "max_grad_norm": 0.0, "weight_decay": 0.0,
+                "weight_init": "torch", "max_grad_norm": 0.0, "weight_decay": 0.0, "reset_every": 0,
                 "precision": "fp32", "critic_hidden": None, "critic_params": 0}
 
 # The config's parts, as --help groups its flags: what a run is and how it is run, the
@@ -106,8 +106,8 @@ PARTS = {
     "the learner (networks and update, every architecture)": (
         "hidden", "critic_hidden", "critic_params", "batch_per_task", "replay_size",
         "warmup_steps", "updates_per_step", "layer_norm", "normalize_obs", "residual",
-        "weight_init", "precision", "max_grad_norm", "weight_decay", "lr", "gamma", "tau",
-        "loss_weighting", "grad_surgery"),
+        "weight_init", "precision", "max_grad_norm", "weight_decay", "reset_every", "lr",
+        "gamma", "tau", "loss_weighting", "grad_surgery"),
     "the search (--arch conal, conal-pro) and growing trees": (
         "search_steps", "stage_steps", "search_warmup_steps", "arch_lr", "gumbel",
         "no_conflict_noticing", "conflict_rule", "evidence_every", "evidence_samples",
@@ -266,6 +266,10 @@ class TrainConfig:
     weights, Adam and every loss in fp32). Pays for wide nets on a CPU with bf16 matrix
     units (AMX, AVX-512 BF16; refused on one without) or a GPU; the trained networks only
     (not a search's, not with --grad-surgery)"""
+    reset_every: int = 0
+    """updates between resets of the actor's and the critics' weights and Adam moments
+    (BRO's periodic resets; the replay, temperatures and observation statistics stay; not
+    during a search); 0: none"""
     weight_decay: float = 0.0
     """decoupled (AdamW) weight decay of the actor's and the critics' weights (BRO's
     regularization of wide critics); 0: none"""
@@ -343,7 +347,7 @@ class TrainConfig:
                              f"{self.atlas_samples}")
         for k in ("eval_every", "warmup_steps", "search_warmup_steps", "video_every", "minutes",
                   "atlas_every", "arch_holdout", "branch_every", "max_grad_norm",
-                  "weight_decay"):
+                  "weight_decay", "reset_every"):
             v = getattr(self, k)
             if v is not None and v < 0:
                 raise ValueError(f"--{k.replace('_', '-')} must not be negative, got {v}")

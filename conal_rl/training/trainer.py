@@ -222,6 +222,8 @@ class Trainer:
                     self.policy = Policy(grown, self.bench.action_space, self.device)
             window.pending.append(self.agent.update(self.replay.sample(batch_per_task)))
             self.updates += 1
+            if self.config.reset_every and self.updates % self.config.reset_every == 0:
+                self.agent.reset_networks()
 
     def _store(self, step: tuple, actions: np.ndarray, window: _Window) -> None:
         """Put a vector step's transitions in the replay (the true last observation where
