@@ -91,6 +91,8 @@ def _cases() -> list[Case]:
         Case(T, "--max-grad-norm -1", ("--max-grad-norm", "-1", *new)),
         Case(T, "--max-grad-norm nan", ("--max-grad-norm", "nan", *new)),
         Case(T, "--precision fp8", ("--precision", "fp8", *new)),
+        Case(T, "--weight-decay -1", ("--weight-decay", "-1", *new)),
+        Case(T, "--reset-every -1", ("--reset-every", "-1", *new)),
         Case(T, "--precision bf16 with --grad-surgery pcgrad",
              ("--precision", "bf16", "--grad-surgery", "pcgrad", *new)),
         Case(T, "--critic-hidden 0,8", ("--critic-hidden", "0,8", *new)),
