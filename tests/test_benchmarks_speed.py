@@ -322,3 +322,27 @@ def test_row_costs_measure_every_finished_run_and_the_report_reads_them(tmp_path
             {"row": "wide", "mean": 0.4, "runs": [{"seed": 0, "mean": 0.4}]}]
     success_report.plot_pareto(rows, costs["rows"], "success", "gym", tmp_path / "p.png")
     assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+# ---- benchmarks/speed/jax_reference.py ------------------------------------------------------
+def test_the_jax_comparison_is_skipped_in_one_line_without_the_reference(capsys, monkeypatch):
+    from benchmarks.speed import jax_reference
+
+    monkeypatch.delenv("CONAL_JAX_PYTHON", raising=False)
+    assert jax_reference.main([]) is None
+    assert capsys.readouterr().out.strip() == (
+        "python -m benchmarks.speed.jax_reference: skipped: no --reference-python given")
+    assert jax_reference.main(["--reference-python", "/no/such/python"]) is None
+    assert "no such interpreter" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        jax_reference.main(["--sizes", "huge"])
+    assert e.value.code == 2
+
+
+def test_our_side_of_the_jax_comparison_times_the_mtsac_update():
+    import sys
+
+    from benchmarks.speed import jax_reference
+
+    ms = jax_reference.run_side(sys.executable, jax_reference.OURS, "laptop", 2, 0)
+    assert 0 < ms < 1000
