@@ -114,6 +114,7 @@ README_SOURCES: dict[str | None, list[str] | str] = {
     "update-speed": UPDATE_SPEED,
     "end-to-end": ["end-to-end.json"],
     "learner-options": ["learner-options.json"],
+    "jax-reference": ["jax-reference.json", "update-speed-laptop.json"],
     "core-sharing": ["core-sharing.json"],
     "error-latency": ["error-latency.json"],
     "conflict-persistence": ["conflict-persistence.json"],
@@ -413,7 +414,13 @@ def section_text(text: str, name: str, level: int = 2) -> str:
 
 def _generated():
     from benchmarks.experiments import curves_table, laptop_sweep, success_report
-    from benchmarks.speed import core_sharing, end_to_end, learner_options, update_speed
+    from benchmarks.speed import (
+        core_sharing,
+        end_to_end,
+        jax_reference,
+        learner_options,
+        update_speed,
+    )
     from benchmarks.speed import training_loop as speed
     from benchmarks.studies import (
         conflict_persistence,
@@ -428,6 +435,7 @@ def _generated():
             "update-speed-paper.md": update_speed.markdown, "end-to-end.md": end_to_end.markdown,
             "update-speed-bf16.md": update_speed.markdown,
             "learner-options.md": learner_options.markdown,
+            "jax-reference.md": jax_reference.markdown,
             "task-groups.md": task_groups.markdown,
             "mt50-quick-long.md": curves_table.markdown,
             "core-sharing.md": core_sharing.markdown,
