@@ -72,6 +72,7 @@ class ConalSearch:
         # transitions there): the 1st, (K+1)-th, (2K+1)-th... do (K: settings.arch_every).
         # Saved in state_dict, so that a resumed search steps where it would have.
         self._arch_calls = 0
+        self.evidence_episodes: int | None = None  # of the last evidence, for the logs
 
     # ---- building the agent ---------------------------------------------------------------
     def make_net(self, role: str, in_dim: int, out_dim: int) -> nn.Module:
@@ -141,6 +142,9 @@ class ConalSearch:
             for role, layers in measured.items():
                 self.noticing[role].set_evidence(layers)
             self._evidence_at, self._gated = env_steps, False
+            # how many episodes per task the last decisions rest on (0: not known)
+            self.evidence_episodes = min(ev.episodes or 0 for layers in measured.values()
+                                         for ev in layers.values())
         if not self._gated:  # also after a resume: the gate is not in the checkpoint
             nets = {"actor": [agent.actor.net],
                     "critic": [agent.critic.q1, agent.critic.q2, agent.critic_target.q1,
@@ -175,8 +179,9 @@ class ConalSearch:
     def log(self, writer: SummaryWriter, step: int) -> None:
         """Every call: per shared module, how often it was frozen (and, with the consensus
         rule, the fraction of tasks left out) and a histogram of the last update's pairwise
-        cosines of task gradients. Every fifth call, with a ``heatmap``: softmax(alpha) and
-        the last task-gradient sign pattern."""
+        cosines of task gradients; with the evidence rule, how many episodes per task its
+        last decisions rest on (``evidence/episodes``). Every fifth call, with a ``heatmap``:
+        softmax(alpha) and the last task-gradient sign pattern."""
         for role, noticing in self.noticing.items():
             for layer, stats in noticing.stats().items():
                 for key in ("frozen_fraction", "left_out_fraction"):
@@ -185,6 +190,8 @@ class ConalSearch:
             for layer, values in noticing.last_cosines().items():
                 if values.numel():
                     writer.add_histogram(f"conflict_cosines/{role}/{layer}", values.cpu(), step)
+        if self.settings.decides_on_evidence and self.evidence_episodes is not None:
+            writer.add_scalar("evidence/episodes", self.evidence_episodes, step)
         if self.settings.decides_on_evidence:  # the tasks each module's evidence takes off
             for role, noticing in self.noticing.items():
                 for layer, tasks in noticing.leaving().items():
