@@ -114,6 +114,7 @@ README_SOURCES: dict[str | None, list[str] | str] = {
     "update-speed": UPDATE_SPEED,
     "end-to-end": ["end-to-end.json"],
     "learner-options": ["learner-options.json"],
+    "learner-study": ["learner-study/learner.json", "learner-study/MT10-laptop.json"],
     "jax-reference": ["jax-reference.json", "update-speed-laptop.json"],
     "core-sharing": ["core-sharing.json"],
     "error-latency": ["error-latency.json"],
@@ -413,7 +414,12 @@ def section_text(text: str, name: str, level: int = 2) -> str:
 
 
 def _generated():
-    from benchmarks.experiments import curves_table, laptop_sweep, success_report
+    from benchmarks.experiments import (
+        curves_table,
+        laptop_sweep,
+        learner_study,
+        success_report,
+    )
     from benchmarks.speed import (
         core_sharing,
         end_to_end,
@@ -435,6 +441,8 @@ def _generated():
             "update-speed-paper.md": update_speed.markdown, "end-to-end.md": end_to_end.markdown,
             "update-speed-bf16.md": update_speed.markdown,
             "learner-options.md": learner_options.markdown,
+            "learner-study/learner.md": learner_study.markdown,
+            "learner-study/MT10-laptop.md": success_report.markdown,
             "jax-reference.md": jax_reference.markdown,
             "task-groups.md": task_groups.markdown,
             "mt50-quick-long.md": curves_table.markdown,

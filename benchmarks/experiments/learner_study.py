@@ -158,13 +158,15 @@ def markdown(payload: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(root: Path, names: list[str], path: Path) -> None:
+def plot(root: Path, names: list[str], total_steps: int, path: Path) -> None:
+    """Mean success against env steps per variant, over its runs that reached the budget
+    (the seeds the table counts)."""
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.subplots()
     bands = []
     for n in names:
         curves = [read_curves(d).get(MEAN) for d in sorted(root.glob(f"learner-{n}-s*"))]
-        curves = [c for c in curves if c is not None and len(c[0])]
+        curves = [c for c in curves if c is not None and len(c[0]) and c[0][-1] >= total_steps]
         if curves:
             bands.append(band(n, curves))
     draw(ax, bands, f"Learner study: MT-SAC on {BENCHMARK}", "success")
@@ -227,7 +229,7 @@ def main(argv: list[str] | None = None) -> dict:
                "eval_episodes": args.eval_episodes,
                "variants": summarize(root, names, args.total_steps)}
     save(stem, payload, markdown(payload))
-    plot(root, names, stem.with_suffix(".png"))
+    plot(root, names, args.total_steps, stem.with_suffix(".png"))
     if failed:
         raise SystemExit(failed)
     return payload
