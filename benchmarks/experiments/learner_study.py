@@ -12,7 +12,8 @@ are extended when ``--total-steps`` grows; calling it with more ``--seeds`` adds
 Besides success.py's report this writes ``learner.md``/``.json``/``.png``: per variant
 the final success and the success averaged over every evaluation (the curve's mean: single
 evaluations at these budgets swing by about 0.1), each with its difference from ``base``
-paired by seed and a 95% t-interval, and the training time per env step.
+paired by seed and a 95% t-interval, and the training time per env step, read from the
+success report's records of the runs (which outlive the runs' folders).
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ from scipy import stats
 from benchmarks.experiments import success
 from benchmarks.experiments.success_runs import register_rows
 from benchmarks.report_files import header, now, save
-from conal_rl.analysis.curves import MEAN, band, draw, read_curves
+from conal_rl.analysis.curves import band, draw
 from conal_rl.common import CommandParser
-from conal_rl.training.rundir import RunDir, read_json
+from conal_rl.training.rundir import read_json
 
 PROG = "python -m benchmarks.experiments.learner_study"
 BENCHMARK, BUDGET, BASE = "MT10", "laptop", "base"
@@ -61,18 +62,16 @@ def rows() -> dict[str, tuple[str, tuple[str, ...], str]]:
             for name, (flags, label) in VARIANTS.items()}
 
 
-def run_figures(run_dir: Path) -> dict | None:
-    """A run's final success, the mean over its evaluations, its time per env step."""
-    steps, success_curve = read_curves(run_dir).get(MEAN, ((), ()))
-    if not len(steps):
+def run_figures(record: dict) -> dict | None:
+    """A run's final success, the mean over its evaluations and its time per env step, from
+    its record in the success report (which outlives the run's folder)."""
+    steps, curve = (record.get("curves") or {}).get("env_steps", ((), ()))
+    values = [v for v in curve if v is not None]
+    if not values:
         return None
-    timing = RunDir(run_dir).timing() or {}
-    env_steps, updates = timing.get("env_steps"), timing.get("updates")
-    return {"final": float(success_curve[-1]), "curve": float(np.mean(success_curve)),
-            "evaluations": len(steps), "env_steps": int(steps[-1]),
-            "finished": bool(timing),
-            "ms_per_env_step": (1e3 * timing["train_wall"] / env_steps) if timing else None,
-            "ms_per_update": (1e3 * timing["update"] / updates) if timing and updates else None}
+    return {"final": float(record["mean"]), "curve": float(np.mean(values)),
+            "env_steps": int(steps[-1]),
+            "ms_per_env_step": 1e3 * record["train_wall_s"] / record["env_steps"]}
 
 
 def paired(values: dict[int, float], base: dict[int, float]) -> dict | None:
@@ -88,11 +87,14 @@ def paired(values: dict[int, float], base: dict[int, float]) -> dict | None:
             "high": float(d.mean() + half), "seeds": len(d)}
 
 
-def summarize(root: Path, names: list[str], total_steps: int) -> list[dict]:
-    runs = {n: {int(d.name.rsplit("-s", 1)[1]): run_figures(d)
-                for d in sorted(root.glob(f"learner-{n}-s*"))} for n in names}
-    done = {n: {s: f for s, f in r.items() if f and f["env_steps"] >= total_steps}
-            for n, r in runs.items()}
+def summarize(report_rows: list[dict], names: list[str], total_steps: int) -> list[dict]:
+    """Per variant, from the success report's rows: its runs that reached ``total_steps``,
+    their final and curve-mean success, the differences from base paired by seed."""
+    records = {r["row"]: r.get("runs", []) for r in report_rows}
+    done = {}
+    for n in names:
+        figures = {run["seed"]: run_figures(run) for run in records.get(f"learner-{n}", [])}
+        done[n] = {s: f for s, f in figures.items() if f and f["env_steps"] >= total_steps}
     out = []
     for n in names:
         figs = done[n]
@@ -107,9 +109,8 @@ def summarize(root: Path, names: list[str], total_steps: int) -> list[dict]:
             entry[f"{key}_vs_base"] = paired({s: f[key] for s, f in figs.items()},
                                              {s: f[key] for s, f in done[BASE].items()}
                                              ) if BASE in done and n != BASE else None
-        for key in ("ms_per_env_step", "ms_per_update"):
-            values = [f[key] for f in figs.values() if f[key] is not None]
-            entry[key] = float(np.mean(values)) if values else None
+        ms = [f["ms_per_env_step"] for f in figs.values()]
+        entry["ms_per_env_step"] = float(np.mean(ms)) if ms else None
         out.append(entry)
     base_ms = next((e["ms_per_env_step"] for e in out if e["variant"] == BASE), None)
     for e in out:  # the training time per env step relative to base's
@@ -142,31 +143,33 @@ def markdown(payload: dict) -> str:
              "machine above, two runs at a time (one per core).",
              "",
              "| variant | flags | seeds | final | Δ final | curve | Δ curve | ms/env step | "
-             "× base | ms/update |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "× base |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for v in payload["variants"]:
-        ms, upd, ratio = v.get("ms_per_env_step"), v.get("ms_per_update"), v.get("time_vs_base")
+        ms, ratio = v.get("ms_per_env_step"), v.get("time_vs_base")
         ratio = "-" if ratio is None else f"{ratio:.2f}"
         lines.append(
             f"| {v['variant']} | `{v['flags'] or '(none)'}` | {len(v['seeds'])} | "
             f"{_cell(v.get('final'))} | {_cell(v.get('final_vs_base'), True)} | "
             f"{_cell(v.get('curve'))} | {_cell(v.get('curve_vs_base'), True)} | "
-            f"{'-' if ms is None else f'{ms:.2f}'} | {ratio} | "
-            f"{'-' if upd is None else f'{upd:.2f}'} |")
+            f"{'-' if ms is None else f'{ms:.2f}'} | {ratio} |")
     lines += ["", "Variants: " + "; ".join(f"`{v['variant']}`: {v['label']}"
                                            for v in payload["variants"]) + "."]
     return "\n".join(lines) + "\n"
 
 
-def plot(root: Path, names: list[str], total_steps: int, path: Path) -> None:
+def plot(report_rows: list[dict], names: list[str], total_steps: int, path: Path) -> None:
     """Mean success against env steps per variant, over its runs that reached the budget
-    (the seeds the table counts)."""
+    (the seeds the table counts), from the success report's records."""
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.subplots()
+    records = {r["row"]: r.get("runs", []) for r in report_rows}
     bands = []
     for n in names:
-        curves = [read_curves(d).get(MEAN) for d in sorted(root.glob(f"learner-{n}-s*"))]
-        curves = [c for c in curves if c is not None and len(c[0]) and c[0][-1] >= total_steps]
+        curves = [run.get("curves", {}).get("env_steps") for run in records.get(f"learner-{n}", [])]
+        curves = [(np.array(x, dtype=float), np.array([np.nan if y is None else y for y in ys]))
+                  for x, ys in (c for c in curves if c and len(c[0]))
+                  if x[-1] >= total_steps]
         if curves:
             bands.append(band(n, curves))
     draw(ax, bands, f"Learner study: MT-SAC on {BENCHMARK}", "success")
@@ -219,7 +222,9 @@ def main(argv: list[str] | None = None) -> dict:
                     "--runs-dir", str(args.runs_dir), "--out-dir", str(args.out_dir)
                     ] + (["--report-only"] * args.report_only)
     report, failed = success.table(success_argv)
-    root = args.runs_dir / f"{BENCHMARK}-{BUDGET}"
+    # the success report's rows: records of every finished run, kept when run folders go
+    table = report.get("rows") or (read_json(args.out_dir / f"{BENCHMARK}-{BUDGET}.json")
+                                   or {}).get("rows", [])
     stem = args.out_dir / "learner"
     previous = read_json(stem.with_suffix(".json")) or {}
     command = " ".join([PROG, *(sys.argv[1:] if argv is None else argv)])
@@ -227,9 +232,9 @@ def main(argv: list[str] | None = None) -> dict:
                "commands": [*previous.get("commands", []), command][-5:],
                "total_steps": args.total_steps, "eval_every": args.eval_every,
                "eval_episodes": args.eval_episodes,
-               "variants": summarize(root, names, args.total_steps)}
+               "variants": summarize(table, names, args.total_steps)}
     save(stem, payload, markdown(payload))
-    plot(root, names, args.total_steps, stem.with_suffix(".png"))
+    plot(table, names, args.total_steps, stem.with_suffix(".png"))
     if failed:
         raise SystemExit(failed)
     return payload
