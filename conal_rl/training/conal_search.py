@@ -143,8 +143,8 @@ class ConalSearch:
                 self.noticing[role].set_evidence(layers)
             self._evidence_at, self._gated = env_steps, False
             # how many episodes per task the last decisions rest on (0: not known)
-            self.evidence_episodes = min(ev.episodes or 0 for layers in measured.values()
-                                         for ev in layers.values())
+            self.evidence_episodes = min((ev.episodes or 0 for layers in measured.values()
+                                          for ev in layers.values()), default=None)
         if not self._gated:  # also after a resume: the gate is not in the checkpoint
             nets = {"actor": [agent.actor.net],
                     "critic": [agent.critic.q1, agent.critic.q2, agent.critic_target.q1,
