@@ -234,7 +234,8 @@ def test_chunks_by_episode_hold_whole_episodes_and_sum_to_the_gradient():
     from conal_rl.method.evidence import _chunk_gradients, episode_chunks
 
     a, d, ids = _episodic()
-    chunk_of, K = episode_chunks(ids, 8)
+    chunk_of, K, fewest = episode_chunks(ids, 8)
+    assert fewest == 8
     assert K == 8
     for t in range(3):  # every episode in one chunk
         assert all(len(set(chunk_of[t][ids[t] == e].tolist())) == 1 for e in range(8))

@@ -207,22 +207,17 @@ def _bisect(affinity: Tensor) -> tuple[list[int], list[int]]:
 MIN_EPISODES = 4  # per task: each half of the split-half reliability two episodes at least
 
 
-def fewest_episodes(episodes: Tensor) -> int:
-    """The fewest episodes any task's samples (``[k, N]`` episode ids) come from."""
-    return min(int(row.unique().numel()) for row in episodes)
-
-
-def episode_chunks(episodes: Tensor, chunks: int) -> tuple[Tensor, int]:
-    """``[k, N]`` episode ids -> (``[k, N]`` the chunk of every sample, K): each task's
-    episodes dealt in turn to K = min(chunks, the fewest episodes of a task) chunks, so no
-    episode is in two chunks. ValueError below ``MIN_EPISODES`` episodes of a task."""
-    fewest = fewest_episodes(episodes)
+def episode_chunks(episodes: Tensor, chunks: int) -> tuple[Tensor | None, int, int]:
+    """``[k, N]`` episode ids -> (``[k, N]`` the chunk of every sample, K, the fewest
+    episodes of a task): each task's episodes dealt in turn to K = min(chunks, that fewest)
+    chunks, so no episode is in two chunks. Below ``MIN_EPISODES`` episodes of a task: no
+    chunks (None) and K = ``chunks``, the caller's runs of samples."""
+    found = [torch.unique(row, return_inverse=True) for row in episodes]
+    fewest = min(int(ids.numel()) for ids, _ in found)
     if fewest < MIN_EPISODES:
-        raise ValueError(f"splits that share no episode need samples of at least "
-                         f"{MIN_EPISODES} episodes per task, got {fewest}")
+        return None, chunks, fewest
     K = min(chunks, fewest)
-    chunk_of = torch.stack([torch.unique(row, return_inverse=True)[1] % K for row in episodes])
-    return chunk_of, K
+    return torch.stack([inverse % K for _, inverse in found]), K, fewest
 
 
 def _chunk_gradients(inputs: Tensor, grad_outputs: Tensor, chunks: int,
@@ -266,11 +261,8 @@ def layer_evidence(inputs: Tensor, grad_outputs: Tensor, tasks: tuple[int, ...],
     if chunks < 2 or N < 2 * chunks:
         raise ValueError(f"conflict evidence needs at least 2 chunks of at least 2 samples: "
                          f"{N} samples per task, {chunks} chunks (need N >= {2 * chunks})")
-    chunk_of, K, fewest = None, chunks, None
-    if episodes is not None:
-        fewest = fewest_episodes(episodes)
-        if fewest >= MIN_EPISODES:
-            chunk_of, K = episode_chunks(episodes, chunks)
+    chunk_of, K, fewest = (None, chunks, None) if episodes is None else episode_chunks(
+        episodes, chunks)
     g = _chunk_gradients(inputs, grad_outputs, K, chunk_of)  # [k, K, out, in + 1]
     flat = g.reshape(k * K, -1)
     m = (flat @ flat.T).double().view(k, K, k, K)  # m[s, c, t, d] = <g[s, c], g[t, d]>
