@@ -24,7 +24,7 @@ from conal_rl.training.config import ATLAS_MIN_SAMPLES
 from conal_rl.training.rundir import RunDir, read_json
 from envs import Benchmark
 
-if TYPE_CHECKING:  # runs builds on the atlas (a grown run's trees): no import back at run time
+if TYPE_CHECKING:  # only an annotation here
     from conal_rl.training.runs import Policy
 
 Atlas = dict[str, dict[str, LayerEvidence]]  # net ("critic", "actor") -> layer -> evidence
