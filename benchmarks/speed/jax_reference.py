@@ -2,8 +2,13 @@
 metaworld-algorithms, JAX, jitted), side by side on one core, on random batches of the same
 sizes.
 
-    python -m benchmarks.speed.jax_reference --reference-python PYTHON [--sizes laptop,paper]
-        [--repeats 30] [--rounds 3] [--core 0] [--out STEM]
+    python -m benchmarks.speed.jax_reference --reference-python PYTHON
+        [--sizes floor,laptop,paper] [--repeats 30] [--rounds 3] [--core 0] [--out STEM]
+
+Sizes: ``laptop`` (3x128, 32 per task) and ``paper`` (3x400, 128 per task) as the presets;
+``floor`` (3x8, one sample per task), where the arithmetic is next to nothing: what is left
+is each framework's cost of running the update at all (dispatch, autograd, optimizer calls),
+the part of the small update that is not its arithmetic.
 
 PYTHON: the interpreter of an environment where the reference is installed (its repository
 needs Python 3.12 or newer: e.g. ``python3.12 -m venv ref && ref/bin/pip install
@@ -34,7 +39,8 @@ from conal_rl.common import CommandParser, machine
 
 PROG = "python -m benchmarks.speed.jax_reference"
 T, OBS, ACT = 10, 39, 4
-SIZES = {"laptop": (128, 3, 32), "paper": (400, 3, 128)}  # width, depth, batch per task
+# width, depth, batch per task
+SIZES = {"floor": (8, 3, 1), "laptop": (128, 3, 32), "paper": (400, 3, 128)}
 
 # Run by the reference's interpreter: its MT-SAC built from its own config classes, updated on
 # a random batch; prints the per-update process CPU times in ms as JSON.
@@ -157,7 +163,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser.add_argument("--reference-python", default=os.environ.get("CONAL_JAX_PYTHON"),
                         help="interpreter with the reference installed (default: "
                         "$CONAL_JAX_PYTHON)")
-    parser.add_argument("--sizes", default="laptop,paper",
+    parser.add_argument("--sizes", default="floor,laptop,paper",
                         help=f"comma-separated of {', '.join(SIZES)} (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=30, help="updates per round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of turns")
