@@ -52,3 +52,27 @@ def test_every_flag_is_in_exactly_one_part_of_the_help():
 
     listed = [name for names in PARTS.values() for name in names]
     assert sorted(listed) == sorted(f.name for f in fields(TrainConfig))
+
+
+def test_the_learner_s_levers_come_from_the_preset_and_either_way_from_the_flags(monkeypatch):
+    """A preset that turns LayerNorm on is turned off by --no-layer-norm, and on a preset
+    without it --layer-norm turns it on; updates per env step alike."""
+    import argparse
+
+    from conal_rl.training import config as config_module
+
+    on = config_module.PRESETS["quick"] | {"layer_norm": True, "updates_per_step": 2}
+    monkeypatch.setitem(config_module.PRESETS, "quick", on)
+    parser = argparse.ArgumentParser()
+    config_module.add_config_arguments(parser)
+
+    def made(*flags):
+        given = config_module.given_arguments(parser.parse_args(["--preset", "quick", *flags]))
+        return TrainConfig(**given)
+
+    assert (made().layer_norm, made().updates_per_step) == (True, 2)
+    assert (made("--no-layer-norm").layer_norm, made("--updates-per-step", "1").updates_per_step
+            ) == (False, 1)
+    assert TrainConfig(preset="laptop").layer_norm is False
+    assert TrainConfig(preset="laptop", layer_norm=True).layer_norm is True
+    assert "quick on" in parser.format_help().replace("\n", " ").replace("  ", " ")

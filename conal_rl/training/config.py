@@ -62,11 +62,13 @@ PRESETS = {
     "paper": dict(steps_per_task=2_000_000, hidden=(400, 400, 400), batch_per_task=128,
                   replay_per_task=100_000, warmup_per_task=4_000, eval_every_per_task=20_000,
                   eval_episodes=50, checkpoint_every_per_task=20_000,
-                  search_per_task=200_000, arch_lr=5e-5, minutes=None, vector_strategy="sync"),
+                  search_per_task=200_000, arch_lr=5e-5, minutes=None, vector_strategy="sync",
+                  layer_norm=False, updates_per_step=1),
     "quick": dict(steps_per_task=20_000, hidden=(128, 128, 128), batch_per_task=32,
                   replay_per_task=20_000, warmup_per_task=500, eval_every_per_task=10_000,
                   eval_episodes=5, checkpoint_every_per_task=10_000,
-                  search_per_task=3_000, arch_lr=1e-3, minutes=None, vector_strategy="worker"),
+                  search_per_task=3_000, arch_lr=1e-3, minutes=None, vector_strategy="worker",
+                  layer_norm=False, updates_per_step=1),
     # "laptop": one hour of training on 2 CPU cores (--minutes binds, the step budget is
     # only a ceiling). Nets and batch chosen by benchmarks/experiments/laptop_sweep.py (results in
     # benchmarks/results/laptop-sweep/): after 60 minutes 3x128 with 32 per task and 3x256
@@ -75,14 +77,16 @@ PRESETS = {
     "laptop": dict(steps_per_task=1_000_000, hidden=(128, 128, 128), batch_per_task=32,
                    replay_per_task=100_000, warmup_per_task=500, eval_every_per_task=15_000,
                    eval_episodes=10, checkpoint_every_per_task=15_000,
-                   search_per_task=5_000, arch_lr=1e-3, minutes=60, vector_strategy="worker"),
+                   search_per_task=5_000, arch_lr=1e-3, minutes=60, vector_strategy="worker",
+                   layer_norm=False, updates_per_step=1),
 }
 PRESET_NAMES = tuple(PRESETS)
 # Preset-valued fields: per task (scaled by the number of tasks), or taken as they are.
 _PER_TASK = {"total_steps": "steps_per_task", "eval_every": "eval_every_per_task",
              "checkpoint_every": "checkpoint_every_per_task", "replay_size": "replay_per_task",
              "warmup_steps": "warmup_per_task", "search_steps": "search_per_task"}
-_AS_IS = ("hidden", "batch_per_task", "eval_episodes", "arch_lr", "minutes", "vector_strategy")
+_AS_IS = ("hidden", "batch_per_task", "eval_episodes", "arch_lr", "minutes", "vector_strategy",
+          "layer_norm", "updates_per_step")
 
 # Fields added since the first config.json format, with the value that reproduces what a run
 # written before them did: CoNAL's search had the paper's rule, no held-out replay and an
@@ -246,11 +250,12 @@ class TrainConfig:
     untouched; see conal_rl/method/pcgrad.py). With --arch conal the search keeps
     conflict-noticing and runs without PCGrad: 'CoNAL + PCGrad' is the conflict-noticed
     search's architecture trained with PCGrad on its shared modules"""
-    updates_per_step: int = 1
+    updates_per_step: int = PRESET
     """gradient updates per vector-env step (one step of every task)"""
-    layer_norm: bool = False
+    layer_norm: bool = PRESET
     """LayerNorm (without affine parameters) on every hidden module's output, before the
-    ReLU, in the actor and the critics of every architecture (the search's nets too)"""
+    ReLU, in the actor and the critics of every architecture (the search's nets too);
+    --no-layer-norm: without"""
     normalize_obs: bool = False
     """observations standardized by the running mean and variance of every observation the
     updates drew (all tasks together), clipped to +-10 (SimBa's input normalization); the
@@ -477,7 +482,14 @@ def _value_type(hint) -> tuple[object, tuple | None]:
     return hint, None
 
 
-OFF_FLAGS = {"gumbel": "--softmax"}  # flags with a named opposite
+OFF_FLAGS = {"gumbel": "--softmax", "layer_norm": "--no-layer-norm"}  # named opposites
+
+
+def _shown(value) -> str:
+    """A preset's value as --help shows it."""
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return "none" if value is None else str(value)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls=TrainConfig,
@@ -500,13 +512,21 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls=TrainConfig,
         parser = target[f.name]
         flag, help = "--" + f.name.replace("_", "-"), docs[f.name].replace("%", "%%")
         if hints[f.name] is bool:
+            if f.name in _AS_IS and "default" not in help.lower():
+                help += " (default: the preset's: " + ", ".join(
+                    f"{name} {'on' if values[f.name] else 'off'}"
+                    for name, values in PRESETS.items()) + ")"
             parser.add_argument(flag, action="store_true", default=None, help=help)
             if f.name in OFF_FLAGS:
                 parser.add_argument(OFF_FLAGS[f.name], dest=f.name, action="store_false",
-                                    help=f"the opposite of {flag} (the default)")
+                                    help=f"the opposite of {flag}" + (
+                                        "" if f.default is PRESET else " (the default)"))
             continue
         conv, choices = _value_type(hints[f.name])
         shown = "" if f.default is None or f.default is PRESET else f" (default: {f.default})"
+        if f.name in _AS_IS and "default" not in help.lower():
+            shown = " (default: the preset's: " + ", ".join(
+                f"{name} {_shown(values[f.name])}" for name, values in PRESETS.items()) + ")"
         parser.add_argument(flag, type=conv, default=None, choices=choices, help=help + shown,
                             metavar=None if choices else f.name.upper())
 
