@@ -97,9 +97,11 @@ def test_the_minutes_report_reads_each_run_at_the_marks(tmp_path):
     saved = json.loads((tmp_path / "out" / "minutes.json").read_text())
     assert saved["commands"] == payload["commands"] and saved["candidates"][0]["runs"] == 1
     md = (tmp_path / "out" / "minutes.md").read_text()
-    assert ("| w128x3-b32 | `--hidden 128,128,128 --batch-per-task 32` | 1 | 950,000 | 93,000 "
+    assert ("| w128x3-b32 | `--hidden 128,128,128 --batch-per-task 32 --no-layer-norm "
+            "--updates-per-step 1` | 1 | 950,000 | 93,000 "
             "| 0.10 | 0.10 | 0.20 | 0.20 | 0.20 | 0.30 | 0.40 | 0.40 |") in md
-    assert "| w256x3-b64 | `--hidden 256,256,256 --batch-per-task 64` | 1 | 120,000 | 11,000 " \
+    assert "| w256x3-b64 | `--hidden 256,256,256 --batch-per-task 64 --no-layer-norm " \
+           "--updates-per-step 1` | 1 | 120,000 | 11,000 " \
            "|  | 0.05 | 0.15 |  |  |  |  | 0.15 |" in md
     # success.py's report of the same runs: the finished hour, the screen unfinished at 60.
     report = json.loads((tmp_path / "out" / "MT10-laptop.json").read_text())

@@ -43,7 +43,7 @@ def test_the_report_pairs_by_seed_and_reads_the_whole_curve(tmp_path):
     text = learner_study.markdown({"machine": "m", "date": "d", "commands": ["c"],
                                    "total_steps": 200, "eval_every": 100, "eval_episodes": 10,
                                    "variants": list(rows.values())})
-    assert "| ln | `--layer-norm` | 4 | 0.55 ± 0.16 | +0.20 [" in text
+    assert "| ln | `--layer-norm --updates-per-step 1` | 4 | 0.55 ± 0.16 | +0.20 [" in text
     learner_study.plot(table, ["base", "ln", "u2"], 200, tmp_path / "p.png")
     assert (tmp_path / "p.png").stat().st_size > 1000
 

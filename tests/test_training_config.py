@@ -73,6 +73,6 @@ def test_the_learner_s_levers_come_from_the_preset_and_either_way_from_the_flags
     assert (made().layer_norm, made().updates_per_step) == (True, 2)
     assert (made("--no-layer-norm").layer_norm, made("--updates-per-step", "1").updates_per_step
             ) == (False, 1)
-    assert TrainConfig(preset="laptop").layer_norm is False
-    assert TrainConfig(preset="laptop", layer_norm=True).layer_norm is True
+    assert TrainConfig(preset="paper").layer_norm is False
+    assert TrainConfig(preset="paper", layer_norm=True).layer_norm is True
     assert "quick on" in parser.format_help().replace("\n", " ").replace("  ", " ")

@@ -40,27 +40,32 @@ from conal_rl.training.rundir import RunDir, read_json
 
 PROG = "python -m benchmarks.experiments.laptop_sweep"
 BENCHMARK, BUDGET = "MT10", "laptop"
+# The learner before the preset took LayerNorm and 2 updates per env step: every candidate
+# names its learner, so that a candidate trains the same whatever the preset's defaults.
+PLAIN = ("--no-layer-norm", "--updates-per-step", "1")
 # name -> (training flags on top of the laptop preset, what it tries)
 CANDIDATES: dict[str, tuple[tuple[str, ...], str]] = {
-    "w128x3-b32": (("--hidden", "128,128,128", "--batch-per-task", "32"),
+    "w128x3-b32": (("--hidden", "128,128,128", "--batch-per-task", "32", *PLAIN),
                    "3x128, 32 per task: small nets, the most env steps"),
-    "w128x3-b64-u2": (("--hidden", "128,128,128", "--batch-per-task", "64",
+    "w128x3-b64-u2": (("--hidden", "128,128,128", "--batch-per-task", "64", "--no-layer-norm",
                        "--updates-per-step", "2"),
                       "3x128, 64 per task, 2 updates per env step: more learning per sample"),
-    "w256x3-b64": (("--hidden", "256,256,256", "--batch-per-task", "64"),
+    "w256x3-b64": (("--hidden", "256,256,256", "--batch-per-task", "64", *PLAIN),
                    "3x256, 64 per task: bigger nets, fewer env steps"),
-    "w256x2-b128": (("--hidden", "256,256", "--batch-per-task", "128"),
+    "w256x2-b128": (("--hidden", "256,256", "--batch-per-task", "128", *PLAIN),
                     "2x256, 128 per task: shallower, larger batches"),
-    "w400x3-b128": (("--hidden", "400,400,400", "--batch-per-task", "128"),
+    "w400x3-b128": (("--hidden", "400,400,400", "--batch-per-task", "128", *PLAIN),
                     "3x400, 128 per task: the paper's nets and batch"),
-    "w128x3-b32-lr1e3": (("--hidden", "128,128,128", "--batch-per-task", "32", "--lr", "1e-3"),
+    "w128x3-b32-lr1e3": (("--hidden", "128,128,128", "--batch-per-task", "32", "--lr", "1e-3",
+                          *PLAIN),
                          "3x128, 32 per task, learning rate 1e-3"),
     # The learner's levers (benchmarks.experiments.learner_study), under a wall-clock budget:
     # more learning per sample against fewer env steps per minute.
     "w128x3-b32-ln-u2": (("--hidden", "128,128,128", "--batch-per-task", "32",
                           "--layer-norm", "--updates-per-step", "2"),
                          "3x128, 32 per task, LayerNorm, 2 updates per env step"),
-    "w128x3-b32-ln": (("--hidden", "128,128,128", "--batch-per-task", "32", "--layer-norm"),
+    "w128x3-b32-ln": (("--hidden", "128,128,128", "--batch-per-task", "32", "--layer-norm",
+                       "--updates-per-step", "1"),
                       "3x128, 32 per task, LayerNorm"),
 }
 MARKS = (5, 10, 15, 20, 30, 45, 60)  # training minutes at which the table reads success

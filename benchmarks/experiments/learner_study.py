@@ -35,23 +35,28 @@ from conal_rl.training.rundir import read_json
 
 PROG = "python -m benchmarks.experiments.learner_study"
 BENCHMARK, BUDGET, BASE = "MT10", "laptop", "base"
-# name -> (training flags on top of the laptop preset's MT-SAC, what it tries)
+PLAIN = ("--no-layer-norm", "--updates-per-step", "1")  # the learner before LayerNorm, u2
+LN = ("--layer-norm", "--updates-per-step", "1")
+LN_U2 = ("--layer-norm", "--updates-per-step", "2")
+# name -> (training flags on top of the laptop preset's MT-SAC, what it tries). Every variant
+# names its LayerNorm and updates per env step: it trains the same whatever the preset's.
 VARIANTS: dict[str, tuple[tuple[str, ...], str]] = {
-    BASE: ((), "the laptop preset as it is: 3x128, 32 per task, 1 update per env step"),
-    "ln": (("--layer-norm",), "LayerNorm after every hidden module (both nets)"),
-    "u2": (("--updates-per-step", "2"), "2 updates per env step"),
-    "ln-u2": (("--layer-norm", "--updates-per-step", "2"), "LayerNorm, 2 updates per env step"),
-    "ln-res": (("--layer-norm", "--residual"), "LayerNorm and residual connections"),
-    "field": (("--batch-per-task", "128", "--max-grad-norm", "1", "--weight-init",
+    BASE: (PLAIN, "the learner before the study: 3x128, 32 per task, 1 update per env step"),
+    "ln": (LN, "LayerNorm after every hidden module (both nets)"),
+    "u2": (("--no-layer-norm", "--updates-per-step", "2"), "2 updates per env step"),
+    "ln-u2": (LN_U2, "LayerNorm, 2 updates per env step"),
+    "ln-res": ((*LN, "--residual"), "LayerNorm and residual connections"),
+    "field": ((*PLAIN, "--batch-per-task", "128", "--max-grad-norm", "1", "--weight-init",
                "he-uniform"),
               "the field's settings: 128 per task, gradient norms clipped at 1, He-uniform"),
-    "obsnorm": (("--normalize-obs",), "observations standardized by running statistics"),
-    "bf16": (("--precision", "bf16"), "the update's products in bf16 (a CPU with bf16 units)"),
-    "ln-wd": (("--layer-norm", "--weight-decay", "1e-4"),
+    "obsnorm": ((*PLAIN, "--normalize-obs"), "observations standardized by running statistics"),
+    "bf16": ((*PLAIN, "--precision", "bf16"),
+             "the update's products in bf16 (a CPU with bf16 units)"),
+    "ln-wd": ((*LN, "--weight-decay", "1e-4"),
               "LayerNorm, AdamW weight decay 1e-4 (BRO's regularization)"),
-    "ln-u2-reset": (("--layer-norm", "--updates-per-step", "2", "--reset-every", "100000"),
+    "ln-u2-reset": ((*LN_U2, "--reset-every", "100000"),
                     "LayerNorm, 2 updates per env step, resets every 100k updates (BRO)"),
-    "ln-b128": (("--layer-norm", "--batch-per-task", "128"), "LayerNorm, 128 per task"),
+    "ln-b128": ((*LN, "--batch-per-task", "128"), "LayerNorm, 128 per task"),
     "ln-u4": (("--layer-norm", "--updates-per-step", "4"), "LayerNorm, 4 updates per env step"),
 }
 DEFAULT_VARIANTS = ("base", "ln", "u2", "ln-u2", "ln-res", "field")

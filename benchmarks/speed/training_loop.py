@@ -282,7 +282,11 @@ def main(argv: list[str] | None = None) -> dict:
     T = bench.num_tasks
     given = {"hidden": args.hidden} if args.hidden else {}
     # warmup_steps: 10 vector steps of random actions, just enough to fill a first batch.
+    # One update per env step whatever the preset's, as the sb3 row (and the rows of before):
+    # the rows measure the loop around the update, the update's own cost per option is
+    # benchmarks.speed.learner_options'.
     base = TrainConfig(benchmark=args.benchmark, preset=args.preset, total_steps=args.steps,
+                       updates_per_step=1,
                        device=args.device, seed=args.seed, eval_every=0,
                        vector_strategy=args.vector_strategy,
                        checkpoint_every=10 * args.steps, warmup_steps=10 * T,

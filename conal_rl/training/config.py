@@ -68,17 +68,18 @@ PRESETS = {
                   replay_per_task=20_000, warmup_per_task=500, eval_every_per_task=10_000,
                   eval_episodes=5, checkpoint_every_per_task=10_000,
                   search_per_task=3_000, arch_lr=1e-3, minutes=None, vector_strategy="worker",
-                  layer_norm=False, updates_per_step=1),
+                  layer_norm=True, updates_per_step=2),
     # "laptop": one hour of training on 2 CPU cores (--minutes binds, the step budget is
     # only a ceiling). Nets and batch chosen by benchmarks/experiments/laptop_sweep.py (results in
-    # benchmarks/results/laptop-sweep/): after 60 minutes 3x128 with 32 per task and 3x256
-    # with 64 per task end within noise (0.20 and 0.22), but 3x128 takes 2.3x the env steps
-    # and leads at 30 and 45 minutes.
+    # benchmarks/results/laptop-sweep/): 3x128 with 32 per task takes about twice the env steps
+    # of 3x256 with 64 per task and leads at 30 and 45 minutes. LayerNorm and 2 updates per env
+    # step (quick too, same nets) chosen by benchmarks/experiments/learner_study.py (results in
+    # benchmarks/results/learner-study/ and learner-1m/).
     "laptop": dict(steps_per_task=1_000_000, hidden=(128, 128, 128), batch_per_task=32,
                    replay_per_task=100_000, warmup_per_task=500, eval_every_per_task=15_000,
                    eval_episodes=10, checkpoint_every_per_task=15_000,
                    search_per_task=5_000, arch_lr=1e-3, minutes=60, vector_strategy="worker",
-                   layer_norm=False, updates_per_step=1),
+                   layer_norm=True, updates_per_step=2),
 }
 PRESET_NAMES = tuple(PRESETS)
 # Preset-valued fields: per task (scaled by the number of tasks), or taken as they are.
