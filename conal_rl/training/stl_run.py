@@ -58,7 +58,10 @@ class STLRun:
 
     def __init__(self, config: TrainConfig, run_dir: Path, given: dict):
         # No architecture choice applies: "stl" names the agent in stl.json and the console.
-        self.config, self.run_dir = replace(config, arch="stl"), run_dir
+        # SB3's SAC as it comes: no LayerNorm, one gradient step per env step, whatever the
+        # preset's learner (the config says so in stl.json).
+        self.config = replace(config, arch="stl", layer_norm=False, updates_per_step=1)
+        self.run_dir = run_dir
         torch.set_num_threads(config.torch_threads)
         self.bench = make_benchmark(config.benchmark, config.seed)  # sync: sub-envs are envs
         self.T = self.bench.num_tasks
