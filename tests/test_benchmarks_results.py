@@ -115,6 +115,8 @@ README_SOURCES: dict[str | None, list[str] | str] = {
     "end-to-end": ["end-to-end.json"],
     "learner-options": ["learner-options.json"],
     "learner-study": ["learner-study/learner.json", "learner-study/MT10-laptop.json"],
+    "learner-1m": ["learner-1m/learner.json", "learner-1m/MT10-laptop.json",
+                   "mt10-1m/MT10-laptop.json", "learner-study/learner.json"],
     "jax-reference": ["jax-reference.json", "update-speed-laptop.json"],
     "core-sharing": ["core-sharing.json"],
     "error-latency": ["error-latency.json"],
@@ -167,6 +169,8 @@ _allow(README, "MT10-quick", "15", "the runs: 5 rows × 3 seeds, not a measureme
 _allow("conflict-rules.md", None, "1024 100", "settings of the study (EVIDENCE, REFRESH in "
        "benchmarks/studies/conflict_rules.py), not measurements")
 _allow(README, "atlas", "1,024", "a setting of the runs (--atlas-samples)")
+_allow(README, "learner-1m", "60 0.49", "the laptop preset's budget in minutes; the field's "
+       "2048-wide MH-SAC at 1M env steps, read off rainx0r/mtrl's parameter-scaling figures")
 _allow("quick-run/README.md", None, "2", "the Intel VM's vCPUs, as the results README of "
        "d697d2c described it (the run's files record no machine)")
 _allow("MT10-quick.md", None, "15 16 9", "the note added by hand on the runs' two machines: "
@@ -443,6 +447,8 @@ def _generated():
             "learner-options.md": learner_options.markdown,
             "learner-study/learner.md": learner_study.markdown,
             "learner-study/MT10-laptop.md": success_report.markdown,
+            "learner-1m/learner.md": learner_study.markdown,
+            "learner-1m/MT10-laptop.md": success_report.markdown,
             "jax-reference.md": jax_reference.markdown,
             "task-groups.md": task_groups.markdown,
             "mt50-quick-long.md": curves_table.markdown,
