@@ -456,3 +456,20 @@ def test_the_report_names_the_tasks_the_atlas_finds_in_conflict(tmp_path):
     lines = success_report.atlas_lines([{"row": "mtsac", "runs": [{"seed": 0, "atlas": brief}]}])
     assert any("| mtsac-s0 | 500 | critic | q1/shared.1 |" in line and "| b |" in line
                for line in lines), lines
+
+
+def test_the_learner_flags_reach_the_trained_rows_and_not_sb3_s(tmp_path):
+    """A table of the learner before (--no-layer-norm --updates-per-step 1) on a preset that
+    has the new one: every conal_rl.train row gets both flags; SB3's STL, which has its own
+    learner and refuses them, gets neither."""
+    from benchmarks.experiments import success
+    from benchmarks.experiments.success_runs import make_specs
+
+    args = success.build_parser().parse_args(
+        ["--archs", "mtsac,stl", "--seeds", "1", "--budget", "quick", "--no-layer-norm",
+         "--updates-per-step", "1", "--runs-dir", str(tmp_path)])
+    args.archs = args.archs.split(",")
+    specs = {s.row: s for s in make_specs(args)}
+    assert specs["mtsac"].given["layer_norm"] is False
+    assert specs["mtsac"].given["updates_per_step"] == 1
+    assert "layer_norm" not in specs["stl"].given and "--no-layer-norm" not in specs["stl"].flags

@@ -17,7 +17,7 @@ from benchmarks.experiments.success_runs import (
     PASS_THROUGH,
     ROWS,
     RunSpec,
-    flag_value,
+    flag_args,
     is_finished,
     safe_name,
     saved_config,
@@ -277,7 +277,7 @@ def markdown(payload: dict) -> str:
              f"({payload['budget_note']}); every run one subprocess with one torch thread"
              f"{', ' + str(payload['jobs']) + ' at a time' if payload['jobs'] > 1 else ''}."
              + (" Overrides of the budget: " + ", ".join(
-                 f"--{k.replace('_', '-')} {flag_value(v)}"
+                 " ".join(flag_args(k, v))
                  for k, v in payload["overrides"].items()) + "." if payload["overrides"] else ""),
              "",
              f"Final evaluation of every run (the shared protocol, "
@@ -484,7 +484,9 @@ def budget_note(budget: str, benchmark: str, overrides: dict | None = None) -> s
     T = num_tasks(benchmark)
     note = (f"{p.total_steps // T:,} steps per task, nets {'x'.join(map(str, p.hidden))}, "
             f"batch {p.batch_per_task} per task, evaluation every "
-            f"{p.eval_every // T:,} steps per task, {T} task{'s' * (T > 1)}")
+            f"{p.eval_every // T:,} steps per task, {T} task{'s' * (T > 1)}, "
+            f"{'LayerNorm' if p.layer_norm else 'no LayerNorm'}, {p.updates_per_step} "
+            f"update{'s' * (p.updates_per_step > 1)} per env step")
     if p.minutes:
         note += f", at most {p.minutes} min of training"
     return note

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from conal_rl.common import UserError
-from conal_rl.training.config import TrainConfig, given_arguments
+from conal_rl.training.config import OFF_FLAGS, TrainConfig, given_arguments
 from conal_rl.training.rundir import RunDir
 
 # The training presets a table's --budget names: TrainConfig's own choices.
@@ -74,8 +74,10 @@ def register_rows(rows: dict[str, tuple[str, tuple[str, ...], str]]) -> None:
 
 
 PASS_THROUGH = ("total_steps", "eval_episodes", "eval_every", "warmup_steps", "minutes",
-                "search_steps", "atlas_every")
-ROW_FLAGS = ("search_steps", "atlas_every")  # given to the rows they apply to only
+                "layer_norm", "updates_per_step", "search_steps", "atlas_every")
+# Given to the rows they apply to only: the search's, the trained nets' (SB3's STL has its
+# own learner and refuses them).
+ROW_FLAGS = ("search_steps", "atlas_every", "layer_norm", "updates_per_step")
 
 
 # ---- the runs ---------------------------------------------------------------------------------
@@ -130,6 +132,15 @@ def flag_value(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
 
 
+def flag_args(field: str, value) -> list[str]:
+    """The training flags that set config ``field`` to ``value`` (a switch: itself or its
+    named opposite, e.g. ``--no-layer-norm``)."""
+    flag = "--" + field.replace("_", "-")
+    if isinstance(value, bool):
+        return [flag] if value else [OFF_FLAGS[field]]
+    return [flag, flag_value(value)]
+
+
 def parse_given(module: str, flags: list[str]) -> dict:
     """The config fields ``flags`` set, parsed by the training CLI itself; UserError with
     argparse's reason where it refuses them (e.g. a flag training does not have yet)."""
@@ -160,7 +171,7 @@ def make_specs(args: argparse.Namespace) -> list[RunSpec]:
     for flag in (f for f in PASS_THROUGH if f not in ROW_FLAGS):
         value = getattr(args, flag)
         if value is not None:
-            common += ["--" + flag.replace("_", "-"), flag_value(value)]
+            common += flag_args(flag, value)
     specs = []
     # Seed-major order: a table stopped part-way (a session's end) has every row's first seeds
     # rather than all seeds of the first rows and nothing of the last.
@@ -172,6 +183,9 @@ def make_specs(args: argparse.Namespace) -> list[RunSpec]:
                 extra += ["--search-steps", str(args.search_steps)]
             if args.atlas_every is not None and module == "conal_rl.train":
                 extra += ["--atlas-every", str(args.atlas_every)]  # nets with shared layers
+            for flag in ("layer_norm", "updates_per_step"):
+                if getattr(args, flag) is not None and module == "conal_rl.train":
+                    extra += flag_args(flag, getattr(args, flag))
             if module == "conal_rl.train":
                 # A run given two CPUs steps its envs in a worker process beside the update;
                 # with one, in its own process (two processes per CPU would only contend).
