@@ -29,6 +29,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from benchmarks.experiments import success
+from benchmarks.experiments.learner_study import PLAIN
 from benchmarks.experiments.minute_curves import minutes_band, value_at
 from benchmarks.experiments.success_runs import register_rows
 from benchmarks.report_files import header, now, save
@@ -40,9 +41,8 @@ from conal_rl.training.rundir import RunDir, read_json
 
 PROG = "python -m benchmarks.experiments.laptop_sweep"
 BENCHMARK, BUDGET = "MT10", "laptop"
-# The learner before the preset took LayerNorm and 2 updates per env step: every candidate
-# names its learner, so that a candidate trains the same whatever the preset's defaults.
-PLAIN = ("--no-layer-norm", "--updates-per-step", "1")
+# Every candidate names its learner (PLAIN: the one before the preset took LayerNorm and 2
+# updates per env step), so that it trains the same whatever the preset's defaults.
 # name -> (training flags on top of the laptop preset, what it tries)
 CANDIDATES: dict[str, tuple[tuple[str, ...], str]] = {
     "w128x3-b32": (("--hidden", "128,128,128", "--batch-per-task", "32", *PLAIN),

@@ -73,11 +73,11 @@ def register_rows(rows: dict[str, tuple[str, tuple[str, ...], str]]) -> None:
     ROWS.update(rows)
 
 
+# The trained nets' learner: conal_rl.train rows only (SB3's STL has its own, refuses them).
+LEARNER_FLAGS = ("layer_norm", "updates_per_step")
 PASS_THROUGH = ("total_steps", "eval_episodes", "eval_every", "warmup_steps", "minutes",
-                "layer_norm", "updates_per_step", "search_steps", "atlas_every")
-# Given to the rows they apply to only: the search's, the trained nets' (SB3's STL has its
-# own learner and refuses them).
-ROW_FLAGS = ("search_steps", "atlas_every", "layer_norm", "updates_per_step")
+                *LEARNER_FLAGS, "search_steps", "atlas_every")
+ROW_FLAGS = ("search_steps", "atlas_every", *LEARNER_FLAGS)  # to the rows they apply to only
 
 
 # ---- the runs ---------------------------------------------------------------------------------
@@ -183,7 +183,7 @@ def make_specs(args: argparse.Namespace) -> list[RunSpec]:
                 extra += ["--search-steps", str(args.search_steps)]
             if args.atlas_every is not None and module == "conal_rl.train":
                 extra += ["--atlas-every", str(args.atlas_every)]  # nets with shared layers
-            for flag in ("layer_norm", "updates_per_step"):
+            for flag in LEARNER_FLAGS:
                 if getattr(args, flag) is not None and module == "conal_rl.train":
                     extra += flag_args(flag, getattr(args, flag))
             if module == "conal_rl.train":

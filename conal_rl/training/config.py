@@ -486,11 +486,16 @@ def _value_type(hint) -> tuple[object, tuple | None]:
 OFF_FLAGS = {"gumbel": "--softmax", "layer_norm": "--no-layer-norm"}  # named opposites
 
 
-def _shown(value) -> str:
-    """A preset's value as --help shows it."""
-    if isinstance(value, tuple):
-        return ",".join(map(str, value))
-    return "none" if value is None else str(value)
+def _presets_help(name: str) -> str:
+    """The presets' values of field ``name`` as --help shows them."""
+    def shown(value) -> str:
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        if isinstance(value, tuple):
+            return ",".join(map(str, value))
+        return "none" if value is None else str(value)
+    return " (default: the preset's: " + ", ".join(
+        f"{preset} {shown(values[name])}" for preset, values in PRESETS.items()) + ")"
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls=TrainConfig,
@@ -514,9 +519,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls=TrainConfig,
         flag, help = "--" + f.name.replace("_", "-"), docs[f.name].replace("%", "%%")
         if hints[f.name] is bool:
             if f.name in _AS_IS and "default" not in help.lower():
-                help += " (default: the preset's: " + ", ".join(
-                    f"{name} {'on' if values[f.name] else 'off'}"
-                    for name, values in PRESETS.items()) + ")"
+                help += _presets_help(f.name)
             parser.add_argument(flag, action="store_true", default=None, help=help)
             if f.name in OFF_FLAGS:
                 parser.add_argument(OFF_FLAGS[f.name], dest=f.name, action="store_false",
@@ -526,8 +529,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls=TrainConfig,
         conv, choices = _value_type(hints[f.name])
         shown = "" if f.default is None or f.default is PRESET else f" (default: {f.default})"
         if f.name in _AS_IS and "default" not in help.lower():
-            shown = " (default: the preset's: " + ", ".join(
-                f"{name} {_shown(values[f.name])}" for name, values in PRESETS.items()) + ")"
+            shown = _presets_help(f.name)
         parser.add_argument(flag, type=conv, default=None, choices=choices, help=help + shown,
                             metavar=None if choices else f.name.upper())
 
