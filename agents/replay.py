@@ -44,15 +44,22 @@ class MultiTaskReplay:
         return transitions * ((2 * obs_dim + act_dim + 2) * 4 + 8)  # + the episode's id
 
     def __init__(self, capacity: int, num_tasks: int, obs_dim: int, act_dim: int,
-                 device: torch.device | str = "cpu", seed: int = 0, holdout_every: int = 0):
+                 device: torch.device | str = "cpu", seed: int = 0, holdout_every: int = 0,
+                 holdout_by: str = "steps"):
         """``capacity``: transitions kept per task (a ring buffer). ``holdout_every`` = k > 0:
-        every k-th vector step goes to a held-out buffer instead (capacity / k), which
-        :meth:`sample` never draws from and :meth:`sample_holdout` does: data for an
-        objective the weights do not train on (e.g. CoNAL's architecture step)."""
+        every k-th vector step (``holdout_by="steps"``) or every k-th episode
+        (``"episodes"``: the vector steps of every k-th episode of task 0, whole episodes
+        of every task where all tasks' episodes end together, as Meta-World's do) goes to a
+        held-out buffer instead (capacity / k), which :meth:`sample` never draws from and
+        :meth:`sample_holdout` does: data for an objective the weights do not train on
+        (e.g. CoNAL's architecture step; a probe's gain, which whole episodes keep
+        honest)."""
         if capacity < 1:
             raise ValueError("replay capacity must be at least 1 per task")
         if holdout_every < 0 or holdout_every == 1:
             raise ValueError("holdout_every must be 0 (none) or at least 2")
+        if holdout_by not in ("steps", "episodes"):
+            raise ValueError(f"holdout_by must be steps or episodes, got {holdout_by!r}")
         self.capacity, self.num_tasks, self.device = capacity, num_tasks, torch.device(device)
         dims = {"obs": obs_dim, "actions": act_dim, "rewards": 1, "next_obs": obs_dim, "dones": 1}
         self.storage = {
@@ -69,21 +76,26 @@ class MultiTaskReplay:
         self.generator.manual_seed(seed)
         self._task_axis = torch.arange(num_tasks, device=self.device)
         self.holdout_every, self.added = holdout_every, 0  # vector steps offered to add()
+        self.holdout_by = holdout_by
         self.holdout = None if not holdout_every else MultiTaskReplay(
             max(1, capacity // holdout_every), num_tasks, obs_dim, act_dim, device, seed + 1)
 
-    def add(self, obs, actions, rewards, next_obs, dones, ended=None) -> None:
+    def add(self, obs, actions, rewards, next_obs, dones, ended=None,
+            episode: Tensor | None = None) -> None:
         """One vector step: every argument has a leading task axis ``[T, ...]``. ``ended``
         ``[T]``: where the step ended its task's episode (terminated or truncated; default:
-        ``dones``), so that the next transition counts as the next episode's."""
+        ``dones``), so that the next transition counts as the next episode's. ``episode``
+        ``[T]``: the transitions' episodes where another buffer counts them (held-out
+        steps)."""
         self.added += 1
         ended = torch.as_tensor(dones if ended is None else ended, device=self.device
                                 ).reshape(self.num_tasks).bool()
-        if self.holdout is not None and self.added % self.holdout_every == 0:
-            self.holdout.add(obs, actions, rewards, next_obs, dones, ended)
+        if self.holdout is not None and self._held_out():
+            self.holdout.add(obs, actions, rewards, next_obs, dones, ended,
+                             episode=self.episodes_started)
             self.episodes_started += ended  # the held-out steps belong to the same episodes
             return
-        self.episode[self.pos] = self.episodes_started
+        self.episode[self.pos] = self.episodes_started if episode is None else episode
         self.episodes_started += ended
         row = {"obs": obs, "actions": actions, "rewards": rewards, "next_obs": next_obs,
                "dones": dones}
@@ -92,6 +104,11 @@ class MultiTaskReplay:
             self.storage[k][self.pos] = v.reshape(self.num_tasks, -1)
         self.pos = (self.pos + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
+
+    def _held_out(self) -> bool:
+        if self.holdout_by == "steps":
+            return self.added % self.holdout_every == 0
+        return int(self.episodes_started[0]) % self.holdout_every == self.holdout_every - 1
 
     def sample(self, batch_per_task: int, generator: torch.Generator | None = None) -> Batch:
         """``batch_per_task`` transitions of every task, drawn independently per task (with

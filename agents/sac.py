@@ -149,8 +149,13 @@ class TwinCritic(nn.Module):
         self.q1, self.q2 = q1, q2
 
     def forward(self, obs: Tensor, action: Tensor) -> tuple[Tensor, Tensor]:
-        x = torch.cat([obs, action], dim=-1)
+        x = critic_input(obs, action)
         return self.q1(x).float(), self.q2(x).float()
+
+
+def critic_input(obs: Tensor, action: Tensor) -> Tensor:
+    """What each critic net reads: the observation (as the nets see it) and the action."""
+    return torch.cat([obs, action], dim=-1)
 
 
 class MultiTaskSAC(nn.Module):
@@ -177,6 +182,7 @@ class MultiTaskSAC(nn.Module):
         self.critic_optim = adam(weight_parameters(self.critic), config.critic_lr,
                                  config.weight_decay)
         self.temperature_optim = adam([self.log_temperature], config.temperature_lr)
+        self.last_td: tuple[Batch, Tensor] | None = None  # the last update's batch, targets
         self.gradient_filters: dict[str, GradientFilter] = {} if make_filter is None else {
             "actor": make_filter("actor", self.actor.net),
             "critic": make_filter("critic", {"q1": self.critic.q1, "q2": self.critic.q2})}
@@ -200,14 +206,23 @@ class MultiTaskSAC(nn.Module):
         return obs if self.obs_norm is None else self.obs_norm(obs)
 
     # ---- per-task losses, each of shape [T] -------------------------------------------
-    def critic_losses(self, batch: Batch) -> Tensor:
-        obs, next_obs = self.observed(batch.obs), self.observed(batch.next_obs)
-        with torch.no_grad():
-            next_action, next_log_prob = self.actor.sample(next_obs)
-            q1_next, q2_next = self.critic_target(next_obs, next_action)
-            soft_v = torch.min(q1_next, q2_next) - self.temperature[:, None, None] * next_log_prob
-            target = batch.rewards + self.config.gamma * (1 - batch.dones) * soft_v
-        q1, q2 = self.critic(obs, batch.actions)
+    @torch.no_grad()
+    def td_targets(self, batch: Batch) -> Tensor:
+        """The critics' soft TD targets ``[T, B, 1]`` (the target critics at the actor's
+        next actions)."""
+        next_obs = self.observed(batch.next_obs)
+        next_action, next_log_prob = self.actor.sample(next_obs)
+        q1_next, q2_next = self.critic_target(next_obs, next_action)
+        soft_v = torch.min(q1_next, q2_next) - self.temperature[:, None, None] * next_log_prob
+        return batch.rewards + self.config.gamma * (1 - batch.dones) * soft_v
+
+    def critic_inputs(self, batch: Batch) -> Tensor:
+        """What each critic net reads of ``batch``."""
+        return critic_input(self.observed(batch.obs), batch.actions)
+
+    def critic_losses(self, batch: Batch, target: Tensor | None = None) -> Tensor:
+        target = self.td_targets(batch) if target is None else target
+        q1, q2 = self.critic(self.observed(batch.obs), batch.actions)
         return ((q1 - target) ** 2).mean(dim=(1, 2)) + ((q2 - target) ** 2).mean(dim=(1, 2))
 
     def actor_losses(self, obs: Tensor) -> tuple[Tensor, Tensor]:
@@ -241,7 +256,10 @@ class MultiTaskSAC(nn.Module):
             self.obs_norm.update(batch.obs)
         critic_filter = self.gradient_filters.get("critic", NO_FILTER)
         with critic_filter.record(), self._precision(batch.obs.device):
-            critic_losses = self.critic_losses(batch)
+            target = self.td_targets(batch)
+            critic_losses = self.critic_losses(batch, target)
+        # For what trains beside the critic on its data (a growing tree's probes).
+        self.last_td = (batch, target)
         self._step(self.critic_optim, self.reduce_task_losses(critic_losses), self.critic,
                    critic_filter)
 

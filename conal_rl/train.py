@@ -86,8 +86,11 @@ def prepare(config: TrainConfig, run_dir: Path):
     if config.branch_every:
         hooks.append(branching_hook(config, run_dir, specs, bench.task_names, make_filter))
         make_net = hooks[-1].make_net
+    # Probes are compared on whole episodes the weights never train on.
+    gain = config.branch_every and config.branch_rule == "gain"
     trainer = Trainer(config, run_dir, bench, make_net, make_filter, hooks=hooks,
-                      atlas_figure=atlas_figure)
+                      atlas_figure=atlas_figure, holdout_every=config.gain_holdout if gain else 0,
+                      holdout_by="episodes")
     if inherited is not None and not trainer.resumed:
         trainer.agent.load_networks(inherited)
         print("training the pruned trees from the searched weights (--inherit-weights)")
@@ -111,25 +114,39 @@ def branching_hook(config: TrainConfig, run_dir: Path, specs: dict, task_names: 
         state = checkpoint.load(run.checkpoint, mmap=True)
         specs = trees_in(checkpoint.hook_state(state, "branching")) or specs
     return Branching(specs, config.branch_every, config.evidence_samples, task_names,
-                     make_filter, config.net_options())
+                     make_filter, config.net_options(), config.branch_rule, config.gain_price)
 
 
-def save_grown(run_dir: Path, hooks: list) -> None:
-    """The grown trees and their branches, beside the architecture file."""
+def save_grown(run_dir: Path, hooks: list, train_seconds: float) -> None:
+    """The grown trees and their branches (and --branch-rule gain's verdicts, with what
+    measuring them cost), beside the architecture file."""
     hook = next((h for h in hooks if h.name == "branching"), None)
-    if hook is None or not hook.branches:
+    if hook is None or not (hook.branches or hook.rule.measured):
         return
-    from conal_rl.analysis.draw import save_tree_pictures
+    from conal_rl.analysis.draw import save_gain_picture, save_tree_pictures
     from conal_rl.training.nets import save_specs
 
     run = RunDir(run_dir)
+    probes = {}
+    if hook.rule.measured:
+        seconds = hook.rule.seconds
+        probes = {"probes": [v | {"task": hook.task_names[v["task"]]}
+                             for v in hook.rule.measured],
+                  "probe_seconds": round(seconds, 1), "train_seconds": round(train_seconds, 1)}
+        print(f"probes: {seconds:.0f} s of {train_seconds:.0f} s of training "
+              f"({seconds / max(train_seconds, 1e-9):.1%})")
     save_specs(run.grown, hook.specs, {role: {"branches": [b for b in hook.branches
                                                            if b["net"] == role]}
+                                       | (probes if role == "critic" else {})
                                        for role in hook.specs})
     save_tree_pictures(run.grown_picture, hook.specs)
+    if probes:
+        save_gain_picture(run.gains_picture, probes["probes"])
     for b in hook.branches:
+        why = (f" (its held-out TD error {b['gain']:.1%} lower, ± {b['se']:.1%}, "
+               f"{b['episodes']} episodes)" if "gain" in b else "")
         print(f"branch at env step {b['env_steps']:,}: {b['net']} {b['task']} has its own "
-              f"modules from module {b['module']} on")
+              f"modules from module {b['module']} on{why}")
 
 
 def main(argv: list[str] | None = None):
@@ -144,7 +161,7 @@ def main(argv: list[str] | None = None):
     try:
         return run_cli(PROG, lambda: trainer.run(spent_s=search_seconds(run_dir)))
     finally:
-        save_grown(run_dir, trainer.hooks)
+        save_grown(run_dir, trainer.hooks, trainer.train_seconds())
 
 
 if __name__ == "__main__":

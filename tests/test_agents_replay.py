@@ -59,3 +59,25 @@ def test_every_transition_knows_its_episode_and_a_sample_returns_them():
     before = MultiTaskReplay(100, 2, obs_dim=1, act_dim=1, holdout_every=4)
     before.load_state_dict(old)  # a replay saved before episodes were counted
     assert (before.sample_distinct(5)[1] == -1).all()
+
+
+def test_whole_episodes_held_out_keep_their_ids_and_stay_out_of_training():
+    replay = MultiTaskReplay(100, 2, obs_dim=1, act_dim=1, holdout_every=3,
+                             holdout_by="episodes")
+    for step in range(40):  # every task's episodes 4 steps long: every 3rd episode held out
+        replay.add(np.full((2, 1), step), np.zeros((2, 1)), np.zeros(2), np.zeros((2, 1)),
+                   np.zeros(2), np.full(2, step % 4 == 3))
+    sample, trained_episodes = replay.sample_distinct(100)
+    trained = sample.obs[:, :, 0].long()
+    held, episodes = replay.holdout.sample_distinct(100)
+    held_steps = held.obs[:, :, 0].long()
+    assert sorted(set(held_steps[0].tolist())) == [8, 9, 10, 11, 20, 21, 22, 23, 32, 33, 34, 35]
+    assert not set(held_steps[0].tolist()) & set(trained[0].tolist())
+    assert torch.equal(episodes, held_steps // 4)  # the episodes as training counts them
+    assert torch.equal(trained_episodes, trained // 4)
+    try:
+        MultiTaskReplay(10, 2, 1, 1, holdout_every=3, holdout_by="tasks")
+    except ValueError as e:
+        assert "holdout_by" in str(e)
+    else:
+        raise AssertionError("an unknown holdout_by was accepted")

@@ -15,7 +15,8 @@ from conal_rl.training.rundir import RunDir
 TINY = ["--benchmark", "gym:Pendulum-v1", "--preset", "quick", "--hidden", "16,16",
         "--batch-per-task", "16", "--warmup-steps", "100", "--eval-every", "0",
         "--eval-episodes", "1", "--device", "cpu", "--vector-strategy", "sync",
-        "--evidence-samples", "64", "--checkpoint-every", "200"]
+        "--evidence-samples", "64", "--checkpoint-every", "200",
+        "--branch-rule", "lasting-cluster"]
 
 
 class _Evidence:

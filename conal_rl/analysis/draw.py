@@ -85,6 +85,36 @@ def save_tree_pictures(path: str | Path, specs: dict[str, TreeSpec | GroupTreeSp
     return Path(path)
 
 
+def save_gain_picture(path: str | Path, probes: list[dict]) -> Path:
+    """A growing tree's probes (``grown.json``'s): per task, each measured gain against env
+    steps with its z-error bar, filled where the branch opened; a panel per module, the
+    price as a dashed line."""
+    modules = sorted({p["module"] for p in probes}, reverse=True)
+    tasks = list(dict.fromkeys(p["task"] for p in probes))
+    fig, axes = plt.subplots(1, len(modules), figsize=(6 * len(modules), 4.2), squeeze=False,
+                             sharey=True)
+    colors = plt.get_cmap("tab10" if len(tasks) <= 10 else "tab20")
+    for ax, module in zip(axes[0], modules):
+        for i, task in enumerate(tasks):
+            found = [p for p in probes if p["module"] == module and p["task"] == task]
+            for p in found:
+                ax.errorbar(p["env_steps"], p["gain"], yerr=p["z"] * p["se"], fmt="o",
+                            color=colors(i % colors.N), capsize=2,
+                            mfc=colors(i % colors.N) if p["opened"] else "white",
+                            label=task if p is found[0] else None)
+        for price in sorted({p["price"] for p in probes if p["module"] == module}):
+            ax.axhline(price, color="grey", linestyle="--", linewidth=1)
+        ax.axhline(0, color="black", linewidth=0.5)
+        ax.set_title(f"module {module}: a private copy's drop of held-out TD error")
+        ax.set_xlabel("env steps")
+    axes[0][0].set_ylabel("gain (filled: the branch opened)")
+    axes[0][-1].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
 def heatmap_figure(values, row_labels, col_labels, title: str, vmin=None, vmax=None,
                    cmap: str = "viridis"):
     """A labelled heatmap (for TensorBoard images: alpha per task, gradient sign patterns)."""

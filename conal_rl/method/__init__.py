@@ -16,6 +16,8 @@
   (:class:`GroupTreeSpec`, :class:`GroupTreeNet`), CoNAL-Pro's format.
 * :mod:`~conal_rl.method.progressive`: CoNAL-Pro's stage-by-stage search.
 * :mod:`~conal_rl.method.pcgrad`: PCGrad, a baseline built on the same gradient capture.
+* :mod:`~conal_rl.method.probe`: what a private copy of a module would gain a task, measured
+  by training one beside the tree (:class:`ModuleProbe`, :func:`paired_gain`).
 * :mod:`~conal_rl.method.reference`: slow loop versions, the oracles of the tests.
 """
 
@@ -32,7 +34,7 @@ _SOURCES = {
     "architecture_step": "search", "search_optimizers": "search", "search_step": "search",
     "SuperNet": "supernet", "TreeNet": "tree", "TreeSpec": "tree", "num_parameters": "tree",
     "tree_parameters": "tree",
-    "grown_state": "tree",
+    "grown_state": "tree", "ModuleProbe": "probe", "paired_gain": "probe",
 }
 __all__ = sorted(_SOURCES)
 

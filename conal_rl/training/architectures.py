@@ -47,6 +47,8 @@ class Architecture:
     stage."""
     can_grow: bool = False
     """Its trees have a shared trunk and a head per task: ``--branch-every`` can grow them."""
+    grows: bool = False
+    """Its trees grow by default (``--branch-every``: a twentieth of the run)."""
     needs_file: bool = False
     """Its trees come from ``--architecture FILE``."""
     widened: bool = False
@@ -163,8 +165,9 @@ ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (
     Architecture("independent", "single-task learning: every task its own networks, all "
                  "trained in one batched update", "STL (batched)",
                  trees=_per_role("independent")),
-    Architecture("conal", "search the trees with CoNAL, derive, prune, then train them",
-                 "CoNAL", search="search_architecture", can_grow=True,
+    Architecture("conal", "search the trees with CoNAL, derive, prune, then train them, "
+                 "growing private modules where a probe measures that they pay", "CoNAL",
+                 search="search_architecture", can_grow=True, grows=True,
                  check=_checks(_check_searched, _check_conal)),
     Architecture("conal-pro", "grow grouped trees stage by stage with CoNAL-Pro, then train "
                  "them", "CoNAL-Pro", search="search_progressive", stages=True,

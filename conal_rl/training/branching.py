@@ -1,7 +1,16 @@
-"""Trees that follow lasting conflicts (``--branch-every N``): a hook of the training loop
-that measures the conflict atlas of the agent's trees every N env steps and gives a task
-its own copies of a shared module once the evidence has put it outside that module's main
-cluster twice running.
+"""Trees that grow while they train (``--branch-every N``): a hook of the training loop that
+gives a task its own copies of a shared module when its decision (``--branch-rule``, one
+class each in ``BRANCH_RULES``) says so. Two decisions:
+
+* ``lasting-cluster``: every N env steps the conflict atlas of the trees; a task the
+  evidence has put outside a shared module's main cluster twice running leaves it.
+* ``gain``: probes (:class:`~conal_rl.method.probe.ModuleProbe`) give tasks private copies
+  of a shared module on one twin critic, trained beside the critic on its own batches and
+  TD targets for N env steps; a task leaves the module where its probe lowered its TD error
+  on held-out whole episodes (never trained on) by more than ``--gain-price`` beyond the
+  error of that measurement. Capacity goes where it measurably pays, not where gradients
+  disagree: tasks that agree get nothing, and a task refused now is probed again later
+  (private capacity may pay only late in training).
 
 Why twice running: the conflicts the atlas finds late in training mostly do not last. On
 MT10 a task flagged at one measurement is flagged at the next no more often than chance
@@ -19,15 +28,22 @@ state), which is what a resume and ``load_run`` build the nets from.
 
 from __future__ import annotations
 
+import time
+
+import torch
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 from agents import FilterFactory, MultiTaskReplay, MultiTaskSAC
+from agents.sac import adam
 from conal_rl.method import PLAIN, NetOptions, TreeNet, TreeSpec, grown_state
+from conal_rl.method.evidence import MIN_EPISODES
+from conal_rl.method.probe import ModuleProbe, one_sided_z, paired_gain
 from conal_rl.training import conflict_atlas as atlas
 from conal_rl.training.nets import trees_in
 
 Outside = dict[str, dict[int, set[int]]]  # role -> shared module (1..P) -> task ids
+Specs = dict[str, TreeSpec]
 
 
 class Branching:
@@ -37,19 +53,19 @@ class Branching:
 
     name = "branching"
 
-    def __init__(self, specs: dict[str, TreeSpec], every: int, samples: int,
+    def __init__(self, specs: Specs, every: int, samples: int,
                  task_names: list[str], make_filter: FilterFactory | None = None,
-                 options: NetOptions = PLAIN):
+                 options: NetOptions = PLAIN, rule: str = "lasting-cluster",
+                 price: float = 0.0):
         shared_heads = [role for role, spec in specs.items() if spec.shared_head]
         if shared_heads or not all(isinstance(s, TreeSpec) for s in specs.values()):
             raise ValueError("branching needs trees with a head per task (not MT-SAC's shared "
                              "head, not CoNAL-Pro's grouped trees)")
-        self.specs, self.every, self.samples = dict(specs), every, samples
+        self.specs = dict(specs)
         self.task_names, self.make_filter = list(task_names), make_filter
         self.options = options
-        self.branches: list[dict] = []  # what opened: env steps, net, task, module
-        self.rule = BRANCH_RULES[DEFAULT_BRANCH_RULE]()
-        self._measured_at: int | None = None
+        self.branches: list[dict] = []  # what opened: env steps, net, task, module, why
+        self.rule = BRANCH_RULES[rule](every, samples, price)
 
     def make_net(self, role: str, in_dim: int, out_dim: int) -> nn.Module:
         return TreeNet(self.specs[role], in_dim, out_dim, self.options)
@@ -57,13 +73,9 @@ class Branching:
     # ---- the hook -------------------------------------------------------------------------
     def before_update(self, agent: MultiTaskSAC, replay: MultiTaskReplay,
                       env_steps: int) -> MultiTaskSAC | None:
-        due = self._measured_at is None or env_steps - self._measured_at >= self.every
-        if not due:
+        leaving = self.rule.leaving(agent, replay, env_steps, self.specs)
+        if not leaving:
             return None
-        measured = atlas.measure_replay(agent, replay, self.samples, env_steps)
-        if not measured:  # too few transitions yet, or nothing shared
-            return None
-        leaving, self._measured_at = self.rule.decide(measured), env_steps
         grown = {role: self.specs[role].branched(leaving.get(role, {})) for role in self.specs}
         if grown == self.specs:
             return None
@@ -71,7 +83,8 @@ class Branching:
             for t, (a, b) in enumerate(zip(self.specs[role].branch_points, spec.branch_points)):
                 if b < a:
                     self.branches.append({"env_steps": env_steps, "net": role,
-                                          "task": self.task_names[t], "module": b + 1})
+                                          "task": self.task_names[t], "module": b + 1}
+                                         | self.rule.why(role, t))
         old, self.specs = self.specs, grown
         return agent.rebuilt(self.make_net, lambda role, tensors: grown_state(
             old[role], grown[role], tensors), self.make_filter)
@@ -80,26 +93,46 @@ class Branching:
         for role, spec in self.specs.items():
             private = sum(spec.depth - b for b in spec.branch_points)
             writer.add_scalar(f"branching/{role}/private_modules", private, env_steps)
+        self.rule.log(writer, env_steps, self.task_names)
 
     def state_dict(self) -> dict:
         return {"trees": {role: spec.to_dict() for role, spec in self.specs.items()},
-                "branches": list(self.branches), "measured_at": self._measured_at
-                } | self.rule.state_dict()
+                "branches": list(self.branches)} | self.rule.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
         self.specs = trees_in(state) or self.specs
         self.branches = list(state.get("branches", []))
-        self._measured_at = state.get("measured_at")
         self.rule.load_state_dict(state)
 
 
 class LastingOutsideCluster:
     """The branching decision: a task leaves a shared module once two measurements running
-    put it outside the module's main cluster in every net of its role. Carries the last
-    measurement's verdict (its state, saved with the hook's)."""
+    (every ``every`` env steps, ``samples`` transitions per task) put it outside the
+    module's main cluster in every net of its role. Carries the last measurement's verdict
+    (its state, saved with the hook's)."""
 
-    def __init__(self):
+    def __init__(self, every: int, samples: int, price: float = 0.0):
+        self.every, self.samples = every, samples
+        self.measured: list[dict] = []  # verdicts with numbers: none (the atlas files have them)
         self.last: Outside = {}
+        self._measured_at: int | None = None
+
+    def leaving(self, agent: MultiTaskSAC, replay: MultiTaskReplay, env_steps: int,
+                specs: Specs) -> Outside | None:
+        due = self._measured_at is None or env_steps - self._measured_at >= self.every
+        if not due:
+            return None
+        measured = atlas.measure_replay(agent, replay, self.samples, env_steps)
+        if not measured:  # too few transitions yet, or nothing shared
+            return None
+        self._measured_at = env_steps
+        return self.decide(measured)
+
+    def why(self, role: str, task: int) -> dict:
+        return {}
+
+    def log(self, writer: SummaryWriter, env_steps: int, task_names: list[str]) -> None:
+        pass
 
     def decide(self, measured: atlas.Atlas) -> Outside:
         """Per role and shared module (1..P), the tasks that leave it now."""
@@ -111,17 +144,137 @@ class LastingOutsideCluster:
 
     def state_dict(self) -> dict:
         return {"outside": {role: {str(k): sorted(v) for k, v in layers.items()}
-                            for role, layers in self.last.items()}}
+                            for role, layers in self.last.items()},
+                "measured_at": self._measured_at}
 
     def load_state_dict(self, state: dict) -> None:
         self.last = {role: {int(k): set(v) for k, v in layers.items()}
                      for role, layers in state.get("outside", {}).items()}
+        self._measured_at = state.get("measured_at")
 
 
-BRANCH_RULES = {"lasting-cluster": LastingOutsideCluster}
-"""How a growing tree decides that a task leaves a shared module, by name (one table: a
-new decision is one class and one entry)."""
-DEFAULT_BRANCH_RULE = "lasting-cluster"
+class MeasuredGain:
+    """The branching decision by measured gain, on the critic (where capacity pays, MT10's
+    tables say). In rounds of ``every`` env steps: a probe gives every task whose deepest
+    shared module is module m a private copy of it (from m on, on the first twin critic),
+    trained on each update's batch and TD targets; at the round's end each task's relative
+    drop of TD error on ``samples`` held-out transitions per task (whole episodes, from the
+    replay's held-out buffer) is compared with ``price``: a task whose drop clears it by
+    one-sided z standard errors (Bonferroni over the round's tasks, errors by episode)
+    leaves module m. Rounds go from the last module to the first and round again: a task
+    that left module m is probed at m-1 later, one refused is probed again. A round whose
+    held-out data has fewer than MIN_EPISODES episodes of a task goes on until it has."""
+
+    def __init__(self, every: int, samples: int, price: float = 0.0):
+        self.every, self.samples, self.price = every, samples, price
+        self.module: int | None = None  # the round's module; None: no round yet
+        self.started = 0  # env steps at the round's start
+        self.probe: ModuleProbe | None = None
+        self.optim: torch.optim.Optimizer | None = None
+        self.measured: list[dict] = []  # every task's verdict: env steps, module, gain...
+        self.seconds = 0.0  # spent training and measuring probes (the decision's cost)
+        self._saved_probe: dict | None = None  # a resumed round's probe, until rebuilt
+
+    def leaving(self, agent: MultiTaskSAC, replay: MultiTaskReplay, env_steps: int,
+                specs: Specs) -> Outside | None:
+        start = time.perf_counter()
+        try:
+            q1 = agent.critic.q1
+            if self.probe is None or self.probe.net[0] is not q1:
+                if not self._start(q1, specs["critic"], env_steps, agent):
+                    return None
+            self._train(agent)
+            if env_steps - self.started < self.every:
+                return None
+            return self._decide(agent, replay, env_steps)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    def _start(self, q1: TreeNet, spec: TreeSpec, env_steps: int, agent: MultiTaskSAC) -> bool:
+        """A probe for the round (or the resumed round's); False: nothing left to probe."""
+        resumed, self._saved_probe = self._saved_probe, None
+        if resumed is None:
+            candidates = sorted({b for b in spec.branch_points if b > 0}, reverse=True)
+            if not candidates:
+                return False
+            after = [m for m in candidates if self.module is None or m < self.module]
+            self.module, self.started = (after or candidates)[0], env_steps
+        tasks = [t for t, b in enumerate(spec.branch_points) if b == self.module]
+        self.probe = ModuleProbe(q1, tasks, self.module)
+        self.optim = adam(list(self.probe.parameters()), agent.config.critic_lr,
+                          agent.config.weight_decay)
+        if resumed is not None:
+            self.probe.load_state_dict(resumed["weights"])
+            self.optim.load_state_dict(resumed["optim"])
+        return True
+
+    def _train(self, agent: MultiTaskSAC) -> None:
+        if agent.last_td is None:
+            return
+        batch, target = agent.last_td
+        tasks = self.probe.tasks
+        loss = (self.probe(agent.critic_inputs(batch)) - target[tasks]).square()
+        self.optim.zero_grad(set_to_none=True)
+        loss.mean(dim=(1, 2)).sum().backward()
+        self.optim.step()
+
+    @torch.no_grad()
+    def _decide(self, agent: MultiTaskSAC, replay: MultiTaskReplay,
+                env_steps: int) -> Outside | None:
+        held_out = replay.holdout
+        if held_out is None or not held_out.size:
+            return None
+        generator = torch.Generator(held_out.device).manual_seed(env_steps)
+        batch, episodes = held_out.sample_distinct(self.samples, generator)
+        tasks = self.probe.tasks
+        cuda = [batch.obs.device.index or 0] if batch.obs.is_cuda else []
+        with torch.random.fork_rng(devices=cuda):  # the training's draws stay as they were
+            target = agent.td_targets(batch)[tasks]
+        x = agent.critic_inputs(batch)
+        net_loss = (agent.critic.q1(x)[tasks] - target).square()[..., 0]
+        probe_loss = (self.probe(x) - target).square()[..., 0]
+        gains = paired_gain(net_loss, probe_loss, episodes[tasks])
+        if min(g.episodes for g in gains) < MIN_EPISODES:
+            return None  # too few held-out episodes yet: the probe trains on
+        z = one_sided_z(len(gains))
+        verdicts = [{"env_steps": env_steps, "module": self.module, "task": int(t),
+                     "price": self.price, "z": round(z, 3), "opened": g.pays(self.price, z)}
+                    | g.to_dict() for t, g in zip(tasks.tolist(), gains)]
+        self.measured += verdicts
+        self.probe = self.optim = None  # the next round starts at the next update
+        opened = {v["task"] for v in verdicts if v["opened"]}
+        return {"critic": {self.module: opened}} if opened else None
+
+    def why(self, role: str, task: int) -> dict:
+        """The verdict that opened ``task``'s branch (the last one measured)."""
+        found = [v for v in self.measured if v["task"] == task and v["opened"]]
+        return {k: found[-1][k] for k in ("gain", "se", "episodes", "price")} if found else {}
+
+    def log(self, writer: SummaryWriter, env_steps: int, task_names: list[str]) -> None:
+        writer.add_scalar("branching/probe_seconds", self.seconds, env_steps)
+        last = {}
+        for v in self.measured:
+            last[v["task"]] = v
+        for t, v in last.items():
+            writer.add_scalar(f"branching/gain/{task_names[t]}", v["gain"], env_steps)
+
+    def state_dict(self) -> dict:
+        probe = None if self.probe is None else {"weights": self.probe.state_dict(),
+                                                 "optim": self.optim.state_dict()}
+        return {"gain": {"module": self.module, "started": self.started, "probe": probe,
+                         "measured": list(self.measured), "seconds": self.seconds}}
+
+    def load_state_dict(self, state: dict) -> None:
+        mine = state.get("gain") or {}
+        self.module, self.started = mine.get("module"), mine.get("started", 0)
+        self.measured = list(mine.get("measured", []))
+        self.seconds = mine.get("seconds", 0.0)
+        self._saved_probe, self.probe = mine.get("probe"), None
+
+
+BRANCH_RULES = {"lasting-cluster": LastingOutsideCluster, "gain": MeasuredGain}
+"""How a growing tree decides that a task leaves a shared module, by name (one class and
+one entry each; ``TrainConfig.branch_rule`` offers these names)."""
 
 
 def outside(measured: atlas.Atlas) -> Outside:

@@ -98,7 +98,8 @@ ADDED_FIELDS = {"conflict_rule": PAPER_RULE, "arch_holdout": 0, "stage_steps": P
                 "evidence_every": PRESET, "evidence_samples": 1024, "branch_every": 0,
                 "layer_norm": False, "normalize_obs": False, "residual": False,
                 "weight_init": "torch", "max_grad_norm": 0.0, "weight_decay": 0.0, "reset_every": 0,
-                "precision": "fp32", "critic_hidden": None, "critic_params": 0}
+                "precision": "fp32", "critic_hidden": None, "critic_params": 0,
+                "branch_rule": "lasting-cluster", "gain_price": 0.05, "gain_holdout": 10}
 
 # The config's parts, as --help groups its flags: what a run is and how it is run, the
 # learner (networks and update), the search (CoNAL, CoNAL-Pro and their rules), and the
@@ -116,7 +117,8 @@ PARTS = {
     "the search (--arch conal, conal-pro) and growing trees": (
         "search_steps", "stage_steps", "search_warmup_steps", "arch_lr", "gumbel",
         "no_conflict_noticing", "conflict_rule", "evidence_every", "evidence_samples",
-        "branch_every", "arch_holdout", "arch_every", "no_private", "inherit_weights"),
+        "branch_every", "branch_rule", "gain_price", "gain_holdout", "arch_holdout",
+        "arch_every", "no_private", "inherit_weights"),
     "measurements while training": ("atlas_every", "atlas_samples"),
 }
 
@@ -217,14 +219,29 @@ class TrainConfig:
     the search (default: a tenth of --search-steps; conal-pro: of --stage-steps)"""
     evidence_samples: int = 1024
     """--conflict-rule evidence and --branch-every: transitions per task each measurement
-    of the evidence reads (from the replay, with a generator of its own)"""
-    branch_every: int = 0
+    reads (the evidence: from the replay; a probe's comparison: from the held-out episodes;
+    with a generator of its own)"""
+    branch_every: int = PRESET
     """trees with a head per task (e.g. --arch mhsac, tree, conal's derived trees): env steps
-    (in all) between measurements of the evidence while the trees train; a task that two
-    measurements running put outside a shared module's main cluster (sign-blind; the critic: in both
-    twins) gets its own copies from that module on, starting as the shared ones (the net
-    computes what it did; Adam's moments carried). The grown trees are saved with the
-    checkpoints and in RUN_DIR/grown.json. 0: the trees stay as they were made"""
+    (in all) between two decisions of --branch-rule while the trees train; a task it takes
+    off a shared module gets its own copies from that module on, starting as the shared
+    ones (the net computes what it did; Adam's moments carried). The grown trees are saved
+    with the checkpoints and in RUN_DIR/grown.json. 0: the trees stay as they were made.
+    Default: a twentieth of --total-steps for --arch conal, 0 for the others"""
+    branch_rule: Literal["gain", "lasting-cluster"] = "gain"
+    """--branch-every: how a task is chosen to leave a shared module
+    (conal_rl/training/branching.py). gain: a probe (a private copy of the module, trained
+    beside the first critic on its batches for --branch-every env steps) lowered the task's
+    TD error on held-out whole episodes by more than --gain-price beyond that measurement's
+    error. lasting-cluster: the conflict evidence put it outside the module's main cluster
+    (sign-blind; the critic: in both twins) twice running"""
+    gain_price: float = 0.05
+    """--branch-rule gain: the relative drop of a task's held-out TD error a private copy of
+    a module must buy (beyond the measurement's error) before it is given: what a module's
+    parameters and update time must earn (0: any drop beyond the error)"""
+    gain_holdout: int = 10
+    """--branch-rule gain: every k-th episode (of every task) goes to a held-out buffer the
+    weights never train on (1/k of the transitions), on which probes are compared"""
     arch_holdout: int = 5
     """--arch conal: every k-th vector step of the search goes to a held-out buffer that the
     weights never train on, and the architecture step draws from it (5: the official
@@ -316,6 +333,9 @@ class TrainConfig:
             search = (self.stage_steps if architecture(self.arch).stages
                       else self.search_steps)
             object.__setattr__(self, "evidence_every", max(1, search // 10))
+        if self.branch_every is PRESET:
+            grows = architecture(self.arch).grows
+            object.__setattr__(self, "branch_every", self.total_steps // 20 if grows else 0)
         if self.search_warmup_steps is PRESET:
             object.__setattr__(self, "search_warmup_steps", self.search_steps // 4)
         object.__setattr__(self, "hidden", tuple(self.hidden))
@@ -368,6 +388,10 @@ class TrainConfig:
             raise ValueError("need lr > 0, 0 <= gamma <= 1 and 0 < tau <= 1")
         if self.arch_holdout == 1:
             raise ValueError("--arch-holdout must be 0 (none) or at least 2")
+        if not 0 <= self.gain_price < math.inf:
+            raise ValueError(f"--gain-price must be a finite number >= 0, got {self.gain_price}")
+        if self.gain_holdout < 2:
+            raise ValueError(f"--gain-holdout must be at least 2, got {self.gain_holdout}")
         if self.precision != "fp32" and self.grad_surgery != "none":
             raise ValueError(f"--precision {self.precision} does not take --grad-surgery (its "
                              "per-task gradients are read in fp32)")

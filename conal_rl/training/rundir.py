@@ -85,6 +85,12 @@ class RunDir:
         return self.path / "grown.png"
 
     @property
+    def gains_picture(self) -> Path:
+        """``--branch-rule gain``: every probe's measured gain per task, with its error and
+        the price it had to clear."""
+        return self.path / "gains.png"
+
+    @property
     def checkpoints(self) -> Path:
         return self.path / "checkpoints"
 

@@ -75,15 +75,17 @@ class Trainer:
     The agent is built here, after seeding, from ``make_net`` (its networks),
     ``make_filter`` (gradient filters of its losses) and ``sac`` (default: the config's).
     ``hooks`` (e.g. CoNAL's search) are called, in order, before every update, when logging
-    and when checkpointing; ``holdout_every`` = k > 0 keeps every k-th vector step out of the
-    weights' replay, for the hook (``replay.sample_holdout``). A checkpoint in ``run_dir``
+    and when checkpointing; ``holdout_every`` = k > 0 keeps every k-th vector step (or
+    episode: ``holdout_by``) out of the weights' replay, for the hook
+    (``replay.sample_holdout``, ``replay.holdout``). A checkpoint in ``run_dir``
     is resumed.
     """
 
     def __init__(self, config: TrainConfig, run_dir: Path, bench: Benchmark,
                  make_net: NetFactory, make_filter: FilterFactory | None = None,
                  hooks: Sequence[Hook] = (), sac: SACConfig | None = None,
-                 holdout_every: int = 0, atlas_figure: AtlasFigure | None = None):
+                 holdout_every: int = 0, atlas_figure: AtlasFigure | None = None,
+                 holdout_by: str = "steps"):
         self.config, self.run_dir, self.bench = config, Path(run_dir), bench
         self.hooks = list(hooks)
         if len({h.name for h in self.hooks}) < len(self.hooks):
@@ -103,7 +105,7 @@ class Trainer:
         T = bench.num_tasks
         self.replay = MultiTaskReplay(max(1, config.replay_size // T), T, bench.obs_dim,
                                       self.act_dim, self.device, seed=config.seed,
-                                      holdout_every=holdout_every)
+                                      holdout_every=holdout_every, holdout_by=holdout_by)
         self.env_steps = self.updates = 0
         self.last_eval: EvalResult | None = None
         self.last_eval_step: int | None = None

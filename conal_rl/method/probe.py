@@ -1,0 +1,133 @@
+"""What a private module would gain a task, measured rather than inferred.
+
+A :class:`ModuleProbe` gives each of its tasks its own copy of one shared module of a
+:class:`~conal_rl.method.tree.TreeNet` and of everything the task computes after it (its
+deeper modules, its head), starting as the net's weights: at its start it computes what the
+net computes. It trains on what the net trains on (the same samples, the same targets),
+reading the net's shared modules before it without training them. After a while, the
+probe's loss and the net's on data neither trained on say what the private copy would have
+bought each task over those steps: :func:`paired_gain`.
+
+Why not from gradients: a first-order reading (how far a task's gradient points from the
+shared step) hands out copies where tasks agree as readily as where they do not, because
+with a head per task the trunk's per-task gradients differ anyway; whether a shared module
+*can* serve every task shows only by training. Why the held-out data must be whole
+episodes: steps of one episode are near copies of each other, and a probe with more capacity
+fits the training steps of an episode better, which its held-out neighbours would then
+reward.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from statistics import NormalDist
+
+import torch
+from torch import Tensor, nn
+
+from conal_rl.method.layers import TaskLinear
+from conal_rl.method.tree import TreeNet
+
+
+class ModuleProbe(nn.Module):
+    """Tasks ``tasks``' private copies of shared module ``module`` (1..P) of ``net`` and of
+    their modules after it and heads. Every task must have ``module`` as its deepest shared
+    module (its branch point). ``forward`` reads the net's modules before ``module`` as they
+    are now (no gradient into them); the net itself is not a submodule of the probe."""
+
+    def __init__(self, net: TreeNet, tasks: Sequence[int], module: int):
+        super().__init__()
+        spec = net.spec
+        if spec.shared_head:
+            raise ValueError("a probe needs a head per task (not MT-SAC's shared head)")
+        if not tasks or any(spec.branch_points[t] != module for t in tasks):
+            raise ValueError(f"every probed task must branch after module {module}, got the "
+                             f"branch points {[spec.branch_points[t] for t in tasks]}")
+        self.net, self.module = [net], module  # in a list: not registered, not in state_dict
+        self.register_buffer("tasks", torch.tensor(list(tasks)), persistent=False)
+        self.copies = nn.ModuleDict()
+        with torch.no_grad():
+            for layer in range(module, spec.depth + 1):
+                key = str(layer)
+                if layer == module:  # nn.Linear's [out, in] as TaskLinear's [in, out]
+                    w = net.shared[key].weight.T.expand(len(tasks), -1, -1)
+                    b = net.shared[key].bias[None, None].expand(len(tasks), 1, -1)
+                else:
+                    rows = _private_rows(spec.branch_points, layer, tasks)
+                    w, b = net.private[key].weight[rows], net.private[key].bias[rows]
+                self.copies[key] = _task_linear(w, b)
+            self.head = _task_linear(net.head.weight[self.tasks], net.head.bias[self.tasks])
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x [T, B, in]`` (the net's input) -> ``[len(tasks), B, out]``."""
+        net = self.net[0]
+        h = x[self.tasks]
+        if net.spec.task_id_input:
+            one_hot = torch.eye(net.spec.num_tasks, dtype=x.dtype, device=x.device)[self.tasks]
+            h = torch.cat([h, one_hot[:, None, :].expand(-1, h.shape[1], -1)], dim=-1)
+        with torch.no_grad():
+            for layer in range(1, self.module):
+                h = net.act(net.shared[str(layer)](h), h)
+        for layer in range(self.module, net.spec.depth + 1):
+            h = net.act(self.copies[str(layer)](h), h)
+        return self.head(h)
+
+
+def _private_rows(branch_points: Sequence[int], layer: int, tasks: Sequence[int]) -> list[int]:
+    """Where tasks' private copies of ``layer`` sit in the net's stacked TaskLinear."""
+    private = [t for t, b in enumerate(branch_points) if b < layer]
+    return [private.index(t) for t in tasks]
+
+
+def _task_linear(weight: Tensor, bias: Tensor) -> TaskLinear:
+    n, d_in, d_out = weight.shape
+    layer = TaskLinear(n, d_in, d_out).to(weight.device)
+    layer.weight.copy_(weight)
+    layer.bias.copy_(bias)
+    return layer
+
+
+@dataclass(frozen=True)
+class Gain:
+    """One task's measured gain: the relative drop of its held-out loss with the probe
+    (``1 - probe loss / net loss``), its standard error by episodes, and how many held-out
+    episodes it rests on."""
+
+    gain: float
+    se: float
+    episodes: int
+
+    def pays(self, price: float, z: float) -> bool:
+        """Above ``price`` by more than ``z`` standard errors."""
+        return self.gain - z * self.se > price
+
+    def to_dict(self) -> dict:
+        return {"gain": round(self.gain, 4), "se": round(self.se, 4), "episodes": self.episodes}
+
+
+def paired_gain(net_loss: Tensor, probe_loss: Tensor, episodes: Tensor) -> list[Gain]:
+    """Per task, from per-sample losses ``[k, N]`` of the net and the probe on the same
+    held-out samples and each sample's episode ``[k, N]``: the ratio estimate of the relative
+    drop and its leave-one-episode-out jackknife error (samples of one episode are not
+    independent; the episodes are). Fewer than 2 episodes: an infinite error."""
+    out = []
+    for net_t, probe_t, ep_t in zip(net_loss.double(), probe_loss.double(), episodes):
+        ids, of = torch.unique(ep_t, return_inverse=True)
+        drop = torch.zeros(len(ids), dtype=torch.float64).index_add_(0, of, net_t - probe_t)
+        base = torch.zeros(len(ids), dtype=torch.float64).index_add_(0, of, net_t)
+        gain = float(drop.sum() / base.sum())
+        E = len(ids)
+        if E < 2:
+            out.append(Gain(gain, math.inf, E))
+            continue
+        leave_one = (drop.sum() - drop) / (base.sum() - base)
+        se = math.sqrt((E - 1) / E * float(((leave_one - leave_one.mean()) ** 2).sum()))
+        out.append(Gain(gain, se, E))
+    return out
+
+
+def one_sided_z(tests: int, level: float = 0.05) -> float:
+    """The z a gain must clear, one-sided at ``level`` with Bonferroni over ``tests``."""
+    return NormalDist().inv_cdf(1 - level / max(tests, 1))

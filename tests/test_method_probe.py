@@ -1,0 +1,66 @@
+"""Probes: a private copy of a shared module that starts as the net's function and trains
+without touching the net; the gain of a probe against the net on held-out samples, with its
+error by episodes."""
+
+import math
+
+import pytest
+import torch
+
+from conal_rl.method import NetOptions, TreeNet, TreeSpec
+from conal_rl.method.probe import ModuleProbe, one_sided_z, paired_gain
+
+
+@pytest.mark.parametrize("options", [NetOptions(), NetOptions(layer_norm=True, residual=True)])
+@pytest.mark.parametrize("module", [1, 2, 3])
+def test_a_probe_starts_as_the_net_and_trains_only_itself(module, options):
+    torch.manual_seed(0)
+    # Tasks 0 and 2 have their own modules after ``module`` (copied too); task 1 shares all.
+    spec = TreeSpec((8, 8, 8), (module, 3, module, 0) if module < 3 else (3, 2, 3, 0))
+    net = TreeNet(spec, 5, 2, options)
+    tasks = [t for t, b in enumerate(spec.branch_points) if b == module]
+    probe = ModuleProbe(net, tasks, module)
+    x = torch.randn(spec.num_tasks, 7, 5)
+    torch.testing.assert_close(probe(x), net(x)[tasks])
+
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    optim = torch.optim.SGD(probe.parameters(), lr=0.1)
+    probe(x).square().sum().backward()
+    optim.step()
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert all(p.grad is None for p in net.parameters())
+    assert not torch.allclose(probe(x), net(x)[tasks])
+    assert not any(k.startswith("net") for k in probe.state_dict())  # not saved with it
+
+
+def test_a_probe_takes_only_tasks_branching_at_its_module():
+    net = TreeNet(TreeSpec((8, 8), (2, 1)), 5, 1)
+    with pytest.raises(ValueError, match="branch after module 2"):
+        ModuleProbe(net, [0, 1], 2)
+    with pytest.raises(ValueError, match="head per task"):
+        ModuleProbe(TreeNet(TreeSpec.mtsac((8, 8), 2), 5, 1), [0, 1], 2)
+
+
+def test_the_gain_is_the_relative_drop_with_its_error_by_episodes():
+    episodes = torch.tensor([[0, 0, 1, 1, 2, 2, 3, 3]])
+    net_loss = torch.tensor([[1.0, 1.0, 2.0, 2.0, 1.0, 1.0, 2.0, 2.0]])
+    (same,) = paired_gain(net_loss, net_loss * 0.5, episodes)
+    assert same.gain == pytest.approx(0.5) and same.se == pytest.approx(0.0, abs=1e-12)
+    assert same.episodes == 4 and same.pays(0.4, 2.0) and not same.pays(0.5, 2.0)
+
+    # Episodes that disagree: the error grows; only between-episode spread counts.
+    probe_loss = torch.tensor([[0.0, 0.0, 2.0, 2.0, 0.0, 0.0, 2.0, 2.0]])
+    (mixed,) = paired_gain(net_loss, probe_loss, episodes)
+    assert mixed.gain == pytest.approx(2 / 6)
+    assert mixed.se > 0.2 and not mixed.pays(0.0, one_sided_z(1))
+    # The same numbers, each sample its own episode, would claim far more certainty.
+    (split,) = paired_gain(net_loss, probe_loss, torch.arange(8)[None])
+    assert split.se < mixed.se
+
+    (one,) = paired_gain(net_loss, probe_loss, torch.zeros(1, 8, dtype=torch.long))
+    assert one.episodes == 1 and math.isinf(one.se) and not one.pays(0.0, 1.0)
+
+
+def test_more_tasks_tested_need_a_larger_z():
+    assert one_sided_z(1) == pytest.approx(1.645, abs=1e-3)
+    assert one_sided_z(10) > one_sided_z(2) > one_sided_z(1)

@@ -1,0 +1,99 @@
+"""--branch-rule gain: probes trained beside the critic, compared on held-out whole
+episodes; a branch opens where the measured gain clears the price, with its numbers in
+grown.json; nothing opens where it does not; a run stopped mid-round resumes its probe."""
+
+import json
+
+import pytest
+
+from conal_rl import train
+from conal_rl.method import probe as probe_module
+from conal_rl.training import branching, checkpoint
+from conal_rl.training.rundir import RunDir
+
+TINY = ["--benchmark", "gym:Pendulum-v1", "--preset", "quick", "--hidden", "16,16",
+        "--batch-per-task", "16", "--warmup-steps", "100", "--eval-every", "0",
+        "--eval-episodes", "1", "--device", "cpu", "--vector-strategy", "sync",
+        "--evidence-samples", "64", "--checkpoint-every", "400", "--arch", "mhsac",
+        "--branch-rule", "gain", "--gain-holdout", "2"]
+
+
+def _gains(value, se=0.01):
+    def fake(net_loss, probe_loss, episodes):
+        real = probe_module.paired_gain(net_loss, probe_loss, episodes)
+        return [probe_module.Gain(value, se, g.episodes) for g in real]
+    return fake
+
+
+def test_probes_measure_on_held_out_episodes(tmp_path, two_tasks):
+    run = tmp_path / "run"
+    # Pendulum's episodes are 200 steps: every other one held out, 4 of each task by 1,600.
+    train.main([*TINY, "--total-steps", "3200", "--branch-every", "400", "--gain-price", "0.5",
+                "--run-dir", str(run)])
+    state = checkpoint.load(RunDir(run).checkpoint)["hooks"]["branching"]
+    measured = state["gain"]["measured"]
+    assert measured and {v["module"] for v in measured} == {2}  # both tasks share all
+    assert all(v["episodes"] >= 4 and v["se"] > 0 for v in measured)
+    assert state["gain"]["seconds"] > 0
+    grown = json.loads(RunDir(run).grown.read_text())
+    assert [p["task"] for p in grown["critic"]["probes"]][:2] == two_tasks
+    assert 0 < grown["critic"]["probe_seconds"] < grown["critic"]["train_seconds"]
+    assert RunDir(run).gains_picture.stat().st_size > 0
+
+
+def test_a_gain_that_pays_opens_a_branch_with_its_numbers(tmp_path, two_tasks, monkeypatch,
+                                                            capsys):
+    monkeypatch.setattr(branching, "paired_gain", _gains(0.3))
+    run = tmp_path / "run"
+    train.main([*TINY, "--total-steps", "3200", "--branch-every", "400", "--gain-price", "0.1",
+                "--run-dir", str(run)])
+    state = checkpoint.load(RunDir(run).checkpoint)["hooks"]["branching"]
+    # Both tasks leave module 2 (both paid), and the next round probes module 1.
+    assert tuple(state["trees"]["critic"]["branch_points"]) == (1, 1)
+    branches = state["branches"]
+    assert [(b["net"], b["module"]) for b in branches] == [("critic", 2)] * 2
+    assert all(b["gain"] == 0.3 and b["price"] == 0.1 and b["episodes"] >= 4
+               for b in branches)
+    assert state["gain"]["module"] == 1
+    assert tuple(state["trees"]["actor"]["branch_points"]) == (2, 2)  # the actor is not probed
+    assert "its held-out TD error 30.0% lower" in capsys.readouterr().out
+
+
+def test_no_gain_no_branch(tmp_path, two_tasks, monkeypatch):
+    # above the price, not by 1.96 errors
+    monkeypatch.setattr(branching, "paired_gain", _gains(0.06, se=0.01))
+    run = tmp_path / "run"
+    train.main([*TINY, "--total-steps", "3200", "--branch-every", "400", "--run-dir", str(run)])
+    state = checkpoint.load(RunDir(run).checkpoint)["hooks"]["branching"]
+    assert tuple(state["trees"]["critic"]["branch_points"]) == (2, 2)
+    assert state["branches"] == [] and state["gain"]["measured"]
+    assert not any(v["opened"] for v in state["gain"]["measured"])
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--gain-price", "-0.1"], "--gain-price must be"),
+    (["--gain-holdout", "1"], "--gain-holdout must be at least 2"),
+    (["--branch-every", "0"], "needs --branch-every"),
+])
+def test_bad_gain_flags_are_refused(tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as exit_:
+        train.main([*TINY, "--branch-every", "400", *flags, "--run-dir", str(tmp_path / "r")])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_round_stopped_midway_resumes_with_its_probe(tmp_path, two_tasks, monkeypatch):
+    from conal_rl.training import preflight
+
+    monkeypatch.setattr(preflight, "task_names", lambda name: list(two_tasks))
+    run = tmp_path / "run"
+    train.main([*TINY, "--branch-every", "1200", "--gain-price", "0.5", "--save-replay",
+                "--total-steps", "800", "--run-dir", str(run)])
+    saved = checkpoint.load(RunDir(run).checkpoint)["hooks"]["branching"]["gain"]
+    assert saved["probe"] is not None and saved["measured"] == []
+    train.main(["--resume", str(run), "--total-steps", "1200"])  # the same round goes on
+    assert checkpoint.load(RunDir(run).checkpoint)["hooks"]["branching"]["gain"]["started"] \
+        == saved["started"]
+    train.main(["--resume", str(run), "--total-steps", "3200"])
+    after = checkpoint.load(RunDir(run).checkpoint)["hooks"]["branching"]["gain"]
+    assert after["measured"] and after["measured"][0]["env_steps"] >= saved["started"] + 1200
+    assert after["seconds"] > saved["seconds"]
