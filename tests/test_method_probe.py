@@ -64,3 +64,49 @@ def test_the_gain_is_the_relative_drop_with_its_error_by_episodes():
 def test_more_tasks_tested_need_a_larger_z():
     assert one_sided_z(1) == pytest.approx(1.645, abs=1e-3)
     assert one_sided_z(10) > one_sided_z(2) > one_sided_z(1)
+
+
+def _probe_verdicts(agreeing: bool, seed: int, T: int = 4, IN: int = 8, F: int = 3):
+    """A one-module trunk F wide: where every task reads the same F features (each its own
+    scale of one target) it serves them all; where each reads its own F features it cannot.
+    Fresh samples every step (data is plentiful, as in a replay); the probe (every task
+    private from the input) trains as used beside the net, then both are compared on fresh
+    samples (each its own 'episode': independent)."""
+    g = torch.Generator().manual_seed(seed)
+    reads = [torch.randn(F, IN, generator=g) for _ in range(T)]
+    scale = 0.5 + torch.rand(T, generator=g)
+
+    def data(n):
+        x = torch.randn(T, n, IN, generator=g)
+        y = torch.stack([scale[t] * torch.tanh(x[t] @ reads[0 if agreeing else t].T).sum(-1)
+                         for t in range(T)])
+        return x, y[..., None]
+
+    torch.manual_seed(seed)
+    net = TreeNet(TreeSpec((F,), (1,) * T), IN, 1)
+    optim = torch.optim.Adam(net.parameters(), lr=1e-2)
+    probe = probe_optim = None
+    for step in range(1500):
+        if step == 1000:
+            probe = ModuleProbe(net, list(range(T)), 1)
+            probe_optim = torch.optim.Adam(probe.parameters(), lr=1e-2)
+        x, y = data(64)
+        optim.zero_grad()
+        (net(x) - y).square().mean().backward()
+        optim.step()
+        if probe is not None:
+            probe_optim.zero_grad()
+            (probe(x) - y).square().mean(dim=(1, 2)).sum().backward()
+            probe_optim.step()
+    x, y = data(512)
+    with torch.no_grad():
+        gains = paired_gain((net(x) - y).square()[..., 0], (probe(x) - y).square()[..., 0],
+                            torch.arange(512).expand(T, -1))
+    return [g.pays(0.05, one_sided_z(T)) for g in gains]
+
+
+def test_probes_give_capacity_where_it_pays_and_none_where_tasks_agree():
+    for seed in range(3):
+        assert not any(_probe_verdicts(agreeing=True, seed=seed))
+    opened = [_probe_verdicts(agreeing=False, seed=seed) for seed in range(3)]
+    assert all(any(v) for v in opened) and sum(map(sum, opened)) >= 6

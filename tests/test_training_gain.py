@@ -73,7 +73,6 @@ def test_no_gain_no_branch(tmp_path, two_tasks, monkeypatch):
 @pytest.mark.parametrize("flags, message", [
     (["--gain-price", "-0.1"], "--gain-price must be"),
     (["--gain-holdout", "1"], "--gain-holdout must be at least 2"),
-    (["--branch-every", "0"], "needs --branch-every"),
 ])
 def test_bad_gain_flags_are_refused(tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as exit_:

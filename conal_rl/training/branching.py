@@ -163,7 +163,8 @@ class MeasuredGain:
     one-sided z standard errors (Bonferroni over the round's tasks, errors by episode)
     leaves module m. Rounds go from the last module to the first and round again: a task
     that left module m is probed at m-1 later, one refused is probed again. A round whose
-    held-out data has fewer than MIN_EPISODES episodes of a task goes on until it has."""
+    held-out data has fewer than MIN_EPISODES episodes of a task goes on until it has
+    (looking again every tenth of a round)."""
 
     def __init__(self, every: int, samples: int, price: float = 0.0):
         self.every, self.samples, self.price = every, samples, price
@@ -174,6 +175,7 @@ class MeasuredGain:
         self.measured: list[dict] = []  # every task's verdict: env steps, module, gain...
         self.seconds = 0.0  # spent training and measuring probes (the decision's cost)
         self._saved_probe: dict | None = None  # a resumed round's probe, until rebuilt
+        self._look_at = 0  # env steps: the next look at the held-out data
 
     def leaving(self, agent: MultiTaskSAC, replay: MultiTaskReplay, env_steps: int,
                 specs: Specs) -> Outside | None:
@@ -184,8 +186,11 @@ class MeasuredGain:
                 if not self._start(q1, specs["critic"], env_steps, agent):
                     return None
             self._train(agent)
-            if env_steps - self.started < self.every:
+            if env_steps < max(self.started + self.every, self._look_at):
                 return None
+            self._look_at = env_steps + max(1, self.every // 10)
+            if _fewest_episodes(replay.holdout) < MIN_EPISODES:
+                return None  # too few held-out episodes yet: the probe trains on
             return self._decide(agent, replay, env_steps)
         finally:
             self.seconds += time.perf_counter() - start
@@ -222,8 +227,6 @@ class MeasuredGain:
     def _decide(self, agent: MultiTaskSAC, replay: MultiTaskReplay,
                 env_steps: int) -> Outside | None:
         held_out = replay.holdout
-        if held_out is None or not held_out.size:
-            return None
         generator = torch.Generator(held_out.device).manual_seed(env_steps)
         batch, episodes = held_out.sample_distinct(self.samples, generator)
         tasks = self.probe.tasks
@@ -235,7 +238,7 @@ class MeasuredGain:
         probe_loss = (self.probe(x) - target).square()[..., 0]
         gains = paired_gain(net_loss, probe_loss, episodes[tasks])
         if min(g.episodes for g in gains) < MIN_EPISODES:
-            return None  # too few held-out episodes yet: the probe trains on
+            return None  # the sample missed the newest held-out episode: later
         z = one_sided_z(len(gains))
         verdicts = [{"env_steps": env_steps, "module": self.module, "task": int(t),
                      "price": self.price, "z": round(z, 3), "opened": g.pays(self.price, z)}
@@ -270,6 +273,13 @@ class MeasuredGain:
         self.measured = list(mine.get("measured", []))
         self.seconds = mine.get("seconds", 0.0)
         self._saved_probe, self.probe = mine.get("probe"), None
+
+
+def _fewest_episodes(held_out: MultiTaskReplay | None) -> int:
+    """How many episodes the held-out buffer holds of its least-held task."""
+    if held_out is None or not held_out.size:
+        return 0
+    return min(len(torch.unique(column)) for column in held_out.episode[:held_out.size].T)
 
 
 BRANCH_RULES = {"lasting-cluster": LastingOutsideCluster, "gain": MeasuredGain}
