@@ -28,6 +28,7 @@ state), which is what a resume and ``load_run`` build the nets from.
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -43,6 +44,7 @@ from conal_rl.training import conflict_atlas as atlas
 from conal_rl.training.nets import trees_in
 
 Outside = dict[str, dict[int, set[int]]]  # role -> shared module (1..P) -> task ids
+PROBE_SHARE = 0.25  # of the tasks, probed in one round at most
 Specs = dict[str, TreeSpec]
 
 
@@ -155,9 +157,12 @@ class LastingOutsideCluster:
 
 class MeasuredGain:
     """The branching decision by measured gain, on the critic (where capacity pays, MT10's
-    tables say). In rounds of ``every`` env steps: a probe gives every task whose deepest
-    shared module is module m a private copy of it (from m on, on the first twin critic),
-    trained on each update's batch and TD targets; at the round's end each task's relative
+    tables say). In rounds of ``every`` env steps: a probe gives tasks whose deepest shared
+    module is module m a private copy of it (from m on, on the first twin critic), trained
+    on each update's batch and TD targets; a quarter of the tasks per round at most, those
+    probed longest ago first (what a probe costs grows with its tasks: a copy of a module
+    for every task would cost about a tenth of the update); at the round's end each task's
+    relative
     drop of TD error on ``samples`` held-out transitions per task (whole episodes, from the
     replay's held-out buffer) is compared with ``price``: a task whose drop clears it by
     one-sided z standard errors (Bonferroni over the round's tasks, errors by episode)
@@ -169,7 +174,9 @@ class MeasuredGain:
     def __init__(self, every: int, samples: int, price: float = 0.0):
         self.every, self.samples, self.price = every, samples, price
         self.module: int | None = None  # the round's module; None: no round yet
+        self.tasks: list[int] = []  # the round's tasks
         self.started = 0  # env steps at the round's start
+        self.probed_at: dict[int, int] = {}  # task -> env steps its last round started
         self.probe: ModuleProbe | None = None
         self.optim: torch.optim.Optimizer | None = None
         self.measured: list[dict] = []  # every task's verdict: env steps, module, gain...
@@ -204,8 +211,11 @@ class MeasuredGain:
                 return False
             after = [m for m in candidates if self.module is None or m < self.module]
             self.module, self.started = (after or candidates)[0], env_steps
-        tasks = [t for t, b in enumerate(spec.branch_points) if b == self.module]
-        self.probe = ModuleProbe(q1, tasks, self.module)
+            at_module = [t for t, b in enumerate(spec.branch_points) if b == self.module]
+            at_module.sort(key=lambda t: (self.probed_at.get(t, -1), t))
+            self.tasks = at_module[:math.ceil(PROBE_SHARE * spec.num_tasks)]
+            self.probed_at.update({t: env_steps for t in self.tasks})
+        self.probe = ModuleProbe(q1, self.tasks, self.module)
         self.optim = adam(list(self.probe.parameters()), agent.config.critic_lr,
                           agent.config.weight_decay)
         if resumed is not None:
@@ -264,12 +274,16 @@ class MeasuredGain:
     def state_dict(self) -> dict:
         probe = None if self.probe is None else {"weights": self.probe.state_dict(),
                                                  "optim": self.optim.state_dict()}
-        return {"gain": {"module": self.module, "started": self.started, "probe": probe,
+        return {"gain": {"module": self.module, "tasks": list(self.tasks),
+                         "started": self.started, "probe": probe,
+                         "probed_at": {str(t): s for t, s in self.probed_at.items()},
                          "measured": list(self.measured), "seconds": self.seconds}}
 
     def load_state_dict(self, state: dict) -> None:
         mine = state.get("gain") or {}
         self.module, self.started = mine.get("module"), mine.get("started", 0)
+        self.tasks = list(mine.get("tasks", []))
+        self.probed_at = {int(t): s for t, s in mine.get("probed_at", {}).items()}
         self.measured = list(mine.get("measured", []))
         self.seconds = mine.get("seconds", 0.0)
         self._saved_probe, self.probe = mine.get("probe"), None
