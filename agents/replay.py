@@ -45,7 +45,7 @@ class MultiTaskReplay:
 
     def __init__(self, capacity: int, num_tasks: int, obs_dim: int, act_dim: int,
                  device: torch.device | str = "cpu", seed: int = 0, holdout_every: int = 0,
-                 holdout_by: str = "steps"):
+                 holdout_by: str = "steps", holdout_window: int = 0):
         """``capacity``: transitions kept per task (a ring buffer). ``holdout_every`` = k > 0:
         every k-th vector step (``holdout_by="steps"``) or every k-th episode
         (``"episodes"``: the vector steps of every k-th episode of task 0, whole episodes
@@ -53,7 +53,8 @@ class MultiTaskReplay:
         held-out buffer instead (capacity / k), which :meth:`sample` never draws from and
         :meth:`sample_holdout` does: data for an objective the weights do not train on
         (e.g. CoNAL's architecture step; a probe's gain, which whole episodes keep
-        honest)."""
+        honest). ``holdout_window`` > 0: the held-out buffer keeps that many transitions per
+        task, and the oldest it lets go go to training, so only the newest are withheld."""
         if capacity < 1:
             raise ValueError("replay capacity must be at least 1 per task")
         if holdout_every < 0 or holdout_every == 1:
@@ -77,8 +78,10 @@ class MultiTaskReplay:
         self._task_axis = torch.arange(num_tasks, device=self.device)
         self.holdout_every, self.added = holdout_every, 0  # vector steps offered to add()
         self.holdout_by = holdout_by
+        self.holdout_window = holdout_window
         self.holdout = None if not holdout_every else MultiTaskReplay(
-            max(1, capacity // holdout_every), num_tasks, obs_dim, act_dim, device, seed + 1)
+            holdout_window or max(1, capacity // holdout_every), num_tasks, obs_dim, act_dim,
+            device, seed + 1)
 
     def add(self, obs, actions, rewards, next_obs, dones, ended=None,
             episode: Tensor | None = None) -> None:
@@ -90,15 +93,21 @@ class MultiTaskReplay:
         self.added += 1
         ended = torch.as_tensor(dones if ended is None else ended, device=self.device
                                 ).reshape(self.num_tasks).bool()
-        if self.holdout is not None and self._held_out():
-            self.holdout.add(obs, actions, rewards, next_obs, dones, ended,
-                             episode=self.episodes_started)
-            self.episodes_started += ended  # the held-out steps belong to the same episodes
-            return
-        self.episode[self.pos] = self.episodes_started if episode is None else episode
-        self.episodes_started += ended
         row = {"obs": obs, "actions": actions, "rewards": rewards, "next_obs": next_obs,
                "dones": dones}
+        if self.holdout is not None and self._held_out():
+            held = self.holdout
+            if self.holdout_window and held.size == held.capacity:  # its oldest: to training
+                self._write({k: v[held.pos] for k, v in held.storage.items()},
+                            held.episode[held.pos])
+            held.add(*row.values(), ended, episode=self.episodes_started)
+            self.episodes_started += ended  # the held-out steps belong to the same episodes
+            return
+        self._write(row, self.episodes_started if episode is None else episode)
+        self.episodes_started += ended
+
+    def _write(self, row: dict, episode: Tensor) -> None:
+        self.episode[self.pos] = episode
         for k, v in row.items():
             v = torch.as_tensor(v, dtype=torch.float32, device=self.device)
             self.storage[k][self.pos] = v.reshape(self.num_tasks, -1)

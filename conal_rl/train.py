@@ -86,11 +86,8 @@ def prepare(config: TrainConfig, run_dir: Path):
     if config.branch_every:
         hooks.append(branching_hook(config, run_dir, specs, bench.task_names, make_filter))
         make_net = hooks[-1].make_net
-    # Probes are compared on whole episodes the weights never train on.
-    gain = config.branch_every and config.branch_rule == "gain"
     trainer = Trainer(config, run_dir, bench, make_net, make_filter, hooks=hooks,
-                      atlas_figure=atlas_figure, holdout_every=config.gain_holdout if gain else 0,
-                      holdout_by="episodes")
+                      atlas_figure=atlas_figure, **held_out_episodes(config, bench))
     if inherited is not None and not trainer.resumed:
         trainer.agent.load_networks(inherited)
         print("training the pruned trees from the searched weights (--inherit-weights)")
@@ -99,6 +96,19 @@ def prepare(config: TrainConfig, run_dir: Path):
         net = getattr(trainer.agent, role)
         print(f"{role}: {num_parameters(net):,} parameters ({config.arch})")
     return trainer
+
+
+def held_out_episodes(config: TrainConfig, bench) -> dict:
+    """The replay's held-out buffer for ``--branch-rule gain``: probes are compared on whole
+    episodes the weights never train on, every ``--gain-holdout``-th one, the newest twice
+    the fewest a verdict needs kept per task (older ones go back to training)."""
+    if not (config.branch_every and config.branch_rule == "gain"):
+        return {}
+    from conal_rl.method.evidence import MIN_EPISODES
+
+    window = 2 * MIN_EPISODES * (bench.max_episode_steps or 0)
+    return {"holdout_every": config.gain_holdout, "holdout_by": "episodes",
+            "holdout_window": window}
 
 
 def branching_hook(config: TrainConfig, run_dir: Path, specs: dict, task_names: list[str],

@@ -81,3 +81,17 @@ def test_whole_episodes_held_out_keep_their_ids_and_stay_out_of_training():
         assert "holdout_by" in str(e)
     else:
         raise AssertionError("an unknown holdout_by was accepted")
+
+
+def test_a_held_out_window_returns_its_oldest_to_training():
+    replay = MultiTaskReplay(100, 2, obs_dim=1, act_dim=1, holdout_every=2,
+                             holdout_by="episodes", holdout_window=8)
+    for step in range(40):  # episodes 4 steps long, every other one held out, 2 kept
+        replay.add(np.full((2, 1), step), np.zeros((2, 1)), np.zeros(2), np.zeros((2, 1)),
+                   np.zeros(2), np.full(2, step % 4 == 3))
+    held = sorted(set(replay.holdout.sample_distinct(100)[0].obs[0, :, 0].long().tolist()))
+    assert held == [28, 29, 30, 31, 36, 37, 38, 39]  # the newest two held-out episodes
+    sample, episodes = replay.sample_distinct(100)
+    trained = sample.obs[0, :, 0].long()
+    assert sorted(trained.tolist()) == [s for s in range(40) if s not in held]
+    assert torch.equal(episodes[0], trained // 4)  # returned with their own episodes

@@ -97,3 +97,15 @@ def test_a_round_stopped_midway_resumes_with_its_probe(tmp_path, two_tasks, monk
     after = checkpoint.load(RunDir(run).checkpoint)["hooks"]["branching"]["gain"]
     assert after["measured"] and after["measured"][0]["env_steps"] >= saved["started"] + 1200
     assert after["seconds"] > saved["seconds"]
+
+
+def test_the_held_out_buffer_keeps_the_newest_eight_episodes_of_a_task():
+    from types import SimpleNamespace
+
+    from conal_rl.training.config import TrainConfig
+
+    metaworld = SimpleNamespace(max_episode_steps=500)
+    conal = TrainConfig(benchmark="MT10", arch="conal", preset="laptop")
+    assert train.held_out_episodes(conal, metaworld) == {
+        "holdout_every": 10, "holdout_by": "episodes", "holdout_window": 4000}
+    assert train.held_out_episodes(TrainConfig(benchmark="MT10", arch="mhsac"), metaworld) == {}

@@ -28,7 +28,8 @@ ARCHITECTURES = Path(__file__).resolve().parent / "architectures"
 ROWS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "mtsac": ("conal_rl.train", ("--arch", "mtsac"), "MT-SAC (shared MLP, one-hot task id)"),
     "mhsac": ("conal_rl.train", ("--arch", "mhsac"), "MH-SAC (shared trunk, a head per task)"),
-    "conal": ("conal_rl.train", ("--arch", "conal"), "CoNAL (decides on evidence)"),
+    "conal": ("conal_rl.train", ("--arch", "conal"),
+              "CoNAL (searched on evidence, grown where a probe measures gain)"),
     "conal-paper": ("conal_rl.train", ("--arch", "conal", "--conflict-rule", "any-pair"),
                     "CoNAL, the paper's rule (any-pair, alpha decides)"),
     "conal-nocn": ("conal_rl.train", ("--arch", "conal", "--no-conflict-noticing"),

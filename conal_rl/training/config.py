@@ -241,7 +241,9 @@ class TrainConfig:
     parameters and update time must earn (0: any drop beyond the error)"""
     gain_holdout: int = 10
     """--branch-rule gain: every k-th episode (of every task) goes to a held-out buffer the
-    weights never train on (1/k of the transitions), on which probes are compared"""
+    weights do not train on, on which probes are compared; it keeps each task's newest 8
+    held-out episodes (twice the fewest a verdict needs) and gives older ones back to
+    training"""
     arch_holdout: int = 5
     """--arch conal: every k-th vector step of the search goes to a held-out buffer that the
     weights never train on, and the architecture step draws from it (5: the official

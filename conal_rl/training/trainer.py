@@ -76,7 +76,8 @@ class Trainer:
     ``make_filter`` (gradient filters of its losses) and ``sac`` (default: the config's).
     ``hooks`` (e.g. CoNAL's search) are called, in order, before every update, when logging
     and when checkpointing; ``holdout_every`` = k > 0 keeps every k-th vector step (or
-    episode: ``holdout_by``) out of the weights' replay, for the hook
+    episode: ``holdout_by``; the newest ``holdout_window`` per task only, with one) out of the
+    weights' replay, for the hook
     (``replay.sample_holdout``, ``replay.holdout``). A checkpoint in ``run_dir``
     is resumed.
     """
@@ -85,7 +86,7 @@ class Trainer:
                  make_net: NetFactory, make_filter: FilterFactory | None = None,
                  hooks: Sequence[Hook] = (), sac: SACConfig | None = None,
                  holdout_every: int = 0, atlas_figure: AtlasFigure | None = None,
-                 holdout_by: str = "steps"):
+                 holdout_by: str = "steps", holdout_window: int = 0):
         self.config, self.run_dir, self.bench = config, Path(run_dir), bench
         self.hooks = list(hooks)
         if len({h.name for h in self.hooks}) < len(self.hooks):
@@ -105,7 +106,8 @@ class Trainer:
         T = bench.num_tasks
         self.replay = MultiTaskReplay(max(1, config.replay_size // T), T, bench.obs_dim,
                                       self.act_dim, self.device, seed=config.seed,
-                                      holdout_every=holdout_every, holdout_by=holdout_by)
+                                      holdout_every=holdout_every, holdout_by=holdout_by,
+                                      holdout_window=holdout_window)
         self.env_steps = self.updates = 0
         self.last_eval: EvalResult | None = None
         self.last_eval_step: int | None = None
