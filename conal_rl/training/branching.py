@@ -161,18 +161,18 @@ class MeasuredGain:
     module is module m a private copy of it (from m on, on the first twin critic), trained
     on each update's batch and TD targets; a quarter of the tasks per round at most, those
     probed longest ago first (what a probe costs grows with its tasks: a copy of a module
-    for every task would cost about a tenth of the update); at the round's end each task's
-    relative
-    drop of TD error on ``samples`` held-out transitions per task (whole episodes, from the
-    replay's held-out buffer) is compared with ``price``: a task whose drop clears it by
-    one-sided z standard errors (Bonferroni over the round's tasks, errors by episode)
-    leaves module m. Rounds go from the last module to the first and round again: a task
-    that left module m is probed at m-1 later, one refused is probed again. A round whose
-    held-out data has fewer than MIN_EPISODES episodes of a task goes on until it has
-    (looking again every tenth of a round)."""
+    for every task would cost about a tenth of the update). At the round's end each task's
+    relative drop of TD error on every held-out transition (whole episodes, the replay's
+    held-out buffer) is compared with ``price``: a task whose drop clears it by one-sided z
+    standard errors (Bonferroni over the round's tasks, errors by episode) leaves module m.
+    Rounds go from the last module to the first and round again: a task that left module m
+    is probed at m-1 later, one refused is probed again. Where the held-out data has fewer
+    than MIN_EPISODES episodes of a task at the round's end, the round starts over with a
+    fresh probe (every verdict rests on a probe trained for one round)."""
 
     def __init__(self, every: int, samples: int, price: float = 0.0):
-        self.every, self.samples, self.price = every, samples, price
+        """``samples`` is the evidence's (the other rule's); a verdict reads all there is."""
+        self.every, self.price = every, price
         self.module: int | None = None  # the round's module; None: no round yet
         self.tasks: list[int] = []  # the round's tasks
         self.started = 0  # env steps at the round's start
@@ -182,7 +182,6 @@ class MeasuredGain:
         self.measured: list[dict] = []  # every task's verdict: env steps, module, gain...
         self.seconds = 0.0  # spent training and measuring probes (the decision's cost)
         self._saved_probe: dict | None = None  # a resumed round's probe, until rebuilt
-        self._look_at = 0  # env steps: the next look at the held-out data
 
     def leaving(self, agent: MultiTaskSAC, replay: MultiTaskReplay, env_steps: int,
                 specs: Specs) -> Outside | None:
@@ -193,11 +192,12 @@ class MeasuredGain:
                 if not self._start(q1, specs["critic"], env_steps, agent):
                     return None
             self._train(agent)
-            if env_steps < max(self.started + self.every, self._look_at):
+            if env_steps < self.started + self.every:
                 return None
-            self._look_at = env_steps + max(1, self.every // 10)
-            if _fewest_episodes(replay.holdout) < MIN_EPISODES:
-                return None  # too few held-out episodes yet: the probe trains on
+            if _fewest_episodes(replay.holdout) < MIN_EPISODES:  # too few yet: start over
+                self._saved_probe, self.started = None, env_steps
+                self._build(q1, agent)
+                return None
             return self._decide(agent, replay, env_steps)
         finally:
             self.seconds += time.perf_counter() - start
@@ -215,13 +215,17 @@ class MeasuredGain:
             at_module.sort(key=lambda t: (self.probed_at.get(t, -1), t))
             self.tasks = at_module[:math.ceil(PROBE_SHARE * spec.num_tasks)]
             self.probed_at.update({t: env_steps for t in self.tasks})
-        self.probe = ModuleProbe(q1, self.tasks, self.module)
-        self.optim = adam(list(self.probe.parameters()), agent.config.critic_lr,
-                          agent.config.weight_decay)
+        self._build(q1, agent)
         if resumed is not None:
             self.probe.load_state_dict(resumed["weights"])
             self.optim.load_state_dict(resumed["optim"])
         return True
+
+    def _build(self, q1: TreeNet, agent: MultiTaskSAC) -> None:
+        """The round's probe as the net is now, with an optimizer of the critic's kind."""
+        self.probe = ModuleProbe(q1, self.tasks, self.module)
+        self.optim = adam(list(self.probe.parameters()), agent.config.critic_lr,
+                          agent.config.weight_decay)
 
     def _train(self, agent: MultiTaskSAC) -> None:
         if agent.last_td is None:
@@ -238,7 +242,7 @@ class MeasuredGain:
                 env_steps: int) -> Outside | None:
         held_out = replay.holdout
         generator = torch.Generator(held_out.device).manual_seed(env_steps)
-        batch, episodes = held_out.sample_distinct(self.samples, generator)
+        batch, episodes = held_out.sample_distinct(held_out.size, generator)  # all of it
         tasks = self.probe.tasks
         cuda = [batch.obs.device.index or 0] if batch.obs.is_cuda else []
         with torch.random.fork_rng(devices=cuda):  # the training's draws stay as they were
@@ -247,8 +251,6 @@ class MeasuredGain:
         net_loss = (agent.critic.q1(x)[tasks] - target).square()[..., 0]
         probe_loss = (self.probe(x) - target).square()[..., 0]
         gains = paired_gain(net_loss, probe_loss, episodes[tasks])
-        if min(g.episodes for g in gains) < MIN_EPISODES:
-            return None  # the sample missed the newest held-out episode: later
         z = one_sided_z(len(gains))
         verdicts = [{"env_steps": env_steps, "module": self.module, "task": int(t),
                      "price": self.price, "z": round(z, 3), "opened": g.pays(self.price, z)}

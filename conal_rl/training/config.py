@@ -218,9 +218,8 @@ class TrainConfig:
     """--conflict-rule evidence: env steps (in all) between refreshes of the evidence during
     the search (default: a tenth of --search-steps; conal-pro: of --stage-steps)"""
     evidence_samples: int = 1024
-    """--conflict-rule evidence and --branch-every: transitions per task each measurement
-    reads (the evidence: from the replay; a probe's comparison: from the held-out episodes;
-    with a generator of its own)"""
+    """--conflict-rule evidence and --branch-rule lasting-cluster: transitions per task each
+    measurement of the evidence reads (from the replay, with a generator of its own)"""
     branch_every: int = PRESET
     """trees with a head per task (e.g. --arch mhsac, tree, conal's derived trees): env steps
     (in all) between two decisions of --branch-rule while the trees train; a task it takes
