@@ -114,6 +114,7 @@ README_SOURCES: dict[str | None, list[str] | str] = {
     "update-speed": UPDATE_SPEED,
     "end-to-end": ["end-to-end.json"],
     "learner-options": ["learner-options.json"],
+    "probe-cost": ["probe-cost.json"],
     "learner-study": ["learner-study/learner.json", "learner-study/MT10-laptop.json"],
     "learner-1m": ["learner-1m/learner.json", "learner-1m/MT10-laptop.json",
                    "mt10-1m/MT10-laptop.json", "learner-study/learner.json"],
@@ -429,6 +430,7 @@ def _generated():
         end_to_end,
         jax_reference,
         learner_options,
+        probe_cost,
         update_speed,
     )
     from benchmarks.speed import training_loop as speed
@@ -445,6 +447,7 @@ def _generated():
             "update-speed-paper.md": update_speed.markdown, "end-to-end.md": end_to_end.markdown,
             "update-speed-bf16.md": update_speed.markdown,
             "learner-options.md": learner_options.markdown,
+            "probe-cost.md": probe_cost.markdown,
             "learner-study/learner.md": learner_study.markdown,
             "learner-study/MT10-laptop.md": success_report.markdown,
             "learner-1m/learner.md": learner_study.markdown,

@@ -297,6 +297,21 @@ def test_learner_options_times_every_variant_against_plain(tmp_path, monkeypatch
     assert "| laptop | 128x128x128 | 32 | ln |" in (tmp_path / "lo.md").read_text()
 
 
+# ---- benchmarks/speed/probe_cost.py ---------------------------------------------------------
+def test_probe_cost_times_each_tree_with_and_without_its_probe(tmp_path):
+    from benchmarks.speed import probe_cost
+
+    payload = probe_cost.main(["--sizes", "laptop", "--repeats", "1", "--rounds", "1",
+                               "--out", str(tmp_path / "pc")])
+    assert payload["probed_tasks"] == 3  # a quarter of MT10's ten, rounded up
+    assert [r["tree"] for r in payload["rows"]] == ["mhsac", "shared-1"]
+    assert all(r["ms"] > 0 and r["ms_probed"] > 0 for r in payload["rows"])
+    built = probe_cost.build("laptop", "shared-1", probed=True)[0]
+    built.update(probe_cost.random_batch(10, 32, 39, 4))
+    assert built.hook.rule.module == 1  # the probe runs from the input on
+    assert "| laptop | 128x128x128 | 32 |" in (tmp_path / "pc.md").read_text()
+
+
 # ---- benchmarks/speed/row_costs.py ----------------------------------------------------------
 def test_row_costs_measure_every_finished_run_and_the_report_reads_them(tmp_path):
     from benchmarks.experiments import success_report
