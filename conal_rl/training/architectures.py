@@ -48,7 +48,7 @@ class Architecture:
     can_grow: bool = False
     """Its trees have a shared trunk and a head per task: ``--branch-every`` can grow them."""
     grows: bool = False
-    """Its trees grow by default (``--branch-every``: a twentieth of the run)."""
+    """Its trees grow by default (``--branch-every``: the preset's)."""
     needs_file: bool = False
     """Its trees come from ``--architecture FILE``."""
     widened: bool = False

@@ -63,12 +63,12 @@ PRESETS = {
                   replay_per_task=100_000, warmup_per_task=4_000, eval_every_per_task=20_000,
                   eval_episodes=50, checkpoint_every_per_task=20_000,
                   search_per_task=200_000, arch_lr=5e-5, minutes=None, vector_strategy="sync",
-                  layer_norm=False, updates_per_step=1),
+                  layer_norm=False, updates_per_step=1, branch_every_per_task=100_000),
     "quick": dict(steps_per_task=20_000, hidden=(128, 128, 128), batch_per_task=32,
                   replay_per_task=20_000, warmup_per_task=500, eval_every_per_task=10_000,
                   eval_episodes=5, checkpoint_every_per_task=10_000,
                   search_per_task=3_000, arch_lr=1e-3, minutes=None, vector_strategy="worker",
-                  layer_norm=True, updates_per_step=2),
+                  layer_norm=True, updates_per_step=2, branch_every_per_task=1_000),
     # "laptop": one hour of training on 2 CPU cores (--minutes binds, the step budget is
     # only a ceiling). Nets and batch chosen by benchmarks/experiments/laptop_sweep.py (results in
     # benchmarks/results/laptop-sweep/): 3x128 with 32 per task takes about twice the env steps
@@ -79,7 +79,7 @@ PRESETS = {
                    replay_per_task=100_000, warmup_per_task=500, eval_every_per_task=15_000,
                    eval_episodes=10, checkpoint_every_per_task=15_000,
                    search_per_task=5_000, arch_lr=1e-3, minutes=60, vector_strategy="worker",
-                   layer_norm=True, updates_per_step=2),
+                   layer_norm=True, updates_per_step=2, branch_every_per_task=5_000),
 }
 PRESET_NAMES = tuple(PRESETS)
 # Preset-valued fields: per task (scaled by the number of tasks), or taken as they are.
@@ -226,7 +226,8 @@ class TrainConfig:
     off a shared module gets its own copies from that module on, starting as the shared
     ones (the net computes what it did; Adam's moments carried). The grown trees are saved
     with the checkpoints and in RUN_DIR/grown.json. 0: the trees stay as they were made.
-    Default: a twentieth of --total-steps for --arch conal, 0 for the others"""
+    Default: for --arch conal the preset's (per task: paper 100k, laptop 5k, quick 1k; about
+    a twentieth of the env steps its runs reach), 0 for the others"""
     branch_rule: Literal["gain", "lasting-cluster"] = "gain"
     """--branch-every: how a task is chosen to leave a shared module
     (conal_rl/training/branching.py). gain: a probe (a private copy of the module, trained
@@ -334,9 +335,10 @@ class TrainConfig:
             search = (self.stage_steps if architecture(self.arch).stages
                       else self.search_steps)
             object.__setattr__(self, "evidence_every", max(1, search // 10))
-        if self.branch_every is PRESET:
+        if self.branch_every is PRESET:  # the architectures that grow by default only
             grows = architecture(self.arch).grows
-            object.__setattr__(self, "branch_every", self.total_steps // 20 if grows else 0)
+            object.__setattr__(self, "branch_every", p["branch_every_per_task"] * T if grows
+                               else 0)
         if self.search_warmup_steps is PRESET:
             object.__setattr__(self, "search_warmup_steps", self.search_steps // 4)
         object.__setattr__(self, "hidden", tuple(self.hidden))
