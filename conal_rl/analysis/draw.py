@@ -88,28 +88,34 @@ def save_tree_pictures(path: str | Path, specs: dict[str, TreeSpec | GroupTreeSp
 def save_gain_picture(path: str | Path, probes: list[dict]) -> Path:
     """A growing tree's probes (``grown.json``'s): per task, each measured gain against env
     steps with its z-error bar, filled where the branch opened; a panel per module, the
-    price as a dashed line."""
+    price as a dashed line. Gains below -1 (a probe far worse than the net) sit on the
+    bottom edge."""
     modules = sorted({p["module"] for p in probes}, reverse=True)
     tasks = list(dict.fromkeys(p["task"] for p in probes))
     fig, axes = plt.subplots(1, len(modules), figsize=(6 * len(modules), 4.2), squeeze=False,
                              sharey=True)
     colors = plt.get_cmap("tab10" if len(tasks) <= 10 else "tab20")
+    low = -1.0
     for ax, module in zip(axes[0], modules):
         for i, task in enumerate(tasks):
-            found = [p for p in probes if p["module"] == module and p["task"] == task]
-            for p in found:
-                ax.errorbar(p["env_steps"], p["gain"], yerr=p["z"] * p["se"], fmt="o",
-                            color=colors(i % colors.N), capsize=2,
-                            mfc=colors(i % colors.N) if p["opened"] else "white",
-                            label=task if p is found[0] else None)
+            for p in (p for p in probes if p["module"] == module and p["task"] == task):
+                color = colors(i % colors.N)
+                ax.errorbar(p["env_steps"], max(p["gain"], low), yerr=p["z"] * p["se"],
+                            fmt="o", color=color, capsize=2,
+                            mfc=color if p["opened"] else "white")
         for price in sorted({p["price"] for p in probes if p["module"] == module}):
             ax.axhline(price, color="grey", linestyle="--", linewidth=1)
         ax.axhline(0, color="black", linewidth=0.5)
         ax.set_title(f"module {module}: a private copy's drop of held-out TD error")
         ax.set_xlabel("env steps")
+        ax.xaxis.set_major_formatter(lambda v, _: f"{v / 1e3:.0f}k")
+    top = max(1.0, *(p["gain"] + p["z"] * p["se"] for p in probes if p["se"] < float("inf")))
+    axes[0][0].set_ylim(low - 0.05, min(top, 2.0) + 0.05)
     axes[0][0].set_ylabel("gain (filled: the branch opened)")
-    axes[0][-1].legend(fontsize=7, loc="best")
-    fig.tight_layout()
+    handles = [plt.Line2D([], [], marker="o", linestyle="", color=colors(i % colors.N))
+               for i in range(len(tasks))]
+    fig.legend(handles, tasks, fontsize=7, loc="center right")
+    fig.tight_layout(rect=(0, 0, 0.9, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
