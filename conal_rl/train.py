@@ -123,8 +123,7 @@ def branching_hook(config: TrainConfig, run_dir: Path, specs: dict, task_names: 
     if run.checkpoint.exists():
         state = checkpoint.load(run.checkpoint, mmap=True)
         specs = trees_in(checkpoint.hook_state(state, "branching")) or specs
-    return Branching(specs, config.branch_every, config.evidence_samples, task_names,
-                     make_filter, config.net_options(), config.branch_rule, config.gain_price)
+    return Branching(specs, config.growth(), task_names, make_filter, config.net_options())
 
 
 def save_grown(run_dir: Path, hooks: list, train_seconds: float) -> None:

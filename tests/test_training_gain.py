@@ -74,6 +74,7 @@ def test_no_gain_no_branch(tmp_path, two_tasks, monkeypatch):
 @pytest.mark.parametrize("flags, message", [
     (["--gain-price", "-0.1"], "--gain-price must be"),
     (["--gain-holdout", "1"], "--gain-holdout must be at least 2"),
+    (["--gain-budget", "-1"], "--gain-budget must not be negative"),
 ])
 def test_bad_gain_flags_are_refused(tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as exit_:
@@ -109,3 +110,17 @@ def test_the_held_out_buffer_keeps_the_newest_eight_episodes_of_a_task():
     assert train.held_out_episodes(conal, metaworld) == {
         "holdout_every": 10, "holdout_by": "episodes", "holdout_window": 4000}
     assert train.held_out_episodes(TrainConfig(benchmark="MT10", arch="mhsac"), metaworld) == {}
+
+
+@pytest.mark.parametrize("budget, opens", [(772 + 544, True), (772 + 543, False)])
+def test_a_budget_refuses_what_would_pass_it(tmp_path, two_tasks, monkeypatch, budget, opens):
+    """The twin critics of TINY's MH-SAC hold 772 parameters; task 0's copy of module 2
+    adds 2 x (16 + 1) x 16 = 544."""
+    monkeypatch.setattr(branching, "paired_gain", _gains(0.3))
+    run = tmp_path / "run"
+    train.main([*TINY, "--total-steps", "3200", "--branch-every", "400",
+                "--gain-budget", str(budget), "--run-dir", str(run)])
+    state = checkpoint.load(RunDir(run).checkpoint)["hooks"]["branching"]
+    first = state["gain"]["measured"][0]
+    assert bool(state["branches"]) == opens == first["opened"]
+    assert first.get("over_budget", False) == (not opens)

@@ -57,8 +57,7 @@ def build(size: str, tree: str, probed: bool):
                          branch_every=10**9)  # never due: the probe only trains
     points = (len(hidden),) * T if tree == "mhsac" else (1,) * T
     specs = {role: TreeSpec(hidden, points, TASKS) for role in ("actor", "critic")}
-    hook = Branching(specs, config.branch_every, config.evidence_samples, TASKS, None,
-                     config.net_options(), "gain", config.gain_price)
+    hook = Branching(specs, config.growth(), TASKS, None, config.net_options())
     torch.manual_seed(0)
     agent = MultiTaskSAC(hook.make_net, T, OBS, ACT, config.sac())
     data = random_batch(T, batch, OBS, ACT, seed=1)

@@ -41,9 +41,11 @@ from conal_rl.method import PLAIN, NetOptions, TreeNet, TreeSpec, grown_state
 from conal_rl.method.evidence import MIN_EPISODES
 from conal_rl.method.probe import ModuleProbe, one_sided_z, paired_gain
 from conal_rl.training import conflict_atlas as atlas
+from conal_rl.training.config import GrowthSettings
 from conal_rl.training.nets import trees_in
 
 Outside = dict[str, dict[int, set[int]]]  # role -> shared module (1..P) -> task ids
+
 PROBE_SHARE = 0.25  # of the tasks, probed in one round at most
 Specs = dict[str, TreeSpec]
 
@@ -55,10 +57,8 @@ class Branching:
 
     name = "branching"
 
-    def __init__(self, specs: Specs, every: int, samples: int,
-                 task_names: list[str], make_filter: FilterFactory | None = None,
-                 options: NetOptions = PLAIN, rule: str = "lasting-cluster",
-                 price: float = 0.0):
+    def __init__(self, specs: Specs, settings: GrowthSettings, task_names: list[str],
+                 make_filter: FilterFactory | None = None, options: NetOptions = PLAIN):
         shared_heads = [role for role, spec in specs.items() if spec.shared_head]
         if shared_heads or not all(isinstance(s, TreeSpec) for s in specs.values()):
             raise ValueError("branching needs trees with a head per task (not MT-SAC's shared "
@@ -67,7 +67,7 @@ class Branching:
         self.task_names, self.make_filter = list(task_names), make_filter
         self.options = options
         self.branches: list[dict] = []  # what opened: env steps, net, task, module, why
-        self.rule = BRANCH_RULES[rule](every, samples, price)
+        self.rule = BRANCH_RULES[settings.rule](settings)
 
     def make_net(self, role: str, in_dim: int, out_dim: int) -> nn.Module:
         return TreeNet(self.specs[role], in_dim, out_dim, self.options)
@@ -113,8 +113,8 @@ class LastingOutsideCluster:
     module's main cluster in every net of its role. Carries the last measurement's verdict
     (its state, saved with the hook's)."""
 
-    def __init__(self, every: int, samples: int, price: float = 0.0):
-        self.every, self.samples = every, samples
+    def __init__(self, settings: GrowthSettings):
+        self.every, self.samples = settings.every, settings.samples
         self.measured: list[dict] = []  # verdicts with numbers: none (the atlas files have them)
         self.last: Outside = {}
         self._measured_at: int | None = None
@@ -164,15 +164,15 @@ class MeasuredGain:
     for every task would cost about a tenth of the update). At the round's end each task's
     relative drop of TD error on every held-out transition (whole episodes, the replay's
     held-out buffer) is compared with ``price``: a task whose drop clears it by one-sided z
-    standard errors (Bonferroni over the round's tasks, errors by episode) leaves module m.
+    standard errors (Bonferroni over the round's tasks, errors by episode) leaves module m,
+    the largest gains first while the twin critics stay within ``budget`` parameters.
     Rounds go from the last module to the first and round again: a task that left module m
     is probed at m-1 later, one refused is probed again. Where the held-out data has fewer
     than MIN_EPISODES episodes of a task at the round's end, the round starts over with a
     fresh probe (every verdict rests on a probe trained for one round)."""
 
-    def __init__(self, every: int, samples: int, price: float = 0.0):
-        """``samples`` is the evidence's (the other rule's); a verdict reads all there is."""
-        self.every, self.price = every, price
+    def __init__(self, settings: GrowthSettings):
+        self.every, self.price, self.budget = settings.every, settings.price, settings.budget
         self.module: int | None = None  # the round's module; None: no round yet
         self.tasks: list[int] = []  # the round's tasks
         self.started = 0  # env steps at the round's start
@@ -255,10 +255,24 @@ class MeasuredGain:
         verdicts = [{"env_steps": env_steps, "module": self.module, "task": int(t),
                      "price": self.price, "z": round(z, 3), "opened": g.pays(self.price, z)}
                     | g.to_dict() for t, g in zip(tasks.tolist(), gains)]
+        if self.budget:
+            self._within_budget(verdicts, agent)
         self.measured += verdicts
         self.probe = self.optim = None  # the next round starts at the next update
         opened = {v["task"] for v in verdicts if v["opened"]}
         return {"critic": {self.module: opened}} if opened else None
+
+    def _within_budget(self, verdicts: list[dict], agent: MultiTaskSAC) -> None:
+        """Refuse, the smallest gains first, the copies that would take the twin critics
+        past the budget (their verdicts say so)."""
+        critic = sum(p.numel() for p in agent.critic.parameters())
+        shared = agent.critic.q1.shared[str(self.module)]
+        copy = 2 * (shared.in_features + 1) * shared.out_features  # one task, both twins
+        for v in sorted((v for v in verdicts if v["opened"]), key=lambda v: -v["gain"]):
+            if critic + copy > self.budget:
+                v["opened"], v["over_budget"] = False, True
+            else:
+                critic += copy
 
     def why(self, role: str, task: int) -> dict:
         """The verdict that opened ``task``'s branch (the last one measured)."""

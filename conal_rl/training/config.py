@@ -99,7 +99,8 @@ ADDED_FIELDS = {"conflict_rule": PAPER_RULE, "arch_holdout": 0, "stage_steps": P
                 "layer_norm": False, "normalize_obs": False, "residual": False,
                 "weight_init": "torch", "max_grad_norm": 0.0, "weight_decay": 0.0, "reset_every": 0,
                 "precision": "fp32", "critic_hidden": None, "critic_params": 0,
-                "branch_rule": "lasting-cluster", "gain_price": 0.05, "gain_holdout": 10}
+                "branch_rule": "lasting-cluster", "gain_price": 0.05, "gain_holdout": 10,
+                "gain_budget": 0}
 
 # The config's parts, as --help groups its flags: what a run is and how it is run, the
 # learner (networks and update), the search (CoNAL, CoNAL-Pro and their rules), and the
@@ -117,7 +118,8 @@ PARTS = {
     "the search (--arch conal, conal-pro) and growing trees": (
         "search_steps", "stage_steps", "search_warmup_steps", "arch_lr", "gumbel",
         "no_conflict_noticing", "conflict_rule", "evidence_every", "evidence_samples",
-        "branch_every", "branch_rule", "gain_price", "gain_holdout", "arch_holdout",
+        "branch_every", "branch_rule", "gain_price", "gain_budget", "gain_holdout",
+        "arch_holdout",
         "arch_every", "no_private", "inherit_weights"),
     "measurements while training": ("atlas_every", "atlas_samples"),
 }
@@ -126,6 +128,20 @@ PARTS = {
 RESUMABLE = frozenset({"total_steps", "minutes", "device", "eval_every", "eval_episodes",
                        "checkpoint_every", "save_replay", "log_every", "video_every",
                        "vector_strategy", "atlas_every", "atlas_samples"})
+
+
+@dataclass(frozen=True)
+class GrowthSettings:
+    """How trees grow (:meth:`TrainConfig.growth`): a decision every ``every`` env steps by
+    ``rule`` (a name of ``training/branching.py``'s ``BRANCH_RULES``); the evidence's
+    ``samples`` per task (``lasting-cluster``); the ``price`` a probe's gain must clear and
+    the twin critics' parameter ``budget`` the growth may not pass (``gain``; 0: none)."""
+
+    every: int
+    samples: int = 1024
+    rule: str = "gain"
+    price: float = 0.05
+    budget: int = 0
 
 
 @dataclass(frozen=True)
@@ -239,6 +255,9 @@ class TrainConfig:
     """--branch-rule gain: the relative drop of a task's held-out TD error a private copy of
     a module must buy (beyond the measurement's error) before it is given: what a module's
     parameters and update time must earn (0: any drop beyond the error)"""
+    gain_budget: int = 0
+    """--branch-rule gain: the twin critics' parameters the growth may reach; a verdict that
+    would pass it is refused, the smallest gains first (0: no budget)"""
     gain_holdout: int = 10
     """--branch-rule gain: every k-th episode (of every task) goes to a held-out buffer the
     weights do not train on, on which probes are compared; it keeps each task's newest 8
@@ -393,6 +412,8 @@ class TrainConfig:
             raise ValueError("--arch-holdout must be 0 (none) or at least 2")
         if not 0 <= self.gain_price < math.inf:
             raise ValueError(f"--gain-price must be a finite number >= 0, got {self.gain_price}")
+        if self.gain_budget < 0:
+            raise ValueError(f"--gain-budget must not be negative, got {self.gain_budget}")
         if self.gain_holdout < 2:
             raise ValueError(f"--gain-holdout must be at least 2, got {self.gain_holdout}")
         if self.precision != "fp32" and self.grad_surgery != "none":
@@ -439,6 +460,12 @@ class TrainConfig:
             warmup_steps=self.search_warmup_steps, total_steps=self.search_steps,
             arch_every=self.arch_every, evidence_every=self.evidence_every,
             evidence_samples=self.evidence_samples, options=self.net_options())
+
+    def growth(self) -> GrowthSettings:
+        """How the trees grow (--branch-every and its rule's settings)."""
+        return GrowthSettings(every=self.branch_every, samples=self.evidence_samples,
+                              rule=self.branch_rule, price=self.gain_price,
+                              budget=self.gain_budget)
 
     def net_options(self) -> NetOptions:
         """How every net of the run is built, whatever its architecture."""
