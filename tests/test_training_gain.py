@@ -27,8 +27,9 @@ def _gains(value, se=0.01):
 
 def test_probes_measure_on_held_out_episodes(tmp_path, two_tasks):
     run = tmp_path / "run"
-    # Pendulum's episodes are 200 steps: every other one held out, 4 of each task by 1,600.
-    train.main([*TINY, "--total-steps", "3200", "--branch-every", "400", "--gain-price", "0.5",
+    # Pendulum's episodes are 200 steps: every other one held out, the 4th of each task from
+    # env step 2,800 (both tasks' steps counted): the first round starts then.
+    train.main([*TINY, "--total-steps", "3600", "--branch-every", "400", "--gain-price", "0.5",
                 "--run-dir", str(run)])
     state = checkpoint.load(RunDir(run).checkpoint)["hooks"]["branching"]
     measured = state["gain"]["measured"]
@@ -47,7 +48,7 @@ def test_a_gain_that_pays_opens_a_branch_with_its_numbers(tmp_path, two_tasks, m
                                                             capsys):
     monkeypatch.setattr(branching, "paired_gain", _gains(0.3))
     run = tmp_path / "run"
-    train.main([*TINY, "--total-steps", "3200", "--branch-every", "400", "--gain-price", "0.1",
+    train.main([*TINY, "--total-steps", "3600", "--branch-every", "400", "--gain-price", "0.1",
                 "--run-dir", str(run)])
     state = checkpoint.load(RunDir(run).checkpoint)["hooks"]["branching"]
     # Task 0, probed first, leaves module 2; the next round probes it at module 1.
@@ -64,7 +65,7 @@ def test_no_gain_no_branch(tmp_path, two_tasks, monkeypatch):
     # above the price, not by 1.96 errors
     monkeypatch.setattr(branching, "paired_gain", _gains(0.06, se=0.01))
     run = tmp_path / "run"
-    train.main([*TINY, "--total-steps", "3200", "--branch-every", "400", "--run-dir", str(run)])
+    train.main([*TINY, "--total-steps", "3600", "--branch-every", "400", "--run-dir", str(run)])
     state = checkpoint.load(RunDir(run).checkpoint)["hooks"]["branching"]
     assert tuple(state["trees"]["critic"]["branch_points"]) == (2, 2)
     assert state["branches"] == [] and state["gain"]["measured"]
@@ -88,13 +89,13 @@ def test_a_round_stopped_midway_resumes_with_its_probe(tmp_path, two_tasks, monk
     monkeypatch.setattr(preflight, "task_names", lambda name: list(two_tasks))
     run = tmp_path / "run"
     train.main([*TINY, "--branch-every", "1200", "--gain-price", "0.5", "--save-replay",
-                "--total-steps", "800", "--run-dir", str(run)])
+                "--total-steps", "3000", "--run-dir", str(run)])
     saved = checkpoint.load(RunDir(run).checkpoint)["hooks"]["branching"]["gain"]
     assert saved["probe"] is not None and saved["measured"] == []
-    train.main(["--resume", str(run), "--total-steps", "1200"])  # the same round goes on
+    train.main(["--resume", str(run), "--total-steps", "3200"])  # the same round goes on
     assert checkpoint.load(RunDir(run).checkpoint)["hooks"]["branching"]["gain"]["started"] \
         == saved["started"]
-    train.main(["--resume", str(run), "--total-steps", "4000"])
+    train.main(["--resume", str(run), "--total-steps", "4400"])
     after = checkpoint.load(RunDir(run).checkpoint)["hooks"]["branching"]["gain"]
     assert after["measured"] and after["measured"][0]["env_steps"] >= saved["started"] + 1200
     assert after["seconds"] > saved["seconds"]
@@ -118,9 +119,34 @@ def test_a_budget_refuses_what_would_pass_it(tmp_path, two_tasks, monkeypatch, b
     adds 2 x (16 + 1) x 16 = 544."""
     monkeypatch.setattr(branching, "paired_gain", _gains(0.3))
     run = tmp_path / "run"
-    train.main([*TINY, "--total-steps", "3200", "--branch-every", "400",
+    train.main([*TINY, "--total-steps", "3600", "--branch-every", "400",
                 "--gain-budget", str(budget), "--run-dir", str(run)])
     state = checkpoint.load(RunDir(run).checkpoint)["hooks"]["branching"]
     first = state["gain"]["measured"][0]
     assert bool(state["branches"]) == opens == first["opened"]
     assert first.get("over_budget", False) == (not opens)
+
+
+def test_a_round_waits_while_the_probes_have_spent_their_share_or_episodes_are_few():
+    import time
+
+    import numpy as np
+
+    from agents import MultiTaskReplay
+    from conal_rl.training.config import GrowthSettings
+
+    replay = MultiTaskReplay(100, 2, 1, 1, holdout_every=2, holdout_by="episodes")
+    rule = branching.MeasuredGain(GrowthSettings(every=100))
+    now = time.perf_counter()
+    rule._since, rule.wall = now, 100.0
+    for step in range(24):  # episodes of 4 steps: 3 held out
+        replay.add(np.zeros((2, 1)), np.zeros((2, 1)), np.zeros(2), np.zeros((2, 1)),
+                   np.zeros(2), np.full(2, step % 4 == 3))
+    assert not rule._may_start(replay, 0, now)  # 3 held-out episodes: too few
+    for step in range(24, 32):
+        replay.add(np.zeros((2, 1)), np.zeros((2, 1)), np.zeros(2), np.zeros((2, 1)),
+                   np.zeros(2), np.full(2, step % 4 == 3))
+    assert not rule._may_start(replay, 5, now)  # looked at 10 env steps ago: not yet
+    assert rule._may_start(replay, 10, now)
+    rule.seconds, rule._look_at = branching.MAX_SHARE * 100 + 1, 0  # over its share
+    assert not rule._may_start(replay, 20, now)

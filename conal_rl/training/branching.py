@@ -47,6 +47,7 @@ from conal_rl.training.nets import trees_in
 Outside = dict[str, dict[int, set[int]]]  # role -> shared module (1..P) -> task ids
 
 PROBE_SHARE = 0.25  # of the tasks, probed in one round at most
+MAX_SHARE = 0.04  # of the wall time, the probes may take before a new round waits
 Specs = dict[str, TreeSpec]
 
 
@@ -167,9 +168,11 @@ class MeasuredGain:
     standard errors (Bonferroni over the round's tasks, errors by episode) leaves module m,
     the largest gains first while the twin critics stay within ``budget`` parameters.
     Rounds go from the last module to the first and round again: a task that left module m
-    is probed at m-1 later, one refused is probed again. Where the held-out data has fewer
-    than MIN_EPISODES episodes of a task at the round's end, the round starts over with a
-    fresh probe (every verdict rests on a probe trained for one round)."""
+    is probed at m-1 later, one refused is probed again. A new round waits while the probes
+    have taken more than MAX_SHARE of the wall time since the first (small nets, whose
+    update a probe lengthens most, get fewer rounds; the run's cost stays bounded). While
+    the held-out buffer has fewer than MIN_EPISODES episodes of a task, no round starts
+    (every verdict rests on one round of training and enough episodes)."""
 
     def __init__(self, settings: GrowthSettings):
         self.every, self.price, self.budget = settings.every, settings.price, settings.budget
@@ -182,25 +185,38 @@ class MeasuredGain:
         self.measured: list[dict] = []  # every task's verdict: env steps, module, gain...
         self.seconds = 0.0  # spent training and measuring probes (the decision's cost)
         self._saved_probe: dict | None = None  # a resumed round's probe, until rebuilt
+        self.wall = 0.0  # wall seconds since the first call, summed over resumes
+        self._since: float | None = None  # this process's first call
+        self._look_at = 0  # env steps: the next look at the held-out buffer
 
     def leaving(self, agent: MultiTaskSAC, replay: MultiTaskReplay, env_steps: int,
                 specs: Specs) -> Outside | None:
         start = time.perf_counter()
+        self._since = self._since or start
         try:
             q1 = agent.critic.q1
             if self.probe is None or self.probe.net[0] is not q1:
+                if self._saved_probe is None and not self._may_start(replay, env_steps, start):
+                    return None
                 if not self._start(q1, specs["critic"], env_steps, agent):
                     return None
             self._train(agent)
             if env_steps < self.started + self.every:
                 return None
-            if _fewest_episodes(replay.holdout) < MIN_EPISODES:  # too few yet: start over
-                self._saved_probe, self.started = None, env_steps
-                self._build(q1, agent)
-                return None
             return self._decide(agent, replay, env_steps)
         finally:
             self.seconds += time.perf_counter() - start
+
+    def _wall(self, now: float) -> float:
+        return self.wall + now - self._since
+
+    def _may_start(self, replay: MultiTaskReplay, env_steps: int, now: float) -> bool:
+        """A new round starts once the probes' share of the time allows it and the held-out
+        buffer holds enough episodes for its verdict (looked at every tenth of a round)."""
+        if self.seconds > MAX_SHARE * self._wall(now) or env_steps < self._look_at:
+            return False
+        self._look_at = env_steps + max(1, self.every // 10)
+        return _fewest_episodes(replay.holdout) >= MIN_EPISODES
 
     def _start(self, q1: TreeNet, spec: TreeSpec, env_steps: int, agent: MultiTaskSAC) -> bool:
         """A probe for the round (or the resumed round's); False: nothing left to probe."""
@@ -215,17 +231,13 @@ class MeasuredGain:
             at_module.sort(key=lambda t: (self.probed_at.get(t, -1), t))
             self.tasks = at_module[:math.ceil(PROBE_SHARE * spec.num_tasks)]
             self.probed_at.update({t: env_steps for t in self.tasks})
-        self._build(q1, agent)
+        self.probe = ModuleProbe(q1, self.tasks, self.module)
+        self.optim = adam(list(self.probe.parameters()), agent.config.critic_lr,
+                          agent.config.weight_decay)
         if resumed is not None:
             self.probe.load_state_dict(resumed["weights"])
             self.optim.load_state_dict(resumed["optim"])
         return True
-
-    def _build(self, q1: TreeNet, agent: MultiTaskSAC) -> None:
-        """The round's probe as the net is now, with an optimizer of the critic's kind."""
-        self.probe = ModuleProbe(q1, self.tasks, self.module)
-        self.optim = adam(list(self.probe.parameters()), agent.config.critic_lr,
-                          agent.config.weight_decay)
 
     def _train(self, agent: MultiTaskSAC) -> None:
         if agent.last_td is None:
@@ -293,7 +305,8 @@ class MeasuredGain:
         return {"gain": {"module": self.module, "tasks": list(self.tasks),
                          "started": self.started, "probe": probe,
                          "probed_at": {str(t): s for t, s in self.probed_at.items()},
-                         "measured": list(self.measured), "seconds": self.seconds}}
+                         "measured": list(self.measured), "seconds": self.seconds,
+                         "wall": self._wall(time.perf_counter()) if self._since else self.wall}}
 
     def load_state_dict(self, state: dict) -> None:
         mine = state.get("gain") or {}
@@ -301,7 +314,8 @@ class MeasuredGain:
         self.tasks = list(mine.get("tasks", []))
         self.probed_at = {int(t): s for t, s in mine.get("probed_at", {}).items()}
         self.measured = list(mine.get("measured", []))
-        self.seconds = mine.get("seconds", 0.0)
+        self.seconds, self.wall = mine.get("seconds", 0.0), mine.get("wall", 0.0)
+        self._since = None
         self._saved_probe, self.probe = mine.get("probe"), None
 
 
