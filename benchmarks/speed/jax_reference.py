@@ -35,6 +35,7 @@ import sys
 from pathlib import Path
 
 from benchmarks.report_files import command, header, now, save
+from benchmarks.speed.turn_flags import add_turn_flags, chosen_sizes
 from conal_rl.common import CommandParser, machine
 
 PROG = "python -m benchmarks.speed.jax_reference"
@@ -163,18 +164,13 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser.add_argument("--reference-python", default=os.environ.get("CONAL_JAX_PYTHON"),
                         help="interpreter with the reference installed (default: "
                         "$CONAL_JAX_PYTHON)")
-    parser.add_argument("--sizes", default="floor,laptop,paper",
-                        help=f"comma-separated of {', '.join(SIZES)} (default: %(default)s)")
-    parser.add_argument("--repeats", type=int, default=30, help="updates per round")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of turns")
+    add_turn_flags(parser, SIZES, "floor,laptop,paper", repeats=30)
     parser.add_argument("--core", type=int, default=0, help="the core both sides run on")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/jax-reference"))
     args = parser.parse_args(argv)
-    sizes = [s for s in args.sizes.split(",") if s]
-    if not sizes or set(sizes) - set(SIZES):
-        parser.error(f"--sizes: comma-separated of {', '.join(SIZES)}, got {args.sizes!r}")
-    if args.repeats < 1 or args.rounds < 1 or args.core < 0:
-        parser.error("--repeats and --rounds must be at least 1, --core not negative")
+    sizes = chosen_sizes(parser, args, SIZES)
+    if args.core < 0:
+        parser.error(f"--core must not be negative, got {args.core}")
     why = reference_missing(args.reference_python)
     if why:
         print(f"{PROG}: skipped: {why}")

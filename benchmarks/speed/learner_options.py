@@ -23,6 +23,7 @@ import torch
 
 from agents import MultiTaskSAC, random_batch
 from benchmarks.report_files import command, header, now, save
+from benchmarks.speed.turn_flags import add_turn_flags
 from benchmarks.speed.update_clock import turns, update_flops
 from conal_rl.common import CommandParser, cpu_bf16_units, machine
 from conal_rl.training.config import TrainConfig
@@ -68,12 +69,9 @@ def markdown(payload: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = CommandParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="laptop,paper",
-                        help=f"comma-separated of {', '.join(SIZES)} (default: %(default)s)")
+    add_turn_flags(parser, SIZES, "laptop,paper")
     parser.add_argument("--variants", default=",".join(VARIANTS),
                         help=f"comma-separated of {', '.join(VARIANTS)} (default: all)")
-    parser.add_argument("--repeats", type=int, default=20, help="updates per round")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of turns")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/learner-options"))
     args = parser.parse_args(argv)
     sizes = [s for s in args.sizes.split(",") if s]

@@ -19,13 +19,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from agents import MultiTaskReplay, MultiTaskSAC, random_batch
 from benchmarks.report_files import command, header, now, save
+from benchmarks.speed.turn_flags import add_turn_flags, chosen_sizes
 from benchmarks.speed.update_clock import turns
 from conal_rl.common import CommandParser, machine
 from conal_rl.method import TreeSpec
+from conal_rl.method.evidence import MIN_EPISODES
 from conal_rl.training.branching import Branching
 from conal_rl.training.config import TrainConfig
 
@@ -63,7 +66,21 @@ def build(size: str, tree: str, probed: bool):
     data = random_batch(T, batch, OBS, ACT, seed=1)
     if not probed:
         return agent, data
-    return _Probed(agent, hook, MultiTaskReplay(1, T, OBS, ACT)), data
+    probed = _Probed(agent, hook, held_out_replay())
+    probed.update(data)
+    if hook.rule.probe is None:
+        raise RuntimeError("the probe did not start: nothing of it would be timed")
+    return probed, data
+
+
+def held_out_replay(episodes: int = 2 * MIN_EPISODES) -> MultiTaskReplay:
+    """A replay whose held-out buffer holds enough whole episodes for a round to start (what
+    the rule waits for in a run); two-step episodes of zeros, every other one held out."""
+    replay = MultiTaskReplay(4 * episodes, T, OBS, ACT, holdout_every=2, holdout_by="episodes")
+    for step in range(4 * episodes):
+        replay.add(np.zeros((T, OBS)), np.zeros((T, ACT)), np.zeros(T), np.zeros((T, OBS)),
+                   np.zeros(T), np.full(T, step % 2 == 1))
+    return replay
 
 
 def markdown(payload: dict) -> str:
@@ -84,17 +101,10 @@ def markdown(payload: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = CommandParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="laptop,paper",
-                        help=f"comma-separated of {', '.join(SIZES)} (default: %(default)s)")
-    parser.add_argument("--repeats", type=int, default=20, help="updates per round")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of turns")
+    add_turn_flags(parser, SIZES, "laptop,paper")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/probe-cost"))
     args = parser.parse_args(argv)
-    sizes = [s for s in args.sizes.split(",") if s]
-    if not sizes or set(sizes) - set(SIZES):
-        parser.error(f"--sizes: comma-separated of {', '.join(SIZES)}, got {args.sizes!r}")
-    if args.repeats < 1 or args.rounds < 1:
-        parser.error("--repeats and --rounds must be at least 1")
+    sizes = chosen_sizes(parser, args, SIZES)
     torch.set_num_threads(1)
     rows, probed_tasks = [], None
     for size in sizes:
