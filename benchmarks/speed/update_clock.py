@@ -40,4 +40,3 @@ def turns(agents: dict, repeats: int, rounds: int) -> dict:
         for key, (agent, batch) in agents.items():
             times[key].append(median_update_ms(agent, batch, repeats))
     return {key: statistics.median(t) for key, t in times.items()}
-

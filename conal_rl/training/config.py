@@ -119,8 +119,7 @@ PARTS = {
         "search_steps", "stage_steps", "search_warmup_steps", "arch_lr", "gumbel",
         "no_conflict_noticing", "conflict_rule", "evidence_every", "evidence_samples",
         "branch_every", "branch_rule", "gain_price", "gain_budget", "gain_holdout",
-        "arch_holdout",
-        "arch_every", "no_private", "inherit_weights"),
+        "arch_holdout", "arch_every", "no_private", "inherit_weights"),
     "measurements while training": ("atlas_every", "atlas_samples"),
 }
 

@@ -76,10 +76,9 @@ class Trainer:
     ``make_filter`` (gradient filters of its losses) and ``sac`` (default: the config's).
     ``hooks`` (e.g. CoNAL's search) are called, in order, before every update, when logging
     and when checkpointing; ``holdout_every`` = k > 0 keeps every k-th vector step (or
-    episode: ``holdout_by``; the newest ``holdout_window`` per task only, with one) out of the
-    weights' replay, for the hook
-    (``replay.sample_holdout``, ``replay.holdout``). A checkpoint in ``run_dir``
-    is resumed.
+    episode: ``holdout_by``; with a ``holdout_window`` the newest only) out of the weights'
+    replay, for the hooks (``replay.sample_holdout``, ``replay.holdout``). A checkpoint in
+    ``run_dir`` is resumed.
     """
 
     def __init__(self, config: TrainConfig, run_dir: Path, bench: Benchmark,
