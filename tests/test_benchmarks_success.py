@@ -473,3 +473,20 @@ def test_the_learner_flags_reach_the_trained_rows_and_not_sb3_s(tmp_path):
     assert specs["mtsac"].given["layer_norm"] is False
     assert specs["mtsac"].given["updates_per_step"] == 1
     assert "layer_norm" not in specs["stl"].given and "--no-layer-norm" not in specs["stl"].flags
+
+
+def test_the_report_says_what_grew_and_why():
+    from benchmarks.experiments.success_report import grown_lines, grown_summary
+
+    grown = {"actor": {"branches": [], "hidden": [8]},
+             "critic": {"branches": [{"env_steps": 97500, "net": "critic", "task": "push-v3",
+                                      "module": 3, "gain": 0.398, "se": 0.068, "episodes": 4,
+                                      "price": 0.05}],
+                        "probes": [{}, {}, {}], "probe_seconds": 30.0, "train_seconds": 1000.0}}
+    summary = grown_summary(grown)
+    assert summary["critic"]["probe_share"] == 0.03 and summary["critic"]["verdicts"] == 3
+    lines = grown_lines([{"row": "conal", "runs": [{"seed": 1, "grown": summary}]}])
+    assert "- `conal-s1` critic: opened 97,500 push-v3 module 3 (40% ± 7%); 3 verdicts, " \
+           "probes 3.0% of the training time" in lines
+    assert "- `conal-s1` actor: opened none" in lines
+    assert grown_lines([{"row": "mtsac", "runs": [{"seed": 0}]}]) == []

@@ -165,6 +165,9 @@ def read_result(spec: RunSpec, metric: str) -> RunResult:
         conflict_atlas as atlas,  # torch: once the runs are read, not to parse flags
     )
 
+    grown = read_json(run.grown)
+    if grown:  # trees that grew while training (--branch-every): what opened, and why
+        extra["grown"] = grown_summary(grown)
     live = atlas.live_measurements(run)
     if live:  # --atlas-every: which tasks conflict at the last measurement
         extra["atlas"] = atlas_of(live[-1])
@@ -336,6 +339,7 @@ def markdown(payload: dict) -> str:
         cells = [f"{r['task_mean'][t]:.{digits}f}" if "task_mean" in r else "-" for t in tasks]
         lines.append(f"| {r['row']} | " + " | ".join(cells) + " |")
     lines += searched_architectures(rows, tasks)
+    lines += grown_lines(rows)
     lines += atlas_lines(rows)
     if payload.get("plot"):
         lines += ["", f"![learning curves]({payload['plot']})", "",
@@ -438,6 +442,45 @@ def searched_architectures(rows: list[dict], tasks: list[str]) -> list[str]:
             lines.append(f"- `{row}-s{run['seed']}` {role}: {text}; frozen "
                          f"{_per_stage(run['architecture'], 'frozen_fraction', role)}; negative "
                          f"{_per_stage(run['architecture'], 'negative_cosines', role)}")
+    return lines
+
+
+def grown_summary(grown: dict) -> dict:
+    """What a report keeps of a run's ``grown.json``: per net the branches that opened (with
+    the gain that opened them, where a probe measured one), the probes' verdicts and their
+    share of the training time."""
+    out = {}
+    for role, tree in grown.items():
+        if not isinstance(tree, dict) or "branches" not in tree:
+            continue
+        out[role] = {"branches": [{k: b[k] for k in ("env_steps", "task", "module", "gain", "se")
+                                   if k in b} for b in tree["branches"]],
+                     "verdicts": len(tree.get("probes", []))}
+        if tree.get("train_seconds"):
+            out[role]["probe_share"] = tree["probe_seconds"] / tree["train_seconds"]
+    return out
+
+
+def grown_lines(rows: list[dict]) -> list[str]:
+    """Markdown lines: per run whose trees grew, the branches that opened and, for
+    ``--branch-rule gain``, how many verdicts the probes gave and their share of the
+    training time; nothing when no run grew."""
+    runs = [(r["row"], run) for r in rows for run in r.get("runs", []) if run.get("grown")]
+    if not runs:
+        return []
+    lines = ["", "Trees that grew while training, per run: each branch that opened (env "
+             "steps, net, task, the module it left; with a probe, the drop of that task's "
+             "held-out TD error ± its error), the probes' verdicts and their share of the "
+             "training time.", ""]
+    for row, run in runs:
+        for role, grown in run["grown"].items():
+            opened = "; ".join(
+                f"{b['env_steps']:,} {b['task']} module {b['module']}"
+                + (f" ({b['gain']:.0%} ± {b['se']:.0%})" if "gain" in b else "")
+                for b in grown["branches"]) or "none"
+            share = (f"; {grown['verdicts']} verdicts, probes {grown['probe_share']:.1%} of "
+                     "the training time" if "probe_share" in grown else "")
+            lines.append(f"- `{row}-s{run['seed']}` {role}: opened {opened}{share}")
     return lines
 
 
