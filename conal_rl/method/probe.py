@@ -46,7 +46,8 @@ class ModuleProbe(nn.Module):
             raise ValueError(f"every probed task must branch after module {module}, got the "
                              f"branch points {[spec.branch_points[t] for t in tasks]}")
         self.net, self.module = [net], module  # in a list: not registered, not in state_dict
-        self.register_buffer("tasks", torch.tensor(list(tasks)), persistent=False)
+        device = net.head.weight.device
+        self.register_buffer("tasks", torch.tensor(list(tasks), device=device), persistent=False)
         self.copies = nn.ModuleDict()
         with torch.no_grad():
             for layer in range(module, spec.depth + 1):
