@@ -68,7 +68,7 @@ PRESETS = {
                   replay_per_task=20_000, warmup_per_task=500, eval_every_per_task=10_000,
                   eval_episodes=5, checkpoint_every_per_task=10_000,
                   search_per_task=3_000, arch_lr=1e-3, minutes=None, vector_strategy="worker",
-                  layer_norm=True, updates_per_step=2, branch_every_per_task=1_000),
+                  layer_norm=True, updates_per_step=2, branch_every_per_task=0),
     # "laptop": one hour of training on 2 CPU cores (--minutes binds, the step budget is
     # only a ceiling). Nets and batch chosen by benchmarks/experiments/laptop_sweep.py (results in
     # benchmarks/results/laptop-sweep/): 3x128 with 32 per task takes about twice the env steps
@@ -241,8 +241,9 @@ class TrainConfig:
     off a shared module gets its own copies from that module on, starting as the shared
     ones (the net computes what it did; Adam's moments carried). The grown trees are saved
     with the checkpoints and in RUN_DIR/grown.json. 0: the trees stay as they were made.
-    Default: for --arch conal the preset's (per task: paper 100k, laptop 5k, quick 1k; about
-    a twentieth of the env steps its runs reach), 0 for the others"""
+    Default: for --arch conal the preset's (per task: paper 100k, laptop 5k, about a
+    twentieth of the env steps its runs reach; quick 0, too short for a gain's verdict), 0
+    for the others"""
     branch_rule: Literal["gain", "lasting-cluster"] = "gain"
     """--branch-every: how a task is chosen to leave a shared module
     (conal_rl/training/branching.py). gain: a probe (a private copy of the module, trained
