@@ -64,10 +64,7 @@ class ModuleProbe(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``x [T, B, in]`` (the net's input) -> ``[len(tasks), B, out]``."""
         net = self.net[0]
-        h = x[self.tasks]
-        if net.spec.task_id_input:
-            one_hot = torch.eye(net.spec.num_tasks, dtype=x.dtype, device=x.device)[self.tasks]
-            h = torch.cat([h, one_hot[:, None, :].expand(-1, h.shape[1], -1)], dim=-1)
+        h = net.inputs(x)[self.tasks]
         with torch.no_grad():
             for layer in range(1, self.module):
                 h = net.act(net.shared[str(layer)](h), h)

@@ -130,14 +130,20 @@ class TreeNet(nn.Module):
         self.act = options.activation()
         options.initialise(self)
 
+    def inputs(self, x: Tensor) -> Tensor:
+        """``x [T, B, in]`` as the first module reads it: with the one-hot task id appended
+        where the tree takes it (MT-SAC)."""
+        if not self.spec.task_id_input:
+            return x
+        T = self.spec.num_tasks
+        one_hot = torch.eye(T, dtype=x.dtype, device=x.device)[:, None, :]
+        return torch.cat([x, one_hot.expand(T, x.shape[1], T)], dim=-1)
+
     def forward(self, x: Tensor) -> Tensor:
         T = self.spec.num_tasks
         if x.shape[0] != T:
             raise ValueError(f"expected {T} tasks on the leading axis, got shape {tuple(x.shape)}")
-        if self.spec.task_id_input:
-            one_hot = torch.eye(T, dtype=x.dtype, device=x.device)[:, None, :]
-            x = torch.cat([x, one_hot.expand(T, x.shape[1], T)], dim=-1)
-        h = x
+        h = self.inputs(x)
         for layer in range(1, self.spec.depth + 1):
             key, skip = str(layer), h
             if key not in self.private:
