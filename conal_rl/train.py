@@ -153,7 +153,8 @@ def save_grown(run_dir: Path, hooks: list, train_seconds: float) -> None:
         save_gain_picture(run.gains_picture, probes["probes"])
     for b in hook.branches:
         why = (f" (its held-out TD error {b['gain']:.1%} lower, ± {b['se']:.1%}, "
-               f"{b['episodes']} episodes)" if "gain" in b else "")
+               f"{b['episodes']} episodes)" if "gain" in b else
+               " (the other tasks of its group left it)" if b.get("left_alone") else "")
         print(f"branch at env step {b['env_steps']:,}: {b['net']} {b['task']} has its own "
               f"modules from module {b['module']} on{why}")
 

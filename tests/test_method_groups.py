@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conal_rl.method import TreeNet, TreeSpec
-from conal_rl.method.groups import GroupTreeNet, GroupTreeSpec
+from conal_rl.method.groups import GroupTreeNet, GroupTreeSpec, grown_group_state
 from conal_rl.method.progressive import StageNet, progressive_search
 
 T, IN = 4, 6
@@ -40,6 +40,36 @@ def test_partitions_must_refine_depth_by_depth():
     assert spec.groups_by_name() == [[["a", "b"], ["c", "d"]], [["a"], ["b"], ["c", "d"]]]
     assert GroupTreeSpec.from_dict(spec.to_dict()) == spec
     assert spec.shared_modules()[2][3] == 2 and spec.shared_modules()[0][2] == 0
+
+
+# Four tasks, three modules: all share module 1; {0, 1} and {2, 3} module 2; {2, 3} module 3.
+GROUPED = GroupTreeSpec((8, 8, 8), ((0, 0, 0, 0), (0, 0, 1, 1), (0, 1, 2, 2)))
+
+
+def test_a_grouped_tree_branches_as_a_plain_one():
+    assert GROUPED.branch_points == (2, 2, 3, 3)  # the leading modules shared with another
+    grown = GROUPED.branched({2: {2}})
+    # Task 2 runs its own modules from module 2 on; task 3, left alone, from module 2 too.
+    assert grown.groups == ((0, 0, 0, 0), (0, 0, 1, 2), (0, 1, 2, 3))
+    assert grown.branch_points == (2, 2, 1, 1)
+    assert GROUPED.branched({3: {0}}) == GROUPED  # task 0 already has its own module 3
+
+
+def test_a_grown_grouped_tree_computes_what_it_computed_and_carries_its_moments():
+    torch.manual_seed(0)
+    net = GroupTreeNet(GROUPED, 5, 2)
+    grown_spec = GROUPED.branched({2: {2}})
+    grown = GroupTreeNet(grown_spec, 5, 2)
+    grown.load_state_dict(grown_group_state(GROUPED, grown_spec, net.state_dict()))
+    x = torch.randn(4, 6, 5)
+    torch.testing.assert_close(grown(x), net(x))
+    moments = {k: torch.rand_like(v) for k, v in net.state_dict().items()}
+    laid = grown_group_state(GROUPED, grown_spec, moments)
+    assert laid["layers.1.weight"].shape[0] == 3  # module 2: {0, 1}, {2}, {3}
+    assert torch.equal(laid["layers.1.weight"][1], moments["layers.1.weight"][1])
+    assert torch.equal(laid["layers.1.weight"][2], moments["layers.1.weight"][1])
+    with pytest.raises(ValueError, match="split the old ones, not join"):
+        grown_group_state(grown_spec, GROUPED, grown.state_dict())
 
 
 def test_a_stage_splits_each_group_into_stayers_and_leavers():

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from conal_rl.method import NetOptions, TreeNet, TreeSpec
+from conal_rl.method import GroupTreeNet, GroupTreeSpec, NetOptions, TreeNet, TreeSpec
 from conal_rl.method.probe import ModuleProbe, one_sided_z, paired_gain
 
 
@@ -31,6 +31,22 @@ def test_a_probe_starts_as_the_net_and_trains_only_itself(module, options):
     assert all(p.grad is None for p in net.parameters())
     assert not torch.allclose(probe(x), net(x)[tasks])
     assert not any(k.startswith("net") for k in probe.state_dict())  # not saved with it
+
+
+@pytest.mark.parametrize("module, tasks", [(2, [0, 1]), (3, [2, 3])])
+def test_a_probe_of_a_grouped_tree_starts_as_its_net(module, tasks):
+    torch.manual_seed(0)
+    # All share module 1; {0, 1} and {2, 3} module 2; {2, 3} module 3.
+    spec = GroupTreeSpec((8, 8, 8), ((0, 0, 0, 0), (0, 0, 1, 1), (0, 1, 2, 2)))
+    net = GroupTreeNet(spec, 5, 2, NetOptions(layer_norm=True))
+    probe = ModuleProbe(net, tasks, module)
+    x = torch.randn(4, 7, 5)
+    torch.testing.assert_close(probe(x), net(x)[tasks])
+    assert probe.parameters_per_task() == (8 + 1) * 8
+    probe(x).square().sum().backward()
+    assert all(p.grad is None for p in net.parameters())
+    with pytest.raises(ValueError, match="branch after module 2"):
+        ModuleProbe(net, [2], 2)
 
 
 def test_a_probe_takes_only_tasks_branching_at_its_module():

@@ -158,3 +158,45 @@ def test_a_round_waits_while_the_probes_have_spent_their_share_or_episodes_are_f
     assert rule._may_start(replay, 10, now)
     rule.seconds, rule._look_at = branching.MAX_SHARE * 100 + 1, 0  # over its share
     assert not rule._may_start(replay, 20, now)
+
+
+def test_a_grouped_tree_grows_by_gain_and_resumes_grown(tmp_path, two_tasks, monkeypatch,
+                                                         capsys, two_held_out):
+    """CoNAL-Pro's trees: a task that gains leaves its group; left alone, the other task
+    runs its own module too; the grown groups are what a resume builds."""
+    from conal_rl.training import preflight
+
+    monkeypatch.setattr(preflight, "task_names", lambda name: list(two_tasks))
+    monkeypatch.setattr(branching, "paired_gain", _gains(0.3))
+    tree = {"hidden": [16, 16], "groups": [[0, 0], [0, 0]]}
+    path = tmp_path / "groups.json"
+    path.write_text(json.dumps({"actor": tree, "critic": tree}))
+    run = tmp_path / "run"
+    grouped = [*TINY, "--arch", "tree", "--architecture", str(path)]
+    train.main([*grouped, "--total-steps", "2000", "--branch-every", "400",
+                "--run-dir", str(run)])
+    state = checkpoint.load(RunDir(run).checkpoint)["hooks"]["branching"]
+    assert state["trees"]["critic"]["groups"] == [[0, 0], [0, 1]]
+    first, alone = state["branches"][:2]
+    assert (first["task"], first["module"], first["gain"]) == (two_tasks[0], 2, 0.3)
+    assert (alone["task"], alone["module"], alone["left_alone"]) == (two_tasks[1], 2, True)
+    assert "the other tasks of its group left it" in capsys.readouterr().out
+    grown = json.loads(RunDir(run).grown.read_text())
+    assert grown["critic"]["groups"] == [[0, 0], [0, 1]]
+    # Resumed without its replay (no --save-replay): the round under way waits for held-out
+    # episodes before its verdict, instead of judging on none.
+    train.main(["--resume", str(run), "--total-steps", "2400"])
+    assert "resumed" in capsys.readouterr().out
+    after = checkpoint.load(RunDir(run).checkpoint)["hooks"]["branching"]
+    assert after["gain"]["measured"] == state["gain"]["measured"]
+    assert after["gain"]["probe"] is not None and after["trees"] == state["trees"]
+
+
+def test_conal_and_conal_pro_grow_by_gain_by_default():
+    from conal_rl.training.config import TrainConfig
+
+    for arch in ("conal", "conal-pro"):
+        laptop = TrainConfig(benchmark="MT10", arch=arch, preset="laptop")
+        assert (laptop.branch_every, laptop.branch_rule) == (50_000, "gain")
+        assert TrainConfig(benchmark="MT10", arch=arch, preset="quick").branch_every == 0
+    assert TrainConfig(benchmark="MT10", arch="mhsac", preset="laptop").branch_every == 0

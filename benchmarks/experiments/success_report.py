@@ -453,8 +453,9 @@ def grown_summary(grown: dict) -> dict:
     for role, tree in grown.items():
         if not isinstance(tree, dict) or "branches" not in tree:
             continue
-        out[role] = {"branches": [{k: b[k] for k in ("env_steps", "task", "module", "gain", "se")
-                                   if k in b} for b in tree["branches"]],
+        out[role] = {"branches": [{k: b[k] for k in ("env_steps", "task", "module", "gain", "se",
+                                                     "left_alone") if k in b}
+                                  for b in tree["branches"]],
                      "verdicts": len(tree.get("probes", []))}
         if tree.get("train_seconds"):
             out[role]["probe_share"] = tree["probe_seconds"] / tree["train_seconds"]
@@ -476,7 +477,8 @@ def grown_lines(rows: list[dict]) -> list[str]:
         for role, grown in run["grown"].items():
             opened = "; ".join(
                 f"{b['env_steps']:,} {b['task']} module {b['module']}"
-                + (f" ({b['gain']:.0%} ± {b['se']:.0%})" if "gain" in b else "")
+                + (f" ({b['gain']:.0%} ± {b['se']:.0%})" if "gain" in b else
+                   " (its group's other tasks left)" if b.get("left_alone") else "")
                 for b in grown["branches"]) or "none"
             share = (f"; {grown['verdicts']} verdicts, probes {grown['probe_share']:.1%} of "
                      "the training time" if "probe_share" in grown else "")

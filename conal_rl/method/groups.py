@@ -14,7 +14,8 @@ gathered per task (``[T, in, out]``), never a Python loop over tasks or groups.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor, nn
@@ -62,6 +63,25 @@ class GroupTreeSpec:
     def depth(self) -> int:
         return len(self.hidden)
 
+    @property
+    def branch_points(self) -> tuple[int, ...]:
+        """Per task, how many leading modules it shares with another task (0..P): below
+        them it runs modules of its own, as in a :class:`~conal_rl.method.tree.TreeSpec`."""
+        sizes = [{g: labels.count(g) for g in labels} for labels in self.groups]
+        return tuple(sum(size[labels[t]] > 1 for size, labels in zip(sizes, self.groups))
+                     for t in range(self.num_tasks))
+
+    def branched(self, leaving: Mapping[int, set[int] | tuple[int, ...]]) -> GroupTreeSpec:
+        """This tree with tasks taken out of their groups: ``leaving[layer]`` (1..P) are
+        tasks that leave their group at module ``layer``; each runs its own copies from there
+        on (as :meth:`TreeSpec.branched <conal_rl.method.tree.TreeSpec.branched>`)."""
+        groups = [list(labels) for labels in self.groups]
+        for layer, tasks in leaving.items():
+            for t in tasks:
+                for depth in range(int(layer) - 1, self.depth):
+                    groups[depth][t] = ("own", t)  # a label no group has; canonical renumbers
+        return replace(self, groups=tuple(tuple(labels) for labels in groups))
+
     @classmethod
     def from_branch_points(cls, hidden, branch_points, task_names=()) -> GroupTreeSpec:
         """A CoNAL tree: task t shares modules 1..b_t with the tasks that reach them."""
@@ -97,6 +117,28 @@ class GroupTreeSpec:
                    tuple(d.get("task_names", ())))
 
 
+def grown_group_state(old: GroupTreeSpec, new: GroupTreeSpec,
+                      state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """A :class:`GroupTreeNet` state of tree ``old`` laid out for ``new``, whose groups split
+    ``old``'s (:meth:`GroupTreeSpec.branched`): every new group starts as the group it came
+    from, so the net computes what it computed. Any tensors keyed and shaped like the
+    parameters go through alike (an optimizer's moments)."""
+    if old.hidden != new.hidden or old.num_tasks != new.num_tasks:
+        raise ValueError("the new tree must have the old one's modules and tasks")
+    out = dict(state)
+    for depth, (was, now) in enumerate(zip(old.groups, new.groups)):
+        came_from = {}
+        for g_old, g_new in zip(was, now):
+            if came_from.setdefault(g_new, g_old) != g_old:
+                raise ValueError(f"the new tree's groups at depth {depth + 1} must split the "
+                                 "old ones, not join them")
+        index = torch.tensor([came_from[g] for g in range(len(came_from))])
+        for part in ("weight", "bias"):
+            key = f"layers.{depth}.{part}"
+            out[key] = state[key][index.to(state[key].device)].contiguous()
+    return out
+
+
 class GroupLinear(nn.Module):
     """``G`` linear layers, task t using layer ``index[t]``: ``[T, B, in] -> [T, B, out]``."""
 
@@ -129,6 +171,18 @@ class GroupTreeNet(nn.Module):
         self.head = TaskLinear(spec.num_tasks, widths[-1], out_features)
         self.act = options.activation()
         options.initialise(self)
+
+    def inputs(self, x: Tensor) -> Tensor:
+        """``x`` as the first module reads it (a grouped tree takes no task id)."""
+        return x
+
+    def task_weights(self, layer: int, tasks: Sequence[int]) -> tuple[Tensor, Tensor]:
+        """The weights ``[n, in, out]`` and biases ``[n, 1, out]`` tasks compute module
+        ``layer`` (1..P) with: their groups' (as
+        :meth:`TreeNet.task_weights <conal_rl.method.tree.TreeNet.task_weights>`)."""
+        module = self.layers[layer - 1]
+        groups = module.index[torch.as_tensor(list(tasks), device=module.index.device)]
+        return module.weight[groups], module.bias[groups]
 
     def forward(self, x: Tensor) -> Tensor:
         for layer in self.layers:

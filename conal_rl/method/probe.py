@@ -1,12 +1,12 @@
 """What a private module would gain a task, measured rather than inferred.
 
-A :class:`ModuleProbe` gives each of its tasks its own copy of one shared module of a
-:class:`~conal_rl.method.tree.TreeNet` and of everything the task computes after it (its
-deeper modules, its head), starting as the net's weights: at its start it computes what the
-net computes. It trains on what the net trains on (the same samples, the same targets),
-reading the net's shared modules before it without training them. After a while, the
-probe's loss and the net's on data neither trained on say what the private copy would have
-bought each task over those steps: :func:`paired_gain`.
+A :class:`ModuleProbe` gives each of its tasks its own copy of one shared module of a tree
+(plain or grouped) and of everything the task computes after it (its deeper modules, its
+head), starting as the net's weights: at its start it computes what the net computes. It
+trains on what the net trains on (the same samples, the same targets), reading the net's
+shared modules before it without training them. After a while, the probe's loss and the
+net's on data neither trained on say what the private copy would have bought each task over
+those steps: :func:`paired_gain`.
 
 Why not from gradients: a first-order reading (how far a task's gradient points from the
 shared step) hands out copies where tasks agree as readily as where they do not, because
@@ -27,56 +27,54 @@ from statistics import NormalDist
 import torch
 from torch import Tensor, nn
 
+from conal_rl.method.groups import GroupTreeNet
 from conal_rl.method.layers import TaskLinear
 from conal_rl.method.tree import TreeNet
 
 
 class ModuleProbe(nn.Module):
-    """Tasks ``tasks``' private copies of shared module ``module`` (1..P) of ``net`` and of
-    their modules after it and heads. Every task must have ``module`` as its deepest shared
-    module (its branch point). ``forward`` reads the net's modules before ``module`` as they
-    are now (no gradient into them); the net itself is not a submodule of the probe."""
+    """Tasks ``tasks``' private copies of shared module ``module`` (1..P) of ``net`` (a
+    :class:`~conal_rl.method.tree.TreeNet`, or a grouped tree's
+    :class:`~conal_rl.method.groups.GroupTreeNet`, where the module is shared by the task's
+    group) and of their modules after it and heads. Every task must have ``module`` as its
+    deepest shared module (its branch point). ``forward`` reads the net's modules before
+    ``module`` as they are now (no gradient into them); the net itself is not a submodule
+    of the probe."""
 
-    def __init__(self, net: TreeNet, tasks: Sequence[int], module: int):
+    def __init__(self, net: TreeNet | GroupTreeNet, tasks: Sequence[int], module: int):
         super().__init__()
         spec = net.spec
-        if spec.shared_head:
+        if getattr(spec, "shared_head", False):
             raise ValueError("a probe needs a head per task (not MT-SAC's shared head)")
         if not tasks or any(spec.branch_points[t] != module for t in tasks):
             raise ValueError(f"every probed task must branch after module {module}, got the "
                              f"branch points {[spec.branch_points[t] for t in tasks]}")
         self.net, self.module = [net], module  # in a list: not registered, not in state_dict
+        self.task_list = [int(t) for t in tasks]
         device = net.head.weight.device
         self.register_buffer("tasks", torch.tensor(list(tasks), device=device), persistent=False)
         self.copies = nn.ModuleDict()
         with torch.no_grad():
             for layer in range(module, spec.depth + 1):
-                key = str(layer)
-                if layer == module:  # nn.Linear's [out, in] as TaskLinear's [in, out]
-                    w = net.shared[key].weight.T.expand(len(tasks), -1, -1)
-                    b = net.shared[key].bias[None, None].expand(len(tasks), 1, -1)
-                else:
-                    rows = _private_rows(spec.branch_points, layer, tasks)
-                    w, b = net.private[key].weight[rows], net.private[key].bias[rows]
-                self.copies[key] = _task_linear(w, b)
+                self.copies[str(layer)] = _task_linear(*net.task_weights(layer, tasks))
             self.head = _task_linear(net.head.weight[self.tasks], net.head.bias[self.tasks])
 
     def forward(self, x: Tensor) -> Tensor:
         """``x [T, B, in]`` (the net's input) -> ``[len(tasks), B, out]``."""
-        net = self.net[0]
+        net, tasks = self.net[0], self.task_list
         h = net.inputs(x)[self.tasks]
         with torch.no_grad():
             for layer in range(1, self.module):
-                h = net.act(net.shared[str(layer)](h), h)
+                weight, bias = net.task_weights(layer, tasks)
+                h = net.act(torch.baddbmm(bias, h, weight), h)
         for layer in range(self.module, net.spec.depth + 1):
             h = net.act(self.copies[str(layer)](h), h)
         return self.head(h)
 
-
-def _private_rows(branch_points: Sequence[int], layer: int, tasks: Sequence[int]) -> list[int]:
-    """Where tasks' private copies of ``layer`` sit in the net's stacked TaskLinear."""
-    private = [t for t, b in enumerate(branch_points) if b < layer]
-    return [private.index(t) for t in tasks]
+    def parameters_per_task(self) -> int:
+        """What one task's copy of the probed module costs in parameters (not counting the
+        deeper modules and head it already had of its own)."""
+        return sum(p[0].numel() for p in self.copies[str(self.module)].parameters())
 
 
 def _task_linear(weight: Tensor, bias: Tensor) -> TaskLinear:

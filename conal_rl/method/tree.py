@@ -10,7 +10,7 @@ task id appended to the input, one head) is the same tree with ``task_id_input``
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 
 import torch
@@ -139,6 +139,15 @@ class TreeNet(nn.Module):
         one_hot = torch.eye(T, dtype=x.dtype, device=x.device)[:, None, :]
         return torch.cat([x, one_hot.expand(T, x.shape[1], T)], dim=-1)
 
+    def task_weights(self, layer: int, tasks: Sequence[int]) -> tuple[Tensor, Tensor]:
+        """The weights ``[n, in, out]`` and biases ``[n, 1, out]`` tasks compute module
+        ``layer`` with, as they are now (:func:`task_rows`)."""
+        key = str(layer)
+        tensors = {f"{kind}.{key}.{part}": getattr(modules[key], part)
+                   for kind, modules in (("shared", self.shared), ("private", self.private))
+                   if key in modules for part in ("weight", "bias")}
+        return task_rows(self.spec, tensors, layer, tasks)
+
     def forward(self, x: Tensor) -> Tensor:
         T = self.spec.num_tasks
         if x.shape[0] != T:
@@ -170,26 +179,39 @@ def grown_state(old: TreeSpec, new: TreeSpec, state: Mapping[str, Tensor]) -> di
                          "branching no later")
     out = {k: v for k, v in state.items() if not k.startswith(("shared.", "private."))}
     for layer in range(1, old.depth + 1):
-        shared, private = f"shared.{layer}", f"private.{layer}"
-        was_private = [t for t, b in enumerate(old.branch_points) if b < layer]
-        now_private = [t for t, b in enumerate(new.branch_points) if b < layer]
         if any(b >= layer for b in new.branch_points):  # some task still shares it
             for part in ("weight", "bias"):
-                out[f"{shared}.{part}"] = state[f"{shared}.{part}"]
-        if not now_private:
-            continue
-        rows = {"weight": [], "bias": []}
-        for t in now_private:
-            if t in was_private:
-                k = was_private.index(t)
-                rows["weight"].append(state[f"{private}.weight"][k])
-                rows["bias"].append(state[f"{private}.bias"][k])
-            else:  # nn.Linear's [out, in] as TaskLinear's [in, out]
-                rows["weight"].append(state[f"{shared}.weight"].T)
-                rows["bias"].append(state[f"{shared}.bias"][None])
-        for part in ("weight", "bias"):
-            out[f"{private}.{part}"] = torch.stack(rows[part]).contiguous()
+                out[f"shared.{layer}.{part}"] = state[f"shared.{layer}.{part}"]
+        now_private = [t for t, b in enumerate(new.branch_points) if b < layer]
+        if now_private:
+            weight, bias = task_rows(old, state, layer, now_private)
+            out[f"private.{layer}.weight"] = weight.contiguous()
+            out[f"private.{layer}.bias"] = bias.contiguous()
     return out
+
+
+def task_rows(spec: TreeSpec, tensors: Mapping[str, Tensor], layer: int,
+              tasks: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """What tasks ``tasks`` compute module ``layer`` (1..P) with, in the layout of
+    :class:`TaskLinear`: weights ``[n, in, out]`` and biases ``[n, 1, out]``, from a
+    :class:`TreeNet`'s tensors (its parameters, its state, or anything keyed and shaped
+    alike, e.g. an optimizer's moments): the shared module's for a task that shares it, the
+    task's private row otherwise."""
+    shared_w, shared_b = tensors.get(f"shared.{layer}.weight"), tensors.get(f"shared.{layer}.bias")
+    if all(spec.branch_points[t] >= layer for t in tasks):  # one module for all: no copies
+        n = len(tasks)
+        return shared_w.T.expand(n, -1, -1), shared_b[None, None].expand(n, 1, -1)
+    private = [t for t, b in enumerate(spec.branch_points) if b < layer]
+    weights, biases = [], []
+    for t in tasks:
+        if t in private:
+            k = private.index(t)
+            weights.append(tensors[f"private.{layer}.weight"][k])
+            biases.append(tensors[f"private.{layer}.bias"][k])
+        else:  # nn.Linear's [out, in] as TaskLinear's [in, out]
+            weights.append(shared_w.T)
+            biases.append(shared_b[None])
+    return torch.stack(weights), torch.stack(biases)
 
 
 def tree_parameters(spec: TreeSpec, in_features: int, out_features: int) -> int:

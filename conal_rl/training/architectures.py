@@ -46,7 +46,7 @@ class Architecture:
     """The search runs stage by stage (one per hidden module): its evidence refreshes per
     stage."""
     can_grow: bool = False
-    """Its trees have a shared trunk and a head per task: ``--branch-every`` can grow them."""
+    """Its trees share modules and have a head per task: ``--branch-every`` can grow them."""
     grows: bool = False
     """Its trees grow by default (``--branch-every``: the preset's)."""
     needs_file: bool = False
@@ -129,9 +129,12 @@ def _check_conal_pro(config: TrainConfig) -> None:
         ("--gumbel", config.gumbel), ("--no-private", config.no_private),
         ("--inherit-weights", config.inherit_weights),
         ("--grad-surgery pcgrad", config.grad_surgery != "none")) if on]
+    if config.branch_every and config.branch_rule != "gain":
+        unsupported.append(f"--branch-rule {config.branch_rule}")
     if unsupported:
         raise ValueError(f"--arch conal-pro does not take {', '.join(unsupported)} (grouped "
-                         "trees have no single trunk to sample, share or project on)")
+                         "trees have no single trunk to sample, share, project on or read "
+                         "clusters of)")
 
 
 def _check_searched(config: TrainConfig) -> None:
@@ -170,8 +173,9 @@ ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (
                  search="search_architecture", can_grow=True, grows=True,
                  check=_checks(_check_searched, _check_conal)),
     Architecture("conal-pro", "grow grouped trees stage by stage with CoNAL-Pro, then train "
-                 "them", "CoNAL-Pro", search="search_progressive", stages=True,
-                 check=_checks(_check_searched, _check_conal_pro)),
+                 "them, a task leaving its group where a probe measures that its own module "
+                 "pays", "CoNAL-Pro", search="search_progressive", stages=True,
+                 can_grow=True, grows=True, check=_checks(_check_searched, _check_conal_pro)),
     Architecture("tree", "a given tree, see --architecture", "tree", can_grow=True,
                  needs_file=True, check=_check_tree),
     Architecture("mtsac-wide", "MT-SAC with its critic widened to --critic-params "

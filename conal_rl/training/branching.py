@@ -37,18 +37,27 @@ from torch.utils.tensorboard import SummaryWriter
 
 from agents import FilterFactory, MultiTaskReplay, MultiTaskSAC
 from agents.sac import adam
-from conal_rl.method import PLAIN, NetOptions, TreeNet, TreeSpec, grown_state
+from conal_rl.method import (
+    PLAIN,
+    GroupTreeNet,
+    GroupTreeSpec,
+    NetOptions,
+    TreeNet,
+    TreeSpec,
+    grown_group_state,
+    grown_state,
+)
 from conal_rl.method.evidence import MIN_EPISODES
 from conal_rl.method.probe import ModuleProbe, one_sided_z, paired_gain
 from conal_rl.training import conflict_atlas as atlas
 from conal_rl.training.config import GrowthSettings
-from conal_rl.training.nets import trees_in
+from conal_rl.training.nets import tree_factory, trees_in
 
 Outside = dict[str, dict[int, set[int]]]  # role -> shared module (1..P) -> task ids
 
 PROBE_SHARE = 0.25  # of the tasks, probed in one round at most
 MAX_SHARE = 0.04  # of the wall time, the probes may take before a new round waits
-Specs = dict[str, TreeSpec]
+Specs = dict[str, TreeSpec | GroupTreeSpec]
 
 
 class Branching:
@@ -60,10 +69,13 @@ class Branching:
 
     def __init__(self, specs: Specs, settings: GrowthSettings, task_names: list[str],
                  make_filter: FilterFactory | None = None, options: NetOptions = PLAIN):
-        shared_heads = [role for role, spec in specs.items() if spec.shared_head]
-        if shared_heads or not all(isinstance(s, TreeSpec) for s in specs.values()):
+        if any(isinstance(s, TreeSpec) and s.shared_head for s in specs.values()):
             raise ValueError("branching needs trees with a head per task (not MT-SAC's shared "
-                             "head, not CoNAL-Pro's grouped trees)")
+                             "head)")
+        grouped = any(isinstance(s, GroupTreeSpec) for s in specs.values())
+        if grouped and settings.rule != "gain":
+            raise ValueError(f"--branch-rule {settings.rule} needs trees with one shared "
+                             "trunk; grouped trees (CoNAL-Pro's) grow by --branch-rule gain")
         self.specs = dict(specs)
         self.task_names, self.make_filter = list(task_names), make_filter
         self.options = options
@@ -71,7 +83,7 @@ class Branching:
         self.rule = BRANCH_RULES[settings.rule](settings)
 
     def make_net(self, role: str, in_dim: int, out_dim: int) -> nn.Module:
-        return TreeNet(self.specs[role], in_dim, out_dim, self.options)
+        return tree_factory(self.specs, self.options)(role, in_dim, out_dim)
 
     # ---- the hook -------------------------------------------------------------------------
     def before_update(self, agent: MultiTaskSAC, replay: MultiTaskReplay,
@@ -83,14 +95,19 @@ class Branching:
         if grown == self.specs:
             return None
         for role, spec in grown.items():
+            chosen = set().union(*leaving.get(role, {}).values())
             for t, (a, b) in enumerate(zip(self.specs[role].branch_points, spec.branch_points)):
-                if b < a:
+                if b < a:  # chosen, or the last of a group whose other tasks left it
                     self.branches.append({"env_steps": env_steps, "net": role,
                                           "task": self.task_names[t], "module": b + 1}
-                                         | self.rule.why(role, t))
+                                         | (self.rule.why(role, t) if t in chosen
+                                            else {"left_alone": True}))
         old, self.specs = self.specs, grown
-        return agent.rebuilt(self.make_net, lambda role, tensors: grown_state(
-            old[role], grown[role], tensors), self.make_filter)
+
+        def laid_out(role: str, tensors: dict) -> dict:
+            grow = grown_group_state if isinstance(old[role], GroupTreeSpec) else grown_state
+            return grow(old[role], grown[role], tensors)
+        return agent.rebuilt(self.make_net, laid_out, self.make_filter)
 
     def log(self, writer: SummaryWriter, env_steps: int) -> None:
         for role, spec in self.specs.items():
@@ -172,7 +189,8 @@ class MeasuredGain:
     have taken more than MAX_SHARE of the wall time since the first (small nets, whose
     update a probe lengthens most, get fewer rounds; the run's cost stays bounded). While
     the held-out buffer has fewer than MIN_EPISODES episodes of a task, no round starts
-    (every verdict rests on one round of training and enough episodes)."""
+    (every verdict rests on one round of training and enough episodes); a round resumed
+    without its replay waits for them before its verdict."""
 
     def __init__(self, settings: GrowthSettings):
         self.every, self.price, self.budget = settings.every, settings.price, settings.budget
@@ -201,7 +219,10 @@ class MeasuredGain:
                 if not self._start(q1, specs["critic"], env_steps, agent):
                     return None
             self._train(agent)
-            if env_steps < self.started + self.every:
+            if env_steps < max(self.started + self.every, self._look_at):
+                return None
+            if _fewest_episodes(replay.holdout) < MIN_EPISODES:  # resumed without its replay
+                self._look_at = env_steps + max(1, self.every // 10)
                 return None
             return self._decide(agent, replay, env_steps)
         finally:
@@ -218,7 +239,8 @@ class MeasuredGain:
         self._look_at = env_steps + max(1, self.every // 10)
         return _fewest_episodes(replay.holdout) >= MIN_EPISODES
 
-    def _start(self, q1: TreeNet, spec: TreeSpec, env_steps: int, agent: MultiTaskSAC) -> bool:
+    def _start(self, q1: TreeNet | GroupTreeNet, spec: TreeSpec | GroupTreeSpec, env_steps: int,
+               agent: MultiTaskSAC) -> bool:
         """A probe for the round (or the resumed round's); False: nothing left to probe."""
         resumed, self._saved_probe = self._saved_probe, None
         if resumed is None:
@@ -278,8 +300,7 @@ class MeasuredGain:
         """Refuse, the smallest gains first, the copies that would take the twin critics
         past the budget (their verdicts say so)."""
         critic = sum(p.numel() for p in agent.critic.parameters())
-        shared = agent.critic.q1.shared[str(self.module)]
-        copy = 2 * (shared.in_features + 1) * shared.out_features  # one task, both twins
+        copy = 2 * self.probe.parameters_per_task()  # one task, both twins
         for v in sorted((v for v in verdicts if v["opened"]), key=lambda v: -v["gain"]):
             if critic + copy > self.budget:
                 v["opened"], v["over_budget"] = False, True

@@ -236,12 +236,13 @@ class TrainConfig:
     """--conflict-rule evidence and --branch-rule lasting-cluster: transitions per task each
     measurement of the evidence reads (from the replay, with a generator of its own)"""
     branch_every: int = PRESET
-    """trees with a head per task (e.g. --arch mhsac, tree, conal's derived trees): env steps
-    (in all) between two decisions of --branch-rule while the trees train; a task it takes
-    off a shared module gets its own copies from that module on, starting as the shared
-    ones (the net computes what it did; Adam's moments carried). The grown trees are saved
-    with the checkpoints and in RUN_DIR/grown.json. 0: the trees stay as they were made.
-    Default: for --arch conal the preset's (per task: paper 100k, laptop 5k, about a
+    """trees with a head per task (e.g. --arch mhsac, tree, the derived trees of conal and
+    conal-pro): env steps (in all) between two decisions of --branch-rule while the trees
+    train; a task it takes off a shared module (or out of its group's) gets its own copies
+    from that module on, starting as the shared ones (the net computes what it did; Adam's
+    moments carried). The grown trees are saved with the checkpoints and in
+    RUN_DIR/grown.json. 0: the trees stay as they were made. Default: for --arch conal and
+    conal-pro the preset's (per task: paper 100k, laptop 5k, about a
     twentieth of the env steps its runs reach; quick 0, too short for a gain's verdict), 0
     for the others"""
     branch_rule: Literal["gain", "lasting-cluster"] = "gain"
@@ -423,7 +424,7 @@ class TrainConfig:
         if arch.check is not None:
             arch.check(self)
         if self.branch_every and not arch.can_grow:
-            raise ValueError(f"--branch-every needs trees with a shared trunk and a head per "
+            raise ValueError(f"--branch-every needs trees with shared modules and a head per "
                              f"task: --arch {', '.join(growing())}, not {self.arch}")
         if self.critic_params and not arch.widened:
             raise ValueError(f"--critic-params sizes the critic of --arch "

@@ -155,7 +155,10 @@ def check_fits(specs: dict[str, TreeSpec], task_names: list[str], where: str | P
                                     f"benchmark {len(task_names)}")
 
 
-def trees_in(hook_state: dict | None) -> dict[str, TreeSpec] | None:
+def trees_in(hook_state: dict | None) -> dict[str, TreeSpec | GroupTreeSpec] | None:
     """The grown trees a checkpoint's hook state holds (None: not a growing run's)."""
     trees = (hook_state or {}).get("trees")
-    return {role: TreeSpec.from_dict(d) for role, d in trees.items()} if trees else None
+    if not trees:
+        return None
+    return {role: (GroupTreeSpec if "groups" in d else TreeSpec).from_dict(d)
+            for role, d in trees.items()}
