@@ -65,7 +65,9 @@ def test_a_gain_that_pays_opens_a_branch_with_its_numbers(tmp_path, two_tasks, m
     assert branch["gain"] == 0.3 and branch["price"] == 0.1 and branch["episodes"] >= 2
     assert (state["gain"]["module"], state["gain"]["tasks"]) == (1, [0])
     assert tuple(state["trees"]["actor"]["branch_points"]) == (2, 2)  # the actor is not probed
-    assert "its held-out TD error 30.0% lower" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "its held-out TD error 30.0% lower" in out
+    assert "branches=1" in err and "verdicts=" in err  # the progress bar shows the growth
 
 
 def test_no_gain_no_branch(tmp_path, two_tasks, monkeypatch, two_held_out):

@@ -115,6 +115,11 @@ class Branching:
             writer.add_scalar(f"branching/{role}/private_modules", private, env_steps)
         self.rule.log(writer, env_steps, self.task_names)
 
+    def progress(self) -> dict[str, str]:
+        """Branches opened so far and the rule's own (e.g. the probe under way)."""
+        return ({"branches": str(len(self.branches))} if self.branches else {}) \
+            | self.rule.progress()
+
     def state_dict(self) -> dict:
         return {"trees": {role: spec.to_dict() for role, spec in self.specs.items()},
                 "branches": list(self.branches)} | self.rule.state_dict()
@@ -153,6 +158,9 @@ class LastingOutsideCluster:
 
     def log(self, writer: SummaryWriter, env_steps: int, task_names: list[str]) -> None:
         pass
+
+    def progress(self) -> dict[str, str]:
+        return {}
 
     def decide(self, measured: atlas.Atlas) -> Outside:
         """Per role and shared module (1..P), the tasks that leave it now."""
@@ -319,6 +327,11 @@ class MeasuredGain:
             last[v["task"]] = v
         for t, v in last.items():
             writer.add_scalar(f"branching/gain/{task_names[t]}", v["gain"], env_steps)
+
+    def progress(self) -> dict[str, str]:
+        """The round under way (its module, how many tasks) and the verdicts so far."""
+        out = {"probing": f"module {self.module} x{len(self.tasks)}"} if self.probe else {}
+        return out | ({"verdicts": str(len(self.measured))} if self.measured else {})
 
     def state_dict(self) -> dict:
         probe = None if self.probe is None else {"weights": self.probe.state_dict(),

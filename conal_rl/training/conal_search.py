@@ -176,6 +176,9 @@ class ConalSearch:
         architecture_step(self.optim, [(critic_loss, [self.alpha["critic"]]),
                                        (actor_loss, [self.alpha["actor"]])])
 
+    def progress(self) -> dict[str, str]:
+        return {}  # the search's own bar says how far it is
+
     def log(self, writer: SummaryWriter, step: int) -> None:
         """Every call: per shared module, how often it was frozen (and, with the consensus
         rule, the fraction of tasks left out) and a histogram of the last update's pairwise

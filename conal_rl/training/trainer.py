@@ -44,6 +44,9 @@ class Hook(Protocol):
     def before_update(self, agent: MultiTaskSAC, replay: MultiTaskReplay,
                       env_steps: int) -> MultiTaskSAC | None: ...
     def log(self, writer: SummaryWriter, env_steps: int) -> None: ...
+    def progress(self) -> dict[str, str]:
+        """What the progress bar shows of it (e.g. a probe under way)."""
+        ...
     def state_dict(self) -> dict: ...
     def load_state_dict(self, state: dict) -> None: ...
 
@@ -383,6 +386,8 @@ class Trainer:
                 postfix["success"] = f"{self.last_eval.mean_success:.2f}"
             else:
                 postfix["return"] = f"{self.last_eval.mean_return:.1f}"
+        for hook in self.hooks:
+            postfix |= hook.progress()
         bar.set_postfix(postfix, refresh=False)
 
     def _write_timing(self) -> None:
