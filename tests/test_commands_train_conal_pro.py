@@ -35,6 +35,17 @@ def test_conal_pro_grows_grouped_trees_and_trains_them(tmp_path, two_tasks):
     assert isinstance(loaded.agent.actor.net, GroupTreeNet) and loaded.env_steps == 100
 
 
+def test_its_grouped_trees_grow_while_they_train(tmp_path, two_tasks):
+    run = tmp_path / "run"
+    train.main([*TINY, "--total-steps", "400", "--branch-every", "200", "--gain-holdout", "2",
+                "--run-dir", str(run)])
+    state = checkpoint.load(run / "checkpoints" / "latest.pt")["hooks"]["branching"]
+    derived = load_specs(run / "architecture.json")
+    assert all(GroupTreeSpec.from_dict(state["trees"][role]).hidden == derived[role].hidden
+               for role in ("actor", "critic"))
+    assert "gain" in state  # the rule: a probe where held-out episodes allow
+
+
 def test_a_stopped_stage_resumes_and_a_decided_one_is_not_searched_again(tmp_path, two_tasks,
                                                                         monkeypatch):
     run = tmp_path / "run"
