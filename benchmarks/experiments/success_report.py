@@ -561,11 +561,11 @@ def costs_lines(costs: dict | None) -> list[str]:
              f"machine (`{costs['command']}`; {machine_text(costs['machine'])}; "
              f"{costs['date']}): matrix-product FLOPs per sample (forward and backward) and "
              "the update's time, one thread, mean over the row's runs.", "",
-             "| row | actor params | critic params | MFLOP per sample | update ms |",
+             "| row | actor params | critic params | FLOP per sample | update ms |",
              "|---|---|---|---|---|"]
     for row, c in costs["rows"].items():
         lines.append(f"| {row} | {c['actor_params']:,.0f} | {c['critic_params']:,.0f} | "
-                     f"{c['flops_per_sample'] / 1e6:.2f} | {c['update_ms']:.2f} |")
+                     f"{c['flops_per_sample'] / 1e6:.2f}M | {c['update_ms']:.2f} |")
     if costs.get("plot"):
         lines += ["", f"Success against critic parameters and against update time: "
                       f"`{costs['plot']}` (small: seeds; large: the row's mean)."]

@@ -83,12 +83,12 @@ def markdown(payload: dict) -> str:
              f"{payload['rounds']} rounds of {payload['repeats']} updates (median of each "
              "round, then of the rounds); FLOPs: the update's matrix products, forward and "
              "backward, per sample of its batch.", "",
-             "| run | actor params | critic params | batch per task | MFLOP per sample | "
+             "| run | actor params | critic params | batch per task | FLOP per sample | "
              "update ms |", "|---|---|---|---|---|---|"]
     for r in payload["runs"]:
         lines.append(f"| {r['row']}-s{r['seed']} | {r['actor_params']:,} | "
                      f"{r['critic_params']:,} | {r['batch_per_task']} | "
-                     f"{r['flops_per_sample'] / 1e6:.2f} | {r['update_ms']:.2f} |")
+                     f"{r['flops_per_sample'] / 1e6:.2f}M | {r['update_ms']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
