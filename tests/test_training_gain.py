@@ -192,6 +192,9 @@ def test_a_grouped_tree_grows_by_gain_and_resumes_grown(tmp_path, two_tasks, mon
     after = checkpoint.load(RunDir(run).checkpoint)["hooks"]["branching"]
     assert after["gain"]["measured"] == state["gain"]["measured"]
     assert after["gain"]["probe"] is not None and after["trees"] == state["trees"]
+    from conal_rl.training.runs import load_run
+
+    assert load_run(run).agent.critic.q1.spec.groups == ((0, 0), (0, 1))  # evaluate, render
 
 
 def test_conal_and_conal_pro_grow_by_gain_by_default():
