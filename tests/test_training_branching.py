@@ -117,3 +117,15 @@ def test_trees_that_cannot_branch_are_refused(tmp_path, capsys):
                         "--run-dir", str(tmp_path / arch)])
         assert exit_.value.code == 2
         assert message in capsys.readouterr().err
+
+
+def test_a_grouped_tree_file_is_refused_the_cluster_rule():
+    from conal_rl.method import GroupTreeSpec
+    from conal_rl.training.config import GrowthSettings
+
+    grouped = GroupTreeSpec((8, 8), ((0, 0), (0, 0)))
+    with pytest.raises(ValueError, match="grow by --branch-rule gain"):
+        branching.Branching({"actor": grouped, "critic": grouped},
+                            GrowthSettings(every=100, rule="lasting-cluster"), ["a", "b"])
+    branching.Branching({"actor": grouped, "critic": grouped}, GrowthSettings(every=100),
+                        ["a", "b"])  # the gain rule takes it
