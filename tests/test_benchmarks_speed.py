@@ -361,3 +361,26 @@ def test_our_side_of_the_jax_comparison_times_the_mtsac_update():
 
     ms = jax_reference.run_side(sys.executable, jax_reference.OURS, "laptop", 2, 0)
     assert 0 < ms < 1000
+
+
+@pytest.mark.slow
+def test_our_compiled_side_times_the_update_under_torch_compile():
+    import sys
+
+    from benchmarks.speed import jax_reference
+
+    assert 0 < jax_reference.run_side(sys.executable, jax_reference.OURS, "floor", 2, 0,
+                                      compiled=True) < 10_000
+
+
+def test_the_jax_table_shows_the_compiled_side_only_when_timed():
+    from benchmarks.speed import jax_reference
+
+    row = {"size": "floor", "width": 8, "depth": 3, "batch_per_task": 1, "ours_ms": 2.5,
+           "reference_ms": 0.4, "ratio": 6.25}
+    payload = {"command": "c", "machine": {}, "date": "d", "tasks": 10, "obs_dim": 39,
+               "act_dim": 4, "core": 0, "repeats": 3, "rounds": 1, "rows": [row]}
+    assert "compiled" not in jax_reference.markdown(payload)
+    payload |= {"compiled": True, "rows": [row | {"compiled_ms": 5.25}]}
+    table = jax_reference.markdown(payload)
+    assert "| ours compiled ms |" in table and "| 6.25 | 5.25 |" in table

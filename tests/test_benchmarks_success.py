@@ -343,7 +343,8 @@ def test_every_row_trains_what_its_name_says(tmp_path):
                    "--seeds", "1")
     specs |= _specs(tmp_path, "--archs", ",".join(mt10), "--seeds", "1", "--benchmark", "MT10")
     expected = {  # row -> fields that differ from MT-SAC's defaults
-        "mtsac": {}, "mhsac": {"arch": "mhsac"}, "conal": {"arch": "conal"},
+        "mtsac": {}, "mhsac": {"arch": "mhsac"}, "mhsac-id": {"arch": "mhsac", "task_id": True},
+        "conal": {"arch": "conal"},
         "conal-paper": {"arch": "conal", "conflict_rule": "any-pair", "branch_every": 0},
         "stl-batched": {"arch": "independent"},
         "conal-nocn": {"arch": "conal", "no_conflict_noticing": True},
@@ -359,7 +360,8 @@ def test_every_row_trains_what_its_name_says(tmp_path):
     }
     # the paper's row trains its derived trees as derived, on every preset
     assert success.ROWS["conal-paper"][1][-2:] == ("--branch-every", "0")
-    defaults = {"arch": "mtsac", "no_conflict_noticing": False, "no_private": False,
+    defaults = {"arch": "mtsac", "task_id": False, "no_conflict_noticing": False,
+                "no_private": False,
                 "loss_weighting": "mean", "grad_surgery": "none", "conflict_rule": "evidence"}
     assert set(expected) == {r for r, (module, _, _) in success.ROWS.items()
                              if module == "conal_rl.train"}

@@ -11,12 +11,14 @@ from conal_rl.method import GroupTreeNet, GroupTreeSpec, NetOptions, TreeNet, Tr
 from conal_rl.method.probe import ModuleProbe, one_sided_z, paired_gain
 
 
-@pytest.mark.parametrize("options", [NetOptions(), NetOptions(layer_norm=True, residual=True)])
+@pytest.mark.parametrize("options, task_id", [(NetOptions(), False), (NetOptions(), True),
+                                             (NetOptions(layer_norm=True, residual=True), False)])
 @pytest.mark.parametrize("module", [1, 2, 3])
-def test_a_probe_starts_as_the_net_and_trains_only_itself(module, options):
+def test_a_probe_starts_as_the_net_and_trains_only_itself(module, options, task_id):
     torch.manual_seed(0)
     # Tasks 0 and 2 have their own modules after ``module`` (copied too); task 1 shares all.
-    spec = TreeSpec((8, 8, 8), (module, 3, module, 0) if module < 3 else (3, 2, 3, 0))
+    spec = TreeSpec((8, 8, 8), (module, 3, module, 0) if module < 3 else (3, 2, 3, 0),
+                    task_id_input=task_id)
     net = TreeNet(spec, 5, 2, options)
     tasks = [t for t, b in enumerate(spec.branch_points) if b == module]
     probe = ModuleProbe(net, tasks, module)

@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from agents import MultiTaskSAC, SACConfig, random_batch
-from conal_rl.method import TreeSpec
+from conal_rl.method import GroupTreeSpec, TreeSpec
 from conal_rl.train import main
 from conal_rl.training.conal_search import ConalSearch, ProStage
 from conal_rl.training.config import TrainConfig
-from conal_rl.training.nets import tree_factory
+from conal_rl.training.nets import ArchitectureError, fixed_trees, save_specs, tree_factory
 from conal_rl.training.runs import load_run
 
 LEVERS = dict(layer_norm=True, residual=True, weight_init="he-uniform")
@@ -55,12 +55,48 @@ def test_an_old_config_without_the_flags_loads_as_it_ran(tmp_path):
     import json
 
     values = json.loads(path.read_text())
-    for key in ("layer_norm", "residual", "weight_init", "max_grad_norm"):
+    for key in ("layer_norm", "residual", "weight_init", "max_grad_norm", "task_id"):
         del values[key]
     path.write_text(json.dumps(values))
     options = TrainConfig.load(path).net_options()
     assert (options.layer_norm, options.residual, options.init) == (False, False, "torch")
+    assert not TrainConfig.load(path).task_id
     assert TrainConfig.load(path).sac().max_grad_norm is None
+
+
+@pytest.mark.parametrize("arch", ["mhsac", "independent", "private-critic", "mhsac-wide"])
+def test_task_id_gives_every_fixed_trees_first_module_the_one_hot_task_id(arch):
+    obs, act = 5, 2
+    config = TrainConfig(benchmark="MT10", arch=arch, hidden=(8, 8), task_id=True)
+    specs = fixed_trees(config, TASKS, (obs, act))
+    for role, d_in in (("actor", obs), ("critic", obs + act)):
+        assert specs[role].task_id_input
+        net = tree_factory(specs, config.net_options())(role, d_in, 1)
+        assert net.task_weights(1, [0])[0].shape[1] == d_in + len(TASKS)
+        x = torch.zeros(len(TASKS), 1, d_in)
+        torch.testing.assert_close(net.inputs(x)[:, 0, d_in:], torch.eye(len(TASKS)))
+
+
+def test_with_task_id_mhsacs_shared_trunk_tells_the_tasks_apart():
+    features = {}
+    for task_id in (False, True):
+        config = TrainConfig(benchmark="MT10", arch="mhsac", hidden=(8, 8), task_id=task_id)
+        net = tree_factory(fixed_trees(config, TASKS), config.net_options())("critic", 7, 1)
+        x = torch.randn(1, 4, 7).expand(len(TASKS), 4, 7)  # one batch, seen by every task
+        features[task_id] = net.shared["2"](net.act(net.shared["1"](net.inputs(x))))
+    assert torch.equal(features[False][0], features[False][1])  # a trunk blind to the task
+    assert not torch.allclose(features[True][0], features[True][1])
+
+
+def test_task_id_is_refused_for_searched_and_grouped_trees(tmp_path):
+    with pytest.raises(ValueError, match="--task-id: the search's supernets of --arch conal"):
+        TrainConfig(benchmark="MT10", arch="conal", task_id=True)
+    grouped = GroupTreeSpec((8,), ((0, 0, 1),), tuple(TASKS))
+    path = tmp_path / "groups.json"
+    save_specs(path, {"actor": grouped, "critic": grouped})
+    config = TrainConfig(benchmark="MT10", arch="tree", architecture=str(path), task_id=True)
+    with pytest.raises(ArchitectureError, match="grouped trees"):
+        fixed_trees(config, TASKS)
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -28,6 +28,9 @@ ARCHITECTURES = Path(__file__).resolve().parent / "architectures"
 ROWS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "mtsac": ("conal_rl.train", ("--arch", "mtsac"), "MT-SAC (shared MLP, one-hot task id)"),
     "mhsac": ("conal_rl.train", ("--arch", "mhsac"), "MH-SAC (shared trunk, a head per task)"),
+    # As Meta-World+'s reference and mtrl build MH-SAC: the trunk reads the task id too.
+    "mhsac-id": ("conal_rl.train", ("--arch", "mhsac", "--task-id"),
+                 "MH-SAC, the one-hot task id read by its trunk too (the field's MH-SAC)"),
     "conal": ("conal_rl.train", ("--arch", "conal"),
               "CoNAL (searched on evidence, grown where a probe measures gain)"),
     "conal-paper": ("conal_rl.train", ("--arch", "conal", "--conflict-rule", "any-pair",

@@ -89,7 +89,7 @@ from agents import MultiTaskSAC, random_batch
 from conal_rl.common import keep_freed_memory
 from conal_rl.training.config import TrainConfig
 from conal_rl.training.nets import fixed_trees, tree_factory
-T, OBS, ACT, width, depth, per_task, repeats = map(int, sys.argv[1:8])
+T, OBS, ACT, width, depth, per_task, repeats, compiled = map(int, sys.argv[1:9])
 torch.set_num_threads(1)
 keep_freed_memory()  # as the trainer sets it
 config = TrainConfig(benchmark="MT10", arch="mtsac", hidden=(width,) * depth,
@@ -98,12 +98,13 @@ torch.manual_seed(0)
 agent = MultiTaskSAC(tree_factory(fixed_trees(config, [f"t{t}" for t in range(T)], (OBS, ACT)),
                                   config.net_options()), T, OBS, ACT, config.sac())
 batch = random_batch(T, per_task, OBS, ACT, seed=0)
-for _ in range(5):
-    agent.update(batch)
+update = torch.compile(agent.update) if compiled else agent.update
+for _ in range(5):  # (compiled: compile, then warm)
+    update(batch)
 times = []
 for _ in range(repeats):
     t0 = time.process_time()
-    agent.update(batch)
+    update(batch)
     times.append(1e3 * (time.process_time() - t0))
 print(json.dumps(times))
 """
@@ -115,12 +116,15 @@ def one_thread_env() -> dict:
                          "OMP_NUM_THREADS": "1", "JAX_PLATFORMS": "cpu"}
 
 
-def run_side(python: str, script: str, size: str, repeats: int, core: int) -> float:
-    """The median update ms of one side, in a fresh process pinned to ``core``."""
+def run_side(python: str, script: str, size: str, repeats: int, core: int,
+             compiled: bool = False) -> float:
+    """The median update ms of one side, in a fresh process pinned to ``core``
+    (``compiled``: ours under ``torch.compile``)."""
     width, depth, per_task = SIZES[size]
     pin = ["taskset", "-c", str(core)] if shutil.which("taskset") else []
     proc = subprocess.run([*pin, python, "-c", script, *map(str, (
-        T, OBS, ACT, width, depth, per_task, repeats))], capture_output=True, text=True,
+        T, OBS, ACT, width, depth, per_task, repeats, int(compiled)))], capture_output=True,
+        text=True,
         env=one_thread_env(), cwd=Path(__file__).resolve().parents[2], timeout=1800)
     if proc.returncode:
         raise RuntimeError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip()
@@ -151,11 +155,16 @@ def markdown(payload: dict) -> str:
              f"process on core {payload['core']}, one thread; median process CPU time of "
              f"{payload['repeats']} updates per round, median over {payload['rounds']} rounds "
              "taking turns.", "",
-             "| size | nets | batch per task | ours ms | reference ms | ours / reference |",
-             "|---|---|---|---|---|---|"]
+             "| size | nets | batch per task | ours ms | reference ms | ours / reference |"
+             + (" ours compiled ms |" if payload.get("compiled") else ""),
+             "|---|---|---|---|---|---|" + ("---|" if payload.get("compiled") else "")]
     for r in payload["rows"]:
         lines.append(f"| {r['size']} | {r['depth']}x{r['width']} | {r['batch_per_task']} | "
-                     f"{r['ours_ms']:.2f} | {r['reference_ms']:.2f} | {r['ratio']:.2f} |")
+                     f"{r['ours_ms']:.2f} | {r['reference_ms']:.2f} | {r['ratio']:.2f} |"
+                     + (f" {r['compiled_ms']:.2f} |" if "compiled_ms" in r else ""))
+    if payload.get("compiled"):
+        lines += ["", "Ours compiled: the same update under `torch.compile` (its default "
+                  "backend, inductor), timed after its compile, in the same turns."]
     return "\n".join(lines) + "\n"
 
 
@@ -166,6 +175,8 @@ def main(argv: list[str] | None = None) -> dict | None:
                         "$CONAL_JAX_PYTHON)")
     add_turn_flags(parser, SIZES, "floor,laptop,paper", repeats=30)
     parser.add_argument("--core", type=int, default=0, help="the core both sides run on")
+    parser.add_argument("--compiled", action="store_true",
+                        help="also time our update under torch.compile (a third side)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/jax-reference"))
     args = parser.parse_args(argv)
     sizes = chosen_sizes(parser, args, SIZES)
@@ -177,22 +188,30 @@ def main(argv: list[str] | None = None) -> dict | None:
         return None
     rows = []
     for size in sizes:
-        ours, reference = [], []
+        ours, reference, compiled = [], [], []
         for _ in range(args.rounds):
             ours.append(run_side(sys.executable, OURS, size, args.repeats, args.core))
             reference.append(run_side(args.reference_python, REFERENCE, size, args.repeats,
                                       args.core))
+            if args.compiled:
+                compiled.append(run_side(sys.executable, OURS, size, args.repeats, args.core,
+                                         compiled=True))
         width, depth, per_task = SIZES[size]
         rows.append({"size": size, "width": width, "depth": depth, "batch_per_task": per_task,
                      "ours_ms": statistics.median(ours),
                      "reference_ms": statistics.median(reference),
                      "ours_rounds": ours, "reference_rounds": reference})
         rows[-1]["ratio"] = rows[-1]["ours_ms"] / rows[-1]["reference_ms"]
+        if compiled:
+            rows[-1] |= {"compiled_ms": statistics.median(compiled), "compiled_rounds": compiled}
         print(f"{size}: ours {rows[-1]['ours_ms']:.2f} ms, reference "
-              f"{rows[-1]['reference_ms']:.2f} ms", flush=True)
+              f"{rows[-1]['reference_ms']:.2f} ms"
+              + (f", ours compiled {rows[-1]['compiled_ms']:.2f} ms" if compiled else ""),
+              flush=True)
     payload = {"command": command(PROG, argv), "machine": machine(), "date": now(),
                "tasks": T, "obs_dim": OBS, "act_dim": ACT, "core": args.core,
-               "repeats": args.repeats, "rounds": args.rounds, "rows": rows}
+               "compiled": args.compiled, "repeats": args.repeats, "rounds": args.rounds,
+               "rows": rows}
     save(args.out, payload, markdown(payload))
     return payload
 

@@ -100,7 +100,7 @@ ADDED_FIELDS = {"conflict_rule": PAPER_RULE, "arch_holdout": 0, "stage_steps": P
                 "weight_init": "torch", "max_grad_norm": 0.0, "weight_decay": 0.0, "reset_every": 0,
                 "precision": "fp32", "critic_hidden": None, "critic_params": 0,
                 "branch_rule": "lasting-cluster", "gain_price": 0.05, "gain_holdout": 10,
-                "gain_budget": 0}
+                "gain_budget": 0, "task_id": False}
 
 # The config's parts, as --help groups its flags: what a run is and how it is run, the
 # learner (networks and update), the search (CoNAL, CoNAL-Pro and their rules), and the
@@ -113,8 +113,8 @@ PARTS = {
     "the learner (networks and update, every architecture)": (
         "hidden", "critic_hidden", "critic_params", "batch_per_task", "replay_size",
         "warmup_steps", "updates_per_step", "layer_norm", "normalize_obs", "residual",
-        "weight_init", "precision", "max_grad_norm", "weight_decay", "reset_every", "lr",
-        "gamma", "tau", "loss_weighting", "grad_surgery"),
+        "task_id", "weight_init", "precision", "max_grad_norm", "weight_decay", "reset_every",
+        "lr", "gamma", "tau", "loss_weighting", "grad_surgery"),
     "the search (--arch conal, conal-pro) and growing trees": (
         "search_steps", "stage_steps", "search_warmup_steps", "arch_lr", "gumbel",
         "no_conflict_noticing", "conflict_rule", "evidence_every", "evidence_samples",
@@ -303,6 +303,10 @@ class TrainConfig:
     residual: bool = False
     """residual connections: each hidden module's input added to its output where the two
     widths agree"""
+    task_id: bool = False
+    """the one-hot task id appended to the input of the actor and the critics, so their
+    trunk knows the task from its first module on (as MT-SAC's nets always do, and the
+    field's MH-SAC: Meta-World+'s reference, mtrl); fixed trees only (not a search's)"""
     weight_init: Literal[WEIGHT_INITS] = "torch"
     """how the linear maps start: torch (uniform in +-1/sqrt(fan_in), biases too) or
     he-uniform (uniform in +-sqrt(6/fan_in), zero biases: the Meta-World+ reference's)"""
@@ -426,6 +430,10 @@ class TrainConfig:
         if self.branch_every and not arch.can_grow:
             raise ValueError(f"--branch-every needs trees with shared modules and a head per "
                              f"task: --arch {', '.join(growing())}, not {self.arch}")
+        if self.task_id and not arch.fixed:
+            raise ValueError(f"--task-id: the search's supernets of --arch {self.arch} read no "
+                             "task id; it takes fixed trees (--arch "
+                             f"{', '.join(a for a in TRAINED if ARCHITECTURES[a].fixed)})")
         if self.critic_params and not arch.widened:
             raise ValueError(f"--critic-params sizes the critic of --arch "
                              f"{', '.join(a for a in TRAINED if ARCHITECTURES[a].widened)}, "

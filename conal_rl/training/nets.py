@@ -4,6 +4,7 @@ and the gradient filters of the trained networks (``--grad-surgery``)."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from torch import nn
@@ -32,11 +33,20 @@ def fixed_trees(config: TrainConfig, task_names: list[str],
     if arch.needs_file:  # the config checked that the file is given
         specs = load_specs(config.architecture)
         check_fits(specs, task_names, config.architecture)
-        return specs
-    if not arch.fixed:
+    elif not arch.fixed:
         raise ValueError(f"--arch {config.arch} has no fixed trees (searched, or not trained "
                          "by conal_rl.train)")
-    return arch.trees(config, task_names, sizes)
+    else:
+        specs = arch.trees(config, task_names, sizes)
+    return with_task_id(specs) if config.task_id else specs
+
+
+def with_task_id(specs: dict[str, TreeSpec | GroupTreeSpec]) -> dict[str, TreeSpec]:
+    """The trees with the one-hot task id appended to their input (``--task-id``);
+    ArchitectureError for grouped trees, which take none."""
+    if any(isinstance(spec, GroupTreeSpec) for spec in specs.values()):
+        raise ArchitectureError("--task-id: grouped trees (CoNAL-Pro's) read no task id")
+    return {role: replace(spec, task_id_input=True) for role, spec in specs.items()}
 
 
 def tree_factory(specs: dict[str, TreeSpec | GroupTreeSpec],
