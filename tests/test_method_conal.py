@@ -262,6 +262,27 @@ def test_pruned_tree_computes_the_argmax_path_exactly(no_private):
     assert num_parameters(tree) < num_parameters(net)
 
 
+@pytest.mark.parametrize("gumbel", [False, True])
+def test_with_the_task_id_every_path_reads_it_and_the_derived_tree_too(gumbel):
+    torch.manual_seed(0)
+    net = SuperNet(T, IN, OUT, HIDDEN, gumbel=gumbel, task_id_input=True).double()
+    assert net.shared["1"].in_features == IN + T and net.private["1"].weight.shape[1] == IN + T
+    x = torch.randn(1, 9, IN, dtype=torch.float64).expand(T, 9, IN)  # one batch, every task
+    with torch.no_grad():  # on the trunk the tasks differ by their id alone
+        net.alpha.copy_(torch.tensor([[0.0, 0, 0, 9]] * T))
+        trunk = F.one_hot(torch.full((T,), P), P + 1).double()
+        net.head.weight.copy_(net.head.weight[:1].expand_as(net.head.weight))
+        net.head.bias.copy_(net.head.bias[:1].expand_as(net.head.bias))
+    out = net(x, trunk)
+    assert not torch.allclose(out[0], out[1])
+    tree = net.to_tree(inherit_weights=True)
+    assert tree.spec.task_id_input
+    torch.testing.assert_close(tree(x), out, rtol=1e-12, atol=1e-12)
+    if gumbel:
+        net.sample = net.draw_sample()
+        assert net(x).shape == (T, 9, OUT)
+
+
 def test_fresh_tree_does_not_inherit():
     net = random_supernet()
     tree = net.to_tree(inherit_weights=False)

@@ -88,9 +88,12 @@ def test_with_task_id_mhsacs_shared_trunk_tells_the_tasks_apart():
     assert not torch.allclose(features[True][0], features[True][1])
 
 
-def test_task_id_is_refused_for_searched_and_grouped_trees(tmp_path):
-    with pytest.raises(ValueError, match="--task-id: the search's supernets of --arch conal"):
-        TrainConfig(benchmark="MT10", arch="conal", task_id=True)
+def test_task_id_reaches_conals_search_and_is_refused_for_grouped_trees(tmp_path):
+    config = TrainConfig(benchmark="MT10", arch="conal", hidden=(8, 8), task_id=True)
+    net = ConalSearch(config.search(), TASKS, 4).make_net("critic", 5, 1)
+    assert net.task_id_input and net.derive(TASKS).task_id_input
+    with pytest.raises(ValueError, match="--task-id: the grouped trees of --arch conal-pro"):
+        TrainConfig(benchmark="MT10", arch="conal-pro", task_id=True)
     grouped = GroupTreeSpec((8,), ((0, 0, 1),), tuple(TASKS))
     path = tmp_path / "groups.json"
     save_specs(path, {"actor": grouped, "critic": grouped})

@@ -33,6 +33,8 @@ ROWS: dict[str, tuple[str, tuple[str, ...], str]] = {
                  "MH-SAC, the one-hot task id read by its trunk too (the field's MH-SAC)"),
     "conal": ("conal_rl.train", ("--arch", "conal"),
               "CoNAL (searched on evidence, grown where a probe measures gain)"),
+    "conal-id": ("conal_rl.train", ("--arch", "conal", "--task-id"),
+                 "CoNAL, its nets reading the one-hot task id (as the field's MH-SAC)"),
     "conal-paper": ("conal_rl.train", ("--arch", "conal", "--conflict-rule", "any-pair",
                                        "--branch-every", "0"),
                     "CoNAL, the paper's rule (any-pair, alpha decides; no growth)"),

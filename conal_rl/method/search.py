@@ -52,6 +52,8 @@ class SearchSettings:
     """The ``evidence`` rule: samples per task each refresh measures on."""
     options: NetOptions = NetOptions()
     """How the searched nets are built (LayerNorm, residual connections, init)."""
+    task_id_input: bool = False
+    """The searched nets read the one-hot task id (``--task-id``), as the trees they derive."""
 
     def widths(self, role: str) -> tuple[int, ...]:
         """The hidden widths of the actor's or the critics' searched nets."""

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from conal_rl.method.layers import PLAIN, NetOptions, TaskLinear
-from conal_rl.method.tree import TreeNet, TreeSpec
+from conal_rl.method.tree import TreeNet, TreeSpec, task_id_appended
 
 
 def _tasks_of(leaving: Mapping[str, Collection[int]], layer: str) -> set[int]:
@@ -51,20 +51,22 @@ class SuperNet(nn.Module):
 
     def __init__(self, num_tasks: int, in_features: int, out_features: int,
                  hidden: tuple[int, ...], gumbel: bool = False, tau: float = 1.0,
-                 no_private: bool = False, options: NetOptions = PLAIN):
+                 no_private: bool = False, options: NetOptions = PLAIN,
+                 task_id_input: bool = False):
         super().__init__()
         if not hidden:
             raise ValueError("a supernet needs at least one hidden module")
         self.num_tasks, self.in_features, self.out_features = num_tasks, in_features, out_features
         self.hidden = tuple(int(h) for h in hidden)
         self.gumbel, self.no_private, self.options = gumbel, no_private, options
+        self.task_id_input = task_id_input  # every path reads the one-hot task id too
         self.tau = tau  # Gumbel-softmax temperature: anneal it by assigning to it
         self.sample: tuple[Tensor, Tensor] | None = None
         """With ``gumbel``: the Gumbel noise ``[T, P+1]`` and the path it picks per task
         ``[T]`` (:meth:`draw_sample`), used by every forward until the next draw, so the nets
         of one update (twin critics, their targets) run one architecture."""
         P = len(self.hidden)
-        widths = [in_features, *self.hidden]
+        widths = [in_features + (num_tasks if task_id_input else 0), *self.hidden]
         self.shared = nn.ModuleDict(
             {str(j): nn.Linear(widths[j - 1], widths[j]) for j in range(1, P + 1)})
         if no_private:
@@ -160,6 +162,8 @@ class SuperNet(nn.Module):
         if T != self.num_tasks:
             raise ValueError(f"expected {self.num_tasks} tasks on the leading axis, "
                              f"got shape {tuple(x.shape)}")
+        if self.task_id_input:
+            x = task_id_appended(x)
         if weights is None and self.sample is not None and self.gumbel and not self.no_private:
             return self._sampled_path(x)
         w = self.path_weights() if weights is None else weights
@@ -215,7 +219,8 @@ class SuperNet(nn.Module):
         return tuple(int(b) for b in self._logits().detach().argmax(dim=-1).tolist())
 
     def derive(self, task_names=()) -> TreeSpec:
-        return TreeSpec(self.hidden, self.branch_points(), tuple(task_names))
+        return TreeSpec(self.hidden, self.branch_points(), tuple(task_names),
+                        task_id_input=self.task_id_input)
 
     def to_tree(self, inherit_weights: bool = False, task_names=()) -> TreeNet:
         """The pruned tree of the derived architecture (on this net's device and dtype).

@@ -133,11 +133,7 @@ class TreeNet(nn.Module):
     def inputs(self, x: Tensor) -> Tensor:
         """``x [T, B, in]`` as the first module reads it: with the one-hot task id appended
         where the tree takes it (MT-SAC)."""
-        if not self.spec.task_id_input:
-            return x
-        T = self.spec.num_tasks
-        one_hot = torch.eye(T, dtype=x.dtype, device=x.device)[:, None, :]
-        return torch.cat([x, one_hot.expand(T, x.shape[1], T)], dim=-1)
+        return task_id_appended(x) if self.spec.task_id_input else x
 
     def task_weights(self, layer: int, tasks: Sequence[int]) -> tuple[Tensor, Tensor]:
         """The weights ``[n, in, out]`` and biases ``[n, 1, out]`` tasks compute module
@@ -166,6 +162,13 @@ class TreeNet(nn.Module):
                 h = both[getattr(self, f"unsort_{layer}")]
             h = self.act(h, skip)
         return self.head(h)
+
+
+def task_id_appended(x: Tensor) -> Tensor:
+    """Task-major ``x [T, B, in]`` with each task's one-hot id appended: ``[T, B, in + T]``."""
+    T = x.shape[0]
+    one_hot = torch.eye(T, dtype=x.dtype, device=x.device)[:, None, :]
+    return torch.cat([x, one_hot.expand(T, x.shape[1], T)], dim=-1)
 
 
 def grown_state(old: TreeSpec, new: TreeSpec, state: Mapping[str, Tensor]) -> dict[str, Tensor]:

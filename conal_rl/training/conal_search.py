@@ -89,7 +89,8 @@ class ConalSearch:
     def build_net(self, role: str, in_dim: int, out_dim: int) -> SuperNet:
         s = self.settings
         return SuperNet(len(self.task_names), in_dim, out_dim, s.widths(role), gumbel=s.gumbel,
-                        tau=s.tau_start, no_private=s.no_private, options=s.options)
+                        tau=s.tau_start, no_private=s.no_private, options=s.options,
+                        task_id_input=s.task_id_input)
 
     def make_filter(self, role: str, nets) -> ConflictNoticing:
         """The agent's filter factory: conflict-noticing on the shared modules."""
