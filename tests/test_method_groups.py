@@ -10,10 +10,13 @@ from conal_rl.method.progressive import StageNet, progressive_search
 T, IN = 4, 6
 
 
-def test_a_conal_tree_is_a_grouped_tree_computing_the_same_function():
-    spec = TreeSpec((5, 5, 5), (3, 1, 0, 2))
+@pytest.mark.parametrize("task_id", [False, True])
+def test_a_conal_tree_is_a_grouped_tree_computing_the_same_function(task_id):
+    spec = TreeSpec((5, 5, 5), (3, 1, 0, 2), task_id_input=task_id)
     grouped = GroupTreeSpec.from_branch_points(spec.hidden, spec.branch_points)
+    grouped = GroupTreeSpec.from_dict(grouped.to_dict() | {"task_id_input": task_id})
     assert grouped.groups == ((0, 0, 1, 0), (0, 1, 2, 0), (0, 1, 2, 3))
+    assert grouped.task_id_input == task_id
     torch.manual_seed(0)
     tree, net = TreeNet(spec, IN, 2), GroupTreeNet(grouped, IN, 2)
     with torch.no_grad():  # copy the tree's modules into the groups that run them

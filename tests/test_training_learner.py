@@ -9,7 +9,7 @@ from conal_rl.method import GroupTreeSpec, TreeSpec
 from conal_rl.train import main
 from conal_rl.training.conal_search import ConalSearch, ProStage
 from conal_rl.training.config import TrainConfig
-from conal_rl.training.nets import ArchitectureError, fixed_trees, save_specs, tree_factory
+from conal_rl.training.nets import fixed_trees, load_specs, save_specs, tree_factory
 from conal_rl.training.runs import load_run
 
 LEVERS = dict(layer_norm=True, residual=True, weight_init="he-uniform")
@@ -88,18 +88,24 @@ def test_with_task_id_mhsacs_shared_trunk_tells_the_tasks_apart():
     assert not torch.allclose(features[True][0], features[True][1])
 
 
-def test_task_id_reaches_conals_search_and_is_refused_for_grouped_trees(tmp_path):
+def test_task_id_reaches_the_searches_and_grouped_trees(tmp_path):
     config = TrainConfig(benchmark="MT10", arch="conal", hidden=(8, 8), task_id=True)
     net = ConalSearch(config.search(), TASKS, 4).make_net("critic", 5, 1)
     assert net.task_id_input and net.derive(TASKS).task_id_input
-    with pytest.raises(ValueError, match="--task-id: the grouped trees of --arch conal-pro"):
-        TrainConfig(benchmark="MT10", arch="conal-pro", task_id=True)
+    config = TrainConfig(benchmark="MT10", arch="conal-pro", hidden=(8, 8), task_id=True)
+    stage = ProStage(config.search(), TASKS, 4, {"actor": (), "critic": ()})
+    assert stage.make_net("critic", 5, 1).stay[0].in_features == 5 + len(TASKS)
     grouped = GroupTreeSpec((8,), ((0, 0, 1),), tuple(TASKS))
     path = tmp_path / "groups.json"
     save_specs(path, {"actor": grouped, "critic": grouped})
     config = TrainConfig(benchmark="MT10", arch="tree", architecture=str(path), task_id=True)
-    with pytest.raises(ArchitectureError, match="grouped trees"):
-        fixed_trees(config, TASKS)
+    specs = fixed_trees(config, TASKS)
+    assert all(spec.task_id_input for spec in specs.values())
+    net = tree_factory(specs)("critic", 5, 1)
+    x = torch.zeros(len(TASKS), 2, 5)  # one input for every task: tasks 0 and 1 share module 1
+    first = net.layers[0](net.inputs(x))
+    assert not torch.allclose(first[0], first[1])  # told apart by the id alone
+    assert load_specs(path)["critic"].task_id_input is False  # the file as it was
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from conal_rl.method.layers import PLAIN, NetOptions, TaskLinear
 from conal_rl.method.task_gradients import SharedLayer
+from conal_rl.method.tree import task_id_appended
 
 
 def canonical(groups) -> tuple[int, ...]:
@@ -37,6 +38,8 @@ class GroupTreeSpec:
     groups: tuple[tuple[int, ...], ...]
     """Per depth 1..P, the group of every task (canonical labels 0, 1, ...)."""
     task_names: tuple[str, ...] = field(default=())
+    task_id_input: bool = False
+    """Append a one-hot task id to the input (``--task-id``)."""
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -108,13 +111,13 @@ class GroupTreeSpec:
 
     def to_dict(self) -> dict:
         return {"hidden": list(self.hidden), "groups": [list(g) for g in self.groups],
-                "task_names": list(self.task_names),
+                "task_names": list(self.task_names), "task_id_input": self.task_id_input,
                 "groups_by_task_name": self.groups_by_name()}
 
     @classmethod
     def from_dict(cls, d: dict) -> GroupTreeSpec:
         return cls(tuple(d["hidden"]), tuple(tuple(g) for g in d["groups"]),
-                   tuple(d.get("task_names", ())))
+                   tuple(d.get("task_names", ())), bool(d.get("task_id_input", False)))
 
 
 def grown_group_state(old: GroupTreeSpec, new: GroupTreeSpec,
@@ -164,7 +167,7 @@ class GroupTreeNet(nn.Module):
                  options: NetOptions = PLAIN):
         super().__init__()
         self.spec, self.options = spec, options
-        widths = [in_features, *spec.hidden]
+        widths = [in_features + (spec.num_tasks if spec.task_id_input else 0), *spec.hidden]
         self.layers = nn.ModuleList(
             GroupLinear(torch.tensor(spec.groups[j]), widths[j], widths[j + 1])
             for j in range(spec.depth))
@@ -173,8 +176,9 @@ class GroupTreeNet(nn.Module):
         options.initialise(self)
 
     def inputs(self, x: Tensor) -> Tensor:
-        """``x`` as the first module reads it (a grouped tree takes no task id)."""
-        return x
+        """``x`` as the first module reads it: with the one-hot task id appended where the
+        tree takes it."""
+        return task_id_appended(x) if self.spec.task_id_input else x
 
     def task_weights(self, layer: int, tasks: Sequence[int]) -> tuple[Tensor, Tensor]:
         """The weights ``[n, in, out]`` and biases ``[n, 1, out]`` tasks compute module
@@ -185,6 +189,7 @@ class GroupTreeNet(nn.Module):
         return module.weight[groups], module.bias[groups]
 
     def forward(self, x: Tensor) -> Tensor:
+        x = self.inputs(x)
         for layer in self.layers:
             x = self.act(layer(x), x)
         return self.head(x)

@@ -36,6 +36,7 @@ from conal_rl.method.layers import PLAIN, NetOptions, TaskLinear
 from conal_rl.method.search import search_optimizers, search_step
 from conal_rl.method.supernet import _tasks_of
 from conal_rl.method.task_gradients import SharedLayer
+from conal_rl.method.tree import task_id_appended
 
 
 class StageNet(nn.Module):
@@ -43,10 +44,12 @@ class StageNet(nn.Module):
     partitions of depths 1..s-1 (s = len(decided) + 1)."""
 
     def __init__(self, decided: tuple[tuple[int, ...], ...], num_tasks: int, in_features: int,
-                 out_features: int, hidden: tuple[int, ...], options: NetOptions = PLAIN):
+                 out_features: int, hidden: tuple[int, ...], options: NetOptions = PLAIN,
+                 task_id_input: bool = False):
         super().__init__()
         T, s, P = num_tasks, len(decided) + 1, len(hidden)
-        widths = [in_features, *hidden]
+        self.task_id_input = task_id_input  # the one-hot task id appended to the input
+        widths = [in_features + (T if task_id_input else 0), *hidden]
         self.stage, self.last, self.num_tasks = s, s == P, T
         self.parents = decided[-1] if decided else (0,) * T
         self.decided = nn.ModuleList(GroupLinear(torch.tensor(groups), widths[j], widths[j + 1])
@@ -99,7 +102,7 @@ class StageNet(nn.Module):
         return self.alpha.masked_fill(~self.allowed, float("-inf"))
 
     def forward(self, x: Tensor) -> Tensor:
-        h = x
+        h = task_id_appended(x) if self.task_id_input else x
         for layer in self.decided:
             h = self.act(layer(h), h)
         w = torch.softmax(self._logits(), dim=-1)

@@ -318,7 +318,8 @@ class ProStage(ConalSearch):
 
     def build_net(self, role: str, in_dim: int, out_dim: int) -> StageNet:
         return StageNet(self.decided[role], len(self.task_names), in_dim, out_dim,
-                        self.settings.widths(role), self.settings.options)
+                        self.settings.widths(role), self.settings.options,
+                        self.settings.task_id_input)
 
     def choices(self) -> list[str]:
         return ["stay", "leave"]
@@ -363,7 +364,8 @@ def search_progressive(config: TrainConfig, run_dir: Path, bench: Benchmark,
             stage_dir.write_json(done, {role: list(g) for role, g in partitions.items()})
         partitions = read_json(done)
         decided = {role: (*decided[role], tuple(partitions[role])) for role in decided}
-    specs = {role: GroupTreeSpec(config.widths(role), groups, bench.task_names)
+    specs = {role: GroupTreeSpec(config.widths(role), groups, bench.task_names,
+                                 task_id_input=config.task_id)
              for role, groups in decided.items()}
     for role, spec in specs.items():
         print(f"{role}: groups per depth {spec.groups_by_name()}")

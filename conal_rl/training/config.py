@@ -306,8 +306,8 @@ class TrainConfig:
     task_id: bool = False
     """the one-hot task id appended to the input of the actor and the critics, so their
     trunk knows the task from its first module on (as MT-SAC's nets always do, and the
-    field's MH-SAC: Meta-World+'s reference, mtrl); CoNAL's supernets and the trees they
-    derive too; not CoNAL-Pro's grouped trees"""
+    field's MH-SAC: Meta-World+'s reference, mtrl); every architecture's, CoNAL's and
+    CoNAL-Pro's searched nets and the trees they derive included"""
     weight_init: Literal[WEIGHT_INITS] = "torch"
     """how the linear maps start: torch (uniform in +-1/sqrt(fan_in), biases too) or
     he-uniform (uniform in +-sqrt(6/fan_in), zero biases: the Meta-World+ reference's)"""
@@ -431,9 +431,6 @@ class TrainConfig:
         if self.branch_every and not arch.can_grow:
             raise ValueError(f"--branch-every needs trees with shared modules and a head per "
                              f"task: --arch {', '.join(growing())}, not {self.arch}")
-        if self.task_id and arch.stages:
-            raise ValueError(f"--task-id: the grouped trees of --arch {self.arch} read no task "
-                             "id")
         if self.critic_params and not arch.widened:
             raise ValueError(f"--critic-params sizes the critic of --arch "
                              f"{', '.join(a for a in TRAINED if ARCHITECTURES[a].widened)}, "

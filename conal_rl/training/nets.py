@@ -41,11 +41,9 @@ def fixed_trees(config: TrainConfig, task_names: list[str],
     return with_task_id(specs) if config.task_id else specs
 
 
-def with_task_id(specs: dict[str, TreeSpec | GroupTreeSpec]) -> dict[str, TreeSpec]:
-    """The trees with the one-hot task id appended to their input (``--task-id``);
-    ArchitectureError for grouped trees, which take none."""
-    if any(isinstance(spec, GroupTreeSpec) for spec in specs.values()):
-        raise ArchitectureError("--task-id: grouped trees (CoNAL-Pro's) read no task id")
+def with_task_id(specs: dict[str, TreeSpec | GroupTreeSpec]
+                 ) -> dict[str, TreeSpec | GroupTreeSpec]:
+    """The trees with the one-hot task id appended to their input (``--task-id``)."""
     return {role: replace(spec, task_id_input=True) for role, spec in specs.items()}
 
 
