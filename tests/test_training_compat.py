@@ -4,16 +4,19 @@ checkpoint formats are the ones the code reads today."""
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
+import pytest
 import torch
 
+from agents import MultiTaskSAC
 from conal_rl import evaluate
-from conal_rl.method import num_parameters
+from conal_rl.method import GroupTreeSpec, TreeSpec, num_parameters
 from conal_rl.train import main as train
-from conal_rl.training import checkpoint
+from conal_rl.training import checkpoint, runs
 from conal_rl.training.config import TrainConfig
-from conal_rl.training.nets import load_specs
+from conal_rl.training.nets import load_specs, tree_factory
 from conal_rl.training.runs import load_run
 
 FIXTURES = Path(__file__).parent / "fixtures" / "v1"
@@ -65,8 +68,6 @@ def test_an_old_run_evaluates_and_resumes(tmp_path, monkeypatch):
     # The old checkpoint had no sizes (read from the weights); the new one holds them, and
     # loading it needs nothing else.
     assert "sizes" not in before and after["sizes"] == {"obs_dim": 3, "act_dim": 1}
-    from conal_rl.training import runs
-
     monkeypatch.setattr(runs, "_dims", lambda *a: (_ for _ in ()).throw(AssertionError))
     assert load_run(run_dir).env_steps == 260
 
@@ -140,3 +141,12 @@ def test_a_growing_run_of_before_the_hook_list_loads_and_resumes(tmp_path):
     assert after["counters"]["env_steps"] == 500
     assert set(after["hooks"]) == {"branching"}
     assert after["hooks"]["branching"]["trees"] == before["search"]["trees"]
+
+
+@pytest.mark.parametrize("spec", [TreeSpec.mhsac((8, 8), 3),
+                                  GroupTreeSpec((8, 8), ((0, 0, 1),) * 2)])
+def test_the_sizes_of_a_checkpoint_without_them_are_read_past_the_task_id(spec):
+    specs = {"actor": replace(spec, task_id_input=True),
+             "critic": replace(spec, task_id_input=True)}
+    agent = MultiTaskSAC(tree_factory(specs), 3, 5, 2)
+    assert runs._dims(agent.state_dict(), specs) == (5, 2)
