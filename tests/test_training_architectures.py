@@ -3,6 +3,7 @@ holds of the trees they build; the widened critics of the equal-parameter contro
 
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 
@@ -107,3 +108,15 @@ def test_private_critic_is_mhsacs_actor_and_the_critics_of_single_task_learning(
     assert trees["actor"] == TreeSpec.mhsac((128,) * 3, 10, TASKS)
     assert trees["critic"] == TreeSpec.independent((128,) * 3, 10, TASKS)
     assert twin_parameters(trees["critic"]) == 775_700  # the 1M table's private-critic row
+
+
+def test_a_widened_critic_that_reads_the_task_id_is_sized_with_it():
+    config = TrainConfig(benchmark="MT10", arch="mhsac-wide", hidden=(128,) * 3, task_id=True)
+    critic = fixed_trees(config, TASKS, SIZES)["critic"]
+    assert critic.task_id_input
+    target = twin_parameters(TreeSpec.independent((128,) * 3, 10))
+    width = critic.hidden[0]
+    # no other width brings the critic, as built, closer to the target
+    miss = {w: abs(twin_parameters(replace(critic, hidden=(w,) * 3)) - target)
+            for w in (width - 1, width, width + 1)}
+    assert miss[width] == min(miss.values())

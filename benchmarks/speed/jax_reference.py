@@ -124,8 +124,7 @@ def run_side(python: str, script: str, size: str, repeats: int, core: int,
     pin = ["taskset", "-c", str(core)] if shutil.which("taskset") else []
     proc = subprocess.run([*pin, python, "-c", script, *map(str, (
         T, OBS, ACT, width, depth, per_task, repeats, int(compiled)))], capture_output=True,
-        text=True,
-        env=one_thread_env(), cwd=Path(__file__).resolve().parents[2], timeout=1800)
+        text=True, env=one_thread_env(), cwd=Path(__file__).resolve().parents[2], timeout=1800)
     if proc.returncode:
         raise RuntimeError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip()
                            else f"exit {proc.returncode}")

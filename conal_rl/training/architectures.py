@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 if typing.TYPE_CHECKING:
@@ -94,8 +94,10 @@ def _widened(make: str) -> Callable:
         target = config.critic_params or 2 * tree_parameters(
             TreeSpec.independent(config.hidden, T), critic_in, 1)
 
-        def twin(width: int) -> int:
-            return 2 * tree_parameters(kind((width,) * depth, T), critic_in, 1)
+        def twin(width: int) -> int:  # the critic as it will be built (with --task-id too)
+            spec = kind((width,) * depth, T)
+            return 2 * tree_parameters(replace(spec, task_id_input=spec.task_id_input
+                                               or config.task_id), critic_in, 1)
 
         low, high = 1, MAX_WIDTH  # the widest width whose critic is not above the target
         while low < high:

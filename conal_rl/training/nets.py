@@ -38,10 +38,10 @@ def fixed_trees(config: TrainConfig, task_names: list[str],
                          "by conal_rl.train)")
     else:
         specs = arch.trees(config, task_names, sizes)
-    return with_task_id(specs) if config.task_id else specs
+    return _with_task_id(specs) if config.task_id else specs
 
 
-def with_task_id(specs: dict[str, TreeSpec | GroupTreeSpec]
+def _with_task_id(specs: dict[str, TreeSpec | GroupTreeSpec]
                  ) -> dict[str, TreeSpec | GroupTreeSpec]:
     """The trees with the one-hot task id appended to their input (``--task-id``)."""
     return {role: replace(spec, task_id_input=True) for role, spec in specs.items()}
