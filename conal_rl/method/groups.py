@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from conal_rl.method.layers import PLAIN, NetOptions, TaskLinear
 from conal_rl.method.task_gradients import SharedLayer
-from conal_rl.method.tree import task_id_appended
+from conal_rl.method.tree import input_width, task_id_appended
 
 
 def canonical(groups) -> tuple[int, ...]:
@@ -167,7 +167,7 @@ class GroupTreeNet(nn.Module):
                  options: NetOptions = PLAIN):
         super().__init__()
         self.spec, self.options = spec, options
-        widths = [in_features + (spec.num_tasks if spec.task_id_input else 0), *spec.hidden]
+        widths = [input_width(in_features, spec.num_tasks, spec.task_id_input), *spec.hidden]
         self.layers = nn.ModuleList(
             GroupLinear(torch.tensor(spec.groups[j]), widths[j], widths[j + 1])
             for j in range(spec.depth))

@@ -36,7 +36,7 @@ from conal_rl.method.layers import PLAIN, NetOptions, TaskLinear
 from conal_rl.method.search import search_optimizers, search_step
 from conal_rl.method.supernet import _tasks_of
 from conal_rl.method.task_gradients import SharedLayer
-from conal_rl.method.tree import task_id_appended
+from conal_rl.method.tree import input_width, task_id_appended
 
 
 class StageNet(nn.Module):
@@ -49,7 +49,7 @@ class StageNet(nn.Module):
         super().__init__()
         T, s, P = num_tasks, len(decided) + 1, len(hidden)
         self.task_id_input = task_id_input  # the one-hot task id appended to the input
-        widths = [in_features + (T if task_id_input else 0), *hidden]
+        widths = [input_width(in_features, T, task_id_input), *hidden]
         self.stage, self.last, self.num_tasks = s, s == P, T
         self.parents = decided[-1] if decided else (0,) * T
         self.decided = nn.ModuleList(GroupLinear(torch.tensor(groups), widths[j], widths[j + 1])

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from conal_rl.method.layers import PLAIN, NetOptions, TaskLinear
-from conal_rl.method.tree import TreeNet, TreeSpec, task_id_appended
+from conal_rl.method.tree import TreeNet, TreeSpec, input_width, task_id_appended
 
 
 def _tasks_of(leaving: Mapping[str, Collection[int]], layer: str) -> set[int]:
@@ -66,7 +66,7 @@ class SuperNet(nn.Module):
         ``[T]`` (:meth:`draw_sample`), used by every forward until the next draw, so the nets
         of one update (twin critics, their targets) run one architecture."""
         P = len(self.hidden)
-        widths = [in_features + (num_tasks if task_id_input else 0), *self.hidden]
+        widths = [input_width(in_features, num_tasks, task_id_input), *self.hidden]
         self.shared = nn.ModuleDict(
             {str(j): nn.Linear(widths[j - 1], widths[j]) for j in range(1, P + 1)})
         if no_private:

@@ -106,7 +106,7 @@ class TreeNet(nn.Module):
         self.spec, self.options = spec, options
         T, P = spec.num_tasks, spec.depth
         b = torch.tensor(spec.branch_points)
-        widths = [in_features + (T if spec.task_id_input else 0), *spec.hidden]
+        widths = [input_width(in_features, T, spec.task_id_input), *spec.hidden]
         self.shared = nn.ModuleDict()
         self.private = nn.ModuleDict()
         for layer in range(1, P + 1):
@@ -162,6 +162,12 @@ class TreeNet(nn.Module):
                 h = both[getattr(self, f"unsort_{layer}")]
             h = self.act(h, skip)
         return self.head(h)
+
+
+def input_width(in_features: int, num_tasks: int, task_id_input: bool) -> int:
+    """What a net's first module reads: ``in_features``, and with ``task_id_input`` the
+    one-hot task id's ``num_tasks`` more (:func:`task_id_appended`)."""
+    return in_features + (num_tasks if task_id_input else 0)
 
 
 def task_id_appended(x: Tensor) -> Tensor:
@@ -221,7 +227,7 @@ def tree_parameters(spec: TreeSpec, in_features: int, out_features: int) -> int:
     """The parameters of ``TreeNet(spec, in_features, out_features)``, counted from the spec
     (no net is built: a size can be chosen by it)."""
     T = spec.num_tasks
-    widths = [in_features + (T if spec.task_id_input else 0), *spec.hidden]
+    widths = [input_width(in_features, T, spec.task_id_input), *spec.hidden]
     total = 0
     for layer in range(1, spec.depth + 1):
         private = sum(b < layer for b in spec.branch_points)

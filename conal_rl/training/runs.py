@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from agents import MultiTaskSAC
-from conal_rl.method import GroupTreeSpec, TreeSpec
+from conal_rl.method import GroupTreeSpec, TreeSpec, input_width
 from conal_rl.training import checkpoint
 from conal_rl.training.checkpoint import CheckpointError
 from conal_rl.training.config import TrainConfig
@@ -119,7 +119,7 @@ def _dims(agent_state: dict, specs: dict[str, TreeSpec]) -> tuple[int, int]:
     """Observation and action sizes from the first layers' weight shapes (for checkpoints
     written before they held the sizes)."""
     def first_in(prefix: str, spec: TreeSpec | GroupTreeSpec) -> int:
-        extra = spec.num_tasks if spec.task_id_input else 0
+        extra = input_width(0, spec.num_tasks, spec.task_id_input)  # the id's columns
         if f"{prefix}.layers.0.weight" in agent_state:  # a grouped tree: [G, in, out]
             return agent_state[f"{prefix}.layers.0.weight"].shape[1] - extra
         key = f"{prefix}.shared.1.weight"
