@@ -14,6 +14,7 @@ from pathlib import Path
 
 from conal_rl.common import CommandParser, UserError, run_cli
 from conal_rl.training.architectures import architecture as architecture_of
+from conal_rl.training.architectures import configured
 from conal_rl.training.config import TrainConfig, add_config_arguments, given_arguments
 from conal_rl.training.preflight import config_for_run
 from conal_rl.training.rundir import RunDir
@@ -57,6 +58,7 @@ def architecture(config: TrainConfig, run_dir: Path, bench
 
             search = getattr(conal_search, arch.search)
             specs, details = search(config, run_dir, bench, heatmap_figure)
+            specs = configured(specs, config)
         else:
             sizes = (bench.obs_dim, int(bench.action_space.shape[0]))
             specs, details = fixed_trees(config, bench.task_names, sizes), None

@@ -345,6 +345,7 @@ def test_every_row_trains_what_its_name_says(tmp_path):
     expected = {  # row -> fields that differ from MT-SAC's defaults
         "mtsac": {}, "mhsac": {"arch": "mhsac"}, "mhsac-id": {"arch": "mhsac", "task_id": True},
         "conal": {"arch": "conal"}, "conal-id": {"arch": "conal", "task_id": True},
+        "conal-mt": {"arch": "conal", "task_id": True, "shared_head": True},
         "conal-paper": {"arch": "conal", "conflict_rule": "any-pair", "branch_every": 0},
         "stl-batched": {"arch": "independent"},
         "conal-nocn": {"arch": "conal", "no_conflict_noticing": True},

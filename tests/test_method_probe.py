@@ -11,14 +11,17 @@ from conal_rl.method import GroupTreeNet, GroupTreeSpec, NetOptions, TreeNet, Tr
 from conal_rl.method.probe import ModuleProbe, one_sided_z, paired_gain
 
 
-@pytest.mark.parametrize("options, task_id", [(NetOptions(), False), (NetOptions(), True),
-                                             (NetOptions(layer_norm=True, residual=True), False)])
+@pytest.mark.parametrize("options, task_id, shared_head", [
+    (NetOptions(), False, False), (NetOptions(), True, False), (NetOptions(), True, True),
+    (NetOptions(layer_norm=True, residual=True), False, False)])
 @pytest.mark.parametrize("module", [1, 2, 3])
-def test_a_probe_starts_as_the_net_and_trains_only_itself(module, options, task_id):
+def test_a_probe_starts_as_the_net_and_trains_only_itself(module, options, task_id,
+                                                          shared_head):
     torch.manual_seed(0)
-    # Tasks 0 and 2 have their own modules after ``module`` (copied too); task 1 shares all.
+    # Tasks 0 and 2 have their own modules after ``module`` (copied too); task 1 shares all
+    # (and with shared_head the head, which a probe of module 3 copies for tasks 0 and 2).
     spec = TreeSpec((8, 8, 8), (module, 3, module, 0) if module < 3 else (3, 2, 3, 0),
-                    task_id_input=task_id)
+                    task_id_input=task_id, shared_head=shared_head)
     net = TreeNet(spec, 5, 2, options)
     tasks = [t for t, b in enumerate(spec.branch_points) if b == module]
     probe = ModuleProbe(net, tasks, module)
@@ -55,8 +58,9 @@ def test_a_probe_takes_only_tasks_branching_at_its_module():
     net = TreeNet(TreeSpec((8, 8), (2, 1)), 5, 1)
     with pytest.raises(ValueError, match="branch after module 2"):
         ModuleProbe(net, [0, 1], 2)
-    with pytest.raises(ValueError, match="head per task"):
-        ModuleProbe(TreeNet(TreeSpec.mtsac((8, 8), 2), 5, 1), [0, 1], 2)
+    mtsac = TreeNet(TreeSpec.mtsac((8, 8), 2), 5, 1)  # MT-SAC's tree: the shared head copied
+    x = torch.randn(2, 3, 5)
+    torch.testing.assert_close(ModuleProbe(mtsac, [0, 1], 2)(x), mtsac(x))
 
 
 def test_the_gain_is_the_relative_drop_with_its_error_by_episodes():

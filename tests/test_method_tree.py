@@ -3,7 +3,13 @@ import json
 import pytest
 import torch
 
-from conal_rl.method.tree import TreeNet, TreeSpec, grown_state, num_parameters
+from conal_rl.method.tree import (
+    TreeNet,
+    TreeSpec,
+    grown_state,
+    num_parameters,
+    tree_parameters,
+)
 from conal_rl.training.nets import load_specs, save_specs
 
 
@@ -69,7 +75,6 @@ def test_mtsac_appends_one_hot_task_id():
     dict(hidden=(8,), branch_points=(2,)),
     dict(hidden=(8, 0), branch_points=(1,)),
     dict(hidden=(8,), branch_points=()),
-    dict(hidden=(8,), branch_points=(0, 1), shared_head=True),
     dict(hidden=(8,), branch_points=(1, 1), task_names=("a",)),
 ])
 def test_invalid_specs_are_rejected(kwargs):
@@ -119,3 +124,62 @@ def test_a_branched_tree_computes_what_it_did_and_carries_moments_alike():
         k: v.shape for k, v in grown.state_dict().items()}
     with pytest.raises(ValueError, match="no later"):
         grown_state(new, old, grown.state_dict())
+
+
+def test_a_shared_head_serves_the_tasks_on_the_whole_trunk_only():
+    """With ``shared_head``, tasks that share every module read one head; a task that
+    branched earlier reads its own, and the parameters count both kinds."""
+    torch.manual_seed(0)
+    spec = TreeSpec((8, 8), (2, 1, 2, 0), shared_head=True)
+    assert spec.head_tasks() == ((0, 2), (1, 3))
+    net = TreeNet(spec, 5, 2)
+    assert num_parameters(net) == tree_parameters(spec, 5, 2)
+    x = torch.randn(4, 3, 5)
+    y = net(x)
+    h = torch.relu(net.shared["2"](torch.relu(net.shared["1"](x))))
+    for t in (0, 2):
+        torch.testing.assert_close(y[t], net.head(h[t]))
+    with torch.no_grad():  # each head moves the outputs of its own tasks only
+        net.head.bias.add_(1.0)
+        moved = net(x)
+        assert torch.equal(moved[[1, 3]], y[[1, 3]]) and not moved[[0, 2]].eq(y[[0, 2]]).any()
+        net.private_head.bias[1].add_(1.0)  # task 3's
+        assert torch.equal(net(x)[:3], moved[:3]) and not net(x)[3].eq(moved[3]).any()
+    for k, t in enumerate((1, 3)):
+        weight, bias = net.head_weights([t])
+        torch.testing.assert_close(weight[0], net.private_head.weight[k])
+        torch.testing.assert_close(bias[0], net.private_head.bias[k])
+    torch.testing.assert_close(net.head_weights([0])[0][0], net.head.weight.T)
+    everyone_branched = TreeSpec((8,), (0, 0), shared_head=True)
+    assert everyone_branched.head_tasks() == ((), (0, 1))
+    assert num_parameters(TreeNet(everyone_branched, 5, 2)) == tree_parameters(
+        everyone_branched, 5, 2)
+
+
+def test_mtsac_grows_into_a_tree_whose_branched_tasks_get_the_head_as_their_own():
+    """MT-SAC's tree branches like any other: a task leaving a shared module gets copies of
+    the modules from there on and of the shared head, so the net computes what it did."""
+    torch.manual_seed(0)
+    old = TreeSpec.mtsac((8, 8), 4)
+    new = old.branched({2: {1}, 1: {3}})
+    assert new.branch_points == (2, 1, 2, 0) and new.shared_head and new.task_id_input
+    net = TreeNet(old, 5, 2)
+    with torch.no_grad():
+        net.head.bias.uniform_(-1, 1)
+    grown = TreeNet(new, 5, 2)
+    grown.load_state_dict(grown_state(old, new, net.state_dict()))
+    x = torch.randn(4, 6, 5)
+    torch.testing.assert_close(grown(x), net(x))
+    torch.testing.assert_close(grown.private_head.weight[0], net.head.weight.T)
+    # growing again keeps the branched tasks' own heads and copies the shared one
+    newer = new.branched({2: {0}})
+    again = TreeNet(newer, 5, 2)
+    with torch.no_grad():
+        grown.private_head.weight[1].add_(1.0)  # task 3's head, its own now
+    again.load_state_dict(grown_state(new, newer, grown.state_dict()))
+    torch.testing.assert_close(again(x), grown(x))
+    moments = {k: torch.zeros_like(v) for k, v in grown.state_dict().items()}
+    assert {k: v.shape for k, v in grown_state(new, newer, moments).items()} == {
+        k: v.shape for k, v in again.state_dict().items()}
+    with pytest.raises(ValueError, match="heads"):
+        grown_state(TreeSpec.mhsac((8, 8), 4), new, net.state_dict())

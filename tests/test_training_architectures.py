@@ -7,8 +7,14 @@ from dataclasses import replace
 
 import pytest
 
-from conal_rl.method import TreeSpec, tree_parameters
-from conal_rl.training.architectures import ARCHITECTURES, TRAINED, architecture, growing
+from conal_rl.method import GroupTreeSpec, TreeSpec, tree_parameters
+from conal_rl.training.architectures import (
+    ARCHITECTURES,
+    TRAINED,
+    architecture,
+    configured,
+    growing,
+)
 from conal_rl.training.conal_search import ConalSearch
 from conal_rl.training.config import TrainConfig
 from conal_rl.training.nets import fixed_trees
@@ -24,13 +30,26 @@ def twin_parameters(spec: TreeSpec) -> int:
 
 @pytest.mark.parametrize("name", [n for n in TRAINED if ARCHITECTURES[n].fixed
                                   and not ARCHITECTURES[n].needs_file])
-def test_every_fixed_architecture_builds_its_trees_and_growth_needs_a_head_per_task(name):
+def test_every_fixed_architecture_builds_its_trees_and_growth_needs_shared_modules(name):
     trees = fixed_trees(TrainConfig(benchmark="MT10", arch=name, hidden=(32, 32)), TASKS, SIZES)
     assert set(trees) == {"actor", "critic"}
     for spec in trees.values():
         assert spec.num_tasks == 10
-        if name in growing():
-            assert not spec.shared_head
+    assert (name in growing()) == any(max(s.branch_points) > 0 for s in trees.values())
+
+
+def test_shared_head_and_task_id_make_mhsac_mtsac():
+    """``--shared-head`` with ``--task-id`` turns MH-SAC's trees into MT-SAC's; on MT-SAC's
+    own trees both are no-ops, and grouped trees refuse a shared head."""
+    def trees(arch, **flags):
+        return fixed_trees(TrainConfig(benchmark="MT10", arch=arch, hidden=(32, 32), **flags),
+                           TASKS, SIZES)
+    assert trees("mhsac", task_id=True, shared_head=True) == trees("mtsac")
+    assert trees("mtsac", task_id=True, shared_head=True) == trees("mtsac")
+    assert trees("mhsac", shared_head=True)["critic"].head_tasks() == (tuple(range(10)), ())
+    with pytest.raises(ValueError, match="--shared-head needs trees with one trunk"):
+        configured({"critic": GroupTreeSpec((8,), ((0,) * 10,))},
+                   TrainConfig(benchmark="MT10", shared_head=True))
 
 
 def test_the_searched_architectures_name_a_search_that_exists():

@@ -109,8 +109,7 @@ def test_without_lasting_evidence_nothing_grows(tmp_path, two_tasks, monkeypatch
 
 
 def test_trees_that_cannot_branch_are_refused(tmp_path, capsys):
-    for arch, message in (("mtsac", "--branch-every needs trees"),
-                          ("independent", "--branch-every needs trees"),
+    for arch, message in (("independent", "--branch-every needs trees"),
                           ("conal-pro", "does not take --branch-rule lasting-cluster")):
         with pytest.raises(SystemExit) as exit_:
             train.main([*TINY, "--arch", arch, "--branch-every", "100",

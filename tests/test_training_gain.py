@@ -54,15 +54,17 @@ def test_probes_measure_on_held_out_episodes(tmp_path, two_tasks):
     assert RunDir(run).gains_picture.stat().st_size > 0
 
 
+@pytest.mark.parametrize("arch", ["mhsac", "mtsac"])  # MT-SAC's tree: its head shared
 def test_a_gain_that_pays_opens_a_branch_with_its_numbers(tmp_path, two_tasks, monkeypatch,
-                                                            capsys, two_held_out):
+                                                            capsys, two_held_out, arch):
     monkeypatch.setattr(branching, "paired_gain", _gains(0.3))
     run = tmp_path / "run"
     train.main([*TINY, "--total-steps", "2000", "--branch-every", "400", "--gain-price", "0.1",
-                "--run-dir", str(run)])
+                "--run-dir", str(run), "--arch", arch])
     state = checkpoint.load(RunDir(run).checkpoint)["hooks"]["branching"]
     # Task 0, probed first, leaves module 2; the next round probes it at module 1.
     assert tuple(state["trees"]["critic"]["branch_points"]) == (1, 2)
+    assert state["trees"]["critic"]["shared_head"] == (arch == "mtsac")
     (branch,) = state["branches"]
     assert (branch["net"], branch["task"], branch["module"]) == ("critic", two_tasks[0], 2)
     assert branch["gain"] == 0.3 and branch["price"] == 0.1 and branch["episodes"] >= 2

@@ -35,6 +35,10 @@ ROWS: dict[str, tuple[str, tuple[str, ...], str]] = {
               "CoNAL (searched on evidence, grown where a probe measures gain)"),
     "conal-id": ("conal_rl.train", ("--arch", "conal", "--task-id"),
                  "CoNAL, its nets reading the one-hot task id (as the field's MH-SAC)"),
+    # MT-SAC's treatment of the tasks that stay on the whole trunk: the id, and one head.
+    "conal-mt": ("conal_rl.train", ("--arch", "conal", "--task-id", "--shared-head"),
+                 "CoNAL from MT-SAC's tree (the id read, one head for the tasks on the whole "
+                 "trunk)"),
     "conal-paper": ("conal_rl.train", ("--arch", "conal", "--conflict-rule", "any-pair",
                                        "--branch-every", "0"),
                     "CoNAL, the paper's rule (any-pair, alpha decides; no growth)"),

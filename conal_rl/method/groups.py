@@ -188,6 +188,11 @@ class GroupTreeNet(nn.Module):
         groups = module.index[torch.as_tensor(list(tasks), device=module.index.device)]
         return module.weight[groups], module.bias[groups]
 
+    def head_weights(self, tasks: Sequence[int]) -> tuple[Tensor, Tensor]:
+        """The weights ``[n, in, out]`` and biases ``[n, 1, out]`` of tasks' heads."""
+        index = torch.as_tensor(list(tasks), device=self.head.weight.device)
+        return self.head.weight[index], self.head.bias[index]
+
     def forward(self, x: Tensor) -> Tensor:
         x = self.inputs(x)
         for layer in self.layers:

@@ -44,8 +44,6 @@ class ModuleProbe(nn.Module):
     def __init__(self, net: TreeNet | GroupTreeNet, tasks: Sequence[int], module: int):
         super().__init__()
         spec = net.spec
-        if getattr(spec, "shared_head", False):
-            raise ValueError("a probe needs a head per task (not MT-SAC's shared head)")
         if not tasks or any(spec.branch_points[t] != module for t in tasks):
             raise ValueError(f"every probed task must branch after module {module}, got the "
                              f"branch points {[spec.branch_points[t] for t in tasks]}")
@@ -57,7 +55,7 @@ class ModuleProbe(nn.Module):
         with torch.no_grad():
             for layer in range(module, spec.depth + 1):
                 self.copies[str(layer)] = _task_linear(*net.task_weights(layer, tasks))
-            self.head = _task_linear(net.head.weight[self.tasks], net.head.bias[self.tasks])
+            self.head = _task_linear(*net.head_weights(tasks))
 
     def forward(self, x: Tensor) -> Tensor:
         """``x [T, B, in]`` (the net's input) -> ``[len(tasks), B, out]``."""
@@ -73,7 +71,7 @@ class ModuleProbe(nn.Module):
 
     def parameters_per_task(self) -> int:
         """What one task's copy of the probed module costs in parameters (not counting the
-        deeper modules and head it already had of its own)."""
+        deeper modules it already had of its own, nor its head)."""
         return sum(p[0].numel() for p in self.copies[str(self.module)].parameters())
 
 

@@ -41,7 +41,8 @@ def shared_layers(net: nn.Module) -> dict[str, SharedLayer]:
 
     A TreeNet runs shared module j on the tasks that branch at j or later only, so its
     leading axis is that subset (increasing task order). Per-task heads are not included;
-    a shared head (MT-SAC's one output layer for all tasks) is, as ``"head"``.
+    a shared head (MT-SAC's output layer, read by the tasks on the whole trunk) is, as
+    ``"head"``.
     """
     if hasattr(net, "shared_layers"):  # a SuperNet (every task passes every shared module),
         # a CoNAL-Pro stage or a grouped tree (their layers say their tasks)
@@ -53,8 +54,9 @@ def shared_layers(net: nn.Module) -> dict[str, SharedLayer]:
             module, tuple(t for t, b in enumerate(spec.branch_points) if b >= int(key)))
         for key, module in net.shared.items()
     }
-    if spec.shared_head:
-        layers["head"] = SharedLayer(net.head, tuple(range(spec.num_tasks)))
+    shared_head, _ = spec.head_tasks()
+    if shared_head:
+        layers["head"] = SharedLayer(net.head, shared_head)
     return layers
 
 

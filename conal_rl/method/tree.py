@@ -5,7 +5,8 @@ copies of modules b_t+1..P, then its own output head (``b_t`` is its *branch poi
 0..P). All tasks at P is multi-head SAC; all at 0 is independent networks trained together;
 CoNAL's derived architecture is anything in between. MT-SAC (one shared network, one-hot
 task id appended to the input, one head) is the same tree with ``task_id_input`` and
-``shared_head`` set.
+``shared_head`` set; with ``shared_head`` the tasks that share every module share the head
+too, and a task that branches earlier has its own (so MT-SAC's tree can grow).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ class TreeSpec:
     task_id_input: bool = False
     """Append a one-hot task id to the input (MT-SAC)."""
     shared_head: bool = False
-    """One output layer for all tasks instead of one per task (MT-SAC)."""
+    """The tasks that share every module (branch point P) share one output layer too, as
+    MT-SAC's do; a task that branches earlier has its own."""
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -48,8 +50,6 @@ class TreeSpec:
             raise ValueError(f"branch points must lie in 0..{P}, got {bad}")
         if self.task_names and len(self.task_names) != len(self.branch_points):
             raise ValueError("task_names and branch_points differ in length")
-        if self.shared_head and min(self.branch_points) < P:
-            raise ValueError("a shared head needs every task on the fully shared trunk")
 
     @property
     def num_tasks(self) -> int:
@@ -58,6 +58,13 @@ class TreeSpec:
     @property
     def depth(self) -> int:
         return len(self.hidden)
+
+    def head_tasks(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The tasks that read the shared head and those with a head of their own (both in
+        increasing order): with ``shared_head`` the tasks on the whole trunk share it."""
+        shared = tuple(t for t, b in enumerate(self.branch_points)
+                       if self.shared_head and b == self.depth)
+        return shared, tuple(t for t in range(self.num_tasks) if t not in shared)
 
     @classmethod
     def mtsac(cls, hidden, num_tasks: int, task_names=()) -> TreeSpec:
@@ -124,9 +131,18 @@ class TreeNet(nn.Module):
                 self.register_buffer(f"shared_idx_{layer}", shared_tasks, persistent=False)
                 self.register_buffer(f"private_idx_{layer}", private_tasks, persistent=False)
                 self.register_buffer(f"unsort_{layer}", order.argsort(), persistent=False)
-        self.head = (nn.Linear if spec.shared_head else lambda i, o: TaskLinear(T, i, o))(
-            widths[-1], out_features
-        )
+        # The shared head (if some task reads it) is ``head``; the per-task heads are
+        # ``head`` too where no task shares one, else ``private_head``.
+        shared_heads, private_heads = spec.head_tasks()
+        self.head = (nn.Linear(widths[-1], out_features) if shared_heads
+                     else TaskLinear(T, widths[-1], out_features))
+        if shared_heads and private_heads:
+            self.private_head = TaskLinear(len(private_heads), widths[-1], out_features)
+            self.register_buffer("shared_head_idx", torch.tensor(shared_heads), persistent=False)
+            self.register_buffer("private_head_idx", torch.tensor(private_heads),
+                                 persistent=False)
+            self.register_buffer("unsort_head", torch.tensor([*shared_heads, *private_heads])
+                                 .argsort(), persistent=False)
         self.act = options.activation()
         options.initialise(self)
 
@@ -143,6 +159,11 @@ class TreeNet(nn.Module):
                    for kind, modules in (("shared", self.shared), ("private", self.private))
                    if key in modules for part in ("weight", "bias")}
         return task_rows(self.spec, tensors, layer, tasks)
+
+    def head_weights(self, tasks: Sequence[int]) -> tuple[Tensor, Tensor]:
+        """The weights ``[n, in, out]`` and biases ``[n, 1, out]`` of the heads tasks
+        compute their output with (:func:`head_rows`)."""
+        return head_rows(self.spec, dict(self.named_parameters()), tasks)
 
     def forward(self, x: Tensor) -> Tensor:
         T = self.spec.num_tasks
@@ -161,7 +182,11 @@ class TreeNet(nn.Module):
                 both = torch.cat([self.shared[key](h[s]), self.private[key](h[p])])
                 h = both[getattr(self, f"unsort_{layer}")]
             h = self.act(h, skip)
-        return self.head(h)
+        if not hasattr(self, "private_head"):
+            return self.head(h)
+        both = torch.cat([self.head(h[self.shared_head_idx]),
+                          self.private_head(h[self.private_head_idx])])
+        return both[self.unsort_head]
 
 
 def input_width(in_features: int, num_tasks: int, task_id_input: bool) -> int:
@@ -183,9 +208,10 @@ def grown_state(old: TreeSpec, new: TreeSpec, state: Mapping[str, Tensor]) -> di
     starts as the shared module, so the net computes what it computed. Any tensors keyed and
     shaped like the parameters go through alike (an optimizer's moments)."""
     if old.depth != new.depth or old.num_tasks != new.num_tasks or any(
-            b > a for a, b in zip(old.branch_points, new.branch_points)):
-        raise ValueError("the new tree must have the old one's modules and tasks, each task "
-                         "branching no later")
+            b > a for a, b in zip(old.branch_points, new.branch_points)) or (
+            old.shared_head != new.shared_head):
+        raise ValueError("the new tree must have the old one's modules, tasks and heads, each "
+                         "task branching no later")
     out = {k: v for k, v in state.items() if not k.startswith(("shared.", "private."))}
     for layer in range(1, old.depth + 1):
         if any(b >= layer for b in new.branch_points):  # some task still shares it
@@ -196,7 +222,33 @@ def grown_state(old: TreeSpec, new: TreeSpec, state: Mapping[str, Tensor]) -> di
             weight, bias = task_rows(old, state, layer, now_private)
             out[f"private.{layer}.weight"] = weight.contiguous()
             out[f"private.{layer}.bias"] = bias.contiguous()
+    out = {k: v for k, v in out.items() if not k.startswith(("head.", "private_head."))}
+    shared, private = new.head_tasks()
+    if shared:
+        out["head.weight"], out["head.bias"] = state["head.weight"], state["head.bias"]
+    if private:
+        weight, bias = head_rows(old, state, private)
+        key = "private_head" if shared else "head"
+        out[f"{key}.weight"], out[f"{key}.bias"] = weight.contiguous(), bias.contiguous()
     return out
+
+
+def head_rows(spec: TreeSpec, tensors: Mapping[str, Tensor],
+              tasks: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """What tasks ``tasks`` compute their output with, as :func:`task_rows` for the
+    modules: the shared head's for a task that reads it, the task's own head otherwise."""
+    shared, private = spec.head_tasks()
+    own = "private_head" if shared else "head"
+    weights, biases = [], []
+    for t in tasks:
+        if t in shared:  # nn.Linear's [out, in] as TaskLinear's [in, out]
+            weights.append(tensors["head.weight"].T)
+            biases.append(tensors["head.bias"][None])
+        else:
+            k = private.index(t)
+            weights.append(tensors[f"{own}.weight"][k])
+            biases.append(tensors[f"{own}.bias"][k])
+    return torch.stack(weights), torch.stack(biases)
 
 
 def task_rows(spec: TreeSpec, tensors: Mapping[str, Tensor], layer: int,
@@ -233,7 +285,8 @@ def tree_parameters(spec: TreeSpec, in_features: int, out_features: int) -> int:
         private = sum(b < layer for b in spec.branch_points)
         copies = private + (private < T)  # the private copies, and the shared module if used
         total += copies * (widths[layer - 1] + 1) * widths[layer]
-    return total + (1 if spec.shared_head else T) * (widths[-1] + 1) * out_features
+    shared, private = spec.head_tasks()
+    return total + (len(private) + bool(shared)) * (widths[-1] + 1) * out_features
 
 
 def num_parameters(module: nn.Module) -> int:

@@ -46,7 +46,7 @@ class Architecture:
     """The search runs stage by stage (one per hidden module): its evidence refreshes per
     stage."""
     can_grow: bool = False
-    """Its trees share modules and have a head per task: ``--branch-every`` can grow them."""
+    """Its trees share modules: ``--branch-every`` can grow them."""
     grows: bool = False
     """Its trees grow by default (``--branch-every``: the preset's)."""
     needs_file: bool = False
@@ -94,10 +94,9 @@ def _widened(make: str) -> Callable:
         target = config.critic_params or 2 * tree_parameters(
             TreeSpec.independent(config.hidden, T), critic_in, 1)
 
-        def twin(width: int) -> int:  # the critic as it will be built (with --task-id too)
-            spec = kind((width,) * depth, T)
-            return 2 * tree_parameters(replace(spec, task_id_input=spec.task_id_input
-                                               or config.task_id), critic_in, 1)
+        def twin(width: int) -> int:  # the critic as it will be built (--task-id etc.)
+            spec = configured({"critic": kind((width,) * depth, T)}, config)["critic"]
+            return 2 * tree_parameters(spec, critic_in, 1)
 
         low, high = 1, MAX_WIDTH  # the widest width whose critic is not above the target
         while low < high:
@@ -112,6 +111,16 @@ def _widened(make: str) -> Callable:
     return trees
 
 
+def configured(specs: Specs, config: TrainConfig) -> Specs:
+    """The trees with what ``--task-id`` and ``--shared-head`` set on every architecture's
+    (each a no-op where the tree has it already, as MT-SAC's)."""
+    if config.shared_head and any(not hasattr(s, "shared_head") for s in specs.values()):
+        raise ValueError("--shared-head needs trees with one trunk, not grouped trees")
+    return {role: replace(spec, task_id_input=spec.task_id_input or config.task_id,
+                          **({"shared_head": True} if config.shared_head else {}))
+            for role, spec in specs.items()}
+
+
 def _private_critic(config: TrainConfig, task_names: list[str], sizes) -> Specs:
     from conal_rl.method import TreeSpec
 
@@ -124,12 +133,15 @@ def _private_critic(config: TrainConfig, task_names: list[str], sizes) -> Specs:
 def _check_conal(config: TrainConfig) -> None:
     if config.search_warmup_steps >= config.search_steps:
         raise ValueError("--search-warmup-steps must be smaller than --search-steps")
+    if config.shared_head and config.inherit_weights:
+        raise ValueError("--inherit-weights does not take --shared-head (the searched nets "
+                         "have a head per task)")
 
 
 def _check_conal_pro(config: TrainConfig) -> None:
     unsupported = [flag for flag, on in (
         ("--gumbel", config.gumbel), ("--no-private", config.no_private),
-        ("--inherit-weights", config.inherit_weights),
+        ("--inherit-weights", config.inherit_weights), ("--shared-head", config.shared_head),
         ("--grad-surgery pcgrad", config.grad_surgery != "none")) if on]
     if config.branch_every and config.branch_rule != "gain":
         unsupported.append(f"--branch-rule {config.branch_rule}")
@@ -164,7 +176,8 @@ def _check_widened(config: TrainConfig) -> None:
 
 
 ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (
-    Architecture("mtsac", "shared MLP + one-hot task id", "MT-SAC", trees=_per_role("mtsac")),
+    Architecture("mtsac", "shared MLP + one-hot task id", "MT-SAC", trees=_per_role("mtsac"),
+                 can_grow=True),
     Architecture("mhsac", "shared trunk, one head per task", "MH-SAC",
                  trees=_per_role("mhsac"), can_grow=True),
     Architecture("independent", "single-task learning: every task its own networks, all "
@@ -182,8 +195,8 @@ ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (
                  needs_file=True, check=_check_tree),
     Architecture("mtsac-wide", "MT-SAC with its critic widened to --critic-params "
                  "parameters (default: the private critics'): the equal-parameter control",
-                 "MT-SAC, wide critic", trees=_widened("mtsac"), widened=True,
-                 check=_check_widened),
+                 "MT-SAC, wide critic", trees=_widened("mtsac"), can_grow=True,
+                 widened=True, check=_check_widened),
     Architecture("mhsac-wide", "MH-SAC with its critic widened to --critic-params "
                  "parameters (default: the private critics'): the equal-parameter control",
                  "MH-SAC, wide critic", trees=_widened("mhsac"), can_grow=True,

@@ -18,9 +18,10 @@ says, and the twin critics, measured on the same transitions, mostly name differ
 (``python -m benchmarks.studies.conflict_persistence``). A branch is permanent, so it follows
 only evidence that repeats. Why every net of the role: the twin critics share one tree, and
 both must show the task apart. Sign-blind evidence only (``LayerEvidence.main_cluster``):
-these trees have a head per task, so the signs of trunk gradients follow the heads.
+where tasks have heads of their own, the signs of trunk gradients follow the heads.
 
-A branch keeps the function: the task's new copies start as the shared modules, and Adam's
+A branch keeps the function: the task's new copies start as the shared modules (and its own
+head as the shared head, in a tree whose tasks on the whole trunk share one), and Adam's
 moments come along (:func:`~conal_rl.method.tree.grown_state`,
 :meth:`~agents.MultiTaskSAC.rebuilt`). The grown trees are in the checkpoint (this hook's
 state), which is what a resume and ``load_run`` build the nets from.
@@ -69,9 +70,6 @@ class Branching:
 
     def __init__(self, specs: Specs, settings: GrowthSettings, task_names: list[str],
                  make_filter: FilterFactory | None = None, options: NetOptions = PLAIN):
-        if any(isinstance(s, TreeSpec) and s.shared_head for s in specs.values()):
-            raise ValueError("branching needs trees with a head per task (not MT-SAC's shared "
-                             "head)")
         grouped = any(isinstance(s, GroupTreeSpec) for s in specs.values())
         if grouped and settings.rule != "gain":
             raise ValueError(f"--branch-rule {settings.rule} needs trees with one shared "

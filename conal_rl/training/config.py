@@ -100,7 +100,7 @@ ADDED_FIELDS = {"conflict_rule": PAPER_RULE, "arch_holdout": 0, "stage_steps": P
                 "weight_init": "torch", "max_grad_norm": 0.0, "weight_decay": 0.0, "reset_every": 0,
                 "precision": "fp32", "critic_hidden": None, "critic_params": 0,
                 "branch_rule": "lasting-cluster", "gain_price": 0.05, "gain_holdout": 10,
-                "gain_budget": 0, "task_id": False}
+                "gain_budget": 0, "task_id": False, "shared_head": False}
 
 # The config's parts, as --help groups its flags: what a run is and how it is run, the
 # learner (networks and update), the search (CoNAL, CoNAL-Pro and their rules), and the
@@ -113,8 +113,8 @@ PARTS = {
     "the learner (networks and update, every architecture)": (
         "hidden", "critic_hidden", "critic_params", "batch_per_task", "replay_size",
         "warmup_steps", "updates_per_step", "layer_norm", "normalize_obs", "residual",
-        "task_id", "weight_init", "precision", "max_grad_norm", "weight_decay", "reset_every",
-        "lr", "gamma", "tau", "loss_weighting", "grad_surgery"),
+        "task_id", "shared_head", "weight_init", "precision", "max_grad_norm", "weight_decay",
+        "reset_every", "lr", "gamma", "tau", "loss_weighting", "grad_surgery"),
     "the search (--arch conal, conal-pro) and growing trees": (
         "search_steps", "stage_steps", "search_warmup_steps", "arch_lr", "gumbel",
         "no_conflict_noticing", "conflict_rule", "evidence_every", "evidence_samples",
@@ -236,8 +236,8 @@ class TrainConfig:
     """--conflict-rule evidence and --branch-rule lasting-cluster: transitions per task each
     measurement of the evidence reads (from the replay, with a generator of its own)"""
     branch_every: int = PRESET
-    """trees with a head per task (e.g. --arch mhsac, tree, the derived trees of conal and
-    conal-pro): env steps (in all) between two decisions of --branch-rule while the trees
+    """trees with shared modules (e.g. --arch mtsac, mhsac, tree, the derived trees of conal
+    and conal-pro): env steps (in all) between two decisions of --branch-rule while the trees
     train; a task it takes off a shared module (or out of its group's) gets its own copies
     from that module on, starting as the shared ones (the net computes what it did; Adam's
     moments carried). The grown trees are saved with the checkpoints and in
@@ -308,6 +308,11 @@ class TrainConfig:
     trunk knows the task from its first module on (as MT-SAC's nets always do, and the
     field's MH-SAC: Meta-World+'s reference, mtrl); every architecture's, CoNAL's and
     CoNAL-Pro's searched nets and the trees they derive included"""
+    shared_head: bool = False
+    """the tasks that share every module share one output head too, as MT-SAC's do (a task
+    that branches, in the search or while the trees grow, has its own): trees with a head
+    per task (mhsac, tree, private-critic, the trees conal derives) take it; MT-SAC's have it
+    always"""
     weight_init: Literal[WEIGHT_INITS] = "torch"
     """how the linear maps start: torch (uniform in +-1/sqrt(fan_in), biases too) or
     he-uniform (uniform in +-sqrt(6/fan_in), zero biases: the Meta-World+ reference's)"""
@@ -429,8 +434,8 @@ class TrainConfig:
         if arch.check is not None:
             arch.check(self)
         if self.branch_every and not arch.can_grow:
-            raise ValueError(f"--branch-every needs trees with shared modules and a head per "
-                             f"task: --arch {', '.join(growing())}, not {self.arch}")
+            raise ValueError(f"--branch-every needs trees with shared modules: --arch "
+                             f"{', '.join(growing())}, not {self.arch}")
         if self.critic_params and not arch.widened:
             raise ValueError(f"--critic-params sizes the critic of --arch "
                              f"{', '.join(a for a in TRAINED if ARCHITECTURES[a].widened)}, "

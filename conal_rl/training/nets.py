@@ -4,7 +4,6 @@ and the gradient filters of the trained networks (``--grad-surgery``)."""
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 from torch import nn
@@ -20,7 +19,7 @@ from conal_rl.method import (
     TreeNet,
     TreeSpec,
 )
-from conal_rl.training.architectures import MAX_WIDTH, architecture
+from conal_rl.training.architectures import MAX_WIDTH, architecture, configured
 from conal_rl.training.config import GRAD_SURGERIES, TrainConfig
 
 
@@ -38,13 +37,7 @@ def fixed_trees(config: TrainConfig, task_names: list[str],
                          "by conal_rl.train)")
     else:
         specs = arch.trees(config, task_names, sizes)
-    return _with_task_id(specs) if config.task_id else specs
-
-
-def _with_task_id(specs: dict[str, TreeSpec | GroupTreeSpec]
-                 ) -> dict[str, TreeSpec | GroupTreeSpec]:
-    """The trees with the one-hot task id appended to their input (``--task-id``)."""
-    return {role: replace(spec, task_id_input=True) for role, spec in specs.items()}
+    return configured(specs, config)
 
 
 def tree_factory(specs: dict[str, TreeSpec | GroupTreeSpec],
