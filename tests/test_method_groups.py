@@ -145,3 +145,27 @@ def test_pro_evidence_groups_follow_the_significant_clusters():
     assert study.recovery(families["shared"]) == 3.0, families["groups"]
     agreeing = study.search(study.make_problem(0, agreeing=True), "pro-evidence", seed=0)
     assert agreeing["groups"] == [[0] * study.T] * len(study.HIDDEN), agreeing["groups"]
+
+
+def test_with_a_shared_head_each_last_group_reads_one_head_and_a_leaver_takes_a_copy():
+    from dataclasses import replace
+
+    spec = replace(GROUPED, shared_head=True)  # last depth: {0}, {1}, {2, 3}
+    assert GroupTreeSpec.from_dict(spec.to_dict()) == spec
+    torch.manual_seed(0)
+    net = GroupTreeNet(spec, 5, 2)
+    assert net.head.weight.shape[0] == 3
+    x = torch.randn(4, 6, 5)
+    y = net(x)
+    with torch.no_grad():
+        net.head.bias[2].add_(1.0)  # the head of group {2, 3}
+    moved = net(x)
+    assert torch.equal(moved[:2], y[:2]) and not moved[2:].eq(y[2:]).any()
+    torch.testing.assert_close(net.head_weights([3])[0][0], net.head.weight[2])
+    grown_spec = spec.branched({3: {3}})  # task 3 leaves {2, 3} at module 3: a head of its own
+    grown = GroupTreeNet(grown_spec, 5, 2)
+    grown.load_state_dict(grown_group_state(spec, grown_spec, net.state_dict()))
+    assert grown.head.weight.shape[0] == 4
+    torch.testing.assert_close(grown(x), net(x))
+    with pytest.raises(ValueError, match="heads"):
+        grown_group_state(GROUPED, grown_spec, net.state_dict())

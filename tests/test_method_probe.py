@@ -38,11 +38,13 @@ def test_a_probe_starts_as_the_net_and_trains_only_itself(module, options, task_
     assert not any(k.startswith("net") for k in probe.state_dict())  # not saved with it
 
 
+@pytest.mark.parametrize("shared_head", [False, True])
 @pytest.mark.parametrize("module, tasks", [(2, [0, 1]), (3, [2, 3])])
-def test_a_probe_of_a_grouped_tree_starts_as_its_net(module, tasks):
+def test_a_probe_of_a_grouped_tree_starts_as_its_net(module, tasks, shared_head):
     torch.manual_seed(0)
-    # All share module 1; {0, 1} and {2, 3} module 2; {2, 3} module 3.
-    spec = GroupTreeSpec((8, 8, 8), ((0, 0, 0, 0), (0, 0, 1, 1), (0, 1, 2, 2)))
+    # All share module 1; {0, 1} and {2, 3} module 2; {2, 3} module 3 (and its head).
+    spec = GroupTreeSpec((8, 8, 8), ((0, 0, 0, 0), (0, 0, 1, 1), (0, 1, 2, 2)),
+                         shared_head=shared_head)
     net = GroupTreeNet(spec, 5, 2, NetOptions(layer_norm=True))
     probe = ModuleProbe(net, tasks, module)
     x = torch.randn(4, 7, 5)

@@ -40,16 +40,16 @@ def test_every_fixed_architecture_builds_its_trees_and_growth_needs_shared_modul
 
 def test_shared_head_and_task_id_make_mhsac_mtsac():
     """``--shared-head`` with ``--task-id`` turns MH-SAC's trees into MT-SAC's; on MT-SAC's
-    own trees both are no-ops, and grouped trees refuse a shared head."""
+    own trees both are no-ops; CoNAL-Pro's grouped trees take it too."""
     def trees(arch, **flags):
         return fixed_trees(TrainConfig(benchmark="MT10", arch=arch, hidden=(32, 32), **flags),
                            TASKS, SIZES)
     assert trees("mhsac", task_id=True, shared_head=True) == trees("mtsac")
     assert trees("mtsac", task_id=True, shared_head=True) == trees("mtsac")
     assert trees("mhsac", shared_head=True)["critic"].head_tasks() == (tuple(range(10)), ())
-    with pytest.raises(ValueError, match="--shared-head needs trees with one trunk"):
-        configured({"critic": GroupTreeSpec((8,), ((0,) * 10,))},
-                   TrainConfig(benchmark="MT10", shared_head=True))
+    grouped = configured({"critic": GroupTreeSpec((8,), ((0,) * 10,))},
+                         TrainConfig(benchmark="MT10", arch="conal-pro", shared_head=True))
+    assert grouped["critic"].shared_head
 
 
 def test_the_searched_architectures_name_a_search_that_exists():

@@ -40,6 +40,9 @@ class GroupTreeSpec:
     task_names: tuple[str, ...] = field(default=())
     task_id_input: bool = False
     """Append a one-hot task id to the input (``--task-id``)."""
+    shared_head: bool = False
+    """The tasks of one group at the last depth (they share every module) share one output
+    layer too (``--shared-head``, MT-SAC's); a task alone there has its own."""
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -112,12 +115,13 @@ class GroupTreeSpec:
     def to_dict(self) -> dict:
         return {"hidden": list(self.hidden), "groups": [list(g) for g in self.groups],
                 "task_names": list(self.task_names), "task_id_input": self.task_id_input,
-                "groups_by_task_name": self.groups_by_name()}
+                "shared_head": self.shared_head, "groups_by_task_name": self.groups_by_name()}
 
     @classmethod
     def from_dict(cls, d: dict) -> GroupTreeSpec:
         return cls(tuple(d["hidden"]), tuple(tuple(g) for g in d["groups"]),
-                   tuple(d.get("task_names", ())), bool(d.get("task_id_input", False)))
+                   tuple(d.get("task_names", ())), bool(d.get("task_id_input", False)),
+                   bool(d.get("shared_head", False)))
 
 
 def grown_group_state(old: GroupTreeSpec, new: GroupTreeSpec,
@@ -126,8 +130,9 @@ def grown_group_state(old: GroupTreeSpec, new: GroupTreeSpec,
     ``old``'s (:meth:`GroupTreeSpec.branched`): every new group starts as the group it came
     from, so the net computes what it computed. Any tensors keyed and shaped like the
     parameters go through alike (an optimizer's moments)."""
-    if old.hidden != new.hidden or old.num_tasks != new.num_tasks:
-        raise ValueError("the new tree must have the old one's modules and tasks")
+    if old.hidden != new.hidden or old.num_tasks != new.num_tasks or (
+            old.shared_head != new.shared_head):
+        raise ValueError("the new tree must have the old one's modules, tasks and heads")
     out = dict(state)
     for depth, (was, now) in enumerate(zip(old.groups, new.groups)):
         came_from = {}
@@ -136,8 +141,10 @@ def grown_group_state(old: GroupTreeSpec, new: GroupTreeSpec,
                 raise ValueError(f"the new tree's groups at depth {depth + 1} must split the "
                                  "old ones, not join them")
         index = torch.tensor([came_from[g] for g in range(len(came_from))])
-        for part in ("weight", "bias"):
-            key = f"layers.{depth}.{part}"
+        keys = [f"layers.{depth}.{part}" for part in ("weight", "bias")]
+        if new.shared_head and depth == new.depth - 1:  # the head: grouped as the last module
+            keys += ["head.weight", "head.bias"]
+        for key in keys:
             out[key] = state[key][index.to(state[key].device)].contiguous()
     return out
 
@@ -161,7 +168,7 @@ class GroupLinear(nn.Module):
 
 class GroupTreeNet(nn.Module):
     """The network of a :class:`GroupTreeSpec`: ``[T, B, in] -> [T, B, out]``, one head per
-    task."""
+    task (with ``shared_head``, one per group of the last depth)."""
 
     def __init__(self, spec: GroupTreeSpec, in_features: int, out_features: int,
                  options: NetOptions = PLAIN):
@@ -171,7 +178,8 @@ class GroupTreeNet(nn.Module):
         self.layers = nn.ModuleList(
             GroupLinear(torch.tensor(spec.groups[j]), widths[j], widths[j + 1])
             for j in range(spec.depth))
-        self.head = TaskLinear(spec.num_tasks, widths[-1], out_features)
+        self.head = (GroupLinear(torch.tensor(spec.groups[-1]), widths[-1], out_features)
+                     if spec.shared_head else TaskLinear(spec.num_tasks, widths[-1], out_features))
         self.act = options.activation()
         options.initialise(self)
 
@@ -189,8 +197,11 @@ class GroupTreeNet(nn.Module):
         return module.weight[groups], module.bias[groups]
 
     def head_weights(self, tasks: Sequence[int]) -> tuple[Tensor, Tensor]:
-        """The weights ``[n, in, out]`` and biases ``[n, 1, out]`` of tasks' heads."""
+        """The weights ``[n, in, out]`` and biases ``[n, 1, out]`` of tasks' heads (their
+        groups' with a shared head)."""
         index = torch.as_tensor(list(tasks), device=self.head.weight.device)
+        if self.spec.shared_head:
+            index = self.head.index[index]
         return self.head.weight[index], self.head.bias[index]
 
     def forward(self, x: Tensor) -> Tensor:

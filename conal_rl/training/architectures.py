@@ -114,8 +114,6 @@ def _widened(make: str) -> Callable:
 def configured(specs: Specs, config: TrainConfig) -> Specs:
     """The trees with what ``--task-id`` and ``--shared-head`` set on every architecture's
     (each a no-op where the tree has it already, as MT-SAC's)."""
-    if config.shared_head and any(not hasattr(s, "shared_head") for s in specs.values()):
-        raise ValueError("--shared-head needs trees with one trunk, not grouped trees")
     return {role: replace(spec, task_id_input=spec.task_id_input or config.task_id,
                           **({"shared_head": True} if config.shared_head else {}))
             for role, spec in specs.items()}
@@ -141,7 +139,7 @@ def _check_conal(config: TrainConfig) -> None:
 def _check_conal_pro(config: TrainConfig) -> None:
     unsupported = [flag for flag, on in (
         ("--gumbel", config.gumbel), ("--no-private", config.no_private),
-        ("--inherit-weights", config.inherit_weights), ("--shared-head", config.shared_head),
+        ("--inherit-weights", config.inherit_weights),
         ("--grad-surgery pcgrad", config.grad_surgery != "none")) if on]
     if config.branch_every and config.branch_rule != "gain":
         unsupported.append(f"--branch-rule {config.branch_rule}")

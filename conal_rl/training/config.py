@@ -311,8 +311,8 @@ class TrainConfig:
     shared_head: bool = False
     """the tasks that share every module share one output head too, as MT-SAC's do (a task
     that branches, in the search or while the trees grow, has its own): trees with a head
-    per task (mhsac, tree, private-critic, the trees conal derives) take it; MT-SAC's have it
-    always"""
+    per task (mhsac, tree, private-critic, the trees conal and conal-pro derive) take it;
+    MT-SAC's have it always"""
     weight_init: Literal[WEIGHT_INITS] = "torch"
     """how the linear maps start: torch (uniform in +-1/sqrt(fan_in), biases too) or
     he-uniform (uniform in +-sqrt(6/fan_in), zero biases: the Meta-World+ reference's)"""
