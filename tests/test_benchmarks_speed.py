@@ -335,8 +335,9 @@ def test_row_costs_measure_every_finished_run_and_the_report_reads_them(tmp_path
     assert "| wide | " in "\n".join(success_report.costs_lines(costs))
     rows = [{"row": "mtsac", "mean": 0.2, "runs": [{"seed": 0, "mean": 0.2}]},
             {"row": "wide", "mean": 0.4, "runs": [{"seed": 0, "mean": 0.4}]}]
-    success_report.plot_pareto(rows, costs["rows"], "success", "gym", tmp_path / "p.png")
-    assert (tmp_path / "p.png").stat().st_size > 1000
+    picture = tmp_path / "report" / "p.png"  # into a folder not made yet, as a first report's
+    success_report.plot_pareto(rows, costs["rows"], "success", "gym", picture)
+    assert picture.stat().st_size > 1000
 
 
 # ---- benchmarks/speed/jax_reference.py ------------------------------------------------------

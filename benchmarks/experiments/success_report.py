@@ -597,6 +597,7 @@ def plot_pareto(rows: list[dict], costs: dict[str, dict], metric: str, benchmark
     axes[0].set_title(f"{benchmark}: {metric} against critic parameters")
     axes[1].set_title(f"{benchmark}: {metric} against update time")
     axes[1].legend(fontsize="small")
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
 
 
