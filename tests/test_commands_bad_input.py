@@ -26,6 +26,7 @@ SUBSET = {
     "benchmarks.speed.twin_critics: --repeats 0": "--repeats must be at least 1",
     "conal_rl.train: --critic-params too small to reach": "no width of 3 modules",
     "conal_rl.train: --max-grad-norm -1": "--max-grad-norm must not be negative",
+    "conal_rl.train: --shared-head with --inherit-weights": "does not take --shared-head",
 }
 
 

@@ -101,6 +101,8 @@ def _cases() -> list[Case]:
              ("--arch", "mhsac", "--critic-params", "100000", *new)),
         Case(T, "--critic-params too small to reach",
              ("--arch", "mtsac-wide", "--critic-params", "10", *new)),
+        Case(T, "--shared-head with --inherit-weights",
+             ("--arch", "conal", "--shared-head", "--inherit-weights", *new)),
         Case(T, "--branch-rule nope", ("--branch-rule", "nope", *new)),
         Case(T, "--gain-price -0.1", ("--gain-price", "-0.1", *new)),
         Case(T, "--gain-price inf", ("--gain-price", "inf", *new)),
