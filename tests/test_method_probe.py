@@ -90,15 +90,20 @@ def test_more_tasks_tested_need_a_larger_z():
     assert one_sided_z(10) > one_sided_z(2) > one_sided_z(1)
 
 
-def _probe_verdicts(agreeing: bool, seed: int, T: int = 4, IN: int = 8, F: int = 3):
+def _probe_verdicts(agreeing: bool, seed: int, T: int = 4, IN: int = 8, F: int = 3,
+                    shared_head: bool = False):
     """A one-module trunk F wide: where every task reads the same F features (each its own
-    scale of one target) it serves them all; where each reads its own F features it cannot.
-    Fresh samples every step (data is plentiful, as in a replay); the probe (every task
-    private from the input) trains as used beside the net, then both are compared on fresh
-    samples (each its own 'episode': independent)."""
+    scale of one target, with a head per task) it serves them all; where each reads its own
+    F features it cannot. With one head for all (``shared_head``) agreeing tasks share the
+    scale too, since one head cannot scale them apart. Fresh samples
+    every step (data is plentiful, as in a replay); the probe (every task private from the
+    input) trains as used beside the net, then both are compared on fresh samples (each its
+    own 'episode': independent)."""
     g = torch.Generator().manual_seed(seed)
     reads = [torch.randn(F, IN, generator=g) for _ in range(T)]
     scale = 0.5 + torch.rand(T, generator=g)
+    if shared_head:
+        scale = scale[:1].expand(T)
 
     def data(n):
         x = torch.randn(T, n, IN, generator=g)
@@ -107,7 +112,7 @@ def _probe_verdicts(agreeing: bool, seed: int, T: int = 4, IN: int = 8, F: int =
         return x, y[..., None]
 
     torch.manual_seed(seed)
-    net = TreeNet(TreeSpec((F,), (1,) * T), IN, 1)
+    net = TreeNet(TreeSpec((F,), (1,) * T, shared_head=shared_head), IN, 1)
     optim = torch.optim.Adam(net.parameters(), lr=1e-2)
     probe = probe_optim = None
     for step in range(1500):
@@ -129,8 +134,10 @@ def _probe_verdicts(agreeing: bool, seed: int, T: int = 4, IN: int = 8, F: int =
     return [g.pays(0.05, one_sided_z(T)) for g in gains]
 
 
-def test_probes_give_capacity_where_it_pays_and_none_where_tasks_agree():
+@pytest.mark.parametrize("shared_head", [False, True])
+def test_probes_give_capacity_where_it_pays_and_none_where_tasks_agree(shared_head):
     for seed in range(3):
-        assert not any(_probe_verdicts(agreeing=True, seed=seed))
-    opened = [_probe_verdicts(agreeing=False, seed=seed) for seed in range(3)]
+        assert not any(_probe_verdicts(agreeing=True, seed=seed, shared_head=shared_head))
+    opened = [_probe_verdicts(agreeing=False, seed=seed, shared_head=shared_head)
+              for seed in range(3)]
     assert all(any(v) for v in opened) and sum(map(sum, opened)) >= 6
