@@ -355,6 +355,7 @@ def test_every_row_trains_what_its_name_says(tmp_path):
         "mtsac-pcgrad": {"grad_surgery": "pcgrad"},
         "conal-consensus": {"arch": "conal", "conflict_rule": "consensus"},
         "conal-pro": {"arch": "conal-pro"},
+        "conal-pro-mt": {"arch": "conal-pro", "task_id": True, "shared_head": True},
         "conal-pro-nocn": {"arch": "conal-pro", "no_conflict_noticing": True},
         "private-critic": {"arch": "tree"},
         "mtsac-wide": {"arch": "mtsac-wide"}, "mhsac-wide": {"arch": "mhsac-wide"},

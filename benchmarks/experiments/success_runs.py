@@ -48,6 +48,9 @@ ROWS: dict[str, tuple[str, tuple[str, ...], str]] = {
                         "CoNAL, consensus conflict rule"),
     "conal-pro": ("conal_rl.train", ("--arch", "conal-pro"),
                   "CoNAL-Pro (grouped trees on evidence, grown where a probe measures gain)"),
+    "conal-pro-mt": ("conal_rl.train", ("--arch", "conal-pro", "--task-id", "--shared-head"),
+                     "CoNAL-Pro from MT-SAC's tree (the id read, one head per group of the "
+                     "last module)"),
     "conal-pro-nocn": ("conal_rl.train", ("--arch", "conal-pro", "--no-conflict-noticing"),
                        "CoNAL-Pro w/o conflict-noticing"),
     "conal-noprivate": ("conal_rl.train", ("--arch", "conal", "--no-private"),
