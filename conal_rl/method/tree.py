@@ -177,16 +177,21 @@ class TreeNet(nn.Module):
             elif key not in self.shared:
                 h = self.private[key](h)
             else:
-                s = getattr(self, f"shared_idx_{layer}")
-                p = getattr(self, f"private_idx_{layer}")
-                both = torch.cat([self.shared[key](h[s]), self.private[key](h[p])])
-                h = both[getattr(self, f"unsort_{layer}")]
+                h = _mixed(self.shared[key], self.private[key], h,
+                           getattr(self, f"shared_idx_{layer}"),
+                           getattr(self, f"private_idx_{layer}"), getattr(self, f"unsort_{layer}"))
             h = self.act(h, skip)
         if not hasattr(self, "private_head"):
             return self.head(h)
-        both = torch.cat([self.head(h[self.shared_head_idx]),
-                          self.private_head(h[self.private_head_idx])])
-        return both[self.unsort_head]
+        return _mixed(self.head, self.private_head, h, self.shared_head_idx,
+                      self.private_head_idx, self.unsort_head)
+
+
+def _mixed(shared: nn.Module, private: nn.Module, h: Tensor, shared_idx: Tensor,
+           private_idx: Tensor, unsort: Tensor) -> Tensor:
+    """A layer some tasks share and others have of their own: both groups run, then one
+    gather restores task order."""
+    return torch.cat([shared(h[shared_idx]), private(h[private_idx])])[unsort]
 
 
 def input_width(in_features: int, num_tasks: int, task_id_input: bool) -> int:
@@ -212,7 +217,8 @@ def grown_state(old: TreeSpec, new: TreeSpec, state: Mapping[str, Tensor]) -> di
             old.shared_head != new.shared_head):
         raise ValueError("the new tree must have the old one's modules, tasks and heads, each "
                          "task branching no later")
-    out = {k: v for k, v in state.items() if not k.startswith(("shared.", "private."))}
+    out = {k: v for k, v in state.items()
+           if not k.startswith(("shared.", "private.", "head.", "private_head."))}
     for layer in range(1, old.depth + 1):
         if any(b >= layer for b in new.branch_points):  # some task still shares it
             for part in ("weight", "bias"):
@@ -222,7 +228,6 @@ def grown_state(old: TreeSpec, new: TreeSpec, state: Mapping[str, Tensor]) -> di
             weight, bias = task_rows(old, state, layer, now_private)
             out[f"private.{layer}.weight"] = weight.contiguous()
             out[f"private.{layer}.bias"] = bias.contiguous()
-    out = {k: v for k, v in out.items() if not k.startswith(("head.", "private_head."))}
     shared, private = new.head_tasks()
     if shared:
         out["head.weight"], out["head.bias"] = state["head.weight"], state["head.bias"]
@@ -237,28 +242,24 @@ def head_rows(spec: TreeSpec, tensors: Mapping[str, Tensor],
               tasks: Sequence[int]) -> tuple[Tensor, Tensor]:
     """What tasks ``tasks`` compute their output with, as :func:`task_rows` for the
     modules: the shared head's for a task that reads it, the task's own head otherwise."""
-    shared, private = spec.head_tasks()
-    own = "private_head" if shared else "head"
-    weights, biases = [], []
-    for t in tasks:
-        if t in shared:  # nn.Linear's [out, in] as TaskLinear's [in, out]
-            weights.append(tensors["head.weight"].T)
-            biases.append(tensors["head.bias"][None])
-        else:
-            k = private.index(t)
-            weights.append(tensors[f"{own}.weight"][k])
-            biases.append(tensors[f"{own}.bias"][k])
-    return torch.stack(weights), torch.stack(biases)
+    if not spec.head_tasks()[0]:  # a head per task: one TaskLinear
+        index = list(tasks)
+        return tensors["head.weight"][index], tensors["head.bias"][index]
+    # the tasks that read the shared head are those that share module P
+    return task_rows(spec, tensors, spec.depth, tasks, keys=("head", "private_head"))
 
 
 def task_rows(spec: TreeSpec, tensors: Mapping[str, Tensor], layer: int,
-              tasks: Sequence[int]) -> tuple[Tensor, Tensor]:
+              tasks: Sequence[int], keys: tuple[str, str] | None = None
+              ) -> tuple[Tensor, Tensor]:
     """What tasks ``tasks`` compute module ``layer`` (1..P) with, in the layout of
     :class:`TaskLinear`: weights ``[n, in, out]`` and biases ``[n, 1, out]``, from a
     :class:`TreeNet`'s tensors (its parameters, its state, or anything keyed and shaped
     alike, e.g. an optimizer's moments): the shared module's for a task that shares it, the
-    task's private row otherwise."""
-    shared_w, shared_b = tensors.get(f"shared.{layer}.weight"), tensors.get(f"shared.{layer}.bias")
+    task's private row otherwise. ``keys``: the shared and the private tensors' names
+    (default ``shared.{layer}``, ``private.{layer}``; the head's: :func:`head_rows`)."""
+    shared_key, private_key = keys or (f"shared.{layer}", f"private.{layer}")
+    shared_w, shared_b = tensors.get(f"{shared_key}.weight"), tensors.get(f"{shared_key}.bias")
     if all(spec.branch_points[t] >= layer for t in tasks):  # one module for all: no copies
         n = len(tasks)
         return shared_w.T.expand(n, -1, -1), shared_b[None, None].expand(n, 1, -1)
@@ -267,8 +268,8 @@ def task_rows(spec: TreeSpec, tensors: Mapping[str, Tensor], layer: int,
     for t in tasks:
         if t in private:
             k = private.index(t)
-            weights.append(tensors[f"private.{layer}.weight"][k])
-            biases.append(tensors[f"private.{layer}.bias"][k])
+            weights.append(tensors[f"{private_key}.weight"][k])
+            biases.append(tensors[f"{private_key}.bias"][k])
         else:  # nn.Linear's [out, in] as TaskLinear's [in, out]
             weights.append(shared_w.T)
             biases.append(shared_b[None])
