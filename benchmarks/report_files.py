@@ -55,6 +55,12 @@ def header(title: str, commands: str | list[str] | None, machine: dict | str | N
     return lines
 
 
+def costs_path(report: Path) -> Path:
+    """Where the update costs of a success report's runs lie (``benchmarks.speed.row_costs``
+    writes them, the report reads them): beside the report."""
+    return report.with_name(report.stem + "-costs.json")
+
+
 def save(stem: Path, payload: dict, markdown: str) -> None:
     """``stem.json`` (everything) and ``stem.md`` (the table a reader opens), which is also
     printed."""

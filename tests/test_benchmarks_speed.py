@@ -313,31 +313,52 @@ def test_probe_cost_times_each_tree_with_and_without_its_probe(tmp_path):
 
 
 # ---- benchmarks/speed/row_costs.py ----------------------------------------------------------
-def test_row_costs_measure_every_finished_run_and_the_report_reads_them(tmp_path):
-    from benchmarks.experiments import success_report
-    from benchmarks.speed import row_costs
-    from conal_rl.train import main as train
+def test_row_costs_are_measured_from_the_report_alone_and_the_report_reads_them(tmp_path):
+    """The runs' folders gone (a new machine): each run is built from its record (config and
+    final trees), its parameters those its checkpoint had, and the report shows the costs."""
+    import shutil
 
-    folder = tmp_path / "runs"
-    for row, flags in (("mtsac", ["--hidden", "16,16"]), ("wide", ["--hidden", "64,64"])):
-        train(["--benchmark", "gym:Pendulum-v1", "--total-steps", "120", "--eval-every", "0",
-               "--batch-per-task", "8", "--warmup-steps", "100", "--eval-episodes", "1",
-               "--run-dir", str(folder / f"{row}-s0"), *flags])
-    (folder / "stray").mkdir()  # not a run: left alone
-    payload = row_costs.main([str(folder), "--repeats", "1", "--rounds", "1"])
+    from benchmarks.experiments import success, success_report
+    from benchmarks.speed import row_costs
+
+    # MT10: the widened critic matches the private critics of ten tasks (of one: no wider)
+    args = ["--benchmark", "MT10", "--archs", "mtsac,mtsac-wide", "--seeds", "1",
+            "--budget", "quick", "--total-steps", "120", "--eval-episodes", "1",
+            "--warmup-steps", "100", "--runs-dir", str(tmp_path / "runs"),
+            "--out-dir", str(tmp_path / "report")]
+    before = success.main(args)
+    shutil.rmtree(tmp_path / "runs")
+    report = tmp_path / "report" / "MT10-quick.json"
+    payload = row_costs.main([str(report), "--repeats", "1", "--rounds", "1"])
     runs = {r["row"]: r for r in payload["runs"]}
-    assert set(runs) == {"mtsac", "wide"} and runs["wide"]["seed"] == 0
-    assert runs["wide"]["critic_params"] > runs["mtsac"]["critic_params"]
-    assert runs["wide"]["flops_per_sample"] > 4 * runs["mtsac"]["flops_per_sample"]
-    costs = success_report.row_costs(folder, ["mtsac", "wide", "absent"], {})
-    assert set(costs["rows"]) == {"mtsac", "wide"}
-    assert costs["rows"]["wide"]["update_ms"] == runs["wide"]["update_ms"]
-    assert "| wide | " in "\n".join(success_report.costs_lines(costs))
-    rows = [{"row": "mtsac", "mean": 0.2, "runs": [{"seed": 0, "mean": 0.2}]},
-            {"row": "wide", "mean": 0.4, "runs": [{"seed": 0, "mean": 0.4}]}]
-    picture = tmp_path / "report" / "p.png"  # into a folder not made yet, as a first report's
-    success_report.plot_pareto(rows, costs["rows"], "success", "gym", picture)
-    assert picture.stat().st_size > 1000
+    assert set(runs) == {"mtsac", "mtsac-wide"} and runs["mtsac"]["seed"] == 0
+    for row in before["rows"]:
+        assert runs[row["row"]]["critic_params"] == row["runs"][0]["parameters"]["critic"]
+    assert runs["mtsac-wide"]["flops_per_sample"] > 4 * runs["mtsac"]["flops_per_sample"]
+    assert (tmp_path / "report" / "MT10-quick-costs.md").exists()
+    after = success.main([*args, "--report-only"])
+    costs = after["costs"]
+    assert set(costs["rows"]) == {"mtsac", "mtsac-wide"}
+    assert costs["rows"]["mtsac-wide"]["update_ms"] == runs["mtsac-wide"]["update_ms"]
+    assert "| mtsac-wide | " in "\n".join(success_report.costs_lines(costs))
+    assert (tmp_path / "report" / costs["plot"]).stat().st_size > 1000
+    # A record whose trees do not give its parameters is not measured.
+    broken = json.loads(report.read_text())
+    broken["rows"][0]["runs"][0]["parameters"]["critic"] += 1
+    report.write_text(json.dumps(broken))
+    assert {r["row"] for r in row_costs.main([str(report), "--repeats", "1",
+                                              "--rounds", "1"])["runs"]} == {"mtsac-wide"}
+
+
+def test_row_costs_refuse_a_file_that_is_not_a_report(tmp_path, capsys):
+    from benchmarks.speed import row_costs
+
+    for text in ("not json", "[1, 2]"):
+        (tmp_path / "r.json").write_text(text)
+        with pytest.raises(SystemExit) as e:
+            row_costs.main([str(tmp_path / "r.json")])
+        assert e.value.code == 2
+        assert capsys.readouterr().err.count("\n") == 1
 
 
 # ---- benchmarks/speed/jax_reference.py ------------------------------------------------------

@@ -16,7 +16,7 @@ from benchmarks.experiments import success, success_report
 from benchmarks.experiments.success_runs import parse_given
 from conal_rl.common import machine
 from conal_rl.training.config import TrainConfig
-from conal_rl.training.nets import load_specs
+from conal_rl.training.nets import load_specs, specs_of
 from conal_rl.training.rundir import RunDir
 from envs import task_names
 
@@ -153,6 +153,20 @@ def test_a_finished_run_whose_folder_is_gone_is_kept_from_the_report(bench, caps
         assert success_report.recorded(spec, payload) is None
         assert success_report.recorded(dataclasses.replace(spec, target_steps=200),
                                        payload) == kept
+        # The record knows its run without the folder: the config it ran with and its trees.
+        assert kept["config"]["seed"] == 1 and kept["config"]["arch"] == "mtsac"
+        assert load_specs(_runs(root) / "mtsac-s0" / "architecture.json") == specs_of(
+            mtsac["runs"][0]["trees"])
+        # A record of another configuration is another run, a changed default too (not a
+        # flag the row gives), and so is a record that does not say its configuration.
+        spec = dataclasses.replace(spec, target_steps=200)
+        other = json.loads(json.dumps(payload))
+        other["rows"][0]["row"] = "a row since renamed"  # its runs are still this row's
+        assert success_report.recorded(spec, other) == kept
+        other["rows"][0]["runs"][1]["config"]["gamma"] = 0.9
+        assert success_report.recorded(spec, other) is None
+        del other["rows"][0]["runs"][1]["config"]
+        assert success_report.recorded(spec, other) is None
     finally:
         away.rename(gone)
 
@@ -251,6 +265,10 @@ def test_a_run_of_another_configuration_is_not_taken(tmp_path):
     (spec.run_dir / "checkpoints" / "latest.pt").write_bytes(b"")
     action, why = success.plan(spec)
     assert action == "error" and "warmup_steps 999" in why
+    # A field no flag of the row sets (a default that has changed since) counts too.
+    _save_config(spec.run_dir / "config.json", spec, gamma=0.9)
+    action, why = success.plan(spec)
+    assert action == "error" and "gamma 0.9" in why
 
 
 def test_a_failed_run_is_reported_and_the_others_go_on(tmp_path, monkeypatch, capsys):

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,23 +14,23 @@ import numpy as np
 
 from benchmarks.experiments.minute_curves import minutes_band
 from benchmarks.experiments.success_runs import (
-    ARCHITECTURES,
     PASS_THROUGH,
     ROWS,
     RunSpec,
+    config_clash,
     flag_args,
     is_finished,
+    repository_path,
     safe_name,
     saved_config,
 )
-from benchmarks.report_files import header, machine_text, now
+from benchmarks.report_files import costs_path, header, machine_text, now
 from conal_rl.analysis.curves import AXES, MEAN, read_curves
 from conal_rl.common import as_float, finite_or_none, write_atomic, write_json_atomic
 from conal_rl.training.config import TrainConfig
 from conal_rl.training.rundir import read_json
 from envs import num_tasks
 
-REPO = ARCHITECTURES.parents[2]  # flags' paths are shown from here
 BASELINE = "mtsac"  # the row every other is compared with
 MIN_IQM_RUNS = 3  # the IQM and its bootstrap interval are shown from this many runs on
 NOISE_RULE = ("a row's mean differs from MT-SAC's within noise when |Δmean| < "
@@ -101,15 +102,16 @@ class RunResult:
 
 def recorded(spec: RunSpec, previous: dict) -> dict | None:
     """The record of ``spec``'s run in the previous report of the same runs folder, when its
-    folder is gone and the record is of a run that reached the requested steps."""
+    folder is gone: a record of a run of this seed and configuration (every field, defaults
+    included; under whichever row it was: a row renamed keeps its runs; a record without
+    its config is not taken) that reached the requested steps."""
     if spec.run_dir.exists():
         return None
-    for row in previous.get("rows", []):
-        for run in row.get("runs", []) if row.get("row") == spec.row else []:
-            if (run.get("seed") == spec.seed and run.get("run_dir") == str(spec.run_dir)
-                    and run.get("env_steps", 0) >= spec.target_steps):
-                return run
-    return None
+    runs = [run for row in sorted(previous.get("rows", []), key=lambda r: r.get("row") != spec.row)
+            for run in row.get("runs", [])]
+    return next((run for run in runs if run.get("seed") == spec.seed
+                 and run.get("env_steps", 0) >= spec.target_steps
+                 and "config" in run and not config_clash(spec, run["config"])), None)
 
 
 _CACHE: dict[tuple, dict] = {}
@@ -140,6 +142,22 @@ def count_parameters(spec: RunSpec) -> dict[str, int]:
     return _read_once("parameters", [path], count)
 
 
+def final_trees(spec: RunSpec) -> dict[str, dict]:
+    """The trees the run ended with (grown ones included), as its checkpoint holds them."""
+    from conal_rl.training import checkpoint
+    from conal_rl.training.nets import load_specs, trees_in
+
+    path = spec.run.checkpoint
+
+    def read() -> dict[str, dict]:
+        state = checkpoint.load(path, mmap=True)
+        specs = (trees_in(checkpoint.hook_state(state, "branching"))
+                 or load_specs(spec.run.architecture))
+        # as JSON holds them (lists, not tuples): a record read back equals the one written
+        return json.loads(json.dumps({role: tree.to_dict() for role, tree in specs.items()}))
+    return _read_once("trees", [path], read)
+
+
 def read_result(spec: RunSpec, metric: str) -> RunResult:
     run = spec.run
     latest, timing, search = run.latest_evaluation(), run.timing(), run.search_timing()
@@ -148,6 +166,9 @@ def read_result(spec: RunSpec, metric: str) -> RunResult:
     tasks = [t["task"] for t in latest["tasks"]]
     values = {t["task"]: as_float(t[metric]) for t in latest["tasks"]}
     extra = {}
+    if not spec.is_stl:  # what a later report needs to know the run without its folder
+        extra["config"] = run.read_config()
+        extra["trees"] = final_trees(spec)
     arch = run.read_architecture()
     if arch and "parameters" in arch.get("actor", {}):  # CoNAL: the search's own counts
         extra["architecture"] = {role: {"branch_point_by_task": arch[role].get(
@@ -211,7 +232,7 @@ def summarize_row(row: str, results: list[RunResult], tasks: list[str], seeds: i
     from conal_rl.analysis.stats import summarize
 
     entry = {"row": row, "label": ROWS[row][2],
-             "command": " ".join(["python -m", ROWS[row][0], *map(_from_repo, ROWS[row][1])]),
+             "command": " ".join(["python -m", ROWS[row][0], *map(repository_path, ROWS[row][1])]),
              "seeds_requested": seeds, "seeds_finished": len(results),
              "runs": [r.record() for r in results]}
     if not results:
@@ -235,13 +256,6 @@ def summarize_row(row: str, results: list[RunResult], tasks: list[str], seeds: i
         "stopped_by": sorted({r.stopped_by for r in results}),
     })
     return entry
-
-
-def _from_repo(flag: str) -> str:
-    """A flag as a reader types it: a path inside the repository relative to its root."""
-    path = Path(flag)
-    return str(path.relative_to(REPO)) if path.is_absolute() and path.is_relative_to(REPO) \
-        else flag
 
 
 def noise_verdicts(rows: list[dict]) -> dict[str, dict]:
@@ -537,10 +551,11 @@ def budget_note(budget: str, benchmark: str, overrides: dict | None = None) -> s
     return note
 
 
-def row_costs(runs_dir: Path, row_names: list[str], previous: dict) -> dict | None:
-    """The update costs ``benchmarks.speed.row_costs`` measured on the runs folder (its
-    ``row-costs.json``), per row: the runs' and their means; else the previous report's."""
-    measured = read_json(runs_dir / "row-costs.json")
+def row_costs(report: Path, row_names: list[str], previous: dict) -> dict | None:
+    """The update costs ``benchmarks.speed.row_costs`` measured on the runs of ``report``
+    (its ``-costs.json`` beside it), per row: the runs' and their means; else the previous
+    report's."""
+    measured = read_json(costs_path(report))
     if not measured:
         return previous.get("costs")
     rows = {}
@@ -681,7 +696,7 @@ def build_report(args: argparse.Namespace, specs: list[RunSpec], failed: list[di
         "noise_rule": NOISE_RULE, "rows": rows, "failed": failed, "unfinished": unfinished,
     }
     payload["vs_baseline"] = noise_verdicts(rows)
-    payload["costs"] = row_costs(Path(payload["runs_dir"]), args.archs, previous)
+    payload["costs"] = row_costs(stem.with_suffix(".json"), args.archs, previous)
     if payload["costs"]:
         pareto = stem.with_name(stem.name + "-pareto.png")
         plot_pareto(rows, payload["costs"]["rows"], metric, args.benchmark, pareto)

@@ -11,11 +11,11 @@ import json
 import shlex
 import sys
 import typing
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from conal_rl.common import UserError
-from conal_rl.training.config import OFF_FLAGS, TrainConfig, given_arguments
+from conal_rl.training.config import ADDED_FIELDS, OFF_FLAGS, TrainConfig, given_arguments
 from conal_rl.training.rundir import RunDir
 
 # The training presets a table's --budget names: TrainConfig's own choices.
@@ -230,13 +230,36 @@ def saved_config(spec: RunSpec) -> dict | None:
     return run.read_config() or run.search.read_config()
 
 
-def config_clash(spec: RunSpec, saved: dict) -> list[str]:
+def config_clash(spec: RunSpec, saved: dict, whole: bool = True) -> list[str]:
     """Fields the run was made with that differ from what this benchmark asks for, but for
-    those a resume may change."""
-    wanted, asked = json.loads(json.dumps(spec.given)), TrainConfig(**spec.given)
+    those a resume may change. ``whole``: every field of the resolved config (a changed
+    default is another run, not this one); else the fields the row's flags set (a search's
+    own config, an STL run's)."""
+    asked = TrainConfig(**spec.given)
+    if whole and not spec.is_stl:
+        wanted, saved = _plain(asdict(asked)), _plain(ADDED_FIELDS | saved)
+    else:
+        wanted, saved = _plain(spec.given), _plain(saved)
     return [f"{k} {saved.get(k)!r} (asked: {v!r})" for k, v in wanted.items()
             if k != "run_dir" and saved.get(k) != v
             and not resume_may_change(asked, k, saved.get(k))]
+
+
+def _plain(values: dict) -> dict:
+    """As a config.json holds them (tuples as lists), a row's fixed trees by their file's
+    place in the repository (checkouts lie in other folders on other machines)."""
+    plain = json.loads(json.dumps(values))
+    if plain.get("architecture"):
+        plain["architecture"] = repository_path(plain["architecture"])
+    return plain
+
+
+def repository_path(path: str) -> str:
+    """A file of this repository's architectures by its path from the repository's root
+    (from any checkout's); any other path as it is."""
+    head, mark, tail = str(path).rpartition(
+        str(ARCHITECTURES.relative_to(ARCHITECTURES.parents[2])) + "/")
+    return mark + tail if mark else str(path)
 
 
 def resume_may_change(config: TrainConfig, field: str, value: object) -> bool:
@@ -270,7 +293,7 @@ def plan(spec: RunSpec) -> tuple[str, str]:
         return "fresh", "no checkpoint" if run.path.exists() else "new"
     saved = saved_config(spec)
     if saved is not None:
-        clash = config_clash(spec, saved)
+        clash = config_clash(spec, saved, whole=run.config.exists())
         if clash:
             return "error", (f"{run} holds a run of another configuration "
                              f"({'; '.join(clash)}); remove it or use another --runs-dir")

@@ -495,16 +495,20 @@ class TrainConfig:
         """A saved config; ValueError for unknown or missing keys (a config.json holds every
         field: the values it ran with). A field added since a config was written takes the
         value that keeps that run as it ran (``ADDED_FIELDS``)."""
-        values = json.loads(path.read_text())
+        return cls.from_dict(json.loads(path.read_text()), str(path))
+
+    @classmethod
+    def from_dict(cls, values: object, where: str = "config") -> TrainConfig:
+        """``load`` of the values a config.json holds (kept elsewhere: a report's record)."""
         if not isinstance(values, dict):
-            raise ValueError(f"{path}: not a JSON object")
+            raise ValueError(f"{where}: not a JSON object")
         values = ADDED_FIELDS | values
         names = {f.name for f in fields(cls)}
         unknown, missing = set(values) - names, names - set(values)
         if unknown:
-            raise ValueError(f"{path}: unknown config keys {sorted(unknown)}")
+            raise ValueError(f"{where}: unknown config keys {sorted(unknown)}")
         if missing:
-            raise ValueError(f"{path}: config keys missing {sorted(missing)}")
+            raise ValueError(f"{where}: config keys missing {sorted(missing)}")
         return cls(**values)
 
     def resumed_with(self, given: dict, allowed: frozenset[str] = RESUMABLE) -> TrainConfig:

@@ -159,7 +159,10 @@ def check_fits(specs: dict[str, TreeSpec], task_names: list[str], where: str | P
 def trees_in(hook_state: dict | None) -> dict[str, TreeSpec | GroupTreeSpec] | None:
     """The grown trees a checkpoint's hook state holds (None: not a growing run's)."""
     trees = (hook_state or {}).get("trees")
-    if not trees:
-        return None
+    return specs_of(trees) if trees else None
+
+
+def specs_of(trees: dict[str, dict]) -> dict[str, TreeSpec | GroupTreeSpec]:
+    """Trees from their dicts (``to_dict``), grouped ones included."""
     return {role: (GroupTreeSpec if "groups" in d else TreeSpec).from_dict(d)
             for role, d in trees.items()}
