@@ -11,6 +11,7 @@ from benchmarks.experiments import laptop_sweep
 from benchmarks.experiments.success_runs import ROWS
 from conal_rl.training import checkpoint
 from conal_rl.training.config import TrainConfig
+from conal_rl.training.nets import fixed_trees, save_specs
 from conal_rl.training.runs import record_evaluation
 from envs import EvalResult
 
@@ -51,7 +52,7 @@ MT10_TASKS = ["reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-op
 
 
 def _fake_run(run_dir, candidate, minutes_budget, evaluations, timing):
-    """A finished laptop-sweep run: its config, evaluations (minutes, success of every task),
+    """A finished laptop-sweep run: its config and trees, evaluations (minutes, success of every task),
     timing.json and a checkpoint to count parameters from."""
     flags, _ = laptop_sweep.CANDIDATES[candidate]
     given = dict(zip((f[2:].replace("-", "_") for f in flags[::2]), flags[1::2]))
@@ -61,6 +62,7 @@ def _fake_run(run_dir, candidate, minutes_budget, evaluations, timing):
                          batch_per_task=int(given["batch_per_task"]))
     run_dir.mkdir(parents=True)
     config.save(run_dir / "config.json")
+    save_specs(run_dir / "architecture.json", fixed_trees(config, MT10_TASKS, (39, 4)))
     for i, (minutes, success) in enumerate(evaluations, 1):
         result = EvalResult(MT10_TASKS, dict.fromkeys(MT10_TASKS, success),
                             dict.fromkeys(MT10_TASKS, 1.0), 5)

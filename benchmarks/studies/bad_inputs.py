@@ -7,7 +7,7 @@ Every case is one command (``python -m conal_rl.train``, ``conal_rl.evaluate``,
 ``conal_rl.render``, ``conal_rl.plot``, ``conal_rl.stl``, ``benchmarks.experiments.success``,
 ``benchmarks.speed.training_loop``, ``benchmarks.experiments.laptop_sweep``,
 ``benchmarks.speed.method_speed``,
-``benchmarks.speed.twin_critics``) with one bad input: a wrong type, a number out of range (zero,
+``benchmarks.speed.twin_critics``, ``benchmarks.speed.row_costs``) with one bad input: a wrong type, a number out of range (zero,
 negative, NaN), an unknown name, or a missing, empty, truncated, foreign or booby-trapped
 file (checkpoint, ``architecture.json``, ``config.json``, ``stl.json``,
 ``evaluations.csv``). The files are made first in a scratch folder: a tiny Pendulum run
@@ -233,6 +233,11 @@ def _cases() -> list[Case]:
         *(Case(B + "speed.twin_critics", text, (*args, "--out", "{scratch}/twins.json"))
           for text, args in [("--repeats 0", ("--repeats", "0")),
                              ("--repeats -1", ("--repeats", "-1"))]),
+        *(Case(B + "speed.row_costs", text, args)
+          for text, args in [("a report that does not exist", ("{scratch}/no-such.json",)),
+                             ("a truncated report", ("{arch_truncated}",)),
+                             ("a run's config.json, not a report", ("{run}/config.json",)),
+                             ("--repeats 0", ("{run}/config.json", "--repeats", "0"))]),
         Case(B + "speed.twin_critics", "--device cuda without CUDA",
              ("--device", "cuda", "--out", "{scratch}/twins.json"), cuda_less=True),
     ]
