@@ -52,8 +52,8 @@ MT10_TASKS = ["reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-op
 
 
 def _fake_run(run_dir, candidate, minutes_budget, evaluations, timing):
-    """A finished laptop-sweep run: its config and trees, evaluations (minutes, success of every task),
-    timing.json and a checkpoint to count parameters from."""
+    """A finished laptop-sweep run: its config and trees, evaluations (minutes, success of
+    every task), timing.json and a checkpoint to count parameters from."""
     flags, _ = laptop_sweep.CANDIDATES[candidate]
     given = dict(zip((f[2:].replace("-", "_") for f in flags[::2]), flags[1::2]))
     config = TrainConfig(benchmark="MT10", preset="laptop", arch="mtsac", minutes=minutes_budget,

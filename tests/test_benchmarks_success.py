@@ -360,28 +360,31 @@ def test_every_row_trains_what_its_name_says(tmp_path):
     specs = _specs(tmp_path, "--archs", ",".join(r for r in success.ROWS if r not in mt10),
                    "--seeds", "1")
     specs |= _specs(tmp_path, "--archs", ",".join(mt10), "--seeds", "1", "--benchmark", "MT10")
+    mt = {"task_id": True, "shared_head": True}  # CoNAL's trees start as MT-SAC's
+    heads = {"task_id": False, "shared_head": False}
     expected = {  # row -> fields that differ from MT-SAC's defaults
         "mtsac": {}, "mhsac": {"arch": "mhsac"}, "mhsac-id": {"arch": "mhsac", "task_id": True},
-        "conal": {"arch": "conal"}, "conal-id": {"arch": "conal", "task_id": True},
-        "conal-mt": {"arch": "conal", "task_id": True, "shared_head": True},
-        "conal-paper": {"arch": "conal", "conflict_rule": "any-pair", "branch_every": 0},
+        "conal": {"arch": "conal", **mt}, "conal-heads": {"arch": "conal", **heads},
+        "conal-id": {"arch": "conal", "task_id": True},
+        "conal-paper": {"arch": "conal", "conflict_rule": "any-pair", "branch_every": 0,
+                        **heads},
         "stl-batched": {"arch": "independent"},
-        "conal-nocn": {"arch": "conal", "no_conflict_noticing": True},
-        "conal-noprivate": {"arch": "conal", "no_private": True},
-        "conal-rlw": {"arch": "conal", "loss_weighting": "rlw"},
-        "conal-pcgrad": {"arch": "conal", "grad_surgery": "pcgrad"},
+        "conal-nocn": {"arch": "conal", "no_conflict_noticing": True, **mt},
+        "conal-noprivate": {"arch": "conal", "no_private": True, **mt},
+        "conal-rlw": {"arch": "conal", "loss_weighting": "rlw", **mt},
+        "conal-pcgrad": {"arch": "conal", "grad_surgery": "pcgrad", **mt},
         "mtsac-pcgrad": {"grad_surgery": "pcgrad"},
-        "conal-consensus": {"arch": "conal", "conflict_rule": "consensus"},
-        "conal-pro": {"arch": "conal-pro"},
-        "conal-pro-mt": {"arch": "conal-pro", "task_id": True, "shared_head": True},
-        "conal-pro-nocn": {"arch": "conal-pro", "no_conflict_noticing": True},
+        "conal-consensus": {"arch": "conal", "conflict_rule": "consensus", **mt},
+        "conal-pro": {"arch": "conal-pro", **mt},
+        "conal-pro-heads": {"arch": "conal-pro", **heads},
+        "conal-pro-nocn": {"arch": "conal-pro", "no_conflict_noticing": True, **mt},
         "private-critic": {"arch": "tree"},
         "mtsac-wide": {"arch": "mtsac-wide"}, "mhsac-wide": {"arch": "mhsac-wide"},
     }
     # the paper's row trains its derived trees as derived, on every preset
-    assert success.ROWS["conal-paper"][1][-2:] == ("--branch-every", "0")
-    defaults = {"arch": "mtsac", "task_id": False, "no_conflict_noticing": False,
-                "no_private": False,
+    assert success.ROWS["conal-paper"][1][4:6] == ("--branch-every", "0")
+    defaults = {"arch": "mtsac", "task_id": False, "shared_head": False,
+                "no_conflict_noticing": False, "no_private": False,
                 "loss_weighting": "mean", "grad_surgery": "none", "conflict_rule": "evidence"}
     assert set(expected) == {r for r, (module, _, _) in success.ROWS.items()
                              if module == "conal_rl.train"}

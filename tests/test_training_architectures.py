@@ -52,6 +52,28 @@ def test_shared_head_and_task_id_make_mhsac_mtsac():
     assert grouped["critic"].shared_head
 
 
+def test_conal_s_trees_start_as_mtsac_s_unless_told_otherwise():
+    """CoNAL and CoNAL-Pro read the id and share one head where nothing has branched, by
+    default; the others (MH-SAC, the trees from a file) keep a head per task and no id;
+    --inherit-weights (searched nets with a head per task) keeps a head per task."""
+    from conal_rl.train import build_parser
+    from conal_rl.training.config import OFF_FLAGS, given_arguments
+
+    def resolved(*flags):
+        config = TrainConfig(**given_arguments(build_parser().parse_args(list(flags))))
+        return config.task_id, config.shared_head
+
+    for arch in ARCHITECTURES:
+        if ARCHITECTURES[arch].command == "conal_rl.train" and arch != "tree":
+            mt = arch in ("conal", "conal-pro")
+            assert resolved("--arch", arch) == (mt, mt), arch
+    assert resolved("--arch", "conal", "--no-task-id", "--no-shared-head") == (False, False)
+    assert resolved("--arch", "conal", "--no-shared-head") == (True, False)
+    assert resolved("--arch", "mhsac", "--task-id", "--shared-head") == (True, True)
+    assert resolved("--arch", "conal", "--inherit-weights") == (True, False)
+    assert OFF_FLAGS["task_id"] == "--no-task-id"
+
+
 def test_the_searched_architectures_name_a_search_that_exists():
     from conal_rl.training import conal_search
 

@@ -6,8 +6,8 @@
 Every case is one command (``python -m conal_rl.train``, ``conal_rl.evaluate``,
 ``conal_rl.render``, ``conal_rl.plot``, ``conal_rl.stl``, ``benchmarks.experiments.success``,
 ``benchmarks.speed.training_loop``, ``benchmarks.experiments.laptop_sweep``,
-``benchmarks.speed.method_speed``,
-``benchmarks.speed.twin_critics``, ``benchmarks.speed.row_costs``) with one bad input: a wrong type, a number out of range (zero,
+``benchmarks.speed.method_speed``, ``benchmarks.speed.twin_critics``,
+``benchmarks.speed.row_costs``) with one bad input: a wrong type, a number out of range (zero,
 negative, NaN), an unknown name, or a missing, empty, truncated, foreign or booby-trapped
 file (checkpoint, ``architecture.json``, ``config.json``, ``stl.json``,
 ``evaluations.csv``). The files are made first in a scratch folder: a tiny Pendulum run

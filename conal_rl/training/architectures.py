@@ -53,6 +53,9 @@ class Architecture:
     """Its trees come from ``--architecture FILE``."""
     widened: bool = False
     """Its critic is widened to ``--critic-params`` parameters."""
+    like_mtsac: bool = False
+    """Where no task has branched its trees are MT-SAC's by default: the id read
+    (``--task-id``), one head for the tasks on the whole trunk (``--shared-head``)."""
     check: Callable[[TrainConfig], None] | None = None
     """Its own rules on the other flags: ValueError, one line."""
     command: str = "conal_rl.train"
@@ -183,12 +186,13 @@ ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (
                  trees=_per_role("independent")),
     Architecture("conal", "search the trees with CoNAL, derive, prune, then train them, "
                  "growing private modules where a probe measures that they pay", "CoNAL",
-                 search="search_architecture", can_grow=True, grows=True,
+                 search="search_architecture", can_grow=True, grows=True, like_mtsac=True,
                  check=_checks(_check_searched, _check_conal)),
     Architecture("conal-pro", "grow grouped trees stage by stage with CoNAL-Pro, then train "
                  "them, a task leaving its group where a probe measures that its own module "
                  "pays", "CoNAL-Pro", search="search_progressive", stages=True,
-                 can_grow=True, grows=True, check=_checks(_check_searched, _check_conal_pro)),
+                 can_grow=True, grows=True, like_mtsac=True,
+                 check=_checks(_check_searched, _check_conal_pro)),
     Architecture("tree", "a given tree, see --architecture", "tree", can_grow=True,
                  needs_file=True, check=_check_tree),
     Architecture("mtsac-wide", "MT-SAC with its critic widened to --critic-params "

@@ -303,16 +303,19 @@ class TrainConfig:
     residual: bool = False
     """residual connections: each hidden module's input added to its output where the two
     widths agree"""
-    task_id: bool = False
+    task_id: bool = PRESET
     """the one-hot task id appended to the input of the actor and the critics, so their
     trunk knows the task from its first module on (as MT-SAC's nets always do, and the
     field's MH-SAC: Meta-World+'s reference, mtrl); every architecture's, CoNAL's and
-    CoNAL-Pro's searched nets and the trees they derive included"""
-    shared_head: bool = False
+    CoNAL-Pro's searched nets and the trees they derive included. Default: on for --arch
+    conal and conal-pro (their trees are MT-SAC's where no task has branched), off for the
+    others"""
+    shared_head: bool = PRESET
     """the tasks that share every module share one output head too, as MT-SAC's do (a task
     that branches, in the search or while the trees grow, has its own): trees with a head
     per task (mhsac, tree, private-critic, the trees conal and conal-pro derive) take it;
-    MT-SAC's have it always"""
+    MT-SAC's have it always. Default: on for --arch conal and conal-pro (off with
+    --inherit-weights: the searched nets have a head per task), off for the others"""
     weight_init: Literal[WEIGHT_INITS] = "torch"
     """how the linear maps start: torch (uniform in +-1/sqrt(fan_in), biases too) or
     he-uniform (uniform in +-sqrt(6/fan_in), zero biases: the Meta-World+ reference's)"""
@@ -369,6 +372,11 @@ class TrainConfig:
             grows = architecture(self.arch).grows
             object.__setattr__(self, "branch_every", p["branch_every_per_task"] * T if grows
                                else 0)
+        like_mtsac = architecture(self.arch).like_mtsac
+        if self.task_id is PRESET:
+            object.__setattr__(self, "task_id", like_mtsac)
+        if self.shared_head is PRESET:
+            object.__setattr__(self, "shared_head", like_mtsac and not self.inherit_weights)
         if self.search_warmup_steps is PRESET:
             object.__setattr__(self, "search_warmup_steps", self.search_steps // 4)
         object.__setattr__(self, "hidden", tuple(self.hidden))
@@ -553,7 +561,8 @@ def _value_type(hint) -> tuple[object, tuple | None]:
     return hint, None
 
 
-OFF_FLAGS = {"gumbel": "--softmax", "layer_norm": "--no-layer-norm"}  # named opposites
+OFF_FLAGS = {"gumbel": "--softmax", "layer_norm": "--no-layer-norm",  # named opposites
+             "task_id": "--no-task-id", "shared_head": "--no-shared-head"}
 
 
 def _presets_help(name: str) -> str:
