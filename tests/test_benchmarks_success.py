@@ -155,6 +155,8 @@ def test_a_finished_run_whose_folder_is_gone_is_kept_from_the_report(bench, caps
                                        payload) == kept
         # The record knows its run without the folder: the config it ran with and its trees.
         assert kept["config"]["seed"] == 1 and kept["config"]["arch"] == "mtsac"
+        assert kept["trained_on"] == machine()["cpu_model"]  # the CPU its wall time is of
+        assert "Trained on (the CPU of the machine that read each run's folder first" in md
         assert load_specs(_runs(root) / "mtsac-s0" / "architecture.json") == specs_of(
             mtsac["runs"][0]["trees"])
         # A record of another configuration is another run, a changed default too (not a

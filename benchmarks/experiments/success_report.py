@@ -26,7 +26,13 @@ from benchmarks.experiments.success_runs import (
 )
 from benchmarks.report_files import costs_path, header, machine_text, now
 from conal_rl.analysis.curves import AXES, MEAN, read_curves
-from conal_rl.common import as_float, finite_or_none, write_atomic, write_json_atomic
+from conal_rl.common import (
+    as_float,
+    finite_or_none,
+    machine,
+    write_atomic,
+    write_json_atomic,
+)
 from conal_rl.training.config import TrainConfig
 from conal_rl.training.rundir import read_json
 from envs import num_tasks
@@ -169,6 +175,8 @@ def read_result(spec: RunSpec, metric: str) -> RunResult:
     if not spec.is_stl:  # what a later report needs to know the run without its folder
         extra["config"] = run.read_config()
         extra["trees"] = final_trees(spec)
+    # a run's folder stays on the machine that trained it: this one
+    extra["trained_on"] = machine()["cpu_model"]
     arch = run.read_architecture()
     if arch and "parameters" in arch.get("actor", {}):  # CoNAL: the search's own counts
         extra["architecture"] = {role: {"branch_point_by_task": arch[role].get(
@@ -369,6 +377,7 @@ def markdown(payload: dict) -> str:
         lines += ["", "Kept from an earlier report of these runs (their folders are gone, so "
                   "they are not trained again; a run recorded before the report kept curves "
                   "is missing from the plot): " + ", ".join(kept) + "."]
+    lines += trained_on_lines(payload["rows"])
     if payload["unfinished"]:
         lines += ["", "Unfinished runs (not in the table): "
                   + "; ".join(payload["unfinished"]) + "."]
@@ -378,6 +387,21 @@ def markdown(payload: dict) -> str:
             lines += [f"`{f['run']}` ({f['reason']}), last lines of `{f['log']}`:", "", "```",
                       *f["log_tail"], "```", ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def trained_on_lines(rows: list[dict]) -> list[str]:
+    """Which CPU trained which runs (their wall and env-steps/s columns are that machine's),
+    where the runs were trained on more than one or the header's is not theirs."""
+    by_cpu: dict[str, list[str]] = {}
+    for r in rows:
+        for run in r.get("runs", []):
+            cpu = run.get("trained_on") or "not recorded (a record older than the field)"
+            by_cpu.setdefault(cpu, []).append(f"{r['row']}-s{run['seed']}")
+    if not by_cpu:
+        return []
+    return ["", "Trained on (the CPU of the machine that read each run's folder first; the "
+            "wall and env-steps/s columns are that machine's): " + "; ".join(
+                f"{cpu}: {', '.join(runs)}" for cpu, runs in by_cpu.items()) + "."]
 
 
 def atlas_of(measurement: dict) -> dict:
