@@ -271,6 +271,12 @@ def test_a_run_of_another_configuration_is_not_taken(tmp_path):
     _save_config(spec.run_dir / "config.json", spec, gamma=0.9)
     action, why = success.plan(spec)
     assert action == "error" and "gamma 0.9" in why
+    # Nor does the report take it, finished as it is.
+    (spec.run_dir / "timing.json").write_text(json.dumps({"env_steps": 200, "train_wall": 1.0}))
+    payload = success.main([*ARGS, "--archs", "mtsac", "--seeds", "1", "--runs-dir",
+                            str(tmp_path), "--out-dir", str(tmp_path / "out"), "--report-only"])
+    assert payload["rows"][0]["seeds_finished"] == 0
+    assert "a run of another configuration: gamma 0.9" in payload["unfinished"][0]
 
 
 def test_a_failed_run_is_reported_and_the_others_go_on(tmp_path, monkeypatch, capsys):

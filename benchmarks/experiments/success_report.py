@@ -692,6 +692,12 @@ def build_report(args: argparse.Namespace, specs: list[RunSpec], failed: list[di
         if record is not None:
             results.setdefault(spec.row, []).append(RunResult.from_record(spec, record))
             continue
+        saved = saved_config(spec) if spec.run_dir.exists() else None
+        clash = config_clash(spec, saved, whole=spec.run.config.exists()) if saved else []
+        if clash:  # not this row's run (another row's, or made before a default changed)
+            unfinished.append(f"{spec.name} (a run of another configuration: "
+                              f"{'; '.join(clash)})")
+            continue
         if is_finished(spec):
             try:
                 results.setdefault(spec.row, []).append(read_result(spec, metric))
