@@ -9,8 +9,9 @@ import torch
 
 from benchmarks.experiments import laptop_sweep
 from benchmarks.experiments.success_runs import ROWS
+from conal_rl.train import build_parser
 from conal_rl.training import checkpoint
-from conal_rl.training.config import TrainConfig
+from conal_rl.training.config import TrainConfig, given_arguments
 from conal_rl.training.nets import fixed_trees, save_specs
 from conal_rl.training.runs import record_evaluation
 from envs import EvalResult
@@ -55,11 +56,10 @@ def _fake_run(run_dir, candidate, minutes_budget, evaluations, timing):
     """A finished laptop-sweep run: its config and trees, evaluations (minutes, success of
     every task), timing.json and a checkpoint to count parameters from."""
     flags, _ = laptop_sweep.CANDIDATES[candidate]
-    given = dict(zip((f[2:].replace("-", "_") for f in flags[::2]), flags[1::2]))
-    config = TrainConfig(benchmark="MT10", preset="laptop", arch="mtsac", minutes=minutes_budget,
-                         eval_episodes=5, eval_every=50_000, torch_threads=1, save_replay=True,
-                         device="cpu", hidden=tuple(map(int, given["hidden"].split(","))),
-                         batch_per_task=int(given["batch_per_task"]))
+    given = given_arguments(build_parser().parse_args(list(flags)))  # the candidate's learner
+    config = TrainConfig(**given | dict(
+        benchmark="MT10", preset="laptop", arch="mtsac", minutes=minutes_budget, eval_episodes=5,
+        eval_every=50_000, torch_threads=1, save_replay=True, device="cpu"))
     run_dir.mkdir(parents=True)
     config.save(run_dir / "config.json")
     save_specs(run_dir / "architecture.json", fixed_trees(config, MT10_TASKS, (39, 4)))

@@ -10,7 +10,7 @@ from benchmarks.studies.bad_inputs import CASES, applicable, make_workspace, run
 COMMANDS = {"conal_rl.train", "conal_rl.evaluate", "conal_rl.render", "conal_rl.plot",
             "conal_rl.stl", "benchmarks.experiments.success", "benchmarks.speed.training_loop",
             "benchmarks.experiments.laptop_sweep", "benchmarks.speed.method_speed",
-            "benchmarks.speed.twin_critics"}
+            "benchmarks.speed.twin_critics", "benchmarks.speed.row_costs"}
 
 # (case name, what its one line must say): those that failed late or with a traceback
 # before, and one of every kind of file.
