@@ -390,8 +390,8 @@ def markdown(payload: dict) -> str:
 
 
 def trained_on_lines(rows: list[dict]) -> list[str]:
-    """Which CPU trained which runs (their wall and env-steps/s columns are that machine's),
-    where the runs were trained on more than one or the header's is not theirs."""
+    """Which CPU trained which runs: their wall and env-steps/s columns are that machine's,
+    and a table's runs may come from several (the header names the last that trained)."""
     by_cpu: dict[str, list[str]] = {}
     for r in rows:
         for run in r.get("runs", []):

@@ -259,7 +259,7 @@ def _plain(values: dict) -> dict:
 def repository_path(path: str) -> str:
     """A file of this repository's architectures by its path from the repository's root
     (from any checkout's); any other path as it is."""
-    head, mark, tail = str(path).rpartition(
+    _, mark, tail = str(path).rpartition(
         str(ARCHITECTURES.relative_to(ARCHITECTURES.parents[2])) + "/")
     return mark + tail if mark else str(path)
 
