@@ -19,6 +19,7 @@ from benchmarks.experiments.success_runs import (
     RunSpec,
     config_clash,
     flag_args,
+    folder_clash,
     is_finished,
     repository_path,
     safe_name,
@@ -137,31 +138,35 @@ def count_parameters(spec: RunSpec) -> dict[str, int]:
     the targets), counted from the final checkpoint; STL: its stl.json (all tasks' nets)."""
     if spec.is_stl:
         return dict(spec.run.read_stl_config()["parameters"])
-    from conal_rl.training import checkpoint
-
-    path = spec.run.checkpoint
-
-    def count() -> dict[str, int]:
-        agent = checkpoint.load(path)["agent"]
-        return {role: int(sum(v.numel() for k, v in agent.items() if k.startswith(role + ".")))
-                for role in ("actor", "critic")}
-    return _read_once("parameters", [path], count)
+    return _checkpoint_facts(spec)["parameters"]
 
 
 def final_trees(spec: RunSpec) -> dict[str, dict]:
     """The trees the run ended with (grown ones included), as its checkpoint holds them."""
+    return _checkpoint_facts(spec)["trees"]
+
+
+def _checkpoint_facts(spec: RunSpec) -> dict:
+    """What the report reads of a run's final checkpoint, in one load (mapped: a replay saved
+    with it is never read): its parameters and its trees."""
     from conal_rl.training import checkpoint
     from conal_rl.training.nets import load_specs, trees_in
 
     path = spec.run.checkpoint
 
-    def read() -> dict[str, dict]:
+    def read() -> dict:
         state = checkpoint.load(path, mmap=True)
+        agent = state["agent"]
         specs = (trees_in(checkpoint.hook_state(state, "branching"))
                  or load_specs(spec.run.architecture))
-        # as JSON holds them (lists, not tuples): a record read back equals the one written
-        return json.loads(json.dumps({role: tree.to_dict() for role, tree in specs.items()}))
-    return _read_once("trees", [path], read)
+        return {"parameters": {role: int(sum(v.numel() for k, v in agent.items()
+                                             if k.startswith(role + ".")))
+                               for role in ("actor", "critic")},
+                # as JSON holds them (lists, not tuples): a record read back equals the one
+                # written
+                "trees": json.loads(json.dumps({role: tree.to_dict()
+                                                for role, tree in specs.items()}))}
+    return _read_once("checkpoint", [path], read)
 
 
 def read_result(spec: RunSpec, metric: str) -> RunResult:
@@ -692,8 +697,7 @@ def build_report(args: argparse.Namespace, specs: list[RunSpec], failed: list[di
         if record is not None:
             results.setdefault(spec.row, []).append(RunResult.from_record(spec, record))
             continue
-        saved = saved_config(spec) if spec.run_dir.exists() else None
-        clash = config_clash(spec, saved, whole=spec.run.config.exists()) if saved else []
+        clash = folder_clash(spec) if spec.run_dir.exists() else []
         if clash:  # not this row's run (another row's, or made before a default changed)
             unfinished.append(f"{spec.name} (a run of another configuration: "
                               f"{'; '.join(clash)})")

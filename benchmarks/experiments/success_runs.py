@@ -264,6 +264,13 @@ def repository_path(path: str) -> str:
     return mark + tail if mark else str(path)
 
 
+def folder_clash(spec: RunSpec) -> list[str]:
+    """``config_clash`` of the run in the spec's folder: the whole config once training has
+    written its own, the row's flags against a search's (none: no config yet)."""
+    saved = saved_config(spec)
+    return config_clash(spec, saved, whole=spec.run.config.exists()) if saved else []
+
+
 def resume_may_change(config: TrainConfig, field: str, value: object) -> bool:
     """Whether a resume of a run made with ``config`` takes ``value`` for ``field``: what
     ``TrainConfig.resumed_with`` accepts (training's own --resume check)."""
@@ -293,12 +300,10 @@ def plan(spec: RunSpec) -> tuple[str, str]:
     run = spec.run
     if not run.checkpoints_written():
         return "fresh", "no checkpoint" if run.path.exists() else "new"
-    saved = saved_config(spec)
-    if saved is not None:
-        clash = config_clash(spec, saved, whole=run.config.exists())
-        if clash:
-            return "error", (f"{run} holds a run of another configuration "
-                             f"({'; '.join(clash)}); remove it or use another --runs-dir")
+    clash = folder_clash(spec)
+    if clash:
+        return "error", (f"{run} holds a run of another configuration "
+                         f"({'; '.join(clash)}); remove it or use another --runs-dir")
     if is_finished(spec):
         return "skip", "finished"
     if (run.stl_config if spec.is_stl else run.config).exists():

@@ -54,14 +54,13 @@ def update_of(record: dict) -> tuple[MultiTaskSAC, object]:
     its batch size; ValueError where the record's trees do not give its parameters."""
     config = TrainConfig.from_dict(record["config"], f"{record['run_dir']}'s record")
     specs = specs_of(record["trees"])
-    obs_dim, act_dim = sizes(config.benchmark)
-    agent = MultiTaskSAC(tree_factory(specs, config.net_options()), specs["actor"].num_tasks,
-                         obs_dim, act_dim, config.sac()).train()
+    T, (obs_dim, act_dim) = specs["actor"].num_tasks, sizes(config.benchmark)
+    agent = MultiTaskSAC(tree_factory(specs, config.net_options()), T, obs_dim, act_dim,
+                         config.sac()).train()
     built = {role: num_parameters(getattr(agent, role)) for role in ("actor", "critic")}
     if built != record["parameters"]:
         raise ValueError(f"its trees give {built} parameters, its checkpoint had "
                          f"{record['parameters']}")
-    T = specs["actor"].num_tasks
     return agent, random_batch(T, config.batch_per_task, obs_dim, act_dim, seed=1)
 
 
