@@ -190,7 +190,8 @@ def summary_text(payload: dict) -> str:
     lines.append("  " + episodes_note(
         [d.get("episodes") for layers in last["nets"].values() for d in layers.values()]))
     for role, layers in last["nets"].items():
-        shared_head = any(name.endswith("head") for name in layers)
+        # "q1/head": the trunk's tasks read one head; "q1/head.2": group 2 reads one
+        shared_head = any(name.rsplit("/", 1)[-1].split(".")[0] == "head" for name in layers)
         if not shared_head:
             lines.append(f"  ({role}: a head per task, so the signs follow the heads: read "
                          "'outside the main cluster', by the sign-blind affinity)")

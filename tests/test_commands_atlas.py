@@ -77,3 +77,18 @@ def test_the_summary_says_how_many_episodes_the_figures_rest_on():
     assert "at least 8 episodes per task" in episodes_note([8, 12])
     assert episodes_note([2, 12]).startswith("warning: some task's samples come from 2")
     assert episodes_note([None]).startswith("warning: the samples' episodes are not known")
+
+
+def test_the_summary_reads_the_signs_where_a_head_is_shared_a_groups_included():
+    from conal_rl.atlas import summary_text
+
+    layer = {"reliability": 0.5, "episodes": 8, "mean_cosine": 0.1, "negative_share": 0.2,
+             "conflicting": [], "outside_main_cluster": []}
+    def summary(names):
+        return summary_text({"env_steps": 1, "samples": 64, "source": "replay",
+                             "over_training": [{"nets": {"critic": dict.fromkeys(names, layer)}}]})
+    heads_note = "a head per task, so the signs follow the heads"
+    assert heads_note in summary(["q1/shared.1"])
+    assert heads_note not in summary(["q1/shared.1", "q1/head"])
+    assert heads_note not in summary(["q1/group.1.0", "q1/head.0"])  # CoNAL-Pro's shared head
+    assert heads_note in summary(["q1/group.1.0", "q1/group.2.0"])

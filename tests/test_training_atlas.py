@@ -110,3 +110,33 @@ def test_a_grouped_tree_is_read_group_by_group():
     a.zero_grad(set_to_none=True)
     assert torch.allclose(ev.cosine[0, 1].float(), torch.cosine_similarity(*grads, dim=0),
                           atol=1e-4)
+
+
+def test_a_grouped_trees_shared_head_is_read_per_group():
+    """With a shared head (CoNAL-Pro's default), a last group of two tasks or more reads one
+    head: the atlas reads it as ``head.{g}``, on that group's rows."""
+    from dataclasses import replace
+
+    from conal_rl.method import GroupTreeSpec
+
+    torch.manual_seed(0)
+    spec = GroupTreeSpec((16, 16), ((0, 0, 0, 0), (0, 0, 1, 2)), shared_head=True)
+    a = MultiTaskSAC(tree_factory({"actor": spec, "critic": spec}), T, OBS, ACT)
+    batch = random_batch(T, 64, OBS, ACT)
+    torch.manual_seed(1)
+    measured = atlas.measure(a, batch)
+    assert "q1/head.0" in measured["critic"] and "q1/head.1" not in measured["critic"]
+    ev = measured["critic"]["q1/head.0"]
+    assert ev.tasks == (0, 1)
+    head = a.critic.q1.head
+    grads = []
+    for t in (0, 1):
+        a.zero_grad(set_to_none=True)
+        torch.manual_seed(1)
+        a.critic_losses(batch)[t].backward()
+        grads.append(torch.cat([head.weight.grad[0].flatten(), head.bias.grad[0].flatten()]))
+    assert torch.allclose(ev.cosine[0, 1].float(), torch.cosine_similarity(*grads, dim=0),
+                          atol=1e-4)
+    without = atlas.measure(MultiTaskSAC(tree_factory(
+        {"actor": spec, "critic": replace(spec, shared_head=False)}), T, OBS, ACT), batch)
+    assert not any("head" in name for name in without["critic"])

@@ -213,11 +213,15 @@ class GroupTreeNet(nn.Module):
     def shared_layers(self) -> dict[str, SharedLayer]:
         """Each depth's groups of two tasks or more, as ``"group.{depth}.{g}"``: the rows of
         the depth's one batched layer that share group g's weights (for reading their
-        per-task gradients, e.g. the conflict atlas)."""
+        per-task gradients, e.g. the conflict atlas); with a shared head, the last depth's
+        groups' heads too, as ``"head.{g}"``."""
         out = {}
+        last = len(self.spec.groups)
         for j, groups in enumerate(self.spec.groups, 1):
             for g in sorted(set(groups)):
                 tasks = tuple(t for t, group in enumerate(groups) if group == g)
                 if len(tasks) > 1:
                     out[f"group.{j}.{g}"] = SharedLayer(self.layers[j - 1], tasks, tasks)
+                    if j == last and self.spec.shared_head:
+                        out[f"head.{g}"] = SharedLayer(self.head, tasks, tasks)
         return out
