@@ -12,7 +12,7 @@ turns in every repeat, so a background load slows them alike):
       Gram over a plain forward+backward;
   (c) a pruned TreeNet with branch points spread over 0..3 vs the MT-SAC MLP
       (TreeSpec.mtsac), forward+backward; (c') the same tree with its tasks sorted by
-      branch point (a prototype of a change to tree.py, see SortedTree).
+      branch point and its private weights restacked (SortedTree: no gather between modules).
 Targets: (a) >= 5x, (b) >= 5x, (c) <= 1.5x of the MLP.
 """
 
@@ -110,11 +110,13 @@ def bench_gram(device, repeats) -> list[dict]:
 
 
 class SortedTree(nn.Module):
-    """Prototype of a TreeNet layout with fewer gathers (a proposal for tree.py, here only to
-    time it): tasks are kept sorted by branch point, descending, so at every depth the tasks
-    still on the trunk are a prefix and the private ones a suffix. Each mixed layer is then
-    two slices (views) and one concatenation instead of two gathers, a concatenation and an
-    unsort gather; the task order is permuted once at the input and once at the output."""
+    """Prototype of a TreeNet layout without gathers between modules (here only to time it):
+    tasks are kept sorted by branch point, descending, so at every depth the tasks still on
+    the trunk are a prefix and the private ones a suffix, the private modules' weights
+    restacked in that order. Each mixed layer is two slices (views) and one concatenation;
+    the task order is permuted once at the input and once at the output. TreeNet keeps its
+    weights stacked by task id (checkpoints, grown trees and probes read them so) and pays a
+    gather of the rows where a module's order differs from the one before."""
 
     def __init__(self, tree: TreeNet):
         super().__init__()

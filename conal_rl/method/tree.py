@@ -112,25 +112,27 @@ class TreeNet(nn.Module):
         super().__init__()
         self.spec, self.options = spec, options
         T, P = spec.num_tasks, spec.depth
-        b = torch.tensor(spec.branch_points)
+        b = spec.branch_points
         widths = [input_width(in_features, T, spec.task_id_input), *spec.hidden]
         self.shared = nn.ModuleDict()
         self.private = nn.ModuleDict()
+        # Each module's rows: its shared tasks, then its private ones (each in increasing
+        # task order, as their modules hold them), so a module some tasks share and others
+        # have of their own is two slices and one concatenation. The rows move from one
+        # module's order to the next's by one gather where the order changes (a task leaves
+        # the trunk), and back to task order by one at the output.
+        self.on_trunk: list[int] = []  # per module, then the head: how many rows are shared
+        order = list(range(T))
         for layer in range(1, P + 1):
             d_in, d_out = widths[layer - 1], widths[layer]
-            shared_tasks = (b >= layer).nonzero().flatten()
-            private_tasks = (b < layer).nonzero().flatten()
-            key = str(layer)
-            if len(shared_tasks):
-                self.shared[key] = nn.Linear(d_in, d_out)
-            if len(private_tasks):
-                self.private[key] = TaskLinear(len(private_tasks), d_in, d_out)
-            if len(shared_tasks) and len(private_tasks):
-                # Mixed layer: run both groups, then restore task order with one gather.
-                order = torch.cat([shared_tasks, private_tasks])
-                self.register_buffer(f"shared_idx_{layer}", shared_tasks, persistent=False)
-                self.register_buffer(f"private_idx_{layer}", private_tasks, persistent=False)
-                self.register_buffer(f"unsort_{layer}", order.argsort(), persistent=False)
+            shared_tasks = [t for t in range(T) if b[t] >= layer]
+            private_tasks = [t for t in range(T) if b[t] < layer]
+            if shared_tasks:
+                self.shared[str(layer)] = nn.Linear(d_in, d_out)
+            if private_tasks:
+                self.private[str(layer)] = TaskLinear(len(private_tasks), d_in, d_out)
+            order = self._rows(f"rows_{layer}", order, shared_tasks + private_tasks)
+            self.on_trunk.append(len(shared_tasks))
         # The shared head (if some task reads it) is ``head``; the per-task heads are
         # ``head`` too where no task shares one, else ``private_head``.
         shared_heads, private_heads = spec.head_tasks()
@@ -138,11 +140,9 @@ class TreeNet(nn.Module):
                      else TaskLinear(T, widths[-1], out_features))
         if shared_heads and private_heads:
             self.private_head = TaskLinear(len(private_heads), widths[-1], out_features)
-            self.register_buffer("shared_head_idx", torch.tensor(shared_heads), persistent=False)
-            self.register_buffer("private_head_idx", torch.tensor(private_heads),
-                                 persistent=False)
-            self.register_buffer("unsort_head", torch.tensor([*shared_heads, *private_heads])
-                                 .argsort(), persistent=False)
+        order = self._rows("rows_head", order, [*shared_heads, *private_heads])
+        self.on_trunk.append(len(shared_heads))
+        self._rows("rows_out", order, list(range(T)))
         self.act = options.activation()
         options.initialise(self)
 
@@ -165,33 +165,43 @@ class TreeNet(nn.Module):
         compute their output with (:func:`head_rows`)."""
         return head_rows(self.spec, dict(self.named_parameters()), tasks)
 
+    def _rows(self, name: str, rows: list[int], wanted: list[int]) -> list[int]:
+        """Register the gather (buffer ``name``) that takes rows in order ``rows`` to order
+        ``wanted``, or None where they are in it already; returns ``wanted``."""
+        index = None if rows == wanted else torch.tensor([rows.index(t) for t in wanted])
+        self.register_buffer(name, index, persistent=False)
+        return wanted
+
+    def _module(self, shared: nn.Module | None, private: nn.Module | None, h: Tensor,
+                on_trunk: int, rows: Tensor | None) -> tuple[Tensor, Tensor]:
+        """A module's rows put in its order (see ``__init__``), and its output."""
+        if rows is not None:
+            h = h.index_select(0, rows)
+        if private is None:
+            return h, shared(h)
+        if shared is None:
+            return h, private(h)
+        trunk, off = h.split([on_trunk, h.shape[0] - on_trunk])
+        return h, torch.cat([shared(trunk), private(off)])
+
     def forward(self, x: Tensor) -> Tensor:
         T = self.spec.num_tasks
         if x.shape[0] != T:
             raise ValueError(f"expected {T} tasks on the leading axis, got shape {tuple(x.shape)}")
         h = self.inputs(x)
         for layer in range(1, self.spec.depth + 1):
-            key, skip = str(layer), h
-            if key not in self.private:
-                h = self.shared[key](h)
-            elif key not in self.shared:
-                h = self.private[key](h)
-            else:
-                h = _mixed(self.shared[key], self.private[key], h,
-                           getattr(self, f"shared_idx_{layer}"),
-                           getattr(self, f"private_idx_{layer}"), getattr(self, f"unsort_{layer}"))
+            key = str(layer)
+            skip, h = self._module(self.shared[key] if key in self.shared else None,
+                                   self.private[key] if key in self.private else None, h,
+                                   self.on_trunk[layer - 1], getattr(self, f"rows_{layer}"))
             h = self.act(h, skip)
-        if not hasattr(self, "private_head"):
-            return self.head(h)
-        return _mixed(self.head, self.private_head, h, self.shared_head_idx,
-                      self.private_head_idx, self.unsort_head)
-
-
-def _mixed(shared: nn.Module, private: nn.Module, h: Tensor, shared_idx: Tensor,
-           private_idx: Tensor, unsort: Tensor) -> Tensor:
-    """A layer some tasks share and others have of their own: both groups run, then one
-    gather restores task order."""
-    return torch.cat([shared(h[shared_idx]), private(h[private_idx])])[unsort]
+        private_head = getattr(self, "private_head", None)
+        if private_head is None and self.on_trunk[-1] == 0:  # a head per task, no shared one
+            private_head, shared_head = self.head, None
+        else:
+            shared_head = self.head
+        _, out = self._module(shared_head, private_head, h, self.on_trunk[-1], self.rows_head)
+        return out if self.rows_out is None else out.index_select(0, self.rows_out)
 
 
 def input_width(in_features: int, num_tasks: int, task_id_input: bool) -> int:
