@@ -36,6 +36,26 @@ def test_a_conal_tree_is_a_grouped_tree_computing_the_same_function(task_id):
     torch.testing.assert_close(net(x), tree(x))
 
 
+@pytest.mark.parametrize("shared_head", [False, True])
+def test_each_task_computes_with_its_groups_weights_whatever_the_rows_order(shared_head):
+    """The net keeps its rows sorted by groups (interleaved here: tasks 0 and 2 together,
+    1 and 3), yet every task's output is its own path's, in task order."""
+    from conal_rl.method import NetOptions
+
+    spec = GroupTreeSpec((5, 5), ((0, 1, 0, 1), (0, 1, 2, 1)), shared_head=shared_head)
+    torch.manual_seed(0)
+    net = GroupTreeNet(spec, IN, 2, NetOptions(layer_norm=True))
+    assert net.row_tasks == [0, 2, 1, 3]
+    x = torch.randn(T, 3, IN)
+    for t in range(T):
+        h = x[t:t + 1]
+        for layer in (1, 2):
+            weight, bias = net.task_weights(layer, [t])
+            h = net.act(torch.baddbmm(bias, h, weight), h)
+        weight, bias = net.head_weights([t])
+        torch.testing.assert_close(net(x)[t:t + 1], torch.baddbmm(bias, h, weight))
+
+
 def test_partitions_must_refine_depth_by_depth():
     with pytest.raises(ValueError, match="does not refine"):
         GroupTreeSpec((4, 4), ((0, 0, 1, 1), (0, 1, 1, 2)))  # tasks 1, 2 rejoin

@@ -7,8 +7,13 @@ shared module, one task per group a purely-specific one, so CoNAL's trees (a tru
 task leaving at its branch point), MH-SAC and independent nets are special cases
 (:meth:`GroupTreeSpec.from_branch_points`).
 
-Each depth is one batched product: the groups' weights are stacked ``[G, in, out]`` and
-gathered per task (``[T, in, out]``), never a Python loop over tasks or groups.
+The groups' weights are stacked ``[G, in, out]``. The net keeps its tasks' rows in an order
+where every depth's groups are consecutive (sorted by their groups from the first depth on:
+the partitions refine each other, so one order serves every depth), so a group of several
+tasks is one matrix product on its rows, as a shared module is in a
+:class:`~conal_rl.method.tree.TreeNet`, and the tasks alone in their groups next to each
+other are one batched product, their weights gathered: a depth costs one call per group of
+several tasks and per run of lone tasks, never one per task.
 """
 
 from __future__ import annotations
@@ -150,9 +155,11 @@ def grown_group_state(old: GroupTreeSpec, new: GroupTreeSpec,
 
 
 class GroupLinear(nn.Module):
-    """``G`` linear layers, task t using layer ``index[t]``: ``[T, B, in] -> [T, B, out]``."""
+    """``G`` linear layers, task t using layer ``index[t]``: ``[T, B, in] -> [T, B, out]``,
+    the input's rows being the tasks ``row_tasks`` (default: in task order)."""
 
-    def __init__(self, index: Tensor, in_features: int, out_features: int):
+    def __init__(self, index: Tensor, in_features: int, out_features: int,
+                 row_tasks: Sequence[int] | None = None):
         super().__init__()
         G = int(index.max()) + 1
         self.register_buffer("index", index.long(), persistent=False)
@@ -161,9 +168,37 @@ class GroupLinear(nn.Module):
         bound = 1.0 / math.sqrt(in_features)  # nn.Linear's default, per group
         nn.init.uniform_(self.weight, -bound, bound)
         nn.init.uniform_(self.bias, -bound, bound)
+        row_groups = [int(index[t]) for t in (range(len(index)) if row_tasks is None
+                                              else row_tasks)]
+        # (start, stop, group): consecutive rows of one group, computed as one product;
+        # (start, stop, None): consecutive rows each alone in its group, one batched product.
+        self.segments: list[tuple[int, int, int | None]] = []
+        for start, stop in _runs(row_groups):
+            alone = stop - start == 1 and row_groups.count(row_groups[start]) == 1
+            if alone and self.segments and self.segments[-1][2] is None:
+                start = self.segments.pop()[0]
+            self.segments.append((start, stop, None if alone else row_groups[start]))
+        self.register_buffer("row_groups", torch.tensor(row_groups), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.baddbmm(self.bias[self.index], x, self.weight[self.index])
+        weights, biases = self.weight.unbind(), self.bias.unbind()
+        out = []
+        for start, stop, group in self.segments:
+            rows = x[start:stop]
+            if group is None:
+                groups = self.row_groups[start:stop]
+                out.append(torch.baddbmm(self.bias[groups], rows, self.weight[groups]))
+            else:
+                n, batch, d_in = rows.shape
+                out.append(torch.addmm(biases[group], rows.reshape(n * batch, d_in),
+                                       weights[group]).view(n, batch, -1))
+        return out[0] if len(out) == 1 else torch.cat(out)
+
+
+def _runs(labels: Sequence[int]) -> list[tuple[int, int]]:
+    """``(start, stop)`` of each run of equal consecutive labels."""
+    starts = [i for i in range(len(labels)) if i == 0 or labels[i] != labels[i - 1]]
+    return list(zip(starts, [*starts[1:], len(labels)]))
 
 
 class GroupTreeNet(nn.Module):
@@ -175,10 +210,18 @@ class GroupTreeNet(nn.Module):
         super().__init__()
         self.spec, self.options = spec, options
         widths = [input_width(in_features, spec.num_tasks, spec.task_id_input), *spec.hidden]
+        # The rows' order: by the tasks' groups at depth 1, 2, ..., so each depth's groups
+        # are consecutive (module docstring); the per-task heads read them in task order.
+        order = sorted(range(spec.num_tasks), key=lambda t: [g[t] for g in spec.groups])
+        self.row_tasks = order
+        changed = order != sorted(order)
+        self.register_buffer("order", torch.tensor(order) if changed else None, persistent=False)
+        self.register_buffer("unsort", torch.tensor(order).argsort() if changed else None,
+                             persistent=False)
         self.layers = nn.ModuleList(
-            GroupLinear(torch.tensor(spec.groups[j]), widths[j], widths[j + 1])
+            GroupLinear(torch.tensor(spec.groups[j]), widths[j], widths[j + 1], order)
             for j in range(spec.depth))
-        self.head = (GroupLinear(torch.tensor(spec.groups[-1]), widths[-1], out_features)
+        self.head = (GroupLinear(torch.tensor(spec.groups[-1]), widths[-1], out_features, order)
                      if spec.shared_head else TaskLinear(spec.num_tasks, widths[-1], out_features))
         self.act = options.activation()
         options.initialise(self)
@@ -206,13 +249,19 @@ class GroupTreeNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.inputs(x)
+        if self.order is not None:
+            x = x.index_select(0, self.order)
         for layer in self.layers:
             x = self.act(layer(x), x)
-        return self.head(x)
+        if self.unsort is None:
+            return self.head(x)
+        if self.spec.shared_head:  # the head's rows are the layers' too
+            return self.head(x).index_select(0, self.unsort)
+        return self.head(x.index_select(0, self.unsort))
 
     def shared_layers(self) -> dict[str, SharedLayer]:
         """Each depth's groups of two tasks or more, as ``"group.{depth}.{g}"``: the rows of
-        the depth's one batched layer that share group g's weights (for reading their
+        the depth's layer that share group g's weights (for reading their
         per-task gradients, e.g. the conflict atlas); with a shared head, the last depth's
         groups' heads too, as ``"head.{g}"``."""
         out = {}
@@ -221,7 +270,8 @@ class GroupTreeNet(nn.Module):
             for g in sorted(set(groups)):
                 tasks = tuple(t for t, group in enumerate(groups) if group == g)
                 if len(tasks) > 1:
-                    out[f"group.{j}.{g}"] = SharedLayer(self.layers[j - 1], tasks, tasks)
+                    rows = tuple(self.row_tasks.index(t) for t in tasks)
+                    out[f"group.{j}.{g}"] = SharedLayer(self.layers[j - 1], tasks, rows)
                     if j == last and self.spec.shared_head:
-                        out[f"head.{g}"] = SharedLayer(self.head, tasks, tasks)
+                        out[f"head.{g}"] = SharedLayer(self.head, tasks, rows)
         return out
