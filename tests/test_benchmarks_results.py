@@ -604,7 +604,8 @@ def test_a_changed_readme_table_cell_is_caught(old, new):
 
 @pytest.mark.parametrize("old, new", [
     ("| MT-SAC | 0.57 ± 0.06 |", "| MT-SAC | 0.58 ± 0.06 |"),
-    ("| 3/3 | 80,130 | 40,456 | 9.65 |", "| 3/3 | 40,456 | 80,130 | 9.65 |"),  # columns swapped
+    ("| 0.63 [0.52, 0.74] | 3/3 | 80,130 | 40,456 |",
+     "| 0.63 [0.52, 0.74] | 3/3 | 40,456 | 80,130 |"),  # columns swapped
     ("| MH-SAC | 0.46 ± 0.01 |", "| MH-SAC | 0.57 ± 0.06 |"),  # MT-SAC's
     ("| 40,456 | 13.67 |", "| 40,456 | 12.39 |"),  # CoNAL-Pro's update: CoNAL's
 ])
