@@ -20,14 +20,19 @@ def agent(arch: str = "mtsac") -> MultiTaskSAC:
     return MultiTaskSAC(tree_factory({"actor": spec, "critic": spec}), T, OBS, ACT)
 
 
-def per_task_gradients(net_agent: MultiTaskSAC, batch, layer) -> torch.Tensor:
-    """``[T, params]``: each task's critic-loss gradient on ``layer``, one backward each."""
+def per_task_gradients(net_agent: MultiTaskSAC, batch, layer, tasks=range(T),
+                       group: int | None = None) -> torch.Tensor:
+    """``[len(tasks), params]``: each task's critic-loss gradient on ``layer`` (a grouped
+    layer: on its group ``group``'s weights), one backward each."""
     grads = []
-    for t in range(T):
+    for t in tasks:
         net_agent.zero_grad(set_to_none=True)
         torch.manual_seed(1)  # the same sampled next actions for every task
         net_agent.critic_losses(batch)[t].backward()
-        grads.append(torch.cat([layer.weight.grad.flatten(), layer.bias.grad]))
+        weight, bias = layer.weight.grad, layer.bias.grad
+        if group is not None:
+            weight, bias = weight[group], bias[group]
+        grads.append(torch.cat([weight.flatten(), bias.flatten()]))
     net_agent.zero_grad(set_to_none=True)
     return torch.stack(grads)
 
@@ -100,14 +105,7 @@ def test_a_grouped_tree_is_read_group_by_group():
     assert set(measured["critic"]) == {f"{q}/group.{d}.0" for q in ("q1", "q2") for d in (1, 2)}
     ev = measured["critic"]["q1/group.2.0"]
     assert ev.tasks == (0, 1)
-    layer = a.critic.q1.layers[1]
-    grads = []
-    for t in (0, 1):
-        a.zero_grad(set_to_none=True)
-        torch.manual_seed(1)
-        a.critic_losses(batch)[t].backward()
-        grads.append(torch.cat([layer.weight.grad[0].flatten(), layer.bias.grad[0].flatten()]))
-    a.zero_grad(set_to_none=True)
+    grads = per_task_gradients(a, batch, a.critic.q1.layers[1], tasks=(0, 1), group=0)
     assert torch.allclose(ev.cosine[0, 1].float(), torch.cosine_similarity(*grads, dim=0),
                           atol=1e-4)
 
@@ -128,13 +126,7 @@ def test_a_grouped_trees_shared_head_is_read_per_group():
     assert "q1/head.0" in measured["critic"] and "q1/head.1" not in measured["critic"]
     ev = measured["critic"]["q1/head.0"]
     assert ev.tasks == (0, 1)
-    head = a.critic.q1.head
-    grads = []
-    for t in (0, 1):
-        a.zero_grad(set_to_none=True)
-        torch.manual_seed(1)
-        a.critic_losses(batch)[t].backward()
-        grads.append(torch.cat([head.weight.grad[0].flatten(), head.bias.grad[0].flatten()]))
+    grads = per_task_gradients(a, batch, a.critic.q1.head, tasks=(0, 1), group=0)
     assert torch.allclose(ev.cosine[0, 1].float(), torch.cosine_similarity(*grads, dim=0),
                           atol=1e-4)
     without = atlas.measure(MultiTaskSAC(tree_factory(
