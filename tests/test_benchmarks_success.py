@@ -14,6 +14,7 @@ from PIL import Image
 
 from benchmarks.experiments import success, success_report
 from benchmarks.experiments.success_runs import parse_given
+from benchmarks.report_files import machine_text
 from conal_rl.common import machine
 from conal_rl.training.config import TrainConfig
 from conal_rl.training.nets import load_specs, specs_of
@@ -526,3 +527,12 @@ def test_the_report_says_what_grew_and_why():
            "probes 3.0% of the training time" in lines
     assert "- `conal-s1` actor: opened none" in lines
     assert grown_lines([{"row": "mtsac", "runs": [{"seed": 0}]}]) == []
+
+
+def test_the_header_says_when_runs_were_trained_on_another_cpu():
+    m = machine("cpu")
+    rows = [{"row": "mtsac", "runs": [{"seed": 0, "trained_on": m["cpu_model"]}]}]
+    assert success_report.header_machine({"machine": m, "rows": rows}) == m
+    rows[0]["runs"].append({"seed": 1, "trained_on": "another CPU"})
+    said = success_report.header_machine({"machine": m, "rows": rows})
+    assert said.startswith(machine_text(m)) and "the last call that trained" in said

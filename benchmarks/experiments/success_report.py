@@ -302,7 +302,7 @@ def markdown(payload: dict) -> str:
     metric, digits = payload["metric"], 2 if payload["metric"] == "success" else 1
     title = (f"{payload['benchmark']}: {metric} rate comparison" if metric == "success" else
              f"{payload['benchmark']}: return comparison") + f", budget `{payload['budget']}`"
-    lines = [*header(title, payload["command"], payload["machine"], payload["date"]),
+    lines = [*header(title, payload["command"], header_machine(payload), payload["date"]),
              f"Runs: `{payload['runs_dir']}`; budget `{payload['budget']}` "
              f"({payload['budget_note']}); every run one subprocess with one torch thread"
              f"{', ' + str(payload['jobs']) + ' at a time' if payload['jobs'] > 1 else ''}."
@@ -392,6 +392,18 @@ def markdown(payload: dict) -> str:
             lines += [f"`{f['run']}` ({f['reason']}), last lines of `{f['log']}`:", "", "```",
                       *f["log_tail"], "```", ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def header_machine(payload: dict) -> dict | str:
+    """The machine the header names: that of the last call that trained through the runner,
+    said so where some of the table's runs were trained on another CPU (runs trained by their
+    own commands, or kept from another machine's folders)."""
+    m = payload["machine"]
+    cpus = {run.get("trained_on") for r in payload["rows"] for run in r.get("runs", [])}
+    if isinstance(m, str) or not cpus - {None, m.get("cpu_model")}:
+        return m
+    return (f"{machine_text(m)} (the last call that trained through the runner; the CPU of "
+            "each run under Trained on)")
 
 
 def trained_on_lines(rows: list[dict]) -> list[str]:
