@@ -365,7 +365,7 @@ def test_every_row_trains_what_its_name_says(tmp_path):
     """The run specs of the ablation rows: each row's command, parsed by the training CLI,
     gives the configuration (and the search and agent settings) the row stands for."""
     # a fixed MT10 tree, and critics sized by Meta-World's observations: on MT10 only
-    mt10 = ("private-critic", "mtsac-wide", "mhsac-wide", "mtsac-wide-300k")
+    mt10 = ("private-critic", "mtsac-wide", "mhsac-wide", "mtsac-wide-300k", "mhsac-wide-300k")
     specs = _specs(tmp_path, "--archs", ",".join(r for r in success.ROWS if r not in mt10),
                    "--seeds", "1")
     specs |= _specs(tmp_path, "--archs", ",".join(mt10), "--seeds", "1", "--benchmark", "MT10")
@@ -390,6 +390,7 @@ def test_every_row_trains_what_its_name_says(tmp_path):
         "private-critic": {"arch": "tree"},
         "mtsac-wide": {"arch": "mtsac-wide"}, "mhsac-wide": {"arch": "mhsac-wide"},
         "mtsac-wide-300k": {"arch": "mtsac-wide", "critic_params": 300_000},
+        "mhsac-wide-300k": {"arch": "mhsac-wide", "critic_params": 300_000},
     }
     # the paper's row trains its derived trees as derived, on every preset
     assert success.ROWS["conal-paper"][1][4:6] == ("--branch-every", "0")

@@ -76,10 +76,12 @@ ROWS: dict[str, tuple[str, tuple[str, ...], str]] = {
                    "MT-SAC, its critic widened to the private critics' parameters"),
     "mhsac-wide": ("conal_rl.train", ("--arch", "mhsac-wide"),
                    "MH-SAC, its critic widened to the private critics' parameters"),
-    # The equal-parameter control of CoNAL's default, whose critics grow to about this size
-    # on MT10 at laptop size (the mt10-1m-v2 table); a run a session can finish.
+    # The equal-parameter controls of CoNAL's default, whose critics grow to about this size
+    # on MT10 at laptop size (the mt10-1m-v2 table); runs a session can finish.
     "mtsac-wide-300k": ("conal_rl.train", ("--arch", "mtsac-wide", "--critic-params", "300000"),
                         "MT-SAC, its critic widened to 300k parameters (CoNAL's default's)"),
+    "mhsac-wide-300k": ("conal_rl.train", ("--arch", "mhsac-wide", "--critic-params", "300000"),
+                        "MH-SAC, its critic widened to 300k parameters (CoNAL's default's)"),
 }
 DEFAULT_ROWS = ("mtsac", "mhsac", "conal", "conal-nocn", "stl")
 
