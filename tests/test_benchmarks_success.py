@@ -530,6 +530,23 @@ def test_the_report_says_what_grew_and_why():
     assert grown_lines([{"row": "mtsac", "runs": [{"seed": 0}]}]) == []
 
 
+def test_the_report_says_whether_the_branches_went_where_success_came():
+    from benchmarks.experiments.success_report import branch_success_lines
+
+    def run(score: dict, opened: list[str]) -> dict:
+        return {"tasks": score, "grown": {"critic": {"branches": [
+            {"env_steps": 1, "task": t, "module": 3} for t in opened], "verdicts": 1}}}
+
+    rows = [{"row": "mtsac", "task_mean": {"push": 0.0, "door": 0.8}, "runs": [{"seed": 0}]},
+            {"row": "conal", "runs": [run({"push": 0.0, "door": 1.0}, ["push"]),
+                                      run({"push": 0.5, "door": 0.4}, ["door"]),
+                                      run({"push": 0.0, "door": 0.6}, ["push", "door"])]}]
+    lines = branch_success_lines(rows)
+    assert "| conal | critic | push | 0.00 (2) | 0.50 (1) | 0.00 |" in lines
+    assert "| conal | critic | door | 0.50 (2) | 1.00 (1) | 0.80 |" in lines
+    assert branch_success_lines([{"row": "mtsac", "runs": [{"seed": 0}]}]) == []
+
+
 def test_the_header_says_when_runs_were_trained_on_another_cpu():
     m = machine("cpu")
     rows = [{"row": "mtsac", "runs": [{"seed": 0, "trained_on": m["cpu_model"]}]}]

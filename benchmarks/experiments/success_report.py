@@ -538,7 +538,42 @@ def grown_lines(rows: list[dict]) -> list[str]:
             share = (f"; {grown['verdicts']} verdicts, probes {grown['probe_share']:.1%} of "
                      "the training time" if "probe_share" in grown else "")
             lines.append(f"- `{row}-s{run['seed']}` {role}: opened {opened}{share}")
-    return lines
+    return lines + branch_success_lines(rows)
+
+
+def branch_success_lines(rows: list[dict]) -> list[str]:
+    """Markdown table: per row, net and task that got its own module in some of the row's
+    runs, its final score in those runs against the row's runs where it stayed shared. It asks
+    whether the capacity went where success came from: a probe measures a lower TD error, not
+    a higher success rate."""
+    base = next((r.get("task_mean", {}) for r in rows if r["row"] == BASELINE), {})
+
+    def branched(run: dict, role: str) -> set[str]:
+        return {b["task"] for b in run["grown"].get(role, {}).get("branches", [])}
+
+    def cell(scores: list[float]) -> str:
+        return f"{sum(scores) / len(scores):.2f} ({len(scores)})" if scores else "- (0)"
+
+    lines = []
+    for row in rows:
+        runs = [run for run in row.get("runs", []) if run.get("grown") and "tasks" in run]
+        nets = list(dict.fromkeys(role for run in runs for role in run["grown"]))
+        for role in nets:
+            tasks = list(dict.fromkeys(t for run in runs for t in branched(run, role)))
+            for task in sorted(tasks):
+                inside = [run["tasks"][task] for run in runs if task in branched(run, role)]
+                outside = [run["tasks"][task] for run in runs if task not in branched(run, role)
+                           and role in run["grown"]]
+                baseline = f"{base[task]:.2f}" if task in base else "-"
+                lines.append(f"| {row['row']} | {role} | {task} | {cell(inside)} "
+                             f"| {cell(outside)} | {baseline} |")
+    if not lines:
+        return []
+    return ["", "Where the branches went: per row, net and task that got its own module in "
+            "some of the row's runs above, its final score in those runs (mean, runs) and in "
+            f"the row's runs where it stayed shared; {BASELINE}'s score beside them.", "",
+            f"| row | net | task | branched: score (runs) | stayed shared: score (runs) "
+            f"| {BASELINE} |", "|---|---|---|---|---|---|", *lines]
 
 
 def _group_text(group: list[str], tasks: list[str]) -> str:
