@@ -531,7 +531,7 @@ def test_the_report_says_what_grew_and_why():
 
 
 def test_the_report_says_whether_the_branches_went_where_success_came():
-    from benchmarks.experiments.success_report import branch_success_lines
+    from benchmarks.experiments.success_report import branch_success, branch_success_lines
 
     def run(score: dict, opened: list[str]) -> dict:
         return {"tasks": score, "grown": {"critic": {"branches": [
@@ -541,10 +541,10 @@ def test_the_report_says_whether_the_branches_went_where_success_came():
             {"row": "conal", "runs": [run({"push": 0.0, "door": 1.0}, ["push"]),
                                       run({"push": 0.5, "door": 0.4}, ["door"]),
                                       run({"push": 0.0, "door": 0.6}, ["push", "door"])]}]
-    lines = branch_success_lines(rows)
+    lines = branch_success_lines(branch_success(rows), rows)
     assert "| conal | critic | push | 0.00 (2) | 0.50 (1) | 0.00 |" in lines
     assert "| conal | critic | door | 0.50 (2) | 1.00 (1) | 0.80 |" in lines
-    assert branch_success_lines([{"row": "mtsac", "runs": [{"seed": 0}]}]) == []
+    assert branch_success([{"row": "mtsac", "runs": [{"seed": 0}]}]) == []
 
 
 def test_the_header_says_when_runs_were_trained_on_another_cpu():

@@ -367,6 +367,7 @@ def markdown(payload: dict) -> str:
         lines.append(f"| {r['row']} | " + " | ".join(cells) + " |")
     lines += searched_architectures(rows, tasks)
     lines += grown_lines(rows)
+    lines += branch_success_lines(payload.get("branch_success", []), rows)
     lines += atlas_lines(rows)
     if payload.get("plot"):
         lines += ["", f"![learning curves]({payload['plot']})", "",
@@ -538,42 +539,48 @@ def grown_lines(rows: list[dict]) -> list[str]:
             share = (f"; {grown['verdicts']} verdicts, probes {grown['probe_share']:.1%} of "
                      "the training time" if "probe_share" in grown else "")
             lines.append(f"- `{row}-s{run['seed']}` {role}: opened {opened}{share}")
-    return lines + branch_success_lines(rows)
+    return lines
 
 
-def branch_success_lines(rows: list[dict]) -> list[str]:
-    """Markdown table: per row, net and task that got its own module in some of the row's
-    runs, its final score in those runs against the row's runs where it stayed shared. It asks
-    whether the capacity went where success came from: a probe measures a lower TD error, not
-    a higher success rate."""
-    base = next((r.get("task_mean", {}) for r in rows if r["row"] == BASELINE), {})
-
+def branch_success(rows: list[dict]) -> list[dict]:
+    """Per row, net and task that got its own module in some of the row's runs: its final
+    scores in those runs and in the row's runs where it stayed shared. It asks whether the
+    capacity went where success came from: a probe measures a lower TD error, not a higher
+    success rate."""
     def branched(run: dict, role: str) -> set[str]:
         return {b["task"] for b in run["grown"].get(role, {}).get("branches", [])}
 
-    def cell(scores: list[float]) -> str:
-        return f"{sum(scores) / len(scores):.2f} ({len(scores)})" if scores else "- (0)"
-
-    lines = []
+    out = []
     for row in rows:
         runs = [run for run in row.get("runs", []) if run.get("grown") and "tasks" in run]
-        nets = list(dict.fromkeys(role for run in runs for role in run["grown"]))
-        for role in nets:
-            tasks = list(dict.fromkeys(t for run in runs for t in branched(run, role)))
-            for task in sorted(tasks):
+        for role in dict.fromkeys(role for run in runs for role in run["grown"]):
+            for task in sorted({t for run in runs for t in branched(run, role)}):
                 inside = [run["tasks"][task] for run in runs if task in branched(run, role)]
-                outside = [run["tasks"][task] for run in runs if task not in branched(run, role)
-                           and role in run["grown"]]
-                baseline = f"{base[task]:.2f}" if task in base else "-"
-                lines.append(f"| {row['row']} | {role} | {task} | {cell(inside)} "
-                             f"| {cell(outside)} | {baseline} |")
-    if not lines:
+                outside = [run["tasks"][task] for run in runs
+                           if role in run["grown"] and task not in branched(run, role)]
+                out.append({"row": row["row"], "net": role, "task": task,
+                            "branched": inside, "branched_mean": sum(inside) / len(inside),
+                            "shared": outside,
+                            "shared_mean": sum(outside) / len(outside) if outside else None})
+    return out
+
+
+def branch_success_lines(entries: list[dict], rows: list[dict]) -> list[str]:
+    """Markdown table of :func:`branch_success`, the baseline's score beside each task."""
+    if not entries:
         return []
-    return ["", "Where the branches went: per row, net and task that got its own module in "
-            "some of the row's runs above, its final score in those runs (mean, runs) and in "
-            f"the row's runs where it stayed shared; {BASELINE}'s score beside them.", "",
-            f"| row | net | task | branched: score (runs) | stayed shared: score (runs) "
-            f"| {BASELINE} |", "|---|---|---|---|---|---|", *lines]
+    base = next((r.get("task_mean", {}) for r in rows if r["row"] == BASELINE), {})
+    lines = ["", "Where the branches went: per row, net and task that got its own module in "
+             "some of the row's runs above, its final score in those runs (mean, runs) and in "
+             f"the row's runs where it stayed shared; {BASELINE}'s score beside them.", "",
+             f"| row | net | task | branched: score (runs) | stayed shared: score (runs) "
+             f"| {BASELINE} |", "|---|---|---|---|---|---|"]
+    for e in entries:
+        shared = (f"{e['shared_mean']:.2f} ({len(e['shared'])})" if e["shared"] else "- (0)")
+        baseline = f"{base[e['task']]:.2f}" if e["task"] in base else "-"
+        lines.append(f"| {e['row']} | {e['net']} | {e['task']} | {e['branched_mean']:.2f} "
+                     f"({len(e['branched'])}) | {shared} | {baseline} |")
+    return lines
 
 
 def _group_text(group: list[str], tasks: list[str]) -> str:
@@ -777,6 +784,7 @@ def build_report(args: argparse.Namespace, specs: list[RunSpec], failed: list[di
         "noise_rule": NOISE_RULE, "rows": rows, "failed": failed, "unfinished": unfinished,
     }
     payload["vs_baseline"] = noise_verdicts(rows)
+    payload["branch_success"] = branch_success(rows)
     payload["costs"] = row_costs(stem.with_suffix(".json"), args.archs, previous)
     if payload["costs"]:
         pareto = stem.with_name(stem.name + "-pareto.png")
