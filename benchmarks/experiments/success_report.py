@@ -679,14 +679,16 @@ def plot_pareto(rows: list[dict], costs: dict[str, dict], metric: str, benchmark
     fig = Figure(figsize=(12, 4.5), layout="constrained")
     axes = fig.subplots(1, 2)
     for i, r in enumerate(r for r in rows if r["row"] in costs and "mean" in r):
-        c, color = costs[r["row"]], f"C{i % 10}"
+        # colours repeat after ten rows: the marker tells them apart
+        c, color, marker = costs[r["row"]], f"C{i % 10}", "osD^v"[i // 10 % 5]
         by_seed = {run["seed"]: run for run in c["runs"]}
         for ax, key in zip(axes, ("critic_params", "update_ms")):
             seeds = [(by_seed[run["seed"]][key], run["mean"]) for run in r["runs"]
                      if run["seed"] in by_seed]
             if seeds:
-                ax.scatter(*zip(*seeds), s=14, color=color, alpha=0.5)
-            ax.scatter([c[key]], [r["mean"]], s=70, color=color, label=r["row"])
+                ax.scatter(*zip(*seeds), s=14, color=color, marker=marker, alpha=0.5)
+            ax.scatter([c[key]], [r["mean"]], s=70, color=color, marker=marker,
+                       label=r["row"])
             ax.annotate(r["row"], (c[key], r["mean"]), fontsize=7,
                         xytext=(4, 4), textcoords="offset points")
     axes[0].set(xscale="log", xlabel="critic parameters (both Q-nets)",

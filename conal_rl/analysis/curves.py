@@ -96,8 +96,9 @@ def band(label: str, curves: list[tuple[np.ndarray, np.ndarray]]) -> Band:
 
 
 def draw(ax, bands: list[Band], title: str, metric: str) -> None:
-    for b in bands:
+    for i, b in enumerate(bands):  # colours repeat after ten: the line style tells them apart
         line, = ax.plot(b.steps, b.mean, marker="." if len(b.steps) < 30 else None,
+                        linestyle=("-", "--", ":")[i // 10 % 3],
                         label=f"{b.label} ({b.runs} seed{'s' * (b.runs > 1)})")
         if b.runs > 1:
             ax.fill_between(b.steps, b.mean - b.se, b.mean + b.se, alpha=0.25, linewidth=0,
