@@ -313,12 +313,16 @@ def test_a_row_is_the_mean_and_standard_error_over_its_seeds(tmp_path):
 
 
 def test_within_noise_rule():
-    rows = [{"row": "mtsac", "mean": 0.5, "se": 0.1}, {"row": "a", "mean": 0.7, "se": 0.05},
-            {"row": "b", "mean": 0.9, "se": 0.05}, {"row": "c", "mean": 0.9, "se": None},
-            {"row": "d"}]
+    two, four = [{}] * 2, [{}] * 4  # the runs: only their number counts here
+    rows = [{"row": "mtsac", "mean": 0.5, "se": 0.1, "runs": four},
+            {"row": "a", "mean": 0.7, "se": 0.05, "runs": two},
+            {"row": "b", "mean": 0.9, "se": 0.05, "runs": two},
+            {"row": "c", "mean": 0.9, "se": None, "runs": [{}]}, {"row": "d"}]
     verdicts = success_report.noise_verdicts(rows)
     assert verdicts["a"]["within_noise"] is True  # 0.2 < 2 * sqrt(0.0125) = 0.224
-    assert verdicts["b"]["within_noise"] is False
+    # SD² over seeds: 0.01 * 4 + 0.0025 * 2 = 0.045; 2 * sqrt(0.045 / n) <= 0.2 from n = 5
+    assert verdicts["a"]["seeds_to_resolve"] == 5
+    assert verdicts["b"]["within_noise"] is False and verdicts["b"]["seeds_to_resolve"] is None
     assert verdicts["c"]["within_noise"] is None and "d" not in verdicts
 
 

@@ -283,9 +283,21 @@ def noise_verdicts(rows: list[dict]) -> dict[str, dict]:
             out[r["row"]] = {"delta": delta, "threshold": None, "within_noise": None}
             continue
         threshold = 2 * math.sqrt(r["se"] ** 2 + base["se"] ** 2)
-        out[r["row"]] = {"delta": delta, "threshold": threshold,
-                         "within_noise": abs(delta) < threshold or delta == 0}
+        within = abs(delta) < threshold or delta == 0
+        out[r["row"]] = {"delta": delta, "threshold": threshold, "within_noise": within,
+                         "seeds_to_resolve": seeds_to_resolve(r, base) if within else None}
     return out
+
+
+def seeds_to_resolve(row: dict, base: dict) -> int | None:
+    """Seeds per row (the same number for both) at which ``row``'s difference from ``base``
+    would clear the noise rule, were the difference and each row's spread over seeds to stay
+    as measured: a planning figure for what a within-noise verdict would cost to settle."""
+    delta = row["mean"] - base["mean"]
+    if delta == 0:
+        return None
+    variance = sum(r["se"] ** 2 * len(r["runs"]) for r in (row, base))  # SD² over seeds
+    return max(2, math.ceil(4 * variance / delta ** 2))
 
 
 def _verdict_text(v: dict | None) -> str:
@@ -354,6 +366,12 @@ def markdown(payload: dict) -> str:
                      f"{', '.join(beyond) or 'none'}"
                      + (f"; not decidable (one seed): {', '.join(unknown)}" if unknown else "")
                      + ".")
+        settle = [f"{k} {v['seeds_to_resolve']}" for k, v in verdicts.items()
+                  if v.get("seeds_to_resolve")]
+        if settle:
+            lines += ["", "Seeds per row (that row and MT-SAC each) at which a difference "
+                      "within noise would clear the rule, were the difference and the spread "
+                      "over seeds to stay as measured: " + ", ".join(settle) + "."]
     else:
         has_base = any(r["row"] == BASELINE and "mean" in r for r in rows)
         lines.append(f"Differences within noise ({NOISE_RULE}): "
