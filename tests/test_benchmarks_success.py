@@ -517,40 +517,6 @@ def test_the_learner_flags_reach_the_trained_rows_and_not_sb3_s(tmp_path):
     assert "layer_norm" not in specs["stl"].given and "--no-layer-norm" not in specs["stl"].flags
 
 
-def test_the_report_says_what_grew_and_why():
-    from benchmarks.experiments.success_report import grown_lines, grown_summary
-
-    grown = {"actor": {"branches": [], "hidden": [8]},
-             "critic": {"branches": [{"env_steps": 97500, "net": "critic", "task": "push-v3",
-                                      "module": 3, "gain": 0.398, "se": 0.068, "episodes": 4,
-                                      "price": 0.05}],
-                        "probes": [{}, {}, {}], "probe_seconds": 30.0, "train_seconds": 1000.0}}
-    summary = grown_summary(grown)
-    assert summary["critic"]["probe_share"] == 0.03 and summary["critic"]["verdicts"] == 3
-    lines = grown_lines([{"row": "conal", "runs": [{"seed": 1, "grown": summary}]}])
-    assert "- `conal-s1` critic: opened 97,500 push-v3 module 3 (40% ± 7%); 3 verdicts, " \
-           "probes 3.0% of the training time" in lines
-    assert "- `conal-s1` actor: opened none" in lines
-    assert grown_lines([{"row": "mtsac", "runs": [{"seed": 0}]}]) == []
-
-
-def test_the_report_says_whether_the_branches_went_where_success_came():
-    from benchmarks.experiments.success_report import branch_success, branch_success_lines
-
-    def run(score: dict, opened: list[str]) -> dict:
-        return {"tasks": score, "grown": {"critic": {"branches": [
-            {"env_steps": 1, "task": t, "module": 3} for t in opened], "verdicts": 1}}}
-
-    rows = [{"row": "mtsac", "task_mean": {"push": 0.0, "door": 0.8}, "runs": [{"seed": 0}]},
-            {"row": "conal", "runs": [run({"push": 0.0, "door": 1.0}, ["push"]),
-                                      run({"push": 0.5, "door": 0.4}, ["door"]),
-                                      run({"push": 0.0, "door": 0.6}, ["push", "door"])]}]
-    lines = branch_success_lines(branch_success(rows), rows)
-    assert "| conal | critic | push | 0.00 (2) | 0.50 (1) | 0.00 |" in lines
-    assert "| conal | critic | door | 0.50 (2) | 1.00 (1) | 0.80 |" in lines
-    assert branch_success([{"row": "mtsac", "runs": [{"seed": 0}]}]) == []
-
-
 def test_the_header_says_when_runs_were_trained_on_another_cpu():
     m = machine("cpu")
     rows = [{"row": "mtsac", "runs": [{"seed": 0, "trained_on": m["cpu_model"]}]}]

@@ -12,6 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.experiments.grown_report import (
+    branch_success,
+    branch_success_lines,
+    grown_lines,
+    grown_summary,
+    probe_verdict_lines,
+    probe_verdicts,
+)
 from benchmarks.experiments.minute_curves import minutes_band
 from benchmarks.experiments.success_runs import (
     PASS_THROUGH,
@@ -385,7 +393,8 @@ def markdown(payload: dict) -> str:
         lines.append(f"| {r['row']} | " + " | ".join(cells) + " |")
     lines += searched_architectures(rows, tasks)
     lines += grown_lines(rows)
-    lines += branch_success_lines(payload.get("branch_success", []), rows)
+    lines += branch_success_lines(payload.get("branch_success", []), rows, BASELINE)
+    lines += probe_verdict_lines(payload.get("probe_verdicts", []))
     lines += atlas_lines(rows)
     if payload.get("plot"):
         lines += ["", f"![learning curves]({payload['plot']})", "",
@@ -516,88 +525,6 @@ def searched_architectures(rows: list[dict], tasks: list[str]) -> list[str]:
             lines.append(f"- `{row}-s{run['seed']}` {role}: {text}; frozen "
                          f"{_per_stage(run['architecture'], 'frozen_fraction', role)}; negative "
                          f"{_per_stage(run['architecture'], 'negative_cosines', role)}")
-    return lines
-
-
-def grown_summary(grown: dict) -> dict:
-    """What a report keeps of a run's ``grown.json``: per net the branches that opened (with
-    the gain that opened them, where a probe measured one), the probes' verdicts and their
-    share of the training time."""
-    out = {}
-    for role, tree in grown.items():
-        if not isinstance(tree, dict) or "branches" not in tree:
-            continue
-        out[role] = {"branches": [{k: b[k] for k in ("env_steps", "task", "module", "gain", "se",
-                                                     "left_alone") if k in b}
-                                  for b in tree["branches"]],
-                     "verdicts": len(tree.get("probes", []))}
-        if tree.get("train_seconds"):
-            out[role]["probe_share"] = tree["probe_seconds"] / tree["train_seconds"]
-    return out
-
-
-def grown_lines(rows: list[dict]) -> list[str]:
-    """Markdown lines: per run whose trees grew, the branches that opened and, for
-    ``--branch-rule gain``, how many verdicts the probes gave and their share of the
-    training time; nothing when no run grew."""
-    runs = [(r["row"], run) for r in rows for run in r.get("runs", []) if run.get("grown")]
-    if not runs:
-        return []
-    lines = ["", "Trees that grew while training, per run: each branch that opened (env "
-             "steps, net, task, the module it left; with a probe, the drop of that task's "
-             "held-out TD error ± its error), the probes' verdicts and their share of the "
-             "training time.", ""]
-    for row, run in runs:
-        for role, grown in run["grown"].items():
-            opened = "; ".join(
-                f"{b['env_steps']:,} {b['task']} module {b['module']}"
-                + (f" ({b['gain']:.0%} ± {b['se']:.0%})" if "gain" in b else
-                   " (its group's other tasks left)" if b.get("left_alone") else "")
-                for b in grown["branches"]) or "none"
-            share = (f"; {grown['verdicts']} verdicts, probes {grown['probe_share']:.1%} of "
-                     "the training time" if "probe_share" in grown else "")
-            lines.append(f"- `{row}-s{run['seed']}` {role}: opened {opened}{share}")
-    return lines
-
-
-def branch_success(rows: list[dict]) -> list[dict]:
-    """Per row, net and task that got its own module in some of the row's runs: its final
-    scores in those runs and in the row's runs where it stayed shared. It asks whether the
-    capacity went where success came from: a probe measures a lower TD error, not a higher
-    success rate."""
-    def branched(run: dict, role: str) -> set[str]:
-        return {b["task"] for b in run["grown"].get(role, {}).get("branches", [])}
-
-    out = []
-    for row in rows:
-        runs = [run for run in row.get("runs", []) if run.get("grown") and "tasks" in run]
-        for role in dict.fromkeys(role for run in runs for role in run["grown"]):
-            for task in sorted({t for run in runs for t in branched(run, role)}):
-                inside = [run["tasks"][task] for run in runs if task in branched(run, role)]
-                outside = [run["tasks"][task] for run in runs
-                           if role in run["grown"] and task not in branched(run, role)]
-                out.append({"row": row["row"], "net": role, "task": task,
-                            "branched": inside, "branched_mean": sum(inside) / len(inside),
-                            "shared": outside,
-                            "shared_mean": sum(outside) / len(outside) if outside else None})
-    return out
-
-
-def branch_success_lines(entries: list[dict], rows: list[dict]) -> list[str]:
-    """Markdown table of :func:`branch_success`, the baseline's score beside each task."""
-    if not entries:
-        return []
-    base = next((r.get("task_mean", {}) for r in rows if r["row"] == BASELINE), {})
-    lines = ["", "Where the branches went: per row, net and task that got its own module in "
-             "some of the row's runs above, its final score in those runs (mean, runs) and in "
-             f"the row's runs where it stayed shared; {BASELINE}'s score beside them.", "",
-             f"| row | net | task | branched: score (runs) | stayed shared: score (runs) "
-             f"| {BASELINE} |", "|---|---|---|---|---|---|"]
-    for e in entries:
-        shared = (f"{e['shared_mean']:.2f} ({len(e['shared'])})" if e["shared"] else "- (0)")
-        baseline = f"{base[e['task']]:.2f}" if e["task"] in base else "-"
-        lines.append(f"| {e['row']} | {e['net']} | {e['task']} | {e['branched_mean']:.2f} "
-                     f"({len(e['branched'])}) | {shared} | {baseline} |")
     return lines
 
 
@@ -805,6 +732,7 @@ def build_report(args: argparse.Namespace, specs: list[RunSpec], failed: list[di
     }
     payload["vs_baseline"] = noise_verdicts(rows)
     payload["branch_success"] = branch_success(rows)
+    payload["probe_verdicts"] = probe_verdicts(rows, tasks)
     payload["costs"] = row_costs(stem.with_suffix(".json"), args.archs, previous)
     if payload["costs"]:
         pareto = stem.with_name(stem.name + "-pareto.png")
