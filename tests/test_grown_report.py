@@ -1,13 +1,6 @@
 """The success report's sections on trees that grew while training."""
 
-from benchmarks.experiments.grown_report import (
-    branch_success,
-    branch_success_lines,
-    grown_lines,
-    grown_summary,
-    probe_verdict_lines,
-    probe_verdicts,
-)
+from benchmarks.experiments import grown_report as report
 
 
 def verdict(task: str, gain: float, opened: bool = False) -> dict:
@@ -23,13 +16,13 @@ def test_the_report_says_what_grew_and_why():
                         "probes": [verdict("push-v3", 0.398, True), verdict("push-v3", 0.1),
                                    verdict("reach-v3", -0.2)],
                         "probe_seconds": 30.0, "train_seconds": 1000.0}}
-    summary = grown_summary(grown)
+    summary = report.grown_summary(grown)
     assert summary["critic"]["probe_share"] == 0.03 and summary["critic"]["verdicts"] == 3
-    lines = grown_lines([{"row": "conal", "runs": [{"seed": 1, "grown": summary}]}])
+    lines = report.grown_lines([{"row": "conal", "runs": [{"seed": 1, "grown": summary}]}])
     assert "- `conal-s1` critic: opened 97,500 push-v3 module 3 (40% ± 7%); 3 verdicts, " \
            "probes 3.0% of the training time" in lines
     assert "- `conal-s1` actor: opened none" in lines
-    assert grown_lines([{"row": "mtsac", "runs": [{"seed": 0}]}]) == []
+    assert report.grown_lines([{"row": "mtsac", "runs": [{"seed": 0}]}]) == []
 
 
 def test_the_report_says_whether_the_branches_went_where_success_came():
@@ -41,23 +34,25 @@ def test_the_report_says_whether_the_branches_went_where_success_came():
             {"row": "conal", "runs": [run({"push": 0.0, "door": 1.0}, ["push"]),
                                       run({"push": 0.5, "door": 0.4}, ["door"]),
                                       run({"push": 0.0, "door": 0.6}, ["push", "door"])]}]
-    lines = branch_success_lines(branch_success(rows), rows, "mtsac")
+    lines = report.branch_success_lines(report.branch_success(rows), rows, "mtsac")
     assert "| conal | critic | push | 0.00 (2) | 0.50 (1) | 0.00 |" in lines
     assert "| conal | critic | door | 0.50 (2) | 1.00 (1) | 0.80 |" in lines
-    assert branch_success([{"row": "mtsac", "runs": [{"seed": 0}]}]) == []
+    assert report.branch_success([{"row": "mtsac", "runs": [{"seed": 0}]}]) == []
 
 
 def test_the_report_says_what_the_probes_measured_per_task():
     def run(*verdicts) -> dict:
-        return {"grown": grown_summary({"critic": {"branches": [], "probes": list(verdicts)}})}
+        grown = {"critic": {"branches": [], "probes": list(verdicts)}}
+        return {"grown": report.grown_summary(grown)}
 
     rows = [{"row": "mtsac", "runs": [{"seed": 0}]},
             {"row": "conal", "runs": [run(verdict("push", 0.8, True), verdict("door", -0.2)),
                                       run(verdict("door", 0.4), verdict("door", -0.1)),
                                       {"grown": {"critic": {"branches": [], "verdicts": 2}}}]}]
-    entries = probe_verdicts(rows, ["push", "door", "reach"])
+    entries = report.probe_verdicts(rows, ["push", "door", "reach"])
     assert [(e["task"], e["runs"], e["verdicts"], e["opened"], e["negative"]) for e in entries] \
         == [("push", 2, 1, 1, 0), ("door", 2, 3, 0, 2)]  # the run without verdicts not counted
     assert entries[1]["median_gain"] == -0.1 and entries[1]["median_se"] == 0.05
-    assert "| conal | critic | door | 2 | 3 | 0 | 2 | -10% | 5% |" in probe_verdict_lines(entries)
-    assert probe_verdicts([{"row": "mtsac", "runs": [{"seed": 0}]}], ["push"]) == []
+    lines = report.probe_verdict_lines(entries)
+    assert "| conal | critic | door | 2 | 3 | 0 | 2 | -10% | 5% |" in lines
+    assert report.probe_verdicts([{"row": "mtsac", "runs": [{"seed": 0}]}], ["push"]) == []
