@@ -86,9 +86,9 @@ def branch_success_lines(entries: list[dict], rows: list[dict], baseline: str) -
              f"| {baseline} |", "|---|---|---|---|---|---|"]
     for e in entries:
         shared = (f"{e['shared_mean']:.2f} ({len(e['shared'])})" if e["shared"] else "- (0)")
-        baseline = f"{base[e['task']]:.2f}" if e["task"] in base else "-"
+        score = f"{base[e['task']]:.2f}" if e["task"] in base else "-"
         lines.append(f"| {e['row']} | {e['net']} | {e['task']} | {e['branched_mean']:.2f} "
-                     f"({len(e['branched'])}) | {shared} | {baseline} |")
+                     f"({len(e['branched'])}) | {shared} | {score} |")
     return lines
 
 
