@@ -114,13 +114,13 @@ def probe_verdicts(rows: list[dict], task_names: list[str]) -> list[dict]:
         for role in dict.fromkeys(role for run in runs for role in run["grown"]):
             per_run = [run["grown"][role].get("probes", {}) for run in runs if role in run["grown"]]
             for task in task_names:
-                gains = [g for p in per_run for g in p.get(task, {}).get("gains", [])]
+                found = [p[task] for p in per_run if task in p]
+                gains = [g for f in found for g in f["gains"]]
                 if not gains:
                     continue
-                ses = [e for p in per_run if task in p for e in p[task]["ses"]]
+                ses = [e for f in found for e in f["ses"]]
                 out.append({"row": row["row"], "net": role, "task": task, "runs": len(per_run),
-                            "verdicts": len(gains),
-                            "opened": sum(p.get(task, {}).get("opened", 0) for p in per_run),
+                            "verdicts": len(gains), "opened": sum(f["opened"] for f in found),
                             "negative": sum(g < 0 for g in gains),
                             "median_gain": float(np.median(gains)),
                             "median_se": float(np.median(ses))})
