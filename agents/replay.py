@@ -149,6 +149,32 @@ class MultiTaskReplay:
             return self.sample(batch_per_task)
         return self.holdout.sample(batch_per_task)
 
+    def split_episodes(self, every: int) -> tuple[MultiTaskReplay, MultiTaskReplay]:
+        """The stored transitions in two replays that share no episode: every ``every``-th
+        episode (by task 0's count: Meta-World's episodes of all tasks end together) in the
+        second, the rest in the first: held-out whole episodes for an offline measurement
+        from a replay saved without a held-out buffer."""
+        if every < 2:
+            raise ValueError(f"every must be at least 2, got {every}")
+        known = self.episode[:self.size, 0]
+        if bool((known < 0).any()):
+            raise ValueError("the replay does not know its transitions' episodes (saved "
+                             "before episodes were counted)")
+        held = known % every == every - 1
+        return self._rows(~held), self._rows(held)
+
+    def _rows(self, mask: Tensor) -> MultiTaskReplay:
+        n = int(mask.sum())
+        if not n:
+            raise ValueError("no transitions on one side of the split: too few episodes")
+        part = MultiTaskReplay(n, self.num_tasks, self.storage["obs"].shape[-1],
+                               self.storage["actions"].shape[-1], self.device)
+        for k, v in self.storage.items():
+            part.storage[k].copy_(v[:self.size][mask])
+        part.episode.copy_(self.episode[:self.size][mask])
+        part.size, part.added = n, n
+        return part
+
     def state_dict(self) -> dict:
         n = self.size
         return {"storage": {k: v[:n].cpu() for k, v in self.storage.items()}, "pos": self.pos,

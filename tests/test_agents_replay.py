@@ -95,3 +95,23 @@ def test_a_held_out_window_returns_its_oldest_to_training():
     trained = sample.obs[0, :, 0].long()
     assert sorted(trained.tolist()) == [s for s in range(40) if s not in held]
     assert torch.equal(episodes[0], trained // 4)  # returned with their own episodes
+
+
+def test_a_saved_replay_splits_into_whole_episodes_that_share_none():
+    replay = MultiTaskReplay(100, 2, obs_dim=1, act_dim=1)
+    for step in range(40):  # episodes 4 steps long: every 3rd to the second part
+        replay.add(np.full((2, 1), step), np.zeros((2, 1)), np.zeros(2), np.zeros((2, 1)),
+                   np.zeros(2), np.full(2, step % 4 == 3))
+    train, held = replay.split_episodes(3)
+    held_steps, held_episodes = held.sample_distinct(100)
+    assert sorted(held_steps.obs[0, :, 0].long().tolist()) == [
+        8, 9, 10, 11, 20, 21, 22, 23, 32, 33, 34, 35]
+    assert torch.equal(held_episodes, held_steps.obs[:, :, 0].long() // 4)
+    trained = set(train.sample_distinct(100)[0].obs[0, :, 0].long().tolist())
+    assert train.size == 28 and not trained & set(range(8, 12))
+    try:
+        replay.split_episodes(11)  # 10 episodes: none is the 11th
+    except ValueError as e:
+        assert "too few episodes" in str(e)
+    else:
+        raise AssertionError("an empty side was accepted")

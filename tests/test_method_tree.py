@@ -3,12 +3,14 @@ import json
 import pytest
 import torch
 
+from conal_rl.method.layers import NetOptions
 from conal_rl.method.tree import (
     TreeNet,
     TreeSpec,
     grown_state,
     num_parameters,
     tree_parameters,
+    widened_state,
 )
 from conal_rl.training.nets import load_specs, save_specs
 
@@ -183,3 +185,42 @@ def test_mtsac_grows_into_a_tree_whose_branched_tasks_get_the_head_as_their_own(
         k: v.shape for k, v in again.state_dict().items()}
     with pytest.raises(ValueError, match="heads"):
         grown_state(TreeSpec.mhsac((8, 8), 4), new, net.state_dict())
+
+
+@pytest.mark.parametrize("spec", [
+    TreeSpec.mtsac((8, 8, 8), 3),  # one-hot input, one shared head
+    TreeSpec((8, 8, 8), (3, 1, 0, 2)),  # shared, private copies, a head per task
+    TreeSpec((8, 8, 8), (3, 3, 1), shared_head=True),  # a shared head and private ones
+])
+def test_a_widened_tree_computes_what_it_did_with_layer_norm_and_residuals(spec):
+    """Every hidden unit copied, the copies read with a factor-th of the weight, the noise
+    summing to zero over copies: the wider net's outputs equal the old one's, for every
+    task, under LayerNorm and residual connections."""
+    torch.manual_seed(0)
+    options = NetOptions(layer_norm=True, residual=True)
+    net = TreeNet(spec, 7, 2, options)  # no input as wide as a module (its residual would go)
+    x = torch.randn(spec.num_tasks, 6, 7)
+    wide = TreeNet(spec.widened(3), 7, 2, options)
+    wide.load_state_dict(widened_state(net.state_dict(), 3, noise=0.5))
+    torch.testing.assert_close(wide(x), net(x))
+    assert num_parameters(wide) == tree_parameters(spec.widened(3), 7, 2)
+
+
+def test_noise_parts_a_widened_trees_copies_and_without_it_they_stay_one():
+    """Copies of a unit that start equal see equal gradients and stay copies; the
+    zero-sum noise gives them different ones (the width is then real)."""
+    torch.manual_seed(0)
+    spec = TreeSpec.mhsac((4, 4), 2)
+    net = TreeNet(spec, 3, 1)
+    x, y = torch.randn(2, 16, 3), torch.randn(2, 16, 1)
+    for noise, parted in ((0.0, False), (0.1, True)):
+        wide = TreeNet(spec.widened(2), 3, 1)
+        wide.load_state_dict(widened_state(net.state_dict(), 2, noise=noise))
+        (wide(x) - y).square().mean().backward()
+        grad = wide.shared["1"].weight.grad  # [8, 3]: units 0-3 and their copies 4-7
+        assert not torch.allclose(grad[:4], grad[4:]) == parted
+
+
+def test_widening_asks_for_a_whole_factor():
+    with pytest.raises(ValueError, match="whole factor"):
+        TreeSpec.mhsac((4,), 2).widened(0)

@@ -34,6 +34,7 @@ _SOURCES = {
     "architecture_step": "search", "search_optimizers": "search", "search_step": "search",
     "SuperNet": "supernet", "TreeNet": "tree", "TreeSpec": "tree", "num_parameters": "tree",
     "tree_parameters": "tree", "input_width": "tree", "grown_state": "tree",
+    "widened_state": "tree",
     "grown_group_state": "groups", "ModuleProbe": "probe", "paired_gain": "probe",
 }
 __all__ = sorted(_SOURCES)

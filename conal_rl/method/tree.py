@@ -92,6 +92,13 @@ class TreeSpec:
                 points[t] = min(points[t], int(layer) - 1)
         return replace(self, branch_points=tuple(points))
 
+    def widened(self, factor: int) -> TreeSpec:
+        """This tree with every hidden module ``factor`` times as wide (:func:`widened_state`
+        lays a net's weights out for it)."""
+        if factor < 1:
+            raise ValueError(f"a tree widens by a whole factor of at least 1, got {factor}")
+        return replace(self, hidden=tuple(h * factor for h in self.hidden))
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -245,6 +252,42 @@ def grown_state(old: TreeSpec, new: TreeSpec, state: Mapping[str, Tensor]) -> di
         weight, bias = head_rows(old, state, private)
         key = "private_head" if shared else "head"
         out[f"{key}.weight"], out[f"{key}.bias"] = weight.contiguous(), bias.contiguous()
+    return out
+
+
+def widened_state(state: Mapping[str, Tensor], factor: int, noise: float = 0.0,
+                  generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    """A :class:`TreeNet`'s weights laid out for its tree :meth:`~TreeSpec.widened` by
+    ``factor``, computing what it computed: every unit of every hidden module (shared or a
+    task's copy) is there ``factor`` times, and what reads a module (the next module, the
+    heads) reads each copy with a ``factor``-th of the weight. A LayerNorm over copied units
+    normalizes as before (the same mean and variance), so the function stays with
+    ``--layer-norm`` and residual connections too (where no input is as wide as a module).
+
+    Copies that start equal would stay equal (the same gradients), so ``noise`` > 0 parts
+    them without changing the function: the weights reading the copies of a unit get
+    noise of ``noise`` times the weights' spread that sums to zero over the copies (the
+    copies' outputs are equal, so the noise cancels), and the copies then see different
+    gradients. Tensors not of the tree's modules pass through."""
+    if factor < 1:
+        raise ValueError(f"a tree widens by a whole factor of at least 1, got {factor}")
+    out = dict(state)
+    for key, tensor in state.items():
+        if not key.startswith(("shared.", "private.", "head.", "private_head.")):
+            continue
+        name, part = key.rsplit(".", 1)
+        head = name in ("head", "private_head")
+        linear = tensor.dim() < 3  # nn.Linear's [out, in] and [out]; else TaskLinear's
+        if not head:  # a hidden module: its units copied
+            tensor = torch.cat([tensor] * factor, dim=0 if linear else -1)
+        if part == "weight" and (head or int(name.split(".")[1]) > 1):  # reads copied units
+            copies = tensor.expand(factor, *tensor.shape) / factor
+            if noise:
+                jitter = torch.randn(copies.shape, generator=generator, dtype=tensor.dtype,
+                                     device=tensor.device) * (noise * float(copies[0].std()))
+                copies = copies + (jitter - jitter.mean(dim=0, keepdim=True))
+            tensor = torch.cat(list(copies), dim=1 if linear else -2)
+        out[key] = tensor.contiguous()
     return out
 
 

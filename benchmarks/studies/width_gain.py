@@ -1,0 +1,214 @@
+"""Would a probe see what a wider critic buys? Offline, on a run's saved replay: the held-out
+TD error of the critic as it is, of the critic made wider, and of the private copies the
+gain rule probes, each trained the same number of steps on the same batches.
+
+    python -m benchmarks.studies.width_gain RUN_DIR ... [--updates N] [--factor K] [--out STEM]
+
+Why: on MT10 at 1M env steps the one row beyond noise above MT-SAC is MT-SAC with every
+module twice as wide, and the gain rule's probes found a task's private copy of a module
+mostly no better on held-out episodes than the shared module. A tree that grows in width
+where width pays needs a probe that sees the gain within one round of training; this study
+asks whether a probe can, before any such rule is built.
+
+Per run (its last checkpoint, with the replay ``--save-replay`` keeps): the replay's whole
+episodes split, every ``--holdout``-th held out (never trained on); three nets then train
+side by side for ``--updates`` steps on the same batches (``batch_per_task`` of the run) and
+the same TD targets (the run's actor and target critics, held as they are):
+
+* ``same``: a copy of the first twin critic, the comparison;
+* ``wide``: that critic ``--factor`` times as wide, computing what it computed at the start
+  (``widened_state``; its unit copies parted by zero-sum noise);
+* ``private``: every task at the deepest shared module its own copy of it and of what
+  follows (``ModuleProbe``, what ``--branch-rule gain`` trains), reading ``same`` before it.
+
+Each starts a fresh Adam. At ``--looks`` points the held-out transitions (targets drawn once)
+give each task's relative drop of TD error against ``same`` with its error by episode
+(``paired_gain``), and the drop over all tasks at once. Offline the data do not follow the
+critic as they do in training: the figures say what a probe round would measure, not what
+widening would have bought the run.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from pathlib import Path
+
+from benchmarks.report_files import command, header, now, save
+from conal_rl.common import CommandParser, UserError
+
+PROG = "python -m benchmarks.studies.width_gain"
+CANDIDATES = ("wide", "private")
+
+
+def study_run(run_dir: Path, args) -> dict:
+    """One run's looks: per look and candidate, the gains over all tasks and per task."""
+    import torch
+
+    from agents.sac import adam
+    from conal_rl.method import ModuleProbe, TreeNet, TreeSpec, paired_gain, widened_state
+    from conal_rl.training import checkpoint
+    from conal_rl.training import conflict_atlas as atlas
+    from conal_rl.training.rundir import RunDir
+    from conal_rl.training.runs import load_checked
+
+    run = load_checked(run_dir, "cpu")
+    spec, agent = run.specs["critic"], run.agent
+    if not isinstance(spec, TreeSpec):
+        raise UserError(f"{run_dir}: its critic is a grouped tree ({run.config.arch}); the "
+                        "study widens plain trees")
+    state = checkpoint.load(RunDir(run_dir).checkpoint, mmap=True)
+    replay = atlas.saved_replay(state, agent.num_tasks, agent.obs_dim, agent.act_dim, "cpu")
+    if replay is None:
+        raise UserError(f"{run_dir}: its checkpoint holds no replay (trained without "
+                        "--save-replay)")
+    train, held = replay.split_episodes(args.holdout)
+    torch.manual_seed(args.seed)
+    generator = torch.Generator().manual_seed(args.seed)
+    q1 = agent.critic.q1
+    same = copy.deepcopy(q1)
+    wide = TreeNet(spec.widened(args.factor), agent.obs_dim + agent.act_dim, 1,
+                   run.config.net_options())
+    wide.load_state_dict(widened_state(q1.state_dict(), args.factor, args.noise, generator))
+    nets = {"same": same, "wide": wide}
+    deepest = max(spec.branch_points)
+    if deepest > 0:  # some module is shared: the rule's probe of it
+        nets["private"] = ModuleProbe(same, [t for t, b in enumerate(spec.branch_points)
+                                             if b == deepest], deepest)
+    optims = {name: adam(list(net.parameters()), agent.config.critic_lr,
+                         agent.config.weight_decay) for name, net in nets.items()}
+
+    batch, episodes = held.sample_distinct(held.size, generator)  # every held-out transition
+    with torch.no_grad():
+        target, x = agent.td_targets(batch), agent.critic_inputs(batch)
+
+    def look(updates: int) -> dict:
+        with torch.no_grad():
+            losses = {name: (net(x) - target[_tasks(net, x)]).square()[..., 0]
+                      for name, net in nets.items()}
+        out = {"updates": updates}
+        for name in nets.keys() - {"same"}:
+            tasks = _tasks(nets[name], x)
+            base, loss, ep = losses["same"][tasks], losses[name], episodes[tasks]
+            per_task = paired_gain(base, loss, ep)
+            offset = (ep.max() + 1) * torch.arange(len(ep))[:, None]  # a task's own episodes
+            pooled = paired_gain(base.reshape(1, -1), loss.reshape(1, -1),
+                                 (ep + offset).reshape(1, -1))[0]
+            names = [spec.task_names[t] if spec.task_names else str(t) for t in tasks.tolist()]
+            out[name] = {"all": pooled.to_dict(),
+                         "tasks": {n: g.to_dict() for n, g in zip(names, per_task)}}
+        return out
+
+    looks, seconds = [look(0)], dict.fromkeys(nets, 0.0)
+    marks = {round(args.updates * (i + 1) / args.looks) for i in range(args.looks)}
+    for update in range(1, args.updates + 1):
+        batch_t = train.sample(run.config.batch_per_task, generator)
+        with torch.no_grad():
+            target_t, x_t = agent.td_targets(batch_t), agent.critic_inputs(batch_t)
+        for name, net in nets.items():
+            start = time.perf_counter()
+            loss = (net(x_t) - target_t[_tasks(net, x_t)]).square().mean()
+            optims[name].zero_grad(set_to_none=True)
+            loss.backward()
+            optims[name].step()
+            seconds[name] += time.perf_counter() - start
+        if update in marks:
+            looks.append(look(update))
+            print(f"{run_dir.name}: {update:,} updates, gain over all tasks " + ", ".join(
+                f"{n} {looks[-1][n]['all']['gain']:+.3f}" for n in nets.keys() - {"same"}),
+                flush=True)
+    return {"run": str(run_dir), "arch": run.config.arch, "env_steps": run.env_steps,
+            "critic": list(spec.hidden), "probed_module": deepest or None,
+            "held_out": {"transitions_per_task": int(held.size),
+                         "episodes_per_task": int(len(torch.unique(episodes[0])))},
+            "ms_per_update": {n: round(1000 * s / args.updates, 2) for n, s in seconds.items()},
+            "looks": looks}
+
+
+def _tasks(net, x):
+    """The task rows a net answers for: all, or a probe's."""
+    import torch
+
+    return getattr(net, "tasks", torch.arange(x.shape[0]))
+
+
+def markdown(payload: dict) -> str:
+    lines = header("Would a probe see what a wider critic buys?", payload["command"],
+                   payload["machine"], payload["date"])
+    lines += ["", "Relative drop of held-out TD error against the critic as it is, trained "
+              "alike (positive: better); ± one standard error by episode. `tasks > 2 SE`: "
+              "tasks whose drop clears twice its error, of those measured.", ""]
+    for row in payload["rows"]:
+        held = row["held_out"]
+        lines += [f"## {Path(row['run']).name} ({row['arch']}, {row['env_steps']:,} env "
+                  f"steps, critic {'x'.join(map(str, row['critic']))})", "",
+                  f"Held out: {held['transitions_per_task']:,} transitions, "
+                  f"{held['episodes_per_task']} episodes per task. Update ms: " + ", ".join(
+                      f"{k} {v}" for k, v in row["ms_per_update"].items()) + ".", "",
+                  "| candidate | updates | all tasks | tasks > 2 SE | median task |",
+                  "|---|---|---|---|---|"]
+        for look in row["looks"]:  # the first at 0 updates: each computes what the critic does
+            for name in CANDIDATES:
+                if name not in look:
+                    continue
+                tasks = look[name]["tasks"].values()
+                above = sum(g["gain"] > 2 * g["se"] for g in tasks)
+                median = statistics.median(g["gain"] for g in tasks)
+                pooled = look[name]["all"]
+                lines.append(f"| {name} | {look['updates']:,} | {pooled['gain']:+.3f} ± "
+                             f"{pooled['se']:.3f} | {above}/{len(tasks)} | {median:+.3f} |")
+        last = row["looks"][-1]
+        lines += ["", "Per task at the last look (gain ± SE): " + "; ".join(
+            f"{name} " + ", ".join(f"{t} {g['gain']:+.2f}±{g['se']:.2f}"
+                                   for t, g in last[name]["tasks"].items())
+            for name in CANDIDATES if name in last), ""]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = CommandParser(prog=PROG, description=__doc__)
+    parser.add_argument("runs", nargs="+", help="run directories trained with --save-replay")
+    parser.add_argument("--updates", type=int, default=10_000,
+                        help="training steps of each net (default: %(default)s, about one "
+                             "probe round of the laptop preset on MT10)")
+    parser.add_argument("--factor", type=int, default=2,
+                        help="how many times wider the wide critic is (default: %(default)s)")
+    parser.add_argument("--noise", type=float, default=0.01,
+                        help="the zero-sum noise that parts the wide critic's unit copies, "
+                             "relative to the weights' spread (default: %(default)s)")
+    parser.add_argument("--holdout", type=int, default=10,
+                        help="every k-th episode held out (default: %(default)s)")
+    parser.add_argument("--looks", type=int, default=4,
+                        help="held-out measurements over the updates (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="benchmarks/results/width-gain",
+                        help="output stem: STEM.json and STEM.md (default: %(default)s)")
+    args = parser.parse_args(argv)
+    for name, low in (("updates", 1), ("factor", 2), ("holdout", 2), ("looks", 1)):
+        if getattr(args, name) < low:
+            parser.error(f"--{name} must be at least {low}, got {getattr(args, name)}")
+    if args.noise < 0:
+        parser.error(f"--noise must not be negative, got {args.noise}")
+    missing = [r for r in args.runs if not Path(r).is_dir()]
+    if missing:
+        parser.error(f"no such run directory: {', '.join(missing)}")
+    import torch
+
+    from conal_rl.common import machine
+
+    torch.set_num_threads(1)
+    try:
+        rows = [study_run(Path(r), args) for r in args.runs]
+    except UserError as e:
+        parser.error(str(e))
+    payload = {"command": command(PROG, argv), "machine": machine(), "date": now(),
+               "settings": {k: getattr(args, k) for k in
+                            ("updates", "factor", "noise", "holdout", "looks", "seed")},
+               "rows": rows}
+    save(Path(args.out), payload, markdown(payload))
+    return payload
+
+
+if __name__ == "__main__":
+    main()

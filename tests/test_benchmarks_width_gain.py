@@ -1,0 +1,59 @@
+"""benchmarks.studies.width_gain: a run's critic, the critic made wider and the gain rule's
+private copies trained alike on the run's saved replay, measured on held-out episodes."""
+
+import json
+
+import pytest
+
+from benchmarks.studies import width_gain
+from conal_rl import train
+
+TINY = ["--benchmark", "gym:Pendulum-v1", "--preset", "quick", "--hidden", "16,16",
+        "--batch-per-task", "16", "--warmup-steps", "100", "--eval-every", "0",
+        "--eval-episodes", "1", "--device", "cpu", "--vector-strategy", "sync"]
+
+
+@pytest.fixture
+def trained(tmp_path, two_tasks):
+    """A two-task MH-SAC run over five 200-step episodes per task, its replay saved."""
+    run = tmp_path / "run"
+    train.main([*TINY, "--arch", "mhsac", "--total-steps", "2000", "--save-replay",
+                "--run-dir", str(run)])
+    return run
+
+
+def test_the_wide_critic_starts_as_the_critic_and_every_candidate_is_measured(trained,
+                                                                              tmp_path):
+    out = tmp_path / "wg"
+    payload = width_gain.main([str(trained), "--updates", "20", "--looks", "2", "--holdout",
+                               "2", "--out", str(out)])
+    row = payload["rows"][0]
+    assert row["critic"] == [16, 16] and row["probed_module"] == 2
+    assert row["held_out"]["episodes_per_task"] == 2  # episodes 1 and 3 of 0-4
+    start, *later = row["looks"]
+    assert [look["updates"] for look in later] == [10, 20]
+    for name in ("wide", "private"):  # the same function at the start: no gain, no error
+        assert start[name]["all"]["gain"] == pytest.approx(0, abs=1e-6)
+        assert set(later[-1][name]["tasks"]) == {"pendulum-g10", "pendulum-g4"}
+        assert later[-1][name]["all"]["gain"] != 0  # trained apart
+    assert json.loads(out.with_suffix(".json").read_text())["rows"][0]["run"] == str(trained)
+    assert "| wide | 20 |" in out.with_suffix(".md").read_text()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--factor", "1"], "--factor must be at least 2"),
+    (["--noise", "-1"], "--noise must not be negative"),
+    (["--holdout", "1"], "--holdout must be at least 2"),
+])
+def test_bad_settings_are_one_line_before_any_run_is_read(args, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        width_gain.main([str(tmp_path), *args])
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_run_without_its_replay_is_one_line(tmp_path, two_tasks, capsys):
+    run = tmp_path / "run"
+    train.main([*TINY, "--total-steps", "400", "--run-dir", str(run)])
+    with pytest.raises(SystemExit) as stop:
+        width_gain.main([str(run), "--out", str(tmp_path / "wg")])
+    assert stop.value.code == 2 and "--save-replay" in capsys.readouterr().err
