@@ -32,7 +32,7 @@ def test_the_wide_critic_starts_as_the_critic_and_every_candidate_is_measured(tr
     assert row["held_out"]["episodes_per_task"] == 2  # episodes 1 and 3 of 0-4
     start, *later = row["looks"]
     assert [look["updates"] for look in later] == [10, 20]
-    for name in ("wide", "private"):  # the same function at the start: no gain, no error
+    for name in ("wide", "private", "null"):  # the same function at the start: no gain
         assert start[name]["all"]["gain"] == pytest.approx(0, abs=1e-6)
         assert set(later[-1][name]["tasks"]) == {"pendulum-g10", "pendulum-g4"}
         assert later[-1][name]["all"]["gain"] != 0  # trained apart
@@ -43,6 +43,7 @@ def test_the_wide_critic_starts_as_the_critic_and_every_candidate_is_measured(tr
 @pytest.mark.parametrize("args, message", [
     (["--factor", "1"], "--factor must be at least 2"),
     (["--noise", "-1"], "--noise must not be negative"),
+    (["--noise", "nan"], "--noise must not be negative"),
     (["--holdout", "1"], "--holdout must be at least 2"),
 ])
 def test_bad_settings_are_one_line_before_any_run_is_read(args, message, tmp_path, capsys):

@@ -11,21 +11,25 @@ where width pays needs a probe that sees the gain within one round of training; 
 asks whether a probe can, before any such rule is built.
 
 Per run (its last checkpoint, with the replay ``--save-replay`` keeps): the replay's whole
-episodes split, every ``--holdout``-th held out (never trained on); three nets then train
-side by side for ``--updates`` steps on the same batches (``batch_per_task`` of the run) and
-the same TD targets (the run's actor and target critics, held as they are):
+episodes split, every ``--holdout``-th held out (never trained on); nets then train side by
+side for ``--updates`` steps on batches of the run's ``batch_per_task`` and their TD targets
+(the run's actor and target critics, held as they are):
 
 * ``same``: a copy of the first twin critic, the comparison;
 * ``wide``: that critic ``--factor`` times as wide, computing what it computed at the start
   (``widened_state``; its unit copies parted by zero-sum noise);
 * ``private``: every task at the deepest shared module its own copy of it and of what
-  follows (``ModuleProbe``, what ``--branch-rule gain`` trains), reading ``same`` before it.
+  follows (``ModuleProbe``, what ``--branch-rule gain`` trains), reading ``same`` before it;
+* ``null``: another copy of the critic, trained on batches of its own: what the gain of a
+  net that is the same as ``same`` looks like when only the draws differ.
 
-Each starts a fresh Adam. At ``--looks`` points the held-out transitions (targets drawn once)
-give each task's relative drop of TD error against ``same`` with its error by episode
-(``paired_gain``), and the drop over all tasks at once. Offline the data do not follow the
-critic as they do in training: the figures say what a probe round would measure, not what
-widening would have bought the run.
+``same``, ``wide`` and ``private`` see the same batches. Each net starts a fresh Adam. At
+``--looks`` points the held-out transitions (targets drawn once) give each task's relative
+drop of TD error against ``same`` with its error by episode (``paired_gain``), and the drop
+over all tasks at once. The error by episode covers which transitions were held out, not
+which batches the nets were trained on; ``null`` shows how far the draws alone move a
+gain. Offline the data do not follow the critic as they do in training: the figures say what
+a probe round would measure, not what widening would have bought the run.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from benchmarks.report_files import command, header, now, save
 from conal_rl.common import CommandParser, UserError
 
 PROG = "python -m benchmarks.studies.width_gain"
-CANDIDATES = ("wide", "private")
+CANDIDATES = ("wide", "private", "null")
 
 
 def study_run(run_dir: Path, args) -> dict:
@@ -70,12 +74,15 @@ def study_run(run_dir: Path, args) -> dict:
     same = copy.deepcopy(q1)
     wide = TreeNet(spec.widened(args.factor), agent.obs_dim + agent.act_dim, 1,
                    run.config.net_options())
-    wide.load_state_dict(widened_state(q1.state_dict(), args.factor, args.noise, generator))
+    parting = torch.Generator().manual_seed(args.seed + 2)  # the batches stay as they are
+    wide.load_state_dict(widened_state(q1.state_dict(), args.factor, args.noise, parting))
     nets = {"same": same, "wide": wide}
     deepest = max(spec.branch_points)
     if deepest > 0:  # some module is shared: the rule's probe of it
         nets["private"] = ModuleProbe(same, [t for t, b in enumerate(spec.branch_points)
                                              if b == deepest], deepest)
+    nets["null"] = copy.deepcopy(q1)
+    streams = {"null": torch.Generator().manual_seed(args.seed + 1)}  # the others: generator
     optims = {name: adam(list(net.parameters()), agent.config.critic_lr,
                          agent.config.weight_decay) for name, net in nets.items()}
 
@@ -88,7 +95,9 @@ def study_run(run_dir: Path, args) -> dict:
             losses = {name: (net(x) - target[_tasks(net, x)]).square()[..., 0]
                       for name, net in nets.items()}
         out = {"updates": updates}
-        for name in nets.keys() - {"same"}:
+        for name in CANDIDATES:
+            if name not in nets:
+                continue
             tasks = _tasks(nets[name], x)
             base, loss, ep = losses["same"][tasks], losses[name], episodes[tasks]
             per_task = paired_gain(base, loss, ep)
@@ -100,13 +109,17 @@ def study_run(run_dir: Path, args) -> dict:
                          "tasks": {n: g.to_dict() for n, g in zip(names, per_task)}}
         return out
 
+    def draw(stream: torch.Generator):
+        sample = train.sample(run.config.batch_per_task, stream)
+        with torch.no_grad():
+            return agent.td_targets(sample), agent.critic_inputs(sample)
+
     looks, seconds = [look(0)], dict.fromkeys(nets, 0.0)
     marks = {round(args.updates * (i + 1) / args.looks) for i in range(args.looks)}
     for update in range(1, args.updates + 1):
-        batch_t = train.sample(run.config.batch_per_task, generator)
-        with torch.no_grad():
-            target_t, x_t = agent.td_targets(batch_t), agent.critic_inputs(batch_t)
+        drawn = {None: draw(generator)} | {name: draw(g) for name, g in streams.items()}
         for name, net in nets.items():
+            target_t, x_t = drawn[name if name in streams else None]
             start = time.perf_counter()
             loss = (net(x_t) - target_t[_tasks(net, x_t)]).square().mean()
             optims[name].zero_grad(set_to_none=True)
@@ -116,8 +129,8 @@ def study_run(run_dir: Path, args) -> dict:
         if update in marks:
             looks.append(look(update))
             print(f"{run_dir.name}: {update:,} updates, gain over all tasks " + ", ".join(
-                f"{n} {looks[-1][n]['all']['gain']:+.3f}" for n in nets.keys() - {"same"}),
-                flush=True)
+                f"{n} {looks[-1][n]['all']['gain']:+.3f}" for n in CANDIDATES
+                if n in looks[-1]), flush=True)
     return {"run": str(run_dir), "arch": run.config.arch, "env_steps": run.env_steps,
             "critic": list(spec.hidden), "probed_module": deepest or None,
             "held_out": {"transitions_per_task": int(held.size),
@@ -188,7 +201,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name, low in (("updates", 1), ("factor", 2), ("holdout", 2), ("looks", 1)):
         if getattr(args, name) < low:
             parser.error(f"--{name} must be at least {low}, got {getattr(args, name)}")
-    if args.noise < 0:
+    if not args.noise >= 0:  # NaN too
         parser.error(f"--noise must not be negative, got {args.noise}")
     missing = [r for r in args.runs if not Path(r).is_dir()]
     if missing:
