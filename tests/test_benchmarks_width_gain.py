@@ -44,6 +44,7 @@ def test_the_wide_critic_starts_as_the_critic_and_every_candidate_is_measured(tr
     (["--factor", "1"], "--factor must be at least 2"),
     (["--noise", "-1"], "--noise must not be negative"),
     (["--noise", "nan"], "--noise must not be negative"),
+    (["--price", "nan"], "--price must not be negative"),
     (["--holdout", "1"], "--holdout must be at least 2"),
 ])
 def test_bad_settings_are_one_line_before_any_run_is_read(args, message, tmp_path, capsys):
