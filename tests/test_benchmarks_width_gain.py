@@ -32,7 +32,7 @@ def test_the_wide_critic_starts_as_the_critic_and_every_candidate_is_measured(tr
     assert row["held_out"]["episodes_per_task"] == 2  # episodes 1 and 3 of 0-4
     start, *later = row["looks"]
     assert [look["updates"] for look in later] == [10, 20]
-    for name in ("wide", "private", "null"):  # the same function at the start: no gain
+    for name in ("wide", "wide-slow", "private", "null"):  # the same function at the start
         assert start[name]["all"]["gain"] == pytest.approx(0, abs=1e-6)
         assert set(later[-1][name]["tasks"]) == {"pendulum-g10", "pendulum-g4"}
         assert later[-1][name]["all"]["gain"] != 0  # trained apart

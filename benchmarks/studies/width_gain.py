@@ -17,13 +17,16 @@ side for ``--updates`` steps on batches of the run's ``batch_per_task`` and thei
 
 * ``same``: a copy of the first twin critic, the comparison;
 * ``wide``: that critic ``--factor`` times as wide, computing what it computed at the start
-  (``widened_state``; its unit copies parted by zero-sum noise);
+  (``widened_state``; its unit copies parted by zero-sum noise), at the run's learning rate;
+* ``wide-slow``: the same, its weights that read the copied units at a ``--factor``-th of
+  it: Adam moves each weight about the rate a step, so the ``--factor`` copies of a weight
+  move what they compute together ``--factor`` times as far as the critic's one does;
 * ``private``: every task at the deepest shared module its own copy of it and of what
   follows (``ModuleProbe``, what ``--branch-rule gain`` trains), reading ``same`` before it;
 * ``null``: another copy of the critic, trained on batches of its own: what the gain of a
   net that is the same as ``same`` looks like when only the draws differ.
 
-``same``, ``wide`` and ``private`` see the same batches. Each net starts a fresh Adam. At
+``same``, the wide ones and ``private`` see the same batches. Each net starts a fresh Adam. At
 ``--looks`` points the held-out transitions (targets drawn once) give each task's relative
 drop of TD error against ``same`` with its error by episode (``paired_gain``), and the drop
 over all tasks at once. The error by episode covers which transitions were held out, not
@@ -44,7 +47,7 @@ from conal_rl.common import CommandParser, UserError
 from conal_rl.training.config import GrowthSettings
 
 PROG = "python -m benchmarks.studies.width_gain"
-CANDIDATES = ("wide", "private", "null")
+CANDIDATES = ("wide", "wide-slow", "private", "null")
 
 
 def study_run(run_dir: Path, args) -> dict:
@@ -54,6 +57,7 @@ def study_run(run_dir: Path, args) -> dict:
     from agents.sac import adam
     from conal_rl.method import ModuleProbe, TreeNet, TreeSpec, paired_gain, widened_state
     from conal_rl.method.probe import one_sided_z
+    from conal_rl.method.tree import reads_hidden_units
     from conal_rl.training import checkpoint
     from conal_rl.training import conflict_atlas as atlas
     from conal_rl.training.rundir import RunDir
@@ -74,19 +78,28 @@ def study_run(run_dir: Path, args) -> dict:
     generator = torch.Generator().manual_seed(args.seed)
     q1 = agent.critic.q1
     same = copy.deepcopy(q1)
-    wide = TreeNet(spec.widened(args.factor), agent.obs_dim + agent.act_dim, 1,
-                   run.config.net_options())
     parting = torch.Generator().manual_seed(args.seed + 2)  # the batches stay as they are
-    wide.load_state_dict(widened_state(q1.state_dict(), args.factor, args.noise, parting))
-    nets = {"same": same, "wide": wide}
+    widened = widened_state(q1.state_dict(), args.factor, args.noise, parting)
+    nets = {"same": same}
+    for name in ("wide", "wide-slow"):
+        nets[name] = TreeNet(spec.widened(args.factor), agent.obs_dim + agent.act_dim, 1,
+                             run.config.net_options())
+        nets[name].load_state_dict(widened)
     deepest = max(spec.branch_points)
     if deepest > 0:  # some module is shared: the rule's probe of it
         nets["private"] = ModuleProbe(same, [t for t, b in enumerate(spec.branch_points)
                                              if b == deepest], deepest)
     nets["null"] = copy.deepcopy(q1)
     streams = {"null": torch.Generator().manual_seed(args.seed + 1)}  # the others: generator
-    optims = {name: adam(list(net.parameters()), agent.config.critic_lr,
-                         agent.config.weight_decay) for name, net in nets.items()}
+    lr = agent.config.critic_lr
+    optims = {name: adam(list(net.parameters()), lr, agent.config.weight_decay)
+              for name, net in nets.items() if name != "wide-slow"}
+    # Adam moves every weight about lr a step, so the copies of a unit's weights move the
+    # sum that reads the unit factor times as far: wide-slow's steps are the critic's own
+    slow = [p for k, p in nets["wide-slow"].named_parameters() if reads_hidden_units(k)]
+    rest = [p for k, p in nets["wide-slow"].named_parameters() if not reads_hidden_units(k)]
+    optims["wide-slow"] = adam([{"params": slow, "lr": lr / args.factor}, {"params": rest}],
+                               lr, agent.config.weight_decay)
 
     batch, episodes = held.sample_distinct(held.size, generator)  # every held-out transition
     with torch.no_grad():
@@ -192,7 +205,7 @@ def main(argv: list[str] | None = None) -> dict:
                              "probe round of the laptop preset on MT10)")
     parser.add_argument("--factor", type=int, default=2,
                         help="how many times wider the wide critic is (default: %(default)s)")
-    parser.add_argument("--noise", type=float, default=0.01,
+    parser.add_argument("--noise", type=float, default=0.5,
                         help="the zero-sum noise that parts the wide critic's unit copies, "
                              "relative to the weights' spread (default: %(default)s)")
     parser.add_argument("--holdout", type=int, default=10,

@@ -87,7 +87,9 @@ def _task_linear(weight: Tensor, bias: Tensor) -> TaskLinear:
 class Gain:
     """One task's measured gain: the relative drop of its held-out loss with the probe
     (``1 - probe loss / net loss``), its standard error by episodes, and how many held-out
-    episodes it rests on."""
+    episodes it rests on. The error covers which episodes were held out, not which batches
+    probe and net trained on: a second copy of the net trained on other draws has a gain
+    too (``python -m benchmarks.studies.width_gain`` measures it, its ``null``)."""
 
     gain: float
     se: float

@@ -275,12 +275,10 @@ def widened_state(state: Mapping[str, Tensor], factor: int, noise: float = 0.0,
     for key, tensor in state.items():
         if not key.startswith(("shared.", "private.", "head.", "private_head.")):
             continue
-        name, part = key.rsplit(".", 1)
-        head = name in ("head", "private_head")
         linear = tensor.dim() < 3  # nn.Linear's [out, in] and [out]; else TaskLinear's
-        if not head:  # a hidden module: its units copied
+        if not key.startswith(("head.", "private_head.")):  # a hidden module: units copied
             tensor = torch.cat([tensor] * factor, dim=0 if linear else -1)
-        if part == "weight" and (head or int(name.split(".")[1]) > 1):  # reads copied units
+        if reads_hidden_units(key):  # reads copied units
             copies = tensor.expand(factor, *tensor.shape) / factor
             if noise:
                 jitter = torch.randn(copies.shape, generator=generator, dtype=tensor.dtype,
@@ -289,6 +287,13 @@ def widened_state(state: Mapping[str, Tensor], factor: int, noise: float = 0.0,
             tensor = torch.cat(list(copies), dim=1 if linear else -2)
         out[key] = tensor.contiguous()
     return out
+
+
+def reads_hidden_units(key: str) -> bool:
+    """Whether a :class:`TreeNet` tensor (its state's key) is a weight that reads a hidden
+    module's units: a module's after the first, a head's."""
+    name, part = key.rsplit(".", 1)
+    return part == "weight" and (name in ("head", "private_head") or int(name.split(".")[1]) > 1)
 
 
 def head_rows(spec: TreeSpec, tensors: Mapping[str, Tensor],
