@@ -4,13 +4,10 @@ private copies trained alike on the run's saved replay, measured on held-out epi
 import json
 
 import pytest
+from test_commands_atlas import TINY  # the same tiny Pendulum run
 
 from benchmarks.studies import width_gain
 from conal_rl import train
-
-TINY = ["--benchmark", "gym:Pendulum-v1", "--preset", "quick", "--hidden", "16,16",
-        "--batch-per-task", "16", "--warmup-steps", "100", "--eval-every", "0",
-        "--eval-episodes", "1", "--device", "cpu", "--vector-strategy", "sync"]
 
 
 @pytest.fixture
