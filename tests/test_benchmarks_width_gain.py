@@ -50,9 +50,14 @@ def test_bad_settings_are_one_line_before_any_run_is_read(args, message, tmp_pat
     assert stop.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_a_run_without_its_replay_is_one_line(tmp_path, two_tasks, capsys):
-    run = tmp_path / "run"
+def test_a_run_without_its_replay_is_one_line_and_the_runs_before_it_are_kept(trained,
+                                                                               tmp_path,
+                                                                               capsys):
+    run, out = tmp_path / "no-replay", tmp_path / "wg"
     train.main([*TINY, "--total-steps", "400", "--run-dir", str(run)])
     with pytest.raises(SystemExit) as stop:
-        width_gain.main([str(run), "--out", str(tmp_path / "wg")])
+        width_gain.main([str(trained), str(run), "--updates", "4", "--looks", "1",
+                         "--holdout", "2", "--out", str(out)])
     assert stop.value.code == 2 and "--save-replay" in capsys.readouterr().err
+    kept = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [row["run"] for row in kept] == [str(trained)]

@@ -233,16 +233,18 @@ def main(argv: list[str] | None = None) -> dict:
     from conal_rl.common import machine
 
     torch.set_num_threads(1)
-    try:
-        rows = [study_run(Path(r), args) for r in args.runs]
-    except UserError as e:
-        parser.error(str(e))
     payload = {"command": command(PROG, argv), "machine": machine(), "date": now(),
                "settings": {k: getattr(args, k) for k in
                             ("updates", "factor", "noise", "holdout", "looks", "price",
                              "seed")},
-               "rows": rows}
-    save(Path(args.out), payload, markdown(payload))
+               "rows": []}
+    for run in args.runs:  # written after every run: a long study stopped keeps what it has
+        try:
+            payload["rows"].append(study_run(Path(run), args))
+        except UserError as e:
+            parser.error(str(e))
+        payload["date"] = now()
+        save(Path(args.out), payload, markdown(payload))
     return payload
 
 
