@@ -23,8 +23,13 @@ def test_the_wide_critic_starts_as_the_critic_and_every_candidate_is_measured(tr
                                                                               tmp_path):
     out = tmp_path / "wg"
     payload = width_gain.main([str(trained), "--updates", "20", "--looks", "2", "--holdout",
-                               "2", "--out", str(out)])
-    row = payload["rows"][0]
+                               "2", "--seeds", "0,1", "--out", str(out)])
+    row, again = payload["rows"]
+    assert (row["seed"], again["seed"]) == (0, 1)
+    assert row["looks"][-1]["null"] != again["looks"][-1]["null"]  # other draws
+    between = payload["replication"][str(trained)]
+    assert set(between) == {"wide", "wide-slow", "private", "null"}
+    assert all(r["spread_over_se"] > 0 for r in between.values())
     assert row["critic"] == [16, 16] and row["probed_module"] == 2
     assert row["held_out"]["episodes_per_task"] == 2  # episodes 1 and 3 of 0-4
     start, *later = row["looks"]
@@ -34,7 +39,21 @@ def test_the_wide_critic_starts_as_the_critic_and_every_candidate_is_measured(tr
         assert set(later[-1][name]["tasks"]) == {"pendulum-g10", "pendulum-g4"}
         assert later[-1][name]["all"]["gain"] != 0  # trained apart
     assert json.loads(out.with_suffix(".json").read_text())["rows"][0]["run"] == str(trained)
-    assert "| wide | 20 |" in out.with_suffix(".md").read_text()
+    report = out.with_suffix(".md").read_text()
+    assert "| wide | 20 |" in report and "## Between seeds" in report
+
+
+def test_between_seeds_a_gain_moves_in_units_of_its_error_and_verdicts_are_counted():
+    def row(seed, gains, passed):
+        tasks = {t: {"gain": g, "se": 0.1, "episodes": 3} for t, g in gains.items()}
+        look = {"null": {"all": {}, "tasks": tasks, "pass": passed}}
+        return {"run": "r", "seed": seed, "looks": [look, look]}  # the first look is skipped
+
+    one = width_gain.replication([row(0, {"a": 0.1, "b": 0.5}, ["a"]), row(1, {"a": 0.3, "b": 0.5},
+                                                                         ["a", "b"])])
+    assert one["r"]["null"] == {"spread_over_se": pytest.approx(0.707, abs=1e-3),  # a 1.41, b 0
+                                "passed_on_some": 2, "passed_on_all": 1}
+    assert width_gain.replication([row(0, {"a": 0.1}, [])]) == {}  # one seed: nothing to say
 
 
 @pytest.mark.parametrize("args, message", [
@@ -43,6 +62,8 @@ def test_the_wide_critic_starts_as_the_critic_and_every_candidate_is_measured(tr
     (["--noise", "nan"], "--noise must not be negative"),
     (["--price", "nan"], "--price must not be negative"),
     (["--holdout", "1"], "--holdout must be at least 2"),
+    (["--seeds", "0,x"], "--seeds takes comma-separated whole numbers"),
+    (["--seeds", "1,1"], "--seeds: a seed named twice"),
 ])
 def test_bad_settings_are_one_line_before_any_run_is_read(args, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:

@@ -2,7 +2,7 @@
 TD error of the critic as it is, of the critic made wider, and of the private copies the
 gain rule probes, each trained the same number of steps on the same batches.
 
-    python -m benchmarks.studies.width_gain RUN_DIR ... [--updates N] [--factor K] [--out STEM]
+    python -m benchmarks.studies.width_gain RUN_DIR ... [--updates N] [--seeds 0,1] [--out STEM]
 
 Why: on MT10 at 1M env steps the one row beyond noise above MT-SAC is MT-SAC with every
 module twice as wide, and the gain rule's probes found a task's private copy of a module
@@ -31,7 +31,10 @@ side for ``--updates`` steps on batches of the run's ``batch_per_task`` and thei
 drop of TD error against ``same`` with its error by episode (``paired_gain``), and the drop
 over all tasks at once. The error by episode covers which transitions were held out, not
 which batches the nets were trained on; ``null`` shows how far the draws alone move a
-gain. Offline the data do not follow the critic as they do in training: the figures say what
+gain. With two or more ``--seeds`` each run is studied again on other draws (batches, targets,
+parting noise; the same held-out episodes), and the report says how far each gain moved
+between seeds in units of its standard error, and whether the rule's verdicts agree. Offline
+the data do not follow the critic as they do in training: the figures say what
 a probe round would measure, not what widening would have bought the run.
 """
 
@@ -50,8 +53,9 @@ PROG = "python -m benchmarks.studies.width_gain"
 CANDIDATES = ("wide", "wide-slow", "private", "null")
 
 
-def study_run(run_dir: Path, args) -> dict:
-    """One run's looks: per look and candidate, the gains over all tasks and per task."""
+def study_run(run_dir: Path, seed: int, args) -> dict:
+    """One run's looks on the draws of ``seed``: per look and candidate, the gains over all
+    tasks and per task."""
     import torch
 
     from agents.sac import adam
@@ -74,11 +78,12 @@ def study_run(run_dir: Path, args) -> dict:
         raise UserError(f"{run_dir}: its checkpoint holds no replay (trained without "
                         "--save-replay)")
     train, held = replay.split_episodes(args.holdout)
-    torch.manual_seed(args.seed)
-    generator = torch.Generator().manual_seed(args.seed)
+    torch.manual_seed(seed)
+    base = 3 * seed  # three streams a seed, none shared with another seed's
+    generator = torch.Generator().manual_seed(base)
     q1 = agent.critic.q1
     same = copy.deepcopy(q1)
-    parting = torch.Generator().manual_seed(args.seed + 2)  # the batches stay as they are
+    parting = torch.Generator().manual_seed(base + 2)  # the batches stay as they are
     widened = widened_state(q1.state_dict(), args.factor, args.noise, parting)
     nets = {"same": same}
     for name in ("wide", "wide-slow"):
@@ -90,7 +95,7 @@ def study_run(run_dir: Path, args) -> dict:
         nets["private"] = ModuleProbe(same, [t for t, b in enumerate(spec.branch_points)
                                              if b == deepest], deepest)
     nets["null"] = copy.deepcopy(q1)
-    streams = {"null": torch.Generator().manual_seed(args.seed + 1)}  # the others: generator
+    streams = {"null": torch.Generator().manual_seed(base + 1)}  # the others: generator
     lr = agent.config.critic_lr
     optims = {name: adam(list(net.parameters()), lr, agent.config.weight_decay)
               for name, net in nets.items() if name != "wide-slow"}
@@ -148,12 +153,45 @@ def study_run(run_dir: Path, args) -> dict:
             print(f"{run_dir.name}: {update:,} updates, gain over all tasks " + ", ".join(
                 f"{n} {looks[-1][n]['all']['gain']:+.3f}" for n in CANDIDATES
                 if n in looks[-1]), flush=True)
-    return {"run": str(run_dir), "arch": run.config.arch, "env_steps": run.env_steps,
+    return {"run": str(run_dir), "seed": seed, "arch": run.config.arch,
+            "env_steps": run.env_steps,
             "critic": list(spec.hidden), "probed_module": deepest or None,
             "held_out": {"transitions_per_task": int(held.size),
                          "episodes_per_task": int(len(torch.unique(episodes[0])))},
             "ms_per_update": {n: round(1000 * s / args.updates, 2) for n, s in seconds.items()},
             "looks": looks}
+
+
+def replication(rows: list[dict]) -> dict:
+    """Per run studied on two or more seeds, per candidate, over every look after the first
+    and every task: how far a gain moves between seeds against its standard error (the
+    spread of the gains over the root mean square of their errors; the median over looks
+    and tasks: about 1 or less where the error covers what the draws do), and the verdicts:
+    how many (look, task) pairs cleared the rule's bar on some seed, and how many on all."""
+    by_run: dict[str, list[dict]] = {}
+    for row in rows:
+        by_run.setdefault(row["run"], []).append(row)
+    out = {}
+    for run, seeds in by_run.items():
+        if len(seeds) < 2:
+            continue
+        out[run] = {}
+        for name in CANDIDATES:
+            if name not in seeds[0]["looks"][0]:
+                continue
+            ratios, some, every = [], 0, 0
+            for looks in zip(*(row["looks"][1:] for row in seeds)):
+                for task in looks[0][name]["tasks"]:
+                    gains = [look[name]["tasks"][task] for look in looks]
+                    rms = statistics.fmean(g["se"] ** 2 for g in gains) ** 0.5
+                    if 0 < rms < float("inf"):
+                        ratios.append(statistics.stdev(g["gain"] for g in gains) / rms)
+                    passed = [task in look[name]["pass"] for look in looks]
+                    some, every = some + any(passed), every + all(passed)
+            out[run][name] = {"spread_over_se": round(statistics.median(ratios), 3)
+                              if ratios else None, "passed_on_some": some,
+                              "passed_on_all": every}
+    return out
 
 
 def _tasks(net, x):
@@ -170,10 +208,25 @@ def markdown(payload: dict) -> str:
               "alike (positive: better); ± one standard error by episode. `rule's bar`: tasks "
               f"whose drop clears the gain rule's (price {payload['settings']['price']}, "
               "one-sided z Bonferroni over the tasks measured), of those measured.", ""]
+    if payload["replication"]:
+        lines += ["## Between seeds", "", "Per run studied on several seeds, per candidate, "
+                  "over the looks after the first and the tasks: `spread / SE`, the median "
+                  "of a gain's spread over seeds divided by the root mean square of its "
+                  "standard errors (about 1 or less where the error covers the draws); "
+                  "`bar on some seed`, `on all`: (look, task) pairs clearing the rule's bar.",
+                  "", "| run | candidate | spread / SE | bar on some seed | on all |",
+                  "|---|---|---|---|---|"]
+        for run, candidates in payload["replication"].items():
+            for name, r in candidates.items():
+                spread = "-" if r["spread_over_se"] is None else f"{r['spread_over_se']:.2f}"
+                lines.append(f"| {Path(run).name} | {name} | {spread} | "
+                             f"{r['passed_on_some']} | {r['passed_on_all']} |")
+        lines.append("")
     for row in payload["rows"]:
         held = row["held_out"]
-        lines += [f"## {Path(row['run']).name} ({row['arch']}, {row['env_steps']:,} env "
-                  f"steps, critic {'x'.join(map(str, row['critic']))})", "",
+        lines += [f"## {Path(row['run']).name}, seed {row['seed']} ({row['arch']}, "
+                  f"{row['env_steps']:,} env steps, critic {'x'.join(map(str, row['critic']))})",
+                  "",
                   f"Held out: {held['transitions_per_task']:,} transitions, "
                   f"{held['episodes_per_task']} episodes per task. Update ms: " + ", ".join(
                       f"{k} {v}" for k, v in row["ms_per_update"].items()) + ".", "",
@@ -215,7 +268,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--price", type=float, default=GrowthSettings.price,
                         help="the gain a task's drop must clear, as --gain-price (default: "
                              "%(default)s)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0",
+                        help="comma-separated seeds of the draws (batches, targets, parting "
+                             "noise), each run studied once per seed; two or more show how "
+                             "far a gain moves with the draws alone (default: %(default)s)")
     parser.add_argument("--out", default="benchmarks/results/width-gain",
                         help="output stem: STEM.json and STEM.md (default: %(default)s)")
     args = parser.parse_args(argv)
@@ -225,6 +281,12 @@ def main(argv: list[str] | None = None) -> dict:
     for name in ("noise", "price"):
         if not getattr(args, name) >= 0:  # NaN too
             parser.error(f"--{name} must not be negative, got {getattr(args, name)}")
+    try:
+        seeds = [int(v) for v in args.seeds.split(",")]
+    except ValueError:
+        parser.error(f"--seeds takes comma-separated whole numbers, got {args.seeds!r}")
+    if len(set(seeds)) < len(seeds):
+        parser.error(f"--seeds: a seed named twice in {args.seeds!r}")
     missing = [r for r in args.runs if not Path(r).is_dir()]
     if missing:
         parser.error(f"no such run directory: {', '.join(missing)}")
@@ -235,16 +297,17 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(1)
     payload = {"command": command(PROG, argv), "machine": machine(), "date": now(),
                "settings": {k: getattr(args, k) for k in
-                            ("updates", "factor", "noise", "holdout", "looks", "price",
-                             "seed")},
-               "rows": []}
-    for run in args.runs:  # written after every run: a long study stopped keeps what it has
-        try:
-            payload["rows"].append(study_run(Path(run), args))
-        except UserError as e:
-            parser.error(str(e))
-        payload["date"] = now()
-        save(Path(args.out), payload, markdown(payload))
+                            ("updates", "factor", "noise", "holdout", "looks", "price")}
+               | {"seeds": seeds},
+               "rows": [], "replication": {}}
+    for run in args.runs:  # written after every row: a long study stopped keeps what it has
+        for seed in seeds:
+            try:
+                payload["rows"].append(study_run(Path(run), seed, args))
+            except UserError as e:
+                parser.error(str(e))
+            payload["date"], payload["replication"] = now(), replication(payload["rows"])
+            save(Path(args.out), payload, markdown(payload))
     return payload
 
 
