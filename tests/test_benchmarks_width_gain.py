@@ -41,6 +41,7 @@ def test_the_wide_critic_starts_as_the_critic_and_every_candidate_is_measured(tr
     assert json.loads(out.with_suffix(".json").read_text())["rows"][0]["run"] == str(trained)
     report = out.with_suffix(".md").read_text()
     assert "| wide | 20 |" in report and "## Between seeds" in report
+    assert payload["overall"]["null"]["looks"] == 4  # two looks, two seeds
 
 
 def test_between_seeds_a_gain_moves_in_units_of_its_error_and_verdicts_are_counted():
@@ -54,6 +55,12 @@ def test_between_seeds_a_gain_moves_in_units_of_its_error_and_verdicts_are_count
     assert one["r"]["null"] == {"spread_over_se": pytest.approx(0.707, abs=1e-3),  # a 1.41, b 0
                                 "passed_on_some": 2, "passed_on_all": 1}
     assert width_gain.replication([row(0, {"a": 0.1}, [])]) == {}  # one seed: nothing to say
+    rows = [row(0, {"a": 0.1, "b": 0.5}, ["a"]), row(1, {"a": 0.3, "b": 0.5}, ["a", "b"])]
+    for r, pooled in zip(rows, (0.2, -0.1)):
+        r["looks"][1]["null"]["all"] = {"gain": pooled}
+    assert width_gain.overall(rows, one)["null"] == {
+        "looks": 2, "gain_positive": 1, "gain_median": pytest.approx(0.05), "verdicts": 4,
+        "passed": 3, "passed_on_some": 2, "passed_on_all": 1}
 
 
 @pytest.mark.parametrize("args, message", [

@@ -194,6 +194,26 @@ def replication(rows: list[dict]) -> dict:
     return out
 
 
+def overall(rows: list[dict], between: dict) -> dict:
+    """Per candidate over every row and look after the first: the looks whose gain over all
+    tasks was positive and its median; the (look, task) verdicts and how many cleared the
+    rule's bar; summed over the runs of ``between``, those on some seed and on all."""
+    out = {}
+    for name in CANDIDATES:
+        looks = [look[name] for row in rows for look in row["looks"][1:] if name in look]
+        if not looks:
+            continue
+        pooled = [look["all"]["gain"] for look in looks]
+        runs = [r[name] for r in between.values() if name in r]
+        out[name] = {"looks": len(looks), "gain_positive": sum(g > 0 for g in pooled),
+                     "gain_median": round(statistics.median(pooled), 4),
+                     "verdicts": sum(len(look["tasks"]) for look in looks),
+                     "passed": sum(len(look["pass"]) for look in looks),
+                     "passed_on_some": sum(r["passed_on_some"] for r in runs),
+                     "passed_on_all": sum(r["passed_on_all"] for r in runs)}
+    return out
+
+
 def _tasks(net, x):
     """The task rows a net answers for: all, or a probe's."""
     import torch
@@ -208,6 +228,17 @@ def markdown(payload: dict) -> str:
               "alike (positive: better); ± one standard error by episode. `rule's bar`: tasks "
               f"whose drop clears the gain rule's (price {payload['settings']['price']}, "
               "one-sided z Bonferroni over the tasks measured), of those measured.", ""]
+    lines += ["## Over all runs", "", "Per candidate over every run, seed and look after "
+              "the first: looks whose drop over all tasks was positive, and its median; "
+              "(look, task) verdicts and those clearing the rule's bar; of the (look, task) "
+              "pairs of runs studied on several seeds, those clearing it on some seed and on "
+              "all.", "", "| candidate | looks | drop > 0 | median drop | verdicts | bar | "
+              "bar on some seed | on all |", "|---|---|---|---|---|---|---|---|"]
+    for name, o in payload["overall"].items():
+        lines.append(f"| {name} | {o['looks']} | {o['gain_positive']} | "
+                     f"{o['gain_median']:+.3f} | {o['verdicts']} | {o['passed']} | "
+                     f"{o['passed_on_some']} | {o['passed_on_all']} |")
+    lines.append("")
     if payload["replication"]:
         lines += ["## Between seeds", "", "Per run studied on several seeds, per candidate, "
                   "over the looks after the first and the tasks: `spread / SE`, the median "
@@ -299,7 +330,7 @@ def main(argv: list[str] | None = None) -> dict:
                "settings": {k: getattr(args, k) for k in
                             ("updates", "factor", "noise", "holdout", "looks", "price")}
                | {"seeds": seeds},
-               "rows": [], "replication": {}}
+               "rows": [], "replication": {}, "overall": {}}
     for run in args.runs:  # written after every row: a long study stopped keeps what it has
         for seed in seeds:
             try:
@@ -307,6 +338,7 @@ def main(argv: list[str] | None = None) -> dict:
             except UserError as e:
                 parser.error(str(e))
             payload["date"], payload["replication"] = now(), replication(payload["rows"])
+            payload["overall"] = overall(payload["rows"], payload["replication"])
             save(Path(args.out), payload, markdown(payload))
     return payload
 
