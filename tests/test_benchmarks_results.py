@@ -122,6 +122,7 @@ README_SOURCES: dict[str | None, list[str] | str] = {
     "jax-reference": ["jax-reference.json", "update-speed-laptop.json"],
     "core-sharing": ["core-sharing.json"],
     "error-latency": ["error-latency.json"],
+    "width-gain": ["width-gain.json"],
     "conflict-persistence": ["conflict-persistence.json"],
     "atlas": [f"atlas/MT10-{run}-quick/atlas.json"
               for run in ("mtsac", "mhsac", "conal", "conal-evidence")],

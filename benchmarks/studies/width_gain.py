@@ -127,6 +127,7 @@ def study_run(run_dir: Path, seed: int, args) -> dict:
             names = [spec.task_names[t] if spec.task_names else str(t) for t in tasks.tolist()]
             z = one_sided_z(len(per_task))  # the gain rule's bar, as its rounds set it
             out[name] = {"all": pooled.to_dict(),
+                         "median": round(statistics.median(g.gain for g in per_task), 4),
                          "tasks": {n: g.to_dict() for n, g in zip(names, per_task)},
                          "pass": [n for n, g in zip(names, per_task) if g.pays(args.price, z)]}
         return out
@@ -267,12 +268,10 @@ def markdown(payload: dict) -> str:
             for name in CANDIDATES:
                 if name not in look:
                     continue
-                tasks = look[name]["tasks"].values()
-                above = len(look[name]["pass"])
-                median = statistics.median(g["gain"] for g in tasks)
-                pooled = look[name]["all"]
+                pooled, above = look[name]["all"], len(look[name]["pass"])
                 lines.append(f"| {name} | {look['updates']:,} | {pooled['gain']:+.3f} ± "
-                             f"{pooled['se']:.3f} | {above}/{len(tasks)} | {median:+.3f} |")
+                             f"{pooled['se']:.3f} | {above}/{len(look[name]['tasks'])} | "
+                             f"{look[name]['median']:+.3f} |")
         last = row["looks"][-1]
         lines += ["", "Per task at the last look (gain ± SE): " + "; ".join(
             f"{name} " + ", ".join(f"{t} {g['gain']:+.2f}±{g['se']:.2f}"
