@@ -42,6 +42,7 @@ def test_the_wide_critic_starts_as_the_critic_and_every_candidate_is_measured(tr
     report = out.with_suffix(".md").read_text()
     assert "| wide | 20 |" in report and "## Between seeds" in report
     assert payload["overall"]["null"]["looks"] == 4  # two looks, two seeds
+    assert out.with_suffix(".png").stat().st_size > 0
 
 
 def test_between_seeds_a_gain_moves_in_units_of_its_error_and_verdicts_are_counted():

@@ -215,6 +215,34 @@ def overall(rows: list[dict], between: dict) -> dict:
     return out
 
 
+def picture(payload: dict, path: Path) -> None:
+    """Per run a panel: each candidate's drop over all tasks against updates, a line per
+    seed (the null in grey: what the draws alone do); drops below ``-1`` drawn at its edge."""
+    from matplotlib.figure import Figure
+
+    runs = list(dict.fromkeys(row["run"] for row in payload["rows"]))
+    fig = Figure(figsize=(3.2 * len(runs), 3.4), layout="constrained")
+    axes = fig.subplots(1, len(runs), sharey=True, squeeze=False)[0]
+    colors = {"wide": "tab:red", "wide-slow": "tab:blue", "private": "tab:green",
+              "null": "grey"}
+    for ax, run in zip(axes, runs):
+        rows = [row for row in payload["rows"] if row["run"] == run]
+        for row, style in zip(rows, ("-", "--", ":", "-.") * len(rows)):
+            for name in CANDIDATES:
+                if name in row["looks"][0]:
+                    ax.plot([look["updates"] for look in row["looks"]],
+                            [max(look[name]["all"]["gain"], -1) for look in row["looks"]],
+                            style, color=colors[name], marker=".",
+                            label=f"{name}, seed {row['seed']}")
+        ax.axhline(0, color="black", linewidth=0.6)
+        ax.set_title(f"{Path(run).name} ({rows[0]['env_steps']:,} env steps)", fontsize=9)
+        ax.set_xlabel("updates")
+    axes[0].set_ylabel("drop of held-out TD error, all tasks")
+    axes[0].set_ylim(-1.05, 1)
+    axes[-1].legend(fontsize=6, loc="lower left")
+    fig.savefig(path, dpi=110)
+
+
 def _tasks(net, x):
     """The task rows a net answers for: all, or a probe's."""
     import torch
@@ -303,7 +331,8 @@ def main(argv: list[str] | None = None) -> dict:
                              "noise), each run studied once per seed; two or more show how "
                              "far a gain moves with the draws alone (default: %(default)s)")
     parser.add_argument("--out", default="benchmarks/results/width-gain",
-                        help="output stem: STEM.json and STEM.md (default: %(default)s)")
+                        help="output stem: STEM.json, STEM.md and the picture STEM.png "
+                             "(default: %(default)s)")
     args = parser.parse_args(argv)
     for name, low in (("updates", 1), ("factor", 2), ("holdout", 2), ("looks", 1)):
         if getattr(args, name) < low:
@@ -339,6 +368,7 @@ def main(argv: list[str] | None = None) -> dict:
             payload["date"], payload["replication"] = now(), replication(payload["rows"])
             payload["overall"] = overall(payload["rows"], payload["replication"])
             save(Path(args.out), payload, markdown(payload))
+            picture(payload, Path(args.out).with_suffix(".png"))
     return payload
 
 
