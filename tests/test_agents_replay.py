@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from agents import MultiTaskReplay
@@ -109,9 +110,5 @@ def test_a_saved_replay_splits_into_whole_episodes_that_share_none():
     assert torch.equal(held_episodes, held_steps.obs[:, :, 0].long() // 4)
     trained = set(train.sample_distinct(100)[0].obs[0, :, 0].long().tolist())
     assert train.size == 28 and not trained & set(range(8, 12))
-    try:
+    with pytest.raises(ValueError, match="too few episodes"):
         replay.split_episodes(11)  # 10 episodes: none is the 11th
-    except ValueError as e:
-        assert "too few episodes" in str(e)
-    else:
-        raise AssertionError("an empty side was accepted")

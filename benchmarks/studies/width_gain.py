@@ -43,6 +43,7 @@ from __future__ import annotations
 import copy
 import statistics
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from benchmarks.report_files import command, header, now, save
@@ -53,15 +54,10 @@ PROG = "python -m benchmarks.studies.width_gain"
 CANDIDATES = ("wide", "wide-slow", "private", "null")
 
 
-def study_run(run_dir: Path, seed: int, args) -> dict:
-    """One run's looks on the draws of ``seed``: per look and candidate, the gains over all
-    tasks and per task."""
-    import torch
-
-    from agents.sac import adam
-    from conal_rl.method import ModuleProbe, TreeNet, TreeSpec, paired_gain, widened_state
-    from conal_rl.method.probe import one_sided_z
-    from conal_rl.method.tree import reads_hidden_units
+def study_run(run_dir: Path, seeds: list[int], args) -> Iterator[dict]:
+    """A row per seed: the run (its checkpoint and replay read and split once) studied on
+    that seed's draws."""
+    from conal_rl.method import TreeSpec
     from conal_rl.training import checkpoint
     from conal_rl.training import conflict_atlas as atlas
     from conal_rl.training.rundir import RunDir
@@ -78,6 +74,21 @@ def study_run(run_dir: Path, seed: int, args) -> dict:
         raise UserError(f"{run_dir}: its checkpoint holds no replay (trained without "
                         "--save-replay)")
     train, held = replay.split_episodes(args.holdout)
+    for seed in seeds:
+        yield _study_seed(run, train, held, seed, args)
+
+
+def _study_seed(run, train, held, seed: int, args) -> dict:
+    """The run's looks on the draws of ``seed``: per look and candidate, the gains over all
+    tasks and per task."""
+    import torch
+
+    from agents.sac import adam
+    from conal_rl.method import ModuleProbe, TreeNet, paired_gain, widened_state
+    from conal_rl.method.probe import one_sided_z
+    from conal_rl.method.tree import reads_hidden_units
+
+    run_dir, spec, agent = run.run_dir, run.specs["critic"], run.agent
     torch.manual_seed(seed)
     base = 3 * seed  # three streams a seed, none shared with another seed's
     generator = torch.Generator().manual_seed(base)
@@ -119,10 +130,10 @@ def study_run(run_dir: Path, seed: int, args) -> dict:
             if name not in nets:
                 continue
             tasks = _tasks(nets[name], x)
-            base, loss, ep = losses["same"][tasks], losses[name], episodes[tasks]
-            per_task = paired_gain(base, loss, ep)
+            ref, loss, ep = losses["same"][tasks], losses[name], episodes[tasks]
+            per_task = paired_gain(ref, loss, ep)
             offset = (ep.max() + 1) * torch.arange(len(ep))[:, None]  # a task's own episodes
-            pooled = paired_gain(base.reshape(1, -1), loss.reshape(1, -1),
+            pooled = paired_gain(ref.reshape(1, -1), loss.reshape(1, -1),
                                  (ep + offset).reshape(1, -1))[0]
             names = [spec.task_names[t] if spec.task_names else str(t) for t in tasks.tolist()]
             z = one_sided_z(len(per_task))  # the gain rule's bar, as its rounds set it
@@ -360,15 +371,15 @@ def main(argv: list[str] | None = None) -> dict:
                | {"seeds": seeds},
                "rows": [], "replication": {}, "overall": {}}
     for run in args.runs:  # written after every row: a long study stopped keeps what it has
-        for seed in seeds:
-            try:
-                payload["rows"].append(study_run(Path(run), seed, args))
-            except UserError as e:
-                parser.error(str(e))
-            payload["date"], payload["replication"] = now(), replication(payload["rows"])
-            payload["overall"] = overall(payload["rows"], payload["replication"])
-            save(Path(args.out), payload, markdown(payload))
-            picture(payload, Path(args.out).with_suffix(".png"))
+        try:
+            for row in study_run(Path(run), seeds, args):
+                payload["rows"].append(row)
+                payload["date"], payload["replication"] = now(), replication(payload["rows"])
+                payload["overall"] = overall(payload["rows"], payload["replication"])
+                save(Path(args.out), payload, markdown(payload))
+                picture(payload, Path(args.out).with_suffix(".png"))
+        except UserError as e:
+            parser.error(str(e))
     return payload
 
 
